@@ -1,0 +1,252 @@
+"""Evaluating a trained DeepLab: mIoU, per-class IoU, tag F1 and the evidence table.
+
+The library behind `tools.eval` (the original's eval.py). Each evidence mode is one
+row of the reference table (DL-MT, DL-MT-Pr, DL-BP-L2, DL-BP-ES, ... -Pr), computed
+with tags taken from the ground truth, with the original's `eval_scales` and
+`add_flipped_images` applied to every mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from deeplab_ext import colormap as cmap
+from deeplab_ext import input_pipeline
+from deeplab_ext.datasets import DatasetInfo
+from deeplab_ext.model import variable_groups
+from deeplab_ext.trainer import restore_network
+from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter, prune_probabilities
+from tf_mtl.inference import multi_scale_probabilities, network_logits_fn
+from tf_mtl.metrics import StreamingMeanIoU, TagMAP, TagPrecisionRecallF1
+
+# mode -> (row name in the reference table, refit kind or None, prune)
+EVIDENCE_MODES: dict[str, tuple[str, str | None, bool]] = {
+    "none": ("DL-MT", None, False),
+    "prune": ("DL-MT-Pr", None, True),
+    "bp_l2": ("DL-BP-L2", "l2", False),
+    "bp_es": ("DL-BP-ES", "es", False),
+    "bp_l2_prune": ("DL-BP-L2-Pr", "l2", True),
+    "bp_es_prune": ("DL-BP-ES-Pr", "es", True),
+    "latent": ("DL-LAT", "latent", False),
+    "latent_prune": ("DL-LAT-Pr", "latent", True),
+}
+
+
+@dataclasses.dataclass
+class EvidenceOptions:
+    """Prediction-time refitting hyper-parameters (flags --evidence_*)."""
+
+    steps: int = 10
+    learning_rate: float = 0.01
+    optimizer: str = "sgd"
+    alpha: float = 1e-3  # L2 to the trained weights (bp_l2) / on the latent offset
+    es_steps: int = 30  # step cap for early stopping (bp_es)
+    threshold: float = 0.5
+    refit: str = "backbone,aspp,tag_head"  # variable groups refitted in weights mode
+    jit_compile: bool = False
+
+    def config(self, kind: str, prune: bool, scales: Sequence[float],
+               flip: bool) -> EvidenceConfig:
+        common = dict(learning_rate=self.learning_rate, optimizer=self.optimizer,
+                      threshold=self.threshold, jit_compile=self.jit_compile,
+                      eval_scales=tuple(scales), add_flipped_images=flip, prune=prune)
+        if kind == "l2":
+            return EvidenceConfig(steps=self.steps, alpha=self.alpha, **common)
+        if kind == "es":
+            return EvidenceConfig(steps=self.es_steps, early_stopping=True, **common)
+        if kind == "latent":
+            return EvidenceConfig(steps=self.steps, alpha=self.alpha, mode="latent",
+                                  early_stopping=False, **common)
+        raise ValueError(f"unknown refit kind {kind!r}")
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    checkpoint_dir: str
+    dataset_dir: str
+    eval_logdir: str | None = None
+    eval_split: str = "val"
+    eval_crop_size: tuple[int, int] | None = None
+    eval_scales: tuple[float, ...] = (1.0,)
+    add_flipped_images: bool = False
+    evidence_modes: tuple[str, ...] = ("none",)
+    evidence: EvidenceOptions = dataclasses.field(default_factory=EvidenceOptions)
+    max_examples: int | None = None
+    num_vis_examples: int = 4
+    checkpoint_path: str | None = None
+
+
+def check_modes(modes: Sequence[str]) -> list[str]:
+    bad = [m for m in modes if m not in EVIDENCE_MODES]
+    if bad:
+        raise ValueError(
+            f"--evidence_modes: unknown mode(s) {bad}; valid: {', '.join(EVIDENCE_MODES)}"
+        )
+    return list(modes)
+
+
+def refit_variables(network, groups: str) -> list:
+    """Variables of the named groups (e.g. "backbone,aspp,tag_head")."""
+    all_groups = variable_groups(network)
+    names = [g.strip() for g in groups.split(",") if g.strip()]
+    bad = [g for g in names if g not in all_groups]
+    if bad:
+        raise ValueError(f"--evidence_refit: unknown group(s) {bad}; valid: {sorted(all_groups)}")
+    return [v for g in names for v in all_groups[g]]
+
+
+def make_predictor(network, info: DatasetInfo, mode: str, options: EvalOptions
+                   ) -> Callable[[tf.Tensor, tf.Tensor], dict]:
+    """images, tags -> {"probabilities", "predictions", ...} for one evidence mode."""
+    _, kind, prune = EVIDENCE_MODES[mode]
+    scales, flip = tuple(options.eval_scales), options.add_flipped_images
+    tag_ids = list(info.tag_class_ids)
+    keep = () if info.background_class is None else (int(info.background_class),)
+    if kind is None:
+        logits_fn = network_logits_fn(network)
+
+        @tf.function(reduce_retracing=True)
+        def plain(images, tags):
+            probs = multi_scale_probabilities(logits_fn, images, scales, flip)
+            if prune:
+                probs = prune_probabilities(probs, tags, tag_ids, keep)
+            return {"probabilities": probs,
+                    "predictions": tf.argmax(probs, -1, output_type=tf.int32)}
+
+        return plain
+    cfg = options.evidence.config(kind, prune, scales, flip)
+    cfg = dataclasses.replace(cfg, keep_classes=keep)
+    variables = None if kind == "latent" else refit_variables(network, options.evidence.refit)
+    refitter = EvidenceRefitter(network, cfg, variables=variables, tag_class_ids=tag_ids)
+    return lambda images, tags: refitter(images, tags)
+
+
+def _colour(label: np.ndarray, info: DatasetInfo) -> np.ndarray:
+    label = np.where(label == info.ignore_label, 0, label)
+    return cmap.label_to_color_image(label.astype(np.int32), info.colormap)
+
+
+def comparison_figure(rows: list[dict], columns: Sequence[str], info: DatasetInfo,
+                      scale: int = 1) -> np.ndarray:
+    """Grid of input | ground truth | one prediction per mode (the reference's figure)."""
+    tiles = []
+    for r in rows:
+        cells = [r["image"].astype(np.uint8), _colour(r["label"], info)]
+        cells += [_colour(r["pred"][m], info) for m in columns]
+        tiles.append(np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=255)
+                                     for c in cells], axis=1))
+    grid = np.concatenate(tiles, axis=0)
+    if scale > 1:
+        grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    header = np.full((18 * scale, grid.shape[1], 3), 255, np.uint8)
+    width = grid.shape[1] // (len(columns) + 2)
+    for i, title in enumerate(["input", "ground truth", *[EVIDENCE_MODES[m][0] for m in columns]]):
+        cv2.putText(header, title, (i * width + 3, 13 * scale), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.35 * scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([header, grid], axis=0)
+
+
+def _atomic_write_text(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every evidence mode over the split; returns (and writes) the results dict."""
+    modes = check_modes(options.evidence_modes)
+    network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
+    has_tags = "tags" in network.output
+    if not has_tags and any(m != "none" for m in modes):
+        raise ValueError(
+            f"--evidence_modes={','.join(modes)} needs a model with a tag head (a *_mt "
+            f"--model_variant); {meta['model']['name']} has none."
+        )
+    crop = options.eval_crop_size
+    dataset = input_pipeline.make_dataset(
+        info, options.dataset_dir, options.eval_split, crop_size=crop,
+        batch_size=1, is_training=False,
+    )
+    if options.max_examples:
+        dataset = dataset.take(options.max_examples)
+    batches = list(dataset)
+    if not batches:
+        raise ValueError(f"split {options.eval_split!r} in {options.dataset_dir} is empty")
+    printer(f"Evaluating {meta['model']['name']} on {info.name}:{options.eval_split} "
+            f"({len(batches)} images), modes: {', '.join(modes)}, scales {options.eval_scales}"
+            f"{' + flip' if options.add_flipped_images else ''}")
+
+    class_names = list(info.class_names)
+    results: dict[str, Any] = {"dataset": info.name, "split": options.eval_split,
+                               "num_images": len(batches), "model": meta["model"]["name"],
+                               "eval_scales": list(options.eval_scales),
+                               "add_flipped_images": options.add_flipped_images,
+                               "evidence": dataclasses.asdict(options.evidence), "modes": {}}
+    vis_rows = [{"image": b[0][0].numpy(), "label": b[1]["semantic"][0].numpy(), "pred": {}}
+                for b in batches[: options.num_vis_examples]]
+    if has_tags:
+        f1, tag_map = TagPrecisionRecallF1(len(info.tag_class_ids)), TagMAP(len(info.tag_class_ids))
+        for images, targets in batches:
+            logits = network(images, training=False)["tags"]
+            f1.update_state(targets["tags"], logits)
+            tag_map.update_state(targets["tags"], logits)
+        results["tags"] = {k: float(v) for k, v in f1.results().items()}
+        results["tags"]["mAP"] = float(tag_map.result())
+        printer(f"tags: precision {results['tags']['precision']:.4f} recall "
+                f"{results['tags']['recall']:.4f} F1 {results['tags']['f1']:.4f} "
+                f"mAP {results['tags']['mAP']:.4f}")
+    for mode in modes:
+        t0 = time.time()
+        predict = make_predictor(network, info, mode, options)
+        miou = StreamingMeanIoU(info.num_classes, info.ignore_label)
+        for i, (images, targets) in enumerate(batches):
+            out = predict(images, targets["tags"])
+            miou.update_state(targets["semantic"], out["predictions"])
+            if i < len(vis_rows):
+                vis_rows[i]["pred"][mode] = out["predictions"][0].numpy()
+        per_class = miou.per_class_iou().numpy()
+        row = {
+            "name": EVIDENCE_MODES[mode][0],
+            "miou": float(miou.result()),
+            "per_class_iou": {n: (None if np.isnan(v) else float(v))
+                              for n, v in zip(class_names, per_class, strict=True)},
+            "seconds": round(time.time() - t0, 2),
+        }
+        results["modes"][mode] = row
+        printer(f"  {row['name']:<14} mIoU {100 * row['miou']:6.2f}%   ({row['seconds']:.1f}s)")
+    results["table"] = format_table(results)
+    printer(results["table"])
+    if options.eval_logdir:
+        out = pathlib.Path(options.eval_logdir)
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(out / "eval_results.json", json.dumps(results, indent=2))
+        if vis_rows:
+            fig = comparison_figure(vis_rows, modes, info,
+                                    scale=max(1, 256 // max(vis_rows[0]["image"].shape[:2])))
+            ok, png = cv2.imencode(".png", fig[..., ::-1])
+            tmp = out / "comparison.png.tmp"
+            tmp.write_bytes(png.tobytes())
+            os.replace(tmp, out / "comparison.png")
+            results["comparison_png"] = str(out / "comparison.png")
+        results["results_json"] = str(out / "eval_results.json")
+        printer(f"Wrote {out / 'eval_results.json'}")
+    return results
+
+
+def format_table(results: dict) -> str:
+    """The reference table: one row per evidence mode, mIoU in percent."""
+    lines = [f"| method | mIoU (%) | scales {results['eval_scales']}"
+             f"{' + flip' if results['add_flipped_images'] else ''} |", "|---|---|---|"]
+    for mode, row in results["modes"].items():
+        lines.append(f"| {row['name']} | {100 * row['miou']:.2f} | {mode} |")
+    return "\n".join(lines)
