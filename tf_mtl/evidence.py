@@ -1,0 +1,774 @@
+"""Evidence at prediction time: refit to an image's tags, then segment.
+
+Given an image and its image-level tags (the *evidence*), back-propagate the tag
+head's loss against the tags into the trunk and tag branch, keep the segmentation
+decoder fixed, and predict the segmentation with the adjusted network. Every image
+starts again from the trained weights. Model-agnostic: works on any Keras network
+that follows the contract in ARCHITECTURE.md (input images ``[B, H, W, 3]``; output
+dict with ``"semantic"`` logits ``[B, H, W, C]`` and ``"tags"`` logits ``[B, T]``;
+identity layer ``"encoder"``).
+
+Modes (``EvidenceConfig.mode``):
+  * ``"weights"`` (DL-BP-L2 / DL-BP-ES): K gradient steps of
+    ``BCE(tags_logits(x), tags) + alpha * ||W - W*||^2`` on the chosen variables
+    only. The weights are *loop state* of a ``tf.while_loop`` fed to
+    ``model.stateless_call``; the model's variables are never assigned, so the
+    model is bit-identical afterwards, concurrent calls are safe and the whole
+    function exports to a SavedModel. Each image of a batch is refitted
+    independently (``tf.map_fn``) from the trained weights.
+  * ``"latent"``: optimise an additive offset ``delta`` on the output of
+    ``latent_layer`` (``"encoder"``) with ``BCE + alpha * ||delta||^2``. The
+    network is split there by :func:`split_at`; the per-image losses are summed,
+    so a batch is refitted in one go with independent per-image gradients.
+
+Pruning (``-Pr``): :func:`prune_probabilities` zeroes classes absent from the tags
+(background kept); usable alone or after refitting (``EvidenceConfig.prune``).
+
+Outputs of :meth:`EvidenceRefitter.__call__` (dict of tensors):
+  ``probabilities`` [B,H,W,C] float32 (after pruning if enabled), ``predictions``
+  [B,H,W] int32 (argmax), ``tag_probabilities_before`` / ``tag_probabilities_after``
+  [B,T] float32, ``steps_taken`` [B] int32 (optimizer updates applied per image).
+
+Optimizers are implemented functionally (state as loop variables) and follow
+``keras.optimizers.SGD`` / ``keras.optimizers.Adam`` update rules exactly.
+
+Mixed precision: the refitted values are float32 master copies (the variables'
+float32 values; layers autocast to float16), and the loss is multiplied by a
+dynamic loss scale (starting at ``loss_scale``, halved and the step skipped on
+non-finite gradients). Under float32 no scaling is applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_mtl.inference import multi_scale_probabilities, validate_scales
+
+# Which variables to refit: variables | layer names | predicate(variable path) | None.
+VariableSpec = Sequence[Any] | Callable[[str], bool] | None
+
+_OPTIMIZERS = ("sgd", "adam")
+_MODES = ("weights", "latent")
+
+
+# --------------------------------------------------------------------------- config
+@dataclasses.dataclass(frozen=True)
+class EvidenceConfig:
+    """Hyper-parameters of prediction-time refitting (validated on construction)."""
+
+    steps: int = 10
+    learning_rate: float = 0.01
+    optimizer: str = "sgd"  # "sgd" | "adam"
+    alpha: float = 0.0  # L2 to the trained weights (weights) / on delta (latent)
+    early_stopping: bool = False  # stop once all tags agree with the evidence
+    threshold: float = 0.5  # decision threshold on tag probabilities
+    mode: str = "weights"  # "weights" | "latent"
+    latent_layer: str = "encoder"
+    jit_compile: bool = False  # XLA; slower on CPU, so off by default
+    loss_scale: float = 2.0**15  # initial dynamic loss scale under mixed_float16
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+    eval_scales: tuple[float, ...] = (1.0,)
+    add_flipped_images: bool = False
+    prune: bool = False
+    keep_classes: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> ValueError:
+            value = getattr(self, field)
+            return ValueError(f"EvidenceConfig.{field}={value!r}: {why}")
+
+        if not isinstance(self.steps, (int, np.integer)) or self.steps < 0:
+            raise bad("steps", "must be an integer >= 0 (0 = plain inference)")
+        if not self.learning_rate > 0:
+            raise bad("learning_rate", "must be > 0")
+        if self.optimizer not in _OPTIMIZERS:
+            raise bad("optimizer", f"must be one of {_OPTIMIZERS}")
+        if self.alpha < 0:
+            raise bad("alpha", "must be >= 0")
+        if not 0.0 < self.threshold < 1.0:
+            raise bad("threshold", "must be in (0, 1)")
+        if self.mode not in _MODES:
+            raise bad("mode", f"must be one of {_MODES}")
+        if not self.loss_scale > 0:
+            raise bad("loss_scale", "must be > 0")
+        object.__setattr__(self, "eval_scales", validate_scales(self.eval_scales))
+        object.__setattr__(self, "keep_classes", tuple(int(c) for c in self.keep_classes))
+
+
+# ----------------------------------------------------------------------- validation
+def validate_evidence(
+    tags: Any,
+    num_tags: int,
+    *,
+    batch_size: int | None = None,
+    steps: Any = None,
+    name: str = "tags",
+    steps_name: str = "steps",
+) -> np.ndarray:
+    """Check evidence in Python before any graph runs; return float32 ``[B, T]``.
+
+    Tools call this with their flag names (``name``, ``steps_name``) so the error
+    says which flag to fix. Mapping class *names* to tags is the data side's job.
+    """
+    arr = np.asarray(tags)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+    ):
+        raise ValueError(f"{name}: expected a numeric 0/1 multi-hot tag vector, got {tags!r}")
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[-1] != num_tags:
+        raise ValueError(
+            f"{name}: expected {num_tags} tag values per image (shape [{num_tags}] or "
+            f"[batch, {num_tags}], one 0/1 per tag; tag i is class tag_class_ids[i]), "
+            f"got shape {list(np.shape(tags))}. Fix: pass a multi-hot vector of length "
+            f"{num_tags} (the model's tag head size)."
+        )
+    arr = arr.astype(np.float32)
+    bad = ~np.isin(arr, (0.0, 1.0))
+    if bad.any():
+        where = np.argwhere(bad)[0].tolist()
+        raise ValueError(
+            f"{name}: tag values must be 0 or 1, got {float(arr[tuple(where)])} at index {where}. "
+            "Fix: pass hard multi-hot evidence (1 = class present, 0 = absent)."
+        )
+    if batch_size is not None and arr.shape[0] != batch_size:
+        raise ValueError(
+            f"{name}: {arr.shape[0]} tag vectors for {batch_size} images. "
+            "Fix: pass one tag vector per image."
+        )
+    if steps is not None:
+        s = np.asarray(steps)
+        if s.ndim != 0 or not np.issubdtype(s.dtype, np.integer) or int(s) < 0:
+            raise ValueError(
+                f"{steps_name}: must be an integer >= 0 (0 = plain inference), got {steps!r}."
+            )
+    return arr
+
+
+# ------------------------------------------------------------------------- pruning
+def prune_probabilities(
+    probs: Any,
+    tags: Any,
+    tag_class_ids: Sequence[int],
+    keep_classes: Sequence[int] = (0,),
+    renormalize: bool = True,
+) -> tf.Tensor:
+    """Zero the probability of every class not present in the tags ("Pr").
+
+    Class ``c`` survives iff ``c in keep_classes`` (background) or it is the class of
+    a tag that is 1. ``renormalize`` rescales the kept probabilities to sum to 1
+    (argmax is unaffected). The class map is ``argmax`` of the result.
+
+    Args:
+      probs: ``[B, H, W, C]`` probabilities.
+      tags: ``[B, T]`` 0/1 evidence.
+      tag_class_ids: tag ``i`` is class ``tag_class_ids[i]``.
+    """
+    probs = tf.convert_to_tensor(probs, tf.float32)
+    tags = tf.convert_to_tensor(tags, tf.float32)
+    num_classes = probs.shape[-1]
+    ids = [int(c) for c in tag_class_ids]
+    if num_classes is not None:
+        bad = [c for c in list(ids) + list(keep_classes) if not 0 <= c < num_classes]
+        if bad:
+            raise ValueError(
+                f"tag_class_ids/keep_classes {bad} out of range for {num_classes} classes"
+            )
+    if tags.shape[-1] is not None and tags.shape[-1] != len(ids):
+        raise ValueError(
+            f"tags has {tags.shape[-1]} entries but tag_class_ids has {len(ids)}"
+        )
+    depth = num_classes if num_classes is not None else tf.shape(probs)[-1]
+    # [T, C] one-hot of each tag's class; tags @ onehot -> presence per class [B, C].
+    onehot = tf.one_hot(ids, depth, dtype=tf.float32)
+    present = tf.matmul(tf.reshape(tags, [-1, len(ids)]), onehot) > 0.5
+    keep = tf.reduce_sum(tf.one_hot(list(keep_classes), depth, dtype=tf.float32), 0) > 0.5
+    mask = tf.cast(tf.logical_or(present, keep[None]), tf.float32)  # [B, C]
+    out = probs * mask[:, None, None, :]
+    if renormalize:
+        total = tf.reduce_sum(out, axis=-1, keepdims=True)
+        out = tf.math.divide_no_nan(out, total)
+    return out
+
+
+# ------------------------------------------------------------------ variable choice
+def _history(t: Any) -> tuple[Any, Any]:
+    op, node_index, _ = t._keras_history
+    return op, op._inbound_nodes[node_index]
+
+
+def _output_tensor(network: keras.Model, key: str) -> Any:
+    out = network.output
+    if isinstance(out, dict):
+        if key not in out:
+            raise ValueError(f"network has no output {key!r}; outputs: {sorted(out)}")
+        return out[key]
+    raise ValueError(f"network output must be a dict with key {key!r} (see ARCHITECTURE.md)")
+
+
+def upstream_layers(network: keras.Model, key: str = "tags") -> list[Any]:
+    """Layers of a functional network that the output ``key`` depends on."""
+    seen: dict[int, Any] = {}
+    stack = [_output_tensor(network, key)]
+    visited: set[int] = set()
+    while stack:
+        t = stack.pop()
+        if id(t) in visited:
+            continue
+        visited.add(id(t))
+        op, node = _history(t)
+        seen[id(op)] = op
+        stack.extend(node.input_tensors)
+    return [op for op in seen.values() if not isinstance(op, keras.layers.InputLayer)]
+
+
+def select_variables(network: keras.Model, spec: VariableSpec = None, tags_key: str = "tags") -> list:
+    """Resolve which variables to refit.
+
+    ``spec`` may be: ``None`` (every trainable variable upstream of the tags output:
+    trunk + tag branch, decoder excluded), a list of variables (e.g.
+    ``groups["backbone"] + groups["aspp"] + groups["tag_head"]`` from
+    ``deeplab_ext.model.variable_groups``), a list of layer names, or a predicate
+    on variable paths (``lambda path: not path.startswith("decoder")``).
+    Only trainable variables are refitted: BatchNorm moving statistics in an
+    explicit list are dropped (they stay at their trained values).
+    """
+    if spec is None:
+        found: dict[int, Any] = {}
+        for layer in upstream_layers(network, tags_key):
+            for v in layer.trainable_variables:
+                found[id(v)] = v
+        return [v for v in network.trainable_variables if id(v) in found]
+    if callable(spec):
+        chosen = [v for v in network.trainable_variables if spec(v.path)]
+        if not chosen:
+            raise ValueError("variable predicate matched no variable of the network")
+        return chosen
+    spec = list(spec)
+    if spec and all(isinstance(s, str) for s in spec):
+        chosen = []
+        for name in spec:
+            try:
+                chosen.extend(network.get_layer(name).trainable_variables)
+            except ValueError as err:
+                raise ValueError(f"refit layer {name!r} not found in network") from err
+        return chosen
+    known = {id(v) for v in network.variables}
+    for v in spec:
+        if id(v) not in known:
+            raise ValueError(f"variable {getattr(v, 'path', v)!r} does not belong to the network")
+    trainable = {id(v) for v in network.trainable_variables}
+    return [v for v in spec if id(v) in trainable]
+
+
+# --------------------------------------------------------------------------- split
+@dataclasses.dataclass
+class NetworkSplit:
+    """A functional network cut at one layer's output.
+
+    ``trunk``: images -> ``[latent, *side]``; ``head``: ``[latent, *side]`` -> the
+    network's output dict. ``side`` are tensors the head needs that do not depend
+    on the latent (e.g. DeepLab's ``low_level`` skip). Both share the network's
+    layers (same variables).
+    """
+
+    trunk: keras.Model
+    head: keras.Model
+    side_names: list[str]
+
+
+def split_at(network: keras.Model, layer_name: str) -> NetworkSplit:
+    """Split a functional network at ``layer_name``'s output (model-agnostic).
+
+    Walks the functional graph back from the outputs: tensors downstream of the
+    latent form the head; every input of a head node that does not depend on the
+    latent (and every output independent of it) becomes a side input. Keras 3
+    builds a sub-model from intermediate tensors by cloning graph nodes, so the
+    head reuses the original layers.
+    """
+    try:
+        latent = network.get_layer(layer_name).output
+    except ValueError as err:
+        raise ValueError(
+            f"latent layer {layer_name!r} not found in network {network.name!r}; "
+            "pass EvidenceConfig(latent_layer=...) naming an identity layer"
+        ) from err
+    memo: dict[int, bool] = {}
+
+    def depends(t: Any) -> bool:
+        # iterative post-order to avoid recursion limits on deep backbones
+        stack = [t]
+        while stack:
+            cur = stack[-1]
+            if id(cur) in memo:
+                stack.pop()
+                continue
+            if cur is latent:
+                memo[id(cur)] = True
+                stack.pop()
+                continue
+            _, node = _history(cur)
+            pending = [u for u in node.input_tensors if id(u) not in memo]
+            if pending:
+                stack.extend(pending)
+                continue
+            memo[id(cur)] = any(memo[id(u)] for u in node.input_tensors)
+            stack.pop()
+        return memo[id(t)]
+
+    outputs = network.output
+    flat_outputs = list(outputs.values()) if isinstance(outputs, dict) else list(outputs)
+    side: dict[int, Any] = {}
+    visited: set[int] = set()
+    stack = []
+    for t in flat_outputs:
+        if depends(t):
+            stack.append(t)
+        else:
+            side[id(t)] = t
+    while stack:
+        t = stack.pop()
+        if id(t) in visited or t is latent:
+            continue
+        visited.add(id(t))
+        _, node = _history(t)
+        for u in node.input_tensors:
+            if depends(u):
+                stack.append(u)
+            else:
+                side[id(u)] = u
+    side_tensors = list(side.values())
+    trunk = keras.Model(network.input, [latent, *side_tensors], name=f"{network.name}_trunk")
+    head = keras.Model([latent, *side_tensors], outputs, name=f"{network.name}_head")
+    names = [_history(t)[0].name for t in side_tensors]
+    return NetworkSplit(trunk=trunk, head=head, side_names=names)
+
+
+# ----------------------------------------------------------------------- optimizer
+def _opt_init(cfg: EvidenceConfig, params: list[tf.Tensor]) -> list[tf.Tensor]:
+    if cfg.optimizer == "adam":
+        return [tf.zeros_like(p) for p in params] + [tf.zeros_like(p) for p in params]
+    return []
+
+
+def _opt_update(
+    cfg: EvidenceConfig,
+    params: list[tf.Tensor],
+    grads: list[tf.Tensor],
+    state: list[tf.Tensor],
+    t: tf.Tensor,
+) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+    """One step of keras.optimizers.SGD / Adam (same formulas, functional).
+
+    ``t`` = number of updates already applied (float32, broadcastable to params).
+    """
+    lr = tf.constant(cfg.learning_rate, tf.float32)
+    if cfg.optimizer == "sgd":
+        return [p - lr * g for p, g in zip(params, grads, strict=True)], []
+    n = len(params)
+    ms, vs = state[:n], state[n:]
+    local_step = t + 1.0
+    b1, b2 = tf.constant(cfg.beta_1, tf.float32), tf.constant(cfg.beta_2, tf.float32)
+    alpha = lr * tf.sqrt(1.0 - tf.pow(b2, local_step)) / (1.0 - tf.pow(b1, local_step))
+    new_p, new_m, new_v = [], [], []
+    for p, g, m, v in zip(params, grads, ms, vs, strict=True):
+        m = m + (g - m) * (1.0 - cfg.beta_1)
+        v = v + (tf.square(g) - v) * (1.0 - cfg.beta_2)
+        new_p.append(p - (m * alpha) / (tf.sqrt(v) + cfg.epsilon))
+        new_m.append(m)
+        new_v.append(v)
+    return new_p, new_m + new_v
+
+
+def _is_mixed(network: keras.Model) -> bool:
+    return any(
+        getattr(layer, "compute_dtype", "float32") in ("float16", "bfloat16")
+        for layer in network.layers
+    )
+
+
+def _all_finite(ts: list[tf.Tensor]) -> tf.Tensor:
+    if not ts:
+        return tf.constant(True)
+    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in ts]))
+
+
+def _bce(tags: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-image mean over tags of sigmoid cross-entropy: [B, T] -> [B]."""
+    return tf.reduce_mean(
+        tf.nn.sigmoid_cross_entropy_with_logits(labels=tags, logits=logits), axis=-1
+    )
+
+
+# ------------------------------------------------------------------------ refitter
+class EvidenceRefitter:
+    """Refit a segmentation network to image-level evidence, then predict.
+
+    Args:
+      network: functional Keras network following ARCHITECTURE.md's contract.
+      config: :class:`EvidenceConfig`.
+      variables: which variables to refit in weights mode (see
+        :func:`select_variables`); default = everything upstream of the tags.
+        Ignored in latent mode (nothing but the offset is optimised there).
+      tag_class_ids: tag ``i`` -> class id (needed for pruning).
+      semantic_key / tags_key: output names.
+
+    ``__call__(images, tags, steps=None)`` validates the evidence in Python, then
+    runs :attr:`refit_fn`, a ``tf.function`` with input signature
+    ``(images float32 [B,H,W,3], tags float32 [B,T], steps int32 [])`` that can be
+    exported in a SavedModel (the module must also track ``network.variables``).
+    """
+
+    def __init__(
+        self,
+        network: keras.Model,
+        config: EvidenceConfig | None = None,
+        *,
+        variables: VariableSpec = None,
+        tag_class_ids: Sequence[int] | None = None,
+        semantic_key: str = "semantic",
+        tags_key: str = "tags",
+    ) -> None:
+        self.network = network
+        self.config = config or EvidenceConfig()
+        self.semantic_key = semantic_key
+        self.tags_key = tags_key
+        self.tag_class_ids = None if tag_class_ids is None else [int(c) for c in tag_class_ids]
+        tags_out = _output_tensor(network, tags_key)
+        _output_tensor(network, semantic_key)
+        self.num_tags = int(tags_out.shape[-1])
+        if self.config.prune:
+            if self.tag_class_ids is None:
+                raise ValueError("EvidenceConfig.prune=True needs tag_class_ids")
+            if len(self.tag_class_ids) != self.num_tags:
+                raise ValueError(
+                    f"tag_class_ids has {len(self.tag_class_ids)} entries, the tag head "
+                    f"has {self.num_tags} outputs"
+                )
+        self.mixed = _is_mixed(network)
+        # The refit loop only needs the tags; a sub-model sharing the layers avoids
+        # running the segmentation decoder inside the loop.
+        self.tags_model = keras.Model(network.input, tags_out, name=f"{network.name}_tags")
+        if self.config.mode == "weights":
+            chosen = select_variables(network, variables, tags_key)
+            in_tags = {id(v) for v in self.tags_model.variables}
+            # Variables outside the tag branch get no gradient: refitting them is a no-op.
+            self.refit_variables = [v for v in chosen if id(v) in in_tags]
+            if not self.refit_variables:
+                raise ValueError("none of the selected variables feeds the tags output")
+            self.split = None
+        else:
+            self.refit_variables = []
+            self.split = split_at(network, self.config.latent_layer)
+            self.tags_head = keras.Model(
+                self.split.head.inputs, self.split.head.output[tags_key],
+                name=f"{network.name}_tags_head",
+            )
+        in_shape = list(network.inputs[0].shape)
+        self.refit_fn = tf.function(
+            self._refit,
+            input_signature=[
+                tf.TensorSpec([None, *in_shape[1:]], tf.float32, name="images"),
+                tf.TensorSpec([None, self.num_tags], tf.float32, name="tags"),
+                tf.TensorSpec([], tf.int32, name="steps"),
+            ],
+            jit_compile=self.config.jit_compile,
+            reduce_retracing=True,
+            autograph=False,  # explicit tf.while_loop / tf.cond throughout
+        )
+
+    # ----------------------------------------------------------------- public
+    def __call__(self, images: Any, tags: Any, steps: int | None = None) -> dict[str, tf.Tensor]:
+        """Validate the evidence, then refit each image and predict."""
+        images = np.asarray(images, np.float32) if not tf.is_tensor(images) else images
+        if len(images.shape) != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images: expected [B, H, W, 3], got shape {list(images.shape)}")
+        steps = self.config.steps if steps is None else steps
+        tags = validate_evidence(tags, self.num_tags, batch_size=int(images.shape[0]), steps=steps)
+        return self.refit_fn(
+            tf.convert_to_tensor(images, tf.float32),
+            tf.convert_to_tensor(tags),
+            tf.constant(int(steps), tf.int32),
+        )
+
+    # --------------------------------------------------------------- helpers
+    def _values(self, model: keras.Model, overrides: dict[int, tf.Tensor]) -> tuple[list, list]:
+        tv = [overrides.get(id(v), v.value) for v in model.trainable_variables]
+        ntv = [overrides.get(id(v), v.value) for v in model.non_trainable_variables]
+        return tv, ntv
+
+    def _finish(
+        self,
+        probs: tf.Tensor,
+        tags: tf.Tensor,
+        before: tf.Tensor,
+        after: tf.Tensor,
+        taken: tf.Tensor,
+    ) -> dict[str, tf.Tensor]:
+        if self.config.prune:
+            probs = prune_probabilities(
+                probs, tags, self.tag_class_ids, self.config.keep_classes
+            )
+        return {
+            "probabilities": probs,
+            "predictions": tf.argmax(probs, axis=-1, output_type=tf.int32),
+            "tag_probabilities_before": before,
+            "tag_probabilities_after": after,
+            "steps_taken": taken,
+        }
+
+    def _scale_step(self, scale: tf.Tensor, finite: tf.Tensor) -> tf.Tensor:
+        if not self.mixed:
+            return scale
+        return tf.where(finite, scale, scale / 2.0)
+
+    def _refit(self, images: tf.Tensor, tags: tf.Tensor, steps: tf.Tensor) -> dict[str, tf.Tensor]:
+        tf.debugging.assert_non_negative(steps, message="steps must be >= 0")
+        tf.debugging.assert_equal(
+            tf.shape(images)[0], tf.shape(tags)[0], message="one tag vector per image"
+        )
+        if self.config.mode == "latent":
+            return self._refit_latent(images, tags, steps)
+        return self._refit_weights(images, tags, steps)
+
+    # ------------------------------------------------------------ weights mode
+    def _refit_weights(self, images: tf.Tensor, tags: tf.Tensor, steps: tf.Tensor) -> dict:
+        cfg = self.config
+        num_tags = self.num_tags
+        threshold = tf.constant(cfg.threshold, tf.float32)
+
+        def one(args: tuple[tf.Tensor, tf.Tensor]) -> tuple:
+            image, tag = args
+            x, y = image[None], tag[None]
+            anchors = [tf.convert_to_tensor(v.value) for v in self.refit_variables]
+            ids = [id(v) for v in self.refit_variables]
+
+            def tag_logits(params: list[tf.Tensor]) -> tf.Tensor:
+                tv, ntv = self._values(self.tags_model, dict(zip(ids, params, strict=True)))
+                out, _ = self.tags_model.stateless_call(tv, ntv, x, training=False)
+                return tf.cast(out, tf.float32)
+
+            def cond(i, taken, params, state, scale, before, done):
+                return tf.logical_and(i < steps, tf.logical_not(done))
+
+            def body(i, taken, params, state, scale, before, done):
+                with tf.GradientTape() as tape:
+                    tape.watch(params)
+                    logits = tag_logits(params)
+                    loss = _bce(y, logits)[0]
+                    if cfg.alpha > 0:
+                        loss += cfg.alpha * tf.add_n(
+                            [tf.reduce_sum(tf.square(p - a)) for p, a in zip(params, anchors, strict=True)]
+                        )
+                    scaled = loss * scale if self.mixed else loss
+                grads = tape.gradient(scaled, params)
+                if self.mixed:
+                    grads = [g / scale for g in grads]
+                probs = tf.sigmoid(logits)[0]
+                before = tf.where(tf.equal(i, 0), probs, before)
+                agree = tf.reduce_all(tf.equal(probs >= threshold, y[0] >= 0.5))
+                stop = tf.logical_and(tf.constant(cfg.early_stopping), agree)
+                finite = _all_finite(grads) if self.mixed else tf.constant(True)
+                apply = tf.logical_and(tf.logical_not(stop), finite)
+                params, state = tf.cond(
+                    apply,
+                    lambda: _opt_update(cfg, params, grads, state, tf.cast(taken, tf.float32)),
+                    lambda: (list(params), list(state)),
+                )
+                taken += tf.cast(apply, tf.int32)
+                return i + 1, taken, params, state, self._scale_step(scale, finite), before, stop
+
+            params0 = list(anchors)
+            init = (
+                tf.constant(0),
+                tf.constant(0),
+                params0,
+                _opt_init(cfg, params0),
+                tf.constant(cfg.loss_scale, tf.float32),
+                tf.zeros([num_tags], tf.float32),
+                tf.constant(False),
+            )
+            i, taken, params, _, _, before, _ = tf.while_loop(cond, body, init)
+            overrides = dict(zip(ids, params, strict=True))
+
+            def logits_fn(inp: tf.Tensor) -> tf.Tensor:
+                tv, ntv = self._values(self.network, overrides)
+                out, _ = self.network.stateless_call(tv, ntv, inp, training=False)
+                return out[self.semantic_key]
+
+            probs = multi_scale_probabilities(
+                logits_fn, x, cfg.eval_scales, cfg.add_flipped_images
+            )[0]
+            after = tf.sigmoid(tag_logits(params))[0]
+            before = tf.where(tf.equal(i, 0), after, before)
+            return probs, before, after, taken
+
+        probs, before, after, taken = tf.map_fn(
+            one,
+            (images, tags),
+            fn_output_signature=(
+                tf.TensorSpec(None, tf.float32),
+                tf.TensorSpec([num_tags], tf.float32),
+                tf.TensorSpec([num_tags], tf.float32),
+                tf.TensorSpec([], tf.int32),
+            ),
+        )
+        return self._finish(probs, tags, before, after, taken)
+
+    # ------------------------------------------------------------- latent mode
+    def _refit_latent(self, images: tf.Tensor, tags: tf.Tensor, steps: tf.Tensor) -> dict:
+        cfg = self.config
+        threshold = tf.constant(cfg.threshold, tf.float32)
+        feats = self.split.trunk(images, training=False)
+        latent, side = feats[0], list(feats[1:])
+        batch = tf.shape(images)[0]
+
+        def per_image_bcast(v: tf.Tensor) -> tf.Tensor:  # [B] -> [B,1,1,...]
+            return tf.reshape(v, tf.concat([[-1], tf.ones([tf.rank(latent) - 1], tf.int32)], 0))
+
+        def cond(i, taken, delta, state, scale, before, done):
+            return tf.logical_and(i < steps, tf.logical_not(tf.reduce_all(done)))
+
+        def body(i, taken, delta, state, scale, before, done):
+            with tf.GradientTape() as tape:
+                tape.watch(delta)
+                logits = tf.cast(
+                    self.tags_head([latent + tf.cast(delta, latent.dtype), *side], training=False),
+                    tf.float32,
+                )
+                per_image = _bce(tags, logits)
+                if cfg.alpha > 0:
+                    per_image += cfg.alpha * tf.reduce_sum(
+                        tf.reshape(tf.square(delta), [batch, -1]), axis=-1
+                    )
+                loss = tf.reduce_sum(per_image)
+                scaled = loss * scale if self.mixed else loss
+            grad = tape.gradient(scaled, delta)
+            if self.mixed:
+                grad = grad / scale
+            probs = tf.sigmoid(logits)
+            before = tf.where(tf.equal(i, 0), probs, before)
+            agree = tf.reduce_all(tf.equal(probs >= threshold, tags >= 0.5), axis=-1)
+            stop = tf.logical_and(tf.constant(cfg.early_stopping), agree)
+            done = tf.logical_or(done, stop)
+            if self.mixed:
+                finite = tf.reduce_all(
+                    tf.math.is_finite(tf.reshape(grad, [batch, -1])), axis=-1
+                )
+                grad = tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
+            else:
+                finite = tf.ones([batch], tf.bool)
+            active = tf.logical_and(tf.logical_not(done), finite)
+            t = per_image_bcast(tf.cast(taken, tf.float32))
+            new, new_state = _opt_update(cfg, [delta], [grad], state, t)
+            mask = per_image_bcast(active)
+            delta = tf.where(mask, new[0], delta)
+            state = [tf.where(mask, n, o) for n, o in zip(new_state, state, strict=True)]
+            taken += tf.cast(active, tf.int32)
+            scale = self._scale_step(scale, tf.reduce_all(finite))
+            return i + 1, taken, delta, state, scale, before, done
+
+        delta0 = tf.zeros(tf.shape(latent), tf.float32)
+        init = (
+            tf.constant(0),
+            tf.zeros([batch], tf.int32),
+            delta0,
+            _opt_init(cfg, [delta0]),
+            tf.constant(cfg.loss_scale, tf.float32),
+            tf.zeros([batch, self.num_tags], tf.float32),
+            tf.zeros([batch], tf.bool),
+        )
+        i, taken, delta, _, _, before, _ = tf.while_loop(cond, body, init)
+
+        def make_logits_fn(flipped: bool) -> Callable[[tf.Tensor], tf.Tensor]:
+            def fn(inp: tf.Tensor) -> tf.Tensor:
+                f = self.split.trunk(inp, training=False)
+                d = tf.reverse(delta, axis=[2]) if flipped else delta
+                if d.shape.rank == 4:
+                    d = tf.cond(
+                        tf.reduce_all(tf.equal(tf.shape(d)[1:3], tf.shape(f[0])[1:3])),
+                        lambda: d,
+                        lambda: tf.image.resize(d, tf.shape(f[0])[1:3]),
+                    )
+                out = self.split.head([f[0] + tf.cast(d, f[0].dtype), *f[1:]], training=False)
+                return out[self.semantic_key]
+
+            return fn
+
+        single = cfg.eval_scales == (1.0,) and not cfg.add_flipped_images
+        if single:
+            out = self.split.head([latent + tf.cast(delta, latent.dtype), *side], training=False)
+            probs = tf.nn.softmax(tf.cast(out[self.semantic_key], tf.float32), axis=-1)
+            after = tf.sigmoid(tf.cast(out[self.tags_key], tf.float32))
+        else:
+            probs = multi_scale_probabilities(
+                make_logits_fn(False), images, cfg.eval_scales, cfg.add_flipped_images,
+                flipped_logits_fn=make_logits_fn(True),
+            )
+            after = tf.sigmoid(
+                tf.cast(
+                    self.tags_head([latent + tf.cast(delta, latent.dtype), *side], training=False),
+                    tf.float32,
+                )
+            )
+        before = tf.where(tf.equal(i, 0), after, before)
+        return self._finish(probs, tags, before, after, taken)
+
+
+# --------------------------------------------------------------------- toy network
+@keras.saving.register_keras_serializable(package="tf_mtl")
+class ResizeLike(keras.layers.Layer):
+    """Bilinearly resize ``x`` to the spatial size of ``ref`` (logits to input size)."""
+
+    def call(self, x: Any, ref: Any) -> Any:
+        # tf.image.resize accepts a dynamic size tensor (keras.ops.image.resize does not).
+        y = tf.image.resize(x, tf.shape(ref)[1:3], method="bilinear")
+        return tf.cast(y, x.dtype)
+
+    def compute_output_shape(self, x_shape: tuple, ref_shape: tuple) -> tuple:
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+
+def build_toy_network(
+    num_classes: int = 5, num_tags: int = 4, width: int = 8, seed: int = 0
+) -> keras.Model:
+    """A tiny network following the ARCHITECTURE.md contract (tests, benches, docs).
+
+    images -> normalise -> conv -> ``low_level`` -> strided conv + BN -> conv ->
+    ``encoder``; tag head: global pool + dense; decoder: upsample encoder, concat
+    low_level, conv, 1x1 ``logits``, resized to the input size.
+    """
+    layers = keras.layers
+    init = keras.initializers.GlorotUniform
+    inp = keras.Input((None, None, 3), name="images")
+    x = layers.Rescaling(2.0 / 255.0, offset=-1.0, name="normalize")(inp)
+    x = layers.Conv2D(width, 3, padding="same", activation="relu", name="backbone_conv1",
+                      kernel_initializer=init(seed))(x)
+    low = layers.Identity(name="low_level")(x)
+    x = layers.Conv2D(2 * width, 3, strides=2, padding="same", name="backbone_conv2",
+                      kernel_initializer=init(seed + 1))(low)
+    x = layers.BatchNormalization(name="backbone_bn")(x)
+    x = layers.Activation("relu")(x)
+    x = layers.Conv2D(2 * width, 3, padding="same", activation="relu", name="aspp",
+                      kernel_initializer=init(seed + 2))(x)
+    enc = layers.Identity(name="encoder")(x)
+    t = layers.GlobalAveragePooling2D(name="tag_pool")(enc)
+    t = layers.Dense(num_tags, name="tag_head", kernel_initializer=init(seed + 3))(t)
+    t = layers.Activation("linear", dtype="float32", name="tags")(t)
+    d = ResizeLike(name="decoder_upsample")(enc, low)
+    d = layers.Concatenate(name="decoder_concat")([d, low])
+    d = layers.Conv2D(width, 3, padding="same", activation="relu", name="decoder",
+                      kernel_initializer=init(seed + 4))(d)
+    d = layers.Conv2D(num_classes, 1, name="logits", kernel_initializer=init(seed + 5))(d)
+    d = ResizeLike(name="upsample_logits")(d, inp)
+    d = layers.Activation("linear", dtype="float32", name="semantic")(d)
+    return keras.Model(inp, {"semantic": d, "tags": t}, name="toy_segmenter")
