@@ -1,0 +1,98 @@
+"""MobileNetV2 as used by the original DeepLab (slim ``mobilenet_v2`` up to ``layer_18``).
+
+Channels are scaled by ``depth_multiplier`` and rounded to multiples of 8 exactly like
+slim's ``_make_divisible``; expansion sizes are ``_make_divisible(6 * in_channels, 8)``.
+The final 1x1 conv to 1280 channels (``layer_19``) is not built, as in DeepLab.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from deeplab_ext.backbones import OutputStrideTracker, Tap, no_tap
+from deeplab_ext.layers import ConvBN, DepthwiseConvBN
+
+__all__ = ["build_mobilenet_v2", "make_divisible", "MOBILENET_V2_DEF"]
+
+# (expansion t, output channels c, repeats n, first stride s) -- layers 2..18 of V2_DEF.
+MOBILENET_V2_DEF = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """slim mobilenet's ``_make_divisible``: round to a multiple, never drop below 90%."""
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return int(new_v)
+
+
+def build_mobilenet_v2(
+    x: keras.KerasTensor,
+    output_stride: int = 16,
+    *,
+    depth_multiplier: float = 1.0,
+    multi_grid: tuple[int, ...] | None = None,
+    weight_decay: float = 4e-5,
+    bn_momentum: float = 0.9997,
+    bn_epsilon: float = 1e-3,
+    sync_batch_norm: bool = False,
+    prefix: str = "backbone_",
+    tap: Tap | None = None,
+) -> dict[str, keras.KerasTensor]:
+    """MobileNetV2 features; ``final`` = layer_18 (320*dm ch), ``low_level`` = layer_4's depthwise output."""
+    del multi_grid  # not used by MobileNetV2 (kept for a uniform signature)
+    bn = dict(
+        weight_decay=weight_decay,
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
+        sync_batch_norm=sync_batch_norm,
+    )
+
+    def depth(c: int) -> int:
+        return make_divisible(c * depth_multiplier, 8, 8)
+
+    tap = tap or no_tap
+    tracker = OutputStrideTracker(output_stride, tap)
+    x, stride, _ = tracker.next_unit(x, 2)
+    x = ConvBN(depth(32), 3, strides=stride, activation="relu6", name=f"{prefix}layer_1", **bn)(x)
+    layer = 2
+    low_level = None
+    for t, c, n, s in MOBILENET_V2_DEF:
+        out_ch = depth(c)
+        for i in range(n):
+            x, stride, rate = tracker.next_unit(x, s if i == 0 else 1)
+            name = f"{prefix}layer_{layer}"
+            in_ch = x.shape[-1]
+            inner = make_divisible(in_ch * t, 8 if t > 1 else 1)
+            h = x
+            if inner > in_ch:
+                h = ConvBN(inner, 1, activation="relu6", name=f"{name}_expand", **bn)(h)
+            h = DepthwiseConvBN(
+                3,
+                strides=stride,
+                dilation_rate=rate,
+                activation="relu6",
+                name=f"{name}_depthwise",
+                **bn,
+            )(h)
+            if layer == 4:
+                h = low_level = tap("low_level", h)
+            h = ConvBN(out_ch, 1, activation=None, name=f"{name}_project", **bn)(h)
+            if stride == 1 and in_ch == out_ch:
+                h = keras.layers.Add(name=f"{name}_add")([h, x])
+            x = h
+            tracker.record(x)
+            layer += 1
+    feats = tracker.finish(x)
+    feats["low_level"] = low_level
+    return feats

@@ -1,0 +1,200 @@
+"""DeepLab model configuration: one dataclass and a registry of named variants.
+
+The fields mirror the flags of the original ``research/deeplab`` (``model_variant``,
+``output_stride``, ``atrous_rates``, ``decoder_output_stride``, ...), so a variant name
+plus a few overrides reproduces any of the original's configurations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+BACKBONES = (
+    "xception_65",
+    "mobilenet_v2",
+    "resnet_v1_50_beta",
+    "resnet_v1_101_beta",
+)
+VALID_OUTPUT_STRIDES = (8, 16, 32)
+
+
+@dataclass
+class DeepLabConfig:
+    """Everything needed to build a DeepLab network (see ``deeplab_ext.model.build_model``).
+
+    ``atrous_rates`` are given at output stride 16 and scaled with the output stride
+    (OS8 doubles them, as the original's ``12,24,36`` flags do); read them through
+    :meth:`effective_atrous_rates`.
+    """
+
+    backbone: str = "mobilenet_v2"
+    depth_multiplier: float = 1.0
+    output_stride: int = 16
+    atrous_rates: tuple[int, ...] | None = None
+    aspp_with_image_pooling: bool = True
+    aspp_with_separable_conv: bool = True
+    aspp_filters: int = 256
+    aspp_dropout: float = 0.1
+    decoder_output_stride: int | None = None
+    decoder_use_separable_conv: bool = True
+    decoder_filters: int = 256
+    low_level_filters: int = 48
+    num_classes: int = 21
+    multi_grid: tuple[int, ...] | None = None
+    num_tags: int = 0
+    tag_head_hidden: int = 0
+    weight_decay: float = 4e-5
+    bn_momentum: float = 0.9997
+    bn_epsilon: float = 1e-5
+    sync_batch_norm: bool = False
+    upsample_logits: bool = True
+    name: str = "deeplab"
+
+    def __post_init__(self) -> None:
+        # Normalise list-valued fields (JSON / flags give lists) to tuples.
+        if self.atrous_rates is not None:
+            self.atrous_rates = tuple(int(r) for r in self.atrous_rates)
+        if self.multi_grid is not None:
+            self.multi_grid = tuple(int(r) for r in self.multi_grid)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the bad field/flag and the fix."""
+        if self.backbone not in BACKBONES:
+            raise ValueError(
+                f"DeepLabConfig.backbone={self.backbone!r} is unknown; use one of {BACKBONES}."
+            )
+        if self.output_stride not in VALID_OUTPUT_STRIDES:
+            raise ValueError(
+                f"--output_stride={self.output_stride} is not supported; use one of "
+                f"{VALID_OUTPUT_STRIDES}."
+            )
+        if self.decoder_output_stride not in (None, 4):
+            raise ValueError(
+                f"--decoder_output_stride={self.decoder_output_stride} is not supported; "
+                "use 4 or leave it unset (no decoder)."
+            )
+        if self.num_classes < 1:
+            raise ValueError(f"--num_classes={self.num_classes} must be >= 1.")
+        if self.num_tags < 0:
+            raise ValueError(f"num_tags={self.num_tags} must be >= 0 (0 = no tag head).")
+        if self.depth_multiplier <= 0:
+            raise ValueError(f"depth_multiplier={self.depth_multiplier} must be > 0.")
+        if not 0.0 <= self.aspp_dropout < 1.0:
+            raise ValueError(f"aspp_dropout={self.aspp_dropout} must be in [0, 1).")
+
+    def effective_atrous_rates(self) -> tuple[int, ...]:
+        """ASPP rates at this config's output stride (given at OS16; x2 at OS8, /2 at OS32)."""
+        if not self.atrous_rates:
+            return ()
+        scale = 16 / self.output_stride
+        return tuple(max(1, int(round(r * scale))) for r in self.atrous_rates)
+
+    def replace(self, **overrides) -> DeepLabConfig:
+        """A copy with some fields changed (unknown field -> ValueError)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown DeepLabConfig field(s) {unknown}; valid fields: {sorted(names)}"
+            )
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DeepLabConfig:
+        return cls(**d)
+
+
+def _xception65(**kw) -> DeepLabConfig:
+    return DeepLabConfig(
+        backbone="xception_65",
+        atrous_rates=(6, 12, 18),
+        decoder_output_stride=4,
+        weight_decay=4e-5,
+        **kw,
+    )
+
+
+def _mobilenetv2_plus(**kw) -> DeepLabConfig:
+    return DeepLabConfig(
+        backbone="mobilenet_v2",
+        atrous_rates=(6, 12, 18),
+        decoder_output_stride=4,
+        weight_decay=4e-5,
+        **kw,
+    )
+
+
+def _mobilenetv2_v3(**kw) -> DeepLabConfig:
+    # The original's MobileNetV2 checkpoint config: image pooling + 1x1 ASPP branch only.
+    return DeepLabConfig(
+        backbone="mobilenet_v2",
+        atrous_rates=None,
+        decoder_output_stride=None,
+        weight_decay=4e-5,
+        **kw,
+    )
+
+
+def _resnet(depth: int, **kw) -> DeepLabConfig:
+    return DeepLabConfig(
+        backbone=f"resnet_v1_{depth}_beta",
+        atrous_rates=(6, 12, 18),
+        decoder_output_stride=4,
+        multi_grid=(1, 2, 4),
+        weight_decay=1e-4,
+        **kw,
+    )
+
+
+_TINY = dict(depth_multiplier=0.25, aspp_filters=32, decoder_filters=32, low_level_filters=16)
+
+_BASE_VARIANTS: dict[str, DeepLabConfig] = {
+    "deeplabv3plus_xception65": _xception65(name="deeplabv3plus_xception65"),
+    "deeplabv3plus_mobilenetv2": _mobilenetv2_plus(name="deeplabv3plus_mobilenetv2"),
+    "deeplabv3_mobilenetv2": _mobilenetv2_v3(name="deeplabv3_mobilenetv2"),
+    "deeplabv3plus_resnet50": _resnet(50, name="deeplabv3plus_resnet50"),
+    "deeplabv3plus_resnet101": _resnet(101, name="deeplabv3plus_resnet101"),
+    "deeplabv3plus_mobilenetv2_tiny": _mobilenetv2_plus(
+        name="deeplabv3plus_mobilenetv2_tiny", **_TINY
+    ),
+    "deeplabv3_mobilenetv2_tiny": _mobilenetv2_v3(name="deeplabv3_mobilenetv2_tiny", **_TINY),
+}
+
+
+def _with_tags(cfg: DeepLabConfig, name: str) -> DeepLabConfig:
+    return dataclasses.replace(cfg, num_tags=cfg.num_classes - 1, name=name)
+
+
+MODEL_VARIANTS: dict[str, DeepLabConfig] = dict(_BASE_VARIANTS)
+for _name, _cfg in _BASE_VARIANTS.items():
+    MODEL_VARIANTS[_name + "_mt"] = _with_tags(_cfg, _name + "_mt")
+
+
+def get_config(variant: str, **overrides) -> DeepLabConfig:
+    """The registered config ``variant`` with ``overrides`` applied.
+
+    For ``*_mt`` variants ``num_tags`` follows ``num_classes - 1`` when only
+    ``num_classes`` is overridden (tags = every class but background).
+    """
+    if variant not in MODEL_VARIANTS:
+        raise ValueError(
+            f"unknown --model_variant={variant!r}; valid names: {sorted(MODEL_VARIANTS)}"
+        )
+    cfg = MODEL_VARIANTS[variant]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if cfg.num_tags > 0 and "num_classes" in overrides and "num_tags" not in overrides:
+        overrides["num_tags"] = max(int(overrides["num_classes"]) - 1, 1)
+    return cfg.replace(**overrides) if overrides else dataclasses.replace(cfg)
+
+
+__all__ = ["BACKBONES", "DeepLabConfig", "MODEL_VARIANTS", "get_config"]

@@ -1,0 +1,561 @@
+"""Small serialisable Keras layers that DeepLab is built from.
+
+Each layer mirrors a building block of the original ``research/deeplab`` (slim
+``conv2d`` + batch norm, ``split_separable_conv2d``, ASPP, the decoder) so that the
+architecture, padding and multiply-add counts line up with the original. All layers
+are registered under the ``deeplab_ext`` package so ``.keras`` files reload without
+``custom_objects``.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+_PKG = "deeplab_ext"
+
+__all__ = [
+    "ASPP",
+    "ConvBN",
+    "Decoder",
+    "DepthwiseConvBN",
+    "Preprocess",
+    "ResizeBilinear",
+    "SeparableConvBN",
+    "TagHead",
+    "fixed_padding",
+    "l2_regularizer",
+]
+
+
+def l2_regularizer(weight_decay: float) -> keras.regularizers.Regularizer | None:
+    """slim's ``l2_regularizer(wd)`` is ``wd * sum(w**2) / 2``; Keras' L2(l) is ``l * sum(w**2)``."""
+    if not weight_decay:
+        return None
+    return keras.regularizers.L2(weight_decay / 2.0)
+
+
+def fixed_padding(x, kernel_size: int, rate: int = 1):
+    """Pad like the original's ``fixed_padding`` (input-size independent, symmetric).
+
+    Used before every strided conv so that odd crops (513 = 16*32+1) keep the corner
+    alignment the original relies on, independent of whether H, W are even.
+    """
+    k_eff = kernel_size + (kernel_size - 1) * (rate - 1)
+    total = k_eff - 1
+    beg = total // 2
+    end = total - beg
+    if total == 0:
+        return x
+    return keras.ops.pad(x, [[0, 0], [beg, end], [beg, end], [0, 0]])
+
+
+def _padded_shape(shape, kernel_size: int, rate: int = 1):
+    total = kernel_size + (kernel_size - 1) * (rate - 1) - 1
+    grow = lambda d: None if d is None else d + total  # noqa: E731
+    return (shape[0], grow(shape[1]), grow(shape[2]), shape[3])
+
+
+def _bn(name: str, momentum: float, epsilon: float, sync: bool) -> keras.layers.Layer:
+    return keras.layers.BatchNormalization(
+        momentum=momentum, epsilon=epsilon, synchronized=sync, name=name
+    )
+
+
+def _act(x, activation: str | None):
+    if activation is None:
+        return x
+    if activation == "relu":
+        return keras.ops.relu(x)
+    if activation == "relu6":
+        return keras.ops.relu6(x)
+    raise ValueError(f"unsupported activation {activation!r}; use 'relu', 'relu6' or None")
+
+
+class _BNConfigMixin:
+    """Shared get_config fields for batch-norm carrying layers."""
+
+    def _bn_config(self) -> dict:
+        return {
+            "weight_decay": self.weight_decay,
+            "bn_momentum": self.bn_momentum,
+            "bn_epsilon": self.bn_epsilon,
+            "sync_batch_norm": self.sync_batch_norm,
+        }
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class ConvBN(_BNConfigMixin, keras.layers.Layer):
+    """Conv2D (no bias) -> BatchNorm -> activation, i.e. slim ``conv2d`` under DeepLab's arg scope.
+
+    Strided convs use the original's explicit ``fixed_padding`` + VALID; stride-1 convs
+    use SAME (dilated or not).
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int = 1,
+        strides: int = 1,
+        dilation_rate: int = 1,
+        activation: str | None = "relu",
+        weight_decay: float = 0.0,
+        bn_momentum: float = 0.9997,
+        bn_epsilon: float = 1e-5,
+        sync_batch_norm: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.dilation_rate = int(dilation_rate)
+        self.activation = activation
+        self.weight_decay = float(weight_decay)
+        self.bn_momentum = float(bn_momentum)
+        self.bn_epsilon = float(bn_epsilon)
+        self.sync_batch_norm = bool(sync_batch_norm)
+        self._explicit_pad = self.strides > 1 and self.kernel_size > 1
+        self.conv = keras.layers.Conv2D(
+            self.filters,
+            self.kernel_size,
+            strides=self.strides,
+            dilation_rate=self.dilation_rate,
+            padding="valid" if self._explicit_pad else "same",
+            use_bias=False,
+            kernel_regularizer=l2_regularizer(self.weight_decay),
+            kernel_initializer="he_normal",
+            name="conv",
+        )
+        self.bn = _bn("bn", self.bn_momentum, self.bn_epsilon, self.sync_batch_norm)
+
+    def call(self, x, training=None):
+        if self._explicit_pad:
+            x = fixed_padding(x, self.kernel_size, self.dilation_rate)
+        return _act(self.bn(self.conv(x), training=training), self.activation)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        if self._explicit_pad:
+            shape = _padded_shape(shape, self.kernel_size, self.dilation_rate)
+        self.conv.build(shape)
+        self.bn.build(self.conv.compute_output_shape(shape))
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        if self._explicit_pad:
+            shape = _padded_shape(shape, self.kernel_size, self.dilation_rate)
+        return self.conv.compute_output_shape(shape)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "dilation_rate": self.dilation_rate,
+            "activation": self.activation,
+            **self._bn_config(),
+        }
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class DepthwiseConvBN(_BNConfigMixin, keras.layers.Layer):
+    """DepthwiseConv2D (no bias, not regularised, as in the original) -> BN -> activation."""
+
+    def __init__(
+        self,
+        kernel_size: int = 3,
+        strides: int = 1,
+        dilation_rate: int = 1,
+        activation: str | None = "relu",
+        weight_decay: float = 0.0,
+        bn_momentum: float = 0.9997,
+        bn_epsilon: float = 1e-5,
+        sync_batch_norm: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.dilation_rate = int(dilation_rate)
+        self.activation = activation
+        self.weight_decay = float(weight_decay)
+        self.bn_momentum = float(bn_momentum)
+        self.bn_epsilon = float(bn_epsilon)
+        self.sync_batch_norm = bool(sync_batch_norm)
+        self._explicit_pad = self.strides > 1
+        self.depthwise = keras.layers.DepthwiseConv2D(
+            self.kernel_size,
+            strides=self.strides,
+            dilation_rate=self.dilation_rate,
+            padding="valid" if self._explicit_pad else "same",
+            use_bias=False,
+            depthwise_initializer=keras.initializers.TruncatedNormal(stddev=0.33),
+            name="depthwise",
+        )
+        self.bn = _bn("bn", self.bn_momentum, self.bn_epsilon, self.sync_batch_norm)
+
+    def call(self, x, training=None):
+        if self._explicit_pad:
+            x = fixed_padding(x, self.kernel_size, self.dilation_rate)
+        return _act(self.bn(self.depthwise(x), training=training), self.activation)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        if self._explicit_pad:
+            shape = _padded_shape(shape, self.kernel_size, self.dilation_rate)
+        self.depthwise.build(shape)
+        self.bn.build(self.depthwise.compute_output_shape(shape))
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        if self._explicit_pad:
+            shape = _padded_shape(shape, self.kernel_size, self.dilation_rate)
+        return self.depthwise.compute_output_shape(shape)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "dilation_rate": self.dilation_rate,
+            "activation": self.activation,
+            **self._bn_config(),
+        }
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class SeparableConvBN(_BNConfigMixin, keras.layers.Layer):
+    """The original's ``split_separable_conv2d``: depthwise(rate) -> BN -> act -> 1x1 -> BN -> act.
+
+    ``pre_activation`` covers Xception's units built with
+    ``activation_fn_in_separable_conv=False`` (ReLU on the input, no activation inside).
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int = 3,
+        strides: int = 1,
+        dilation_rate: int = 1,
+        activation: str | None = "relu",
+        pre_activation: str | None = None,
+        weight_decay: float = 0.0,
+        bn_momentum: float = 0.9997,
+        bn_epsilon: float = 1e-5,
+        sync_batch_norm: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.dilation_rate = int(dilation_rate)
+        self.activation = activation
+        self.pre_activation = pre_activation
+        self.weight_decay = float(weight_decay)
+        self.bn_momentum = float(bn_momentum)
+        self.bn_epsilon = float(bn_epsilon)
+        self.sync_batch_norm = bool(sync_batch_norm)
+        bn = self._bn_config()
+        self.depthwise = DepthwiseConvBN(
+            self.kernel_size,
+            self.strides,
+            self.dilation_rate,
+            activation=self.activation,
+            name="depthwise",
+            **bn,
+        )
+        self.pointwise = ConvBN(self.filters, 1, activation=self.activation, name="pointwise", **bn)
+
+    def call(self, x, training=None):
+        x = _act(x, self.pre_activation)
+        return self.pointwise(self.depthwise(x, training=training), training=training)
+
+    def build(self, input_shape):
+        self.depthwise.build(input_shape)
+        dw_shape = self.depthwise.compute_output_shape(input_shape)
+        self.pointwise.build(dw_shape)
+
+    def compute_output_shape(self, input_shape):
+        dw_shape = self.depthwise.compute_output_shape(input_shape)
+        return self.pointwise.compute_output_shape(dw_shape)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "dilation_rate": self.dilation_rate,
+            "activation": self.activation,
+            "pre_activation": self.pre_activation,
+            **self._bn_config(),
+        }
+
+
+def _resize_bilinear(x, height, width):
+    """``tf.compat.v1.image.resize_bilinear(align_corners=True)``, as the original's _resize_bilinear."""
+    y = tf.raw_ops.ResizeBilinear(
+        images=x, size=tf.stack([height, width]), align_corners=True, half_pixel_centers=False
+    )
+    return tf.cast(y, x.dtype)
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class ResizeBilinear(keras.layers.Layer):
+    """Resize ``inputs[0]`` bilinearly to the spatial size of ``inputs[1]`` (dynamic shapes OK).
+
+    Uses ``align_corners=True`` like the original, which is exact for OS*k+1 crops.
+    """
+
+    def __init__(self, align_corners: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.align_corners = bool(align_corners)
+
+    def call(self, inputs):
+        x, ref = inputs
+        size = tf.shape(ref)[1:3]
+        if self.align_corners:
+            return _resize_bilinear(x, size[0], size[1])
+        return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        x_shape, ref_shape = input_shape
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[-1])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "align_corners": self.align_corners}
+
+
+_PREPROCESS_MODES = ("inception", "mean_subtraction")
+MEAN_RGB = (123.15, 115.90, 103.06)
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class Preprocess(keras.layers.Layer):
+    """Backbone normalisation inside the model, so exported models take raw [0, 255] RGB.
+
+    ``inception``: ``2/255*x - 1`` (mobilenet, xception); ``mean_subtraction``: ``x - MEAN_RGB``
+    (resnet_v1_*_beta).
+    """
+
+    def __init__(self, mode: str = "inception", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in _PREPROCESS_MODES:
+            raise ValueError(f"Preprocess(mode={mode!r}): use one of {_PREPROCESS_MODES}")
+        self.mode = mode
+
+    def call(self, x):
+        x = keras.ops.cast(x, self.compute_dtype)
+        if self.mode == "inception":
+            return x * (2.0 / 255.0) - 1.0
+        return x - keras.ops.convert_to_tensor(MEAN_RGB, dtype=self.compute_dtype)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class ASPP(_BNConfigMixin, keras.layers.Layer):
+    """Atrous spatial pyramid pooling as in the original ``extract_features``.
+
+    Branches (concat order as the original): image pooling (global mean -> 1x1 -> BN ->
+    ReLU -> bilinear resize), 1x1 conv, one 3x3 (separable) atrous conv per rate; then a
+    1x1 projection + BN + ReLU and dropout.
+    """
+
+    def __init__(
+        self,
+        filters: int = 256,
+        atrous_rates: tuple[int, ...] | list[int] = (),
+        image_pooling: bool = True,
+        separable: bool = True,
+        dropout: float = 0.1,
+        weight_decay: float = 0.0,
+        bn_momentum: float = 0.9997,
+        bn_epsilon: float = 1e-5,
+        sync_batch_norm: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.atrous_rates = tuple(int(r) for r in (atrous_rates or ()))
+        self.image_pooling = bool(image_pooling)
+        self.separable = bool(separable)
+        self.dropout_rate = float(dropout)
+        self.weight_decay = float(weight_decay)
+        self.bn_momentum = float(bn_momentum)
+        self.bn_epsilon = float(bn_epsilon)
+        self.sync_batch_norm = bool(sync_batch_norm)
+        bn = self._bn_config()
+        self.pool_conv = (
+            ConvBN(self.filters, 1, name="image_pooling", **bn) if self.image_pooling else None
+        )
+        self.conv0 = ConvBN(self.filters, 1, name="aspp0", **bn)
+        # One attribute per branch (not a list): tf.train.Checkpoint does not track the
+        # contents of Keras-tracked lists, and training checkpoints must include them.
+        for i, rate in enumerate(self.atrous_rates, 1):
+            if self.separable:
+                layer = SeparableConvBN(self.filters, 3, dilation_rate=rate, name=f"aspp{i}", **bn)
+            else:
+                layer = ConvBN(self.filters, 3, dilation_rate=rate, name=f"aspp{i}", **bn)
+            setattr(self, f"atrous{i}", layer)
+        self.projection = ConvBN(self.filters, 1, name="concat_projection", **bn)
+        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
+
+    def atrous_layers(self) -> list[keras.layers.Layer]:
+        """The atrous branches, in rate order."""
+        return [getattr(self, f"atrous{i}") for i in range(1, len(self.atrous_rates) + 1)]
+
+    def call(self, x, training=None):
+        branches = []
+        if self.pool_conv is not None:
+            pooled = keras.ops.mean(x, axis=(1, 2), keepdims=True)
+            pooled = self.pool_conv(pooled, training=training)
+            size = tf.shape(x)[1:3]
+            branches.append(_resize_bilinear(pooled, size[0], size[1]))
+        branches.append(self.conv0(x, training=training))
+        for layer in self.atrous_layers():
+            branches.append(layer(x, training=training))
+        y = keras.ops.concatenate(branches, axis=-1) if len(branches) > 1 else branches[0]
+        y = self.projection(y, training=training)
+        return self.dropout(y, training=training)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        if self.pool_conv is not None:
+            self.pool_conv.build((shape[0], 1, 1, shape[-1]))
+        self.conv0.build(shape)
+        for layer in self.atrous_layers():
+            layer.build(shape)
+        n_branches = 1 + len(self.atrous_rates) + (self.pool_conv is not None)
+        self.projection.build(shape[:-1] + (self.filters * n_branches,))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.filters,)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "atrous_rates": list(self.atrous_rates),
+            "image_pooling": self.image_pooling,
+            "separable": self.separable,
+            "dropout": self.dropout_rate,
+            **self._bn_config(),
+        }
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class Decoder(_BNConfigMixin, keras.layers.Layer):
+    """DeepLabv3+ decoder (the original's ``refine_by_decoder``) for one low-level feature.
+
+    ``inputs = [encoder, low_level]``: 1x1 conv of ``low_level`` to ``low_level_filters``
+    (+BN+ReLU), encoder resized bilinearly to the low-level size, concat (encoder first),
+    two 3x3 (separable) convs of ``filters``.
+    """
+
+    def __init__(
+        self,
+        filters: int = 256,
+        low_level_filters: int = 48,
+        separable: bool = True,
+        weight_decay: float = 0.0,
+        bn_momentum: float = 0.9997,
+        bn_epsilon: float = 1e-5,
+        sync_batch_norm: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.low_level_filters = int(low_level_filters)
+        self.separable = bool(separable)
+        self.weight_decay = float(weight_decay)
+        self.bn_momentum = float(bn_momentum)
+        self.bn_epsilon = float(bn_epsilon)
+        self.sync_batch_norm = bool(sync_batch_norm)
+        bn = self._bn_config()
+        self.projection = ConvBN(self.low_level_filters, 1, name="feature_projection0", **bn)
+        conv = SeparableConvBN if self.separable else ConvBN
+        self.conv0 = conv(self.filters, 3, name="decoder_conv0", **bn)
+        self.conv1 = conv(self.filters, 3, name="decoder_conv1", **bn)
+
+    def call(self, inputs, training=None):
+        encoder, low_level = inputs
+        low = self.projection(low_level, training=training)
+        size = tf.shape(low)[1:3]
+        enc = _resize_bilinear(encoder, size[0], size[1])
+        y = keras.ops.concatenate([enc, low], axis=-1)
+        y = self.conv0(y, training=training)
+        return self.conv1(y, training=training)
+
+    def build(self, input_shape):
+        enc_shape, low_shape = (tuple(s) for s in input_shape)
+        self.projection.build(low_shape)
+        self.conv0.build(low_shape[:-1] + (enc_shape[-1] + self.low_level_filters,))
+        self.conv1.build(low_shape[:-1] + (self.filters,))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[1][:-1]) + (self.filters,)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "low_level_filters": self.low_level_filters,
+            "separable": self.separable,
+            **self._bn_config(),
+        }
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class TagHead(keras.layers.Layer):
+    """Image-level multi-label head: global average pool -> [Dense(hidden, relu)] -> Dense(num_tags).
+
+    Returns float32 logits (sigmoid is applied in the loss / at prediction time).
+    """
+
+    def __init__(self, num_tags: int, hidden: int = 0, weight_decay: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if int(num_tags) < 1:
+            raise ValueError(f"TagHead(num_tags={num_tags}): need >= 1 tag")
+        self.num_tags = int(num_tags)
+        self.hidden = int(hidden)
+        self.weight_decay = float(weight_decay)
+        reg = l2_regularizer(self.weight_decay)
+        self.hidden_dense = (
+            keras.layers.Dense(
+                self.hidden, activation="relu", kernel_regularizer=reg, name="hidden"
+            )
+            if self.hidden > 0
+            else None
+        )
+        self.dense = keras.layers.Dense(
+            self.num_tags, kernel_regularizer=reg, name="logits", dtype="float32"
+        )
+
+    def call(self, x):
+        y = keras.ops.mean(x, axis=(1, 2))
+        if self.hidden_dense is not None:
+            y = self.hidden_dense(y)
+        return keras.ops.cast(self.dense(y), "float32")
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if self.hidden_dense is not None:
+            self.hidden_dense.build((input_shape[0], channels))
+            channels = self.hidden
+        self.dense.build((input_shape[0], channels))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_tags)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "num_tags": self.num_tags,
+            "hidden": self.hidden,
+            "weight_decay": self.weight_decay,
+        }

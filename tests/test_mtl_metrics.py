@@ -1,0 +1,116 @@
+"""Streaming metrics against independent NumPy references (single device)."""
+
+import keras
+import numpy as np
+import pytest
+
+from tf_mtl.metrics import StreamingMeanIoU, TagF1, TagMAP, TagPrecisionRecallF1
+
+C, IGN = 6, 255
+
+
+def np_miou(labels, preds, num_classes=C, ignore=IGN):
+    lab, pr = labels.reshape(-1), preds.reshape(-1)
+    keep = lab != ignore
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (lab[keep], pr[keep]), 1)
+    inter = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    return np.nanmean(iou), iou, cm
+
+
+def np_average_precision(y, s):
+    """sklearn-style AP with ties: sum over distinct thresholds of dRecall * precision."""
+    order = np.argsort(-s, kind="stable")
+    y, s = y[order], s[order]
+    distinct = np.r_[np.where(np.diff(s))[0], y.size - 1]
+    tp = np.cumsum(y)[distinct]
+    fp = (1 + distinct) - tp
+    precision = tp / (tp + fp)
+    recall = tp / y.sum()
+    return np.sum(np.diff(np.r_[0.0, recall]) * precision)
+
+
+def random_seg(rng, shape=(3, 10, 12), p_ignore=0.15):
+    labels = rng.integers(0, C - 1, size=shape)  # class C-1 never in ground truth
+    labels[rng.random(shape) < p_ignore] = IGN
+    preds = np.where(rng.random(shape) < 0.6, labels, rng.integers(0, C, size=shape))
+    preds[labels == IGN] = rng.integers(0, C, size=int((labels == IGN).sum()))
+    preds = np.where(preds == IGN, 0, preds)
+    return labels.astype(np.int32), preds.astype(np.int32)
+
+
+def test_streaming_miou_matches_numpy_over_batches():
+    rng = np.random.default_rng(0)
+    m = StreamingMeanIoU(C, IGN)
+    all_l, all_p = [], []
+    for _ in range(3):
+        labels, preds = random_seg(rng)
+        m.update_state(labels, preds)
+        all_l.append(labels)
+        all_p.append(preds)
+    expect, iou, cm = np_miou(np.stack(all_l), np.stack(all_p))
+    assert float(m.result()) == pytest.approx(expect, rel=1e-6)
+    np.testing.assert_allclose(m.per_class_iou().numpy(), iou, rtol=1e-6)
+    np.testing.assert_array_equal(m.confusion_matrix().numpy(), cm)
+    assert cm.sum() == sum((lab != IGN).sum() for lab in all_l)  # ignore pixels excluded
+    m.reset_state()
+    assert float(m.result()) == 0.0
+
+
+def test_miou_takes_logits_and_skips_absent_classes():
+    labels = np.array([[[0, 0, 1, IGN]]], np.int32)
+    logits = np.zeros((1, 1, 4, C), np.float32)
+    for i, c in enumerate([0, 1, 1, 4]):  # the ignore pixel predicts 4: must not count
+        logits[0, 0, i, c] = 5.0
+    m = StreamingMeanIoU(C, IGN)
+    m.update_state(labels, logits)
+    # class 0: 1/2, class 1: 1/2; classes 2..5 absent from gt and pred -> excluded.
+    assert float(m.result()) == pytest.approx(0.5)
+    iou = m.per_class_iou().numpy()
+    assert iou[0] == pytest.approx(0.5) and np.isnan(iou[4])
+    clone = StreamingMeanIoU.from_config(m.get_config())
+    assert clone.num_classes == C and clone.ignore_label == IGN
+
+
+def test_tag_prf1_micro_counts():
+    y = np.array([[1, 0, 1], [0, 1, 0]], np.float32)
+    logits = np.array([[2.0, 1.0, -1.0], [-3.0, 0.5, 0.1]], np.float32)
+    # preds at p>=0.5 (logit>=0): [[1,1,0],[0,1,1]] -> tp=2, fp=2, fn=1
+    m = TagPrecisionRecallF1(3)
+    m.update_state(y, logits)
+    assert float(m.precision()) == pytest.approx(0.5)
+    assert float(m.recall()) == pytest.approx(2 / 3)
+    assert float(m.result()) == pytest.approx(2 * 2 / (2 * 2 + 2 + 1))
+    probs = TagF1(3, threshold=0.6, from_logits=False)
+    probs.update_state(y, 1 / (1 + np.exp(-logits)))  # 0.62 passes, 0.525 not
+    assert float(probs.precision()) == pytest.approx(2 / 3)  # tp 2, fp 1
+
+
+def test_tag_map_matches_numpy_average_precision():
+    rng = np.random.default_rng(3)
+    nb = 50
+    y = (rng.random((40, 4)) < 0.4).astype(np.float32)
+    y[:, 3] = 0.0  # a tag without positives is left out of the mean
+    # Scores on bin centres -> the histogram AP is exact (ties resolved as sklearn).
+    probs = (rng.integers(0, nb, size=y.shape) + 0.5) / nb
+    probs = np.clip(probs + 0.3 * (y - 0.5), 0.5 / nb, 1 - 0.5 / nb)
+    probs = (np.floor(probs * nb) + 0.5) / nb
+    m = TagMAP(4, num_bins=nb, from_logits=False)
+    m.update_state(y[:20], probs[:20])
+    m.update_state(y[20:], probs[20:])
+    aps = [np_average_precision(y[:, t], probs[:, t]) for t in range(3)]
+    np.testing.assert_allclose(m.per_tag_ap().numpy()[:3], aps, rtol=1e-6)
+    assert np.isnan(m.per_tag_ap().numpy()[3])
+    assert float(m.result()) == pytest.approx(np.mean(aps), rel=1e-6)
+    assert 0.5 < float(m.result()) < 1.0
+    # Logit inputs with fine bins: close to the exact AP of the raw scores.
+    logits = rng.standard_normal((200, 3)).astype(np.float32)
+    yy = (rng.random((200, 3)) < 1 / (1 + np.exp(-2 * logits))).astype(np.float32)
+    fine = TagMAP(3, num_bins=10000)
+    fine.update_state(yy, logits)
+    exact = np.mean([np_average_precision(yy[:, t], logits[:, t]) for t in range(3)])
+    assert float(fine.result()) == pytest.approx(exact, abs=5e-3)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(fine))
+    assert clone.num_bins == 10000

@@ -1,0 +1,234 @@
+"""Streaming metrics: confusion-matrix mIoU and multi-label tag metrics.
+
+All state lives in Keras metric variables (aggregation SUM, synchronised on read), so
+accumulating under `tf.distribute` and reading `result()` in cross-replica context
+gives the totals over all replicas. Counts are float64 (exact up to 2^53 pixels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+
+def _as_labels(y_true: tf.Tensor) -> tf.Tensor:
+    y_true = tf.convert_to_tensor(y_true)
+    if y_true.shape.rank == 4 and y_true.shape[-1] == 1:
+        y_true = tf.squeeze(y_true, -1)
+    return tf.cast(y_true, tf.int32)
+
+
+@keras.saving.register_keras_serializable(package="tf_mtl")
+class StreamingMeanIoU(keras.metrics.Metric):
+    """Mean IoU from a streaming confusion matrix (as the original's tf.metrics.mean_iou).
+
+    `y_pred` is either class ids with the shape of `y_true` or scores/logits with an
+    extra class axis (argmax is taken). Pixels labelled `ignore_label` are excluded.
+    `result()` averages IoU over classes with a non-zero denominator (present in
+    ground truth or prediction); `per_class_iou()` gives NaN for absent classes.
+    """
+
+    def __init__(
+        self, num_classes: int, ignore_label: int = 255, name: str = "mean_iou", **kwargs: Any
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        self.total_cm = self.add_variable(
+            shape=(self.num_classes, self.num_classes),
+            initializer="zeros",
+            dtype="float64",
+            name="total_confusion_matrix",
+        )
+
+    def update_state(
+        self, y_true: tf.Tensor, y_pred: tf.Tensor, sample_weight: tf.Tensor | None = None
+    ) -> None:
+        labels = _as_labels(y_true)
+        y_pred = tf.convert_to_tensor(y_pred)
+        if y_pred.shape.rank == labels.shape.rank + 1:
+            y_pred = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
+        preds = tf.reshape(tf.cast(y_pred, tf.int32), [-1])
+        weights = tf.ones(tf.shape(labels), tf.float64)
+        if sample_weight is not None:  # per image [B] or per pixel [B, H, W]
+            sw = tf.cast(tf.convert_to_tensor(sample_weight), tf.float64)
+            if sw.shape.rank == 1:
+                sw = tf.reshape(sw, [-1] + [1] * (labels.shape.rank - 1))
+            weights = weights * sw
+        labels = tf.reshape(labels, [-1])
+        keep = tf.not_equal(labels, self.ignore_label)
+        weights = tf.reshape(weights, [-1]) * tf.cast(keep, tf.float64)
+        safe_labels = tf.where(keep, labels, 0)
+        n = self.num_classes
+        cm = tf.math.bincount(
+            safe_labels * n + tf.clip_by_value(preds, 0, n - 1),
+            weights=weights,
+            minlength=n * n,
+            maxlength=n * n,
+            dtype=tf.float64,
+        )
+        self.total_cm.assign_add(tf.reshape(cm, [n, n]))
+
+    def _iou(self) -> tuple[tf.Tensor, tf.Tensor]:
+        cm = tf.convert_to_tensor(self.total_cm)
+        diag = tf.linalg.diag_part(cm)
+        denom = tf.reduce_sum(cm, 0) + tf.reduce_sum(cm, 1) - diag
+        return tf.math.divide_no_nan(diag, denom), denom > 0
+
+    def result(self) -> tf.Tensor:
+        iou, valid = self._iou()
+        num_valid = tf.reduce_sum(tf.cast(valid, tf.float64))
+        mean = tf.math.divide_no_nan(tf.reduce_sum(tf.where(valid, iou, 0.0)), num_valid)
+        return tf.cast(mean, tf.float32)
+
+    def per_class_iou(self) -> tf.Tensor:
+        """IoU per class (float32 [num_classes]); NaN where the class never occurred."""
+        iou, valid = self._iou()
+        nan = tf.constant(float("nan"), tf.float64)
+        return tf.cast(tf.where(valid, iou, nan), tf.float32)
+
+    def confusion_matrix(self) -> tf.Tensor:
+        """Accumulated counts, rows = ground truth, columns = prediction."""
+        return tf.convert_to_tensor(self.total_cm)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "num_classes": self.num_classes,
+                "ignore_label": self.ignore_label}
+
+
+def _tag_probs(y_pred: tf.Tensor, from_logits: bool) -> tf.Tensor:
+    y_pred = tf.cast(y_pred, tf.float32)
+    return tf.sigmoid(y_pred) if from_logits else y_pred
+
+
+@keras.saving.register_keras_serializable(package="tf_mtl")
+class TagPrecisionRecallF1(keras.metrics.Metric):
+    """Micro-averaged precision / recall / F1 of multi-label tags at a threshold.
+
+    `result()` is F1; `precision()`, `recall()` and `results()` give the rest.
+    `y_pred` are logits unless `from_logits=False` (then probabilities).
+    """
+
+    def __init__(
+        self,
+        num_tags: int,
+        threshold: float = 0.5,
+        from_logits: bool = True,
+        name: str = "tag_f1",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        self.num_tags = int(num_tags)
+        self.threshold = float(threshold)
+        self.from_logits = bool(from_logits)
+        self.counts = self.add_variable(
+            shape=(3,), initializer="zeros", dtype="float64", name="tp_fp_fn"
+        )
+
+    def update_state(
+        self, y_true: tf.Tensor, y_pred: tf.Tensor, sample_weight: tf.Tensor | None = None
+    ) -> None:
+        truth = tf.cast(y_true, tf.float64) > 0.5
+        pred = _tag_probs(y_pred, self.from_logits) >= self.threshold
+        w = tf.ones_like(tf.cast(truth, tf.float64))
+        if sample_weight is not None:
+            sw = tf.cast(sample_weight, tf.float64)
+            w = w * tf.reshape(sw, [-1, 1]) if sw.shape.rank == 1 else w * sw
+
+        def count(mask: tf.Tensor) -> tf.Tensor:
+            return tf.reduce_sum(tf.where(mask, w, 0.0))
+
+        self.counts.assign_add(
+            tf.stack([count(truth & pred), count(~truth & pred), count(truth & ~pred)])
+        )
+
+    def precision(self) -> tf.Tensor:
+        c = tf.convert_to_tensor(self.counts)
+        return tf.cast(tf.math.divide_no_nan(c[0], c[0] + c[1]), tf.float32)
+
+    def recall(self) -> tf.Tensor:
+        c = tf.convert_to_tensor(self.counts)
+        return tf.cast(tf.math.divide_no_nan(c[0], c[0] + c[2]), tf.float32)
+
+    def result(self) -> tf.Tensor:
+        c = tf.convert_to_tensor(self.counts)
+        return tf.cast(tf.math.divide_no_nan(2.0 * c[0], 2.0 * c[0] + c[1] + c[2]), tf.float32)
+
+    def results(self) -> dict[str, tf.Tensor]:
+        """precision, recall and F1 as a dict."""
+        return {"precision": self.precision(), "recall": self.recall(), "f1": self.result()}
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "num_tags": self.num_tags, "threshold": self.threshold,
+                "from_logits": self.from_logits}
+
+
+TagF1 = TagPrecisionRecallF1
+
+
+@keras.saving.register_keras_serializable(package="tf_mtl")
+class TagMAP(keras.metrics.Metric):
+    """Mean average precision over tags, from per-tag score histograms.
+
+    Scores (sigmoid probabilities) are binned into `num_bins` equal bins in [0, 1];
+    AP is computed as in sklearn's `average_precision_score` with all scores of a bin
+    treated as tied. It is exact when scores are constant within bins; otherwise
+    ranking is resolved to 1/num_bins in probability. Streaming and distribution-safe
+    (histograms are summed). Tags without positives are left out of the mean.
+    """
+
+    def __init__(
+        self, num_tags: int, num_bins: int = 1000, from_logits: bool = True,
+        name: str = "tag_map", **kwargs: Any
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        self.num_tags = int(num_tags)
+        self.num_bins = int(num_bins)
+        self.from_logits = bool(from_logits)
+        if self.num_bins < 2:
+            raise ValueError(f"TagMAP num_bins must be >= 2, got {num_bins}.")
+        shape = (2, self.num_tags, self.num_bins)  # [negatives, positives]
+        self.hist = self.add_variable(shape=shape, initializer="zeros", dtype="float64",
+                                      name="score_histograms")
+
+    def update_state(
+        self, y_true: tf.Tensor, y_pred: tf.Tensor, sample_weight: tf.Tensor | None = None
+    ) -> None:
+        probs = _tag_probs(y_pred, self.from_logits)
+        truth = tf.cast(tf.cast(y_true, tf.float32) > 0.5, tf.int32)
+        nb, nt = self.num_bins, self.num_tags
+        bins = tf.clip_by_value(tf.cast(tf.floor(probs * nb), tf.int32), 0, nb - 1)
+        tag_ids = tf.broadcast_to(tf.range(nt, dtype=tf.int32), tf.shape(bins))
+        flat = tf.reshape((truth * nt + tag_ids) * nb + bins, [-1])
+        w = None
+        if sample_weight is not None:
+            sw = tf.cast(sample_weight, tf.float64)
+            sw = tf.reshape(sw, [-1, 1]) if sw.shape.rank == 1 else sw
+            w = tf.reshape(tf.broadcast_to(sw, tf.shape(bins)), [-1])
+        h = tf.math.bincount(flat, weights=w, minlength=2 * nt * nb, maxlength=2 * nt * nb,
+                             dtype=tf.float64)
+        self.hist.assign_add(tf.reshape(h, [2, nt, nb]))
+
+    def per_tag_ap(self) -> tf.Tensor:
+        """AP per tag (float32 [num_tags]); NaN for tags without positives."""
+        h = tf.convert_to_tensor(self.hist)
+        neg, pos = h[0, :, ::-1], h[1, :, ::-1]  # highest scores first
+        tp = tf.cumsum(pos, axis=1)
+        fp = tf.cumsum(neg, axis=1)
+        precision = tf.math.divide_no_nan(tp, tp + fp)
+        num_pos = tf.reduce_sum(pos, axis=1)
+        ap = tf.math.divide_no_nan(tf.reduce_sum(precision * pos, axis=1), num_pos)
+        return tf.cast(tf.where(num_pos > 0, ap, tf.constant(float("nan"), tf.float64)),
+                       tf.float32)
+
+    def result(self) -> tf.Tensor:
+        ap = self.per_tag_ap()
+        valid = tf.logical_not(tf.math.is_nan(ap))
+        return tf.math.divide_no_nan(tf.reduce_sum(tf.where(valid, ap, 0.0)),
+                                     tf.reduce_sum(tf.cast(valid, tf.float32)))
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "num_tags": self.num_tags, "num_bins": self.num_bins,
+                "from_logits": self.from_logits}

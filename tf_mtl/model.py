@@ -1,0 +1,327 @@
+"""MultiTaskModel: a Keras model that trains any dict-output network on several tasks.
+
+The train step (TF backend) is where Keras 3's constant `loss_weights` are not
+enough: per-task losses on float32 outputs, extra regulariser terms, the network's
+own regularisation losses, a (possibly learned) `LossWeighting`, per-replica scaling
+by 1/num_replicas_in_sync (gradients are summed across replicas), loss scaling for
+mixed_float16 via `optimizer.scale_loss`, and in-step TensorBoard summaries.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tf_mtl.summaries import ImageSummaryFn, StepSummaries
+from tf_mtl.tasks import Task, check_tasks
+from tf_mtl.weighting import FixedWeighting, LossWeighting
+
+
+class LossTerm(keras.layers.Layer):
+    """An extra loss term (regulariser, auxiliary or self-supervised task).
+
+    Subclasses implement `compute(x, y, outputs, training) -> scalar`; the model adds
+    `weight * compute(...)` to the total outside the task weighting, logged as
+    `<name>`. Being a layer, a term may own variables (e.g. an auxiliary head); they
+    are trained with the network when the term is passed to MultiTaskModel.
+    """
+
+    def __init__(self, weight: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.weight = float(weight)
+
+    def compute(self, x: Any, y: Any, outputs: Mapping[str, tf.Tensor],
+                training: bool) -> tf.Tensor:
+        raise NotImplementedError
+
+    def loss_value(self, x: Any, y: Any, outputs: Mapping[str, tf.Tensor],
+                   training: bool) -> tf.Tensor:
+        """weight * compute(...), as float32."""
+        return self.weight * tf.cast(self.compute(x, y, outputs, training), tf.float32)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "weight": self.weight}
+
+
+LossTermLike = LossTerm | Callable[..., tf.Tensor]
+
+
+def _term_name(term: LossTermLike) -> str:
+    return getattr(term, "name", None) or getattr(term, "__name__", type(term).__name__)
+
+
+def _metric_results(prefix: str, metric: keras.metrics.Metric) -> dict[str, tf.Tensor]:
+    name = metric.name if metric.name.startswith(prefix) else f"{prefix}_{metric.name}"
+    result = metric.result()
+    if isinstance(result, Mapping):
+        return {f"{name}_{k}": v for k, v in result.items()}
+    return {name: result}
+
+
+def call_loss(loss: Any, y_true: Any, y_pred: tf.Tensor) -> tf.Tensor:
+    """This replica's float32 scalar loss.
+
+    Keras 3 built-in losses divide their (non-scalar) reduction by
+    num_replicas_in_sync inside `__call__`, losses returning a scalar do not. To scale
+    every term exactly once (in the train step), keras Losses are evaluated through
+    `call` and reduced here: "sum" sums, anything else averages.
+    """
+    if isinstance(loss, keras.losses.Loss):
+        values = tf.cast(loss.call(tf.cast(y_true, tf.float32), y_pred), tf.float32)
+        if values.shape.rank == 0:
+            return values
+        if loss.reduction == "sum":
+            return tf.reduce_sum(values)
+        return tf.math.divide_no_nan(tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32))
+    return tf.cast(tf.reshape(loss(y_true, y_pred), []), tf.float32)
+
+
+class MultiTaskModel(keras.Model):
+    """Trains `network` (call returns a dict of named outputs) on a list of Tasks.
+
+    Args:
+      network: Keras model whose call returns `{output_key: tensor}`; this is what is
+        exported / saved (`model.network.save(...)`).
+      tasks: the Tasks; `y` must be a dict keyed by task name (a single tensor is
+        accepted for one task).
+      weighting: a LossWeighting (default FixedWeighting with each Task.weight).
+      loss_terms: extra LossTerm layers or callables `fn(x, y, outputs, training)`.
+      summary_writer: a tf.summary writer or a log directory; scalars are written
+        every `summary_every_n_steps` steps from inside the step.
+      image_summary_fn: `fn(x, y, outputs) -> {name: images [B,H,W,C]}` written every
+        `image_summary_every_n_steps` (default: summary_every_n_steps).
+    """
+
+    def __init__(
+        self,
+        network: keras.Model,
+        tasks: Sequence[Task],
+        weighting: LossWeighting | None = None,
+        *,
+        loss_terms: Sequence[LossTermLike] = (),
+        summary_writer: tf.summary.SummaryWriter | str | pathlib.Path | None = None,
+        summary_every_n_steps: int = 100,
+        image_summary_fn: ImageSummaryFn | None = None,
+        image_summary_every_n_steps: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.network = network
+        self.tasks = check_tasks(tasks)
+        self.weighting = weighting if weighting is not None else FixedWeighting(self.tasks)
+        missing = [t.name for t in self.tasks if t.name not in self.weighting.task_names]
+        if missing:
+            raise ValueError(f"The loss weighting has no entry for task(s) {missing}.")
+        self.loss_terms = list(loss_terms)
+        self.summary_every_n_steps = int(summary_every_n_steps)
+        self.summaries = None
+        if summary_writer is not None:
+            self.summaries = StepSummaries(
+                summary_writer, summary_every_n_steps, image_summary_fn,
+                image_summary_every_n_steps,
+            )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.task_loss_trackers = [keras.metrics.Mean(name=f"{t.name}_loss") for t in self.tasks]
+        self.task_metrics = [m for t in self.tasks for m in t.metrics]
+        if getattr(network, "built", False):
+            self.built = True
+
+    # ----------------------------------------------------------------- basics
+    def call(self, inputs: Any, training: bool | None = None) -> dict[str, tf.Tensor]:
+        return self.network(inputs, training=training)
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return [self.loss_tracker, *self.task_loss_trackers, *self.task_metrics]
+
+    def compile(self, optimizer: Any = "rmsprop", **kwargs: Any) -> None:
+        """Keras compile without `loss`/`metrics` (they come from the Tasks).
+
+        Binds `optimizer.iterations` into losses that need the step (hard-pixel
+        mining ramp) and defaults jit_compile to False (summary ops, dynamic top-k).
+        """
+        for key in ("loss", "loss_weights", "metrics", "weighted_metrics"):
+            if kwargs.get(key) is not None:
+                raise ValueError(
+                    f"MultiTaskModel.compile: do not pass {key}=; losses, weights and metrics "
+                    "come from the Tasks and the LossWeighting."
+                )
+            kwargs.pop(key, None)
+        kwargs.setdefault("jit_compile", False)
+        super().compile(optimizer=optimizer, **kwargs)
+        for task in self.tasks:
+            if hasattr(task.loss, "set_step") and getattr(task.loss, "_step", None) is None:
+                task.loss.set_step(self.optimizer.iterations)
+
+    # ------------------------------------------------------------------ losses
+    def _targets(self, y: Any) -> Mapping[str, Any]:
+        if isinstance(y, Mapping):
+            return y
+        if len(self.tasks) == 1:
+            return {self.tasks[0].name: y}
+        raise ValueError(
+            "Targets must be a dict keyed by task name "
+            f"({[t.name for t in self.tasks]}) when there are several tasks."
+        )
+
+    def task_losses(self, y: Mapping[str, Any],
+                    outputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Each task's float32 loss on float32-cast outputs."""
+        losses = {}
+        for task in self.tasks:
+            if task.output_key not in outputs:
+                raise KeyError(
+                    f"Task {task.name!r} reads network output {task.output_key!r}, but the "
+                    f"network returns {sorted(outputs)}; set Task(output=...)."
+                )
+            if task.name not in y:
+                raise KeyError(
+                    f"Task {task.name!r} has no target; the targets dict has {sorted(y)}."
+                )
+            pred = tf.cast(outputs[task.output_key], tf.float32)
+            losses[task.name] = call_loss(task.loss, y[task.name], pred)
+        return losses
+
+    def extra_losses(self, x: Any, y: Mapping[str, Any], outputs: Mapping[str, tf.Tensor],
+                     training: bool) -> dict[str, tf.Tensor]:
+        """Extra loss terms added to the total (override, or pass `loss_terms`)."""
+        extras = {}
+        for term in self.loss_terms:
+            if isinstance(term, LossTerm):
+                value = term.loss_value(x, y, outputs, training)
+            else:
+                value = term(x, y, outputs, training)
+            extras[_term_name(term)] = tf.cast(value, tf.float32)
+        return extras
+
+    def compute_total_loss(
+        self, x: Any, y: Mapping[str, Any], outputs: Mapping[str, tf.Tensor],
+        training: bool, step: tf.Tensor | None = None,
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+        """(unscaled total, task losses, logs) for one replica's batch."""
+        losses = self.task_losses(y, outputs)
+        total, logs = self.weighting.combine(losses, self.tasks, step)
+        logs = dict(logs)
+        for name, value in self.extra_losses(x, y, outputs, training).items():
+            total = total + value
+            logs[name] = value
+        reg = [tf.cast(v, tf.float32) for v in self.losses]
+        if reg:
+            reg_total = tf.add_n(reg)
+            total = total + reg_total
+            logs["regularization_loss"] = reg_total
+        return total, losses, logs
+
+    # ------------------------------------------------------------------- steps
+    def _learning_rate(self) -> tf.Tensor | None:
+        try:
+            return tf.cast(tf.convert_to_tensor(self.optimizer.learning_rate), tf.float32)
+        except (AttributeError, TypeError, ValueError):
+            return None
+
+    def _update_and_log(self, y, outputs, total, losses, logs, batch_size) -> dict[str, Any]:
+        self.loss_tracker.update_state(total, sample_weight=batch_size)
+        for task, tracker in zip(self.tasks, self.task_loss_trackers, strict=True):
+            tracker.update_state(losses[task.name], sample_weight=batch_size)
+            for metric in task.metrics:
+                metric.update_state(y[task.name], tf.cast(outputs[task.output_key], tf.float32))
+        results: dict[str, Any] = {"loss": self.loss_tracker.result()}
+        for task, tracker in zip(self.tasks, self.task_loss_trackers, strict=True):
+            results[tracker.name] = tracker.result()
+            for metric in task.metrics:
+                results.update(_metric_results(task.name, metric))
+        results.update(logs)
+        return results
+
+    @staticmethod
+    def _batch_size(x: Any) -> tf.Tensor:
+        first = tf.nest.flatten(x)[0]
+        return tf.cast(tf.shape(first)[0], tf.float32)
+
+    def train_step(self, data: Any) -> dict[str, Any]:
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        y = self._targets(y)
+        step = tf.convert_to_tensor(self.optimizer.iterations)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            outputs = self.network(x, training=True)
+            total, losses, logs = self.compute_total_loss(x, y, outputs, True, step)
+            # Gradients are summed over replicas: scale every term by 1/replicas.
+            per_replica = total / replicas if replicas > 1 else total
+            scaled = self.optimizer.scale_loss(per_replica)
+        lr = self._learning_rate()  # the rate this step's update uses
+        if lr is not None:
+            logs["learning_rate"] = lr
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
+        if not pairs:
+            raise ValueError("No gradients: no trainable variable depends on the loss.")
+        self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+        results = self._update_and_log(y, outputs, total, losses, logs, self._batch_size(x))
+        if self.summaries is not None:
+            scalars = {k: v for k, v in results.items() if tf.convert_to_tensor(v).shape.rank == 0}
+            self.summaries.write(step, scalars, x, y, outputs, prefix="train/")
+        return results
+
+    def test_step(self, data: Any) -> dict[str, Any]:
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        y = self._targets(y)
+        outputs = self.network(x, training=False)
+        total, losses, logs = self.compute_total_loss(x, y, outputs, False, None)
+        return self._update_and_log(y, outputs, total, losses, logs, self._batch_size(x))
+
+    def predict_step(self, data: Any) -> Any:
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.network(x, training=False)
+
+    def fit(self, *args: Any, **kwargs: Any) -> keras.callbacks.History:
+        """keras fit, then flushes the in-step summary writer."""
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            if self.summaries is not None:
+                self.summaries.flush()
+
+    # ------------------------------------------------------------- checkpoints
+    def make_checkpoint(self, **extra: Any) -> tf.train.Checkpoint:
+        """tf.train.Checkpoint over network, weighting, optimizer and step (+ extra)."""
+        if self.optimizer is None:
+            raise ValueError("compile() the MultiTaskModel before make_checkpoint().")
+        step = self.optimizer.iterations
+        step = getattr(step, "value", step)
+        return tf.train.Checkpoint(network=self.network, weighting=self.weighting,
+                                   optimizer=self.optimizer, step=step, **extra)
+
+    def get_config(self) -> dict:
+        """Config of the wrapper; the network itself is what gets exported."""
+        ser = keras.saving.serialize_keras_object
+        return {
+            "network": ser(self.network),
+            "weighting": ser(self.weighting),
+            "tasks": [
+                {"name": t.name, "loss": ser(t.loss), "kind": t.kind,
+                 "metrics": [ser(m) for m in t.metrics], "output": t.output,
+                 "weight": t.weight}
+                for t in self.tasks
+            ],
+            "summary_every_n_steps": self.summary_every_n_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: dict | None = None) -> MultiTaskModel:
+        de = keras.saving.deserialize_keras_object
+        config = dict(config)
+        tasks = [
+            Task(name=t["name"], loss=de(t["loss"], custom_objects=custom_objects),
+                 kind=t["kind"], output=t["output"], weight=t["weight"],
+                 metrics=[de(m, custom_objects=custom_objects) for m in t["metrics"]])
+            for t in config.pop("tasks")
+        ]
+        network = de(config.pop("network"), custom_objects=custom_objects)
+        weighting = de(config.pop("weighting"), custom_objects=custom_objects)
+        return cls(network, tasks, weighting, **config)
