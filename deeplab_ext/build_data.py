@@ -1,0 +1,471 @@
+"""Converters from image folders to the original DeepLab TFRecords.
+
+- VOC layout (`build_voc2012_data.py` of the original): `JPEGImages/*.jpg`,
+  `SegmentationClass/*.png` (palette or index PNGs), `ImageSets/Segmentation/<split>.txt`.
+- CamVid, SegNet layout: `<split>.txt` with "image label" path pairs, single-channel labels.
+
+`image/encoded` is always the source file's bytes (never re-encoded). The stored label is
+a single-channel *index* PNG: palette PNGs are read as their palette indices (Pillow's
+"P" mode, which matplotlib already requires; without Pillow a small PNG-chunk reader maps
+the decoded RGB back through the PLTE table), never as colours. Every example is decoded
+and validated before it is written; all shards of a split are published atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import os
+import pathlib
+import re
+import struct
+import zlib
+from collections.abc import Mapping, Sequence
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from deeplab_ext import tfrecord
+from deeplab_ext.datasets import DatasetInfo, get_dataset_info
+
+try:  # Pillow is installed with matplotlib (requirements.txt); keep a fallback anyway.
+    from PIL import Image as _PILImage
+except ImportError:  # pragma: no cover - exercised by monkeypatching _PILImage in tests
+    _PILImage = None
+
+log = logging.getLogger(__name__)
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class BadExampleError(ValueError):
+    """One input file is unusable; the message names the file and what to do."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What a conversion of one split did (returned, and logged at the end)."""
+
+    split: str
+    num_written: int
+    shard_paths: list[str]
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+    def summary(self) -> str:
+        text = f"split {self.split!r}: wrote {self.num_written} examples in {len(self.shard_paths)} shards"
+        if self.skipped:
+            text += f", skipped {self.num_skipped} bad examples:\n" + "\n".join(
+                f"  {p}: {r}" for p, r in self.skipped
+            )
+        return text
+
+
+def sniff_image_format(data: bytes) -> str:
+    """'jpeg' or 'png' from the magic bytes ('' when neither)."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == _PNG_MAGIC:
+        return "png"
+    return ""
+
+
+def read_image(path: str | os.PathLike) -> tuple[bytes, str, int, int]:
+    """Read and fully decode an image file; returns (raw bytes, format, height, width).
+
+    Decoding with TensorFlow's own decoders guarantees the reader can decode it at train time
+    (and catches truncated JPEGs, which OpenCV silently accepts).
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise BadExampleError(path, "image file does not exist")
+    with open(path, "rb") as f:
+        data = f.read()
+    fmt = sniff_image_format(data)
+    if not fmt:
+        raise BadExampleError(path, "not a JPEG or PNG image (unreadable or corrupt file)")
+    try:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        height, width = int(image.shape[0]), int(image.shape[1])
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+        detail = re.sub(r"\{\{.*?\}\}", "", e.message).strip()[:120]
+        raise BadExampleError(path, f"corrupt or truncated {fmt} image ({detail})") from None
+    return data, fmt, height, width
+
+
+def _png_chunks(data: bytes) -> dict[str, bytes]:
+    chunks: dict[str, bytes] = {}
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8].decode("latin-1")
+        chunks.setdefault(kind, data[pos + 8 : pos + 8 + length])
+        pos += 12 + length
+        if kind == "IEND":
+            break
+    return chunks
+
+
+def _png_label_without_pil(path: str, data: bytes) -> np.ndarray:
+    """Palette/grey PNG -> index array without Pillow (cv2 would expand palettes to BGR)."""
+    chunks = _png_chunks(data)
+    if "IHDR" not in chunks:
+        raise BadExampleError(path, "corrupt PNG (no IHDR chunk)")
+    bit_depth, color_type = chunks["IHDR"][8], chunks["IHDR"][9]
+    if color_type == 3:  # palette: decode to RGB, map colours back through PLTE
+        plte = np.frombuffer(chunks.get("PLTE", b""), np.uint8).reshape(-1, 3).astype(np.int64)
+        keys = (plte[:, 0] << 16) | (plte[:, 1] << 8) | plte[:, 2]
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise BadExampleError(path, "corrupt or unreadable PNG label")
+        rgb = bgr[..., ::-1].astype(np.int64)
+        pix = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        first = {}
+        for i, k in enumerate(keys.tolist()):
+            first.setdefault(k, i)
+        uniq, inverse = np.unique(pix, return_inverse=True)
+        if any(u not in first for u in uniq.tolist()):
+            raise BadExampleError(path, "palette PNG decodes to colours missing from its PLTE")
+        lut = np.array([first[u] for u in uniq.tolist()], np.int64)
+        return lut[inverse].reshape(pix.shape)
+    if color_type == 0 and bit_depth <= 16:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise BadExampleError(path, "corrupt or unreadable PNG label")
+        return arr.astype(np.int64)
+    raise BadExampleError(
+        path,
+        "label is a colour image, not a class-index PNG; run `python -m "
+        "tools.remove_gt_colormap` (palette PNG) or convert it to single-channel indices",
+    )
+
+
+def read_label_indices(path: str | os.PathLike) -> tuple[np.ndarray, bytes, bool]:
+    """Read a segmentation label as class indices.
+
+    Returns (int64 [H, W] indices, raw bytes, is_plain_index_png) where the last flag says
+    the file already is an 8-bit single-channel PNG whose bytes can be stored unchanged.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise BadExampleError(path, "label file does not exist")
+    with open(path, "rb") as f:
+        data = f.read()
+    if sniff_image_format(data) != "png":
+        raise BadExampleError(path, "label is not a PNG file (unreadable or corrupt)")
+    if _PILImage is None:
+        arr = _png_label_without_pil(path, data)
+        chunks = _png_chunks(data)
+        plain = chunks["IHDR"][9] == 0 and chunks["IHDR"][8] == 8
+        return arr, data, plain
+    try:
+        with _PILImage.open(io.BytesIO(data)) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("P", "L", "I", "I;16", "I;16B", "1"):
+                arr = np.array(im).astype(np.int64)
+            else:
+                raise BadExampleError(
+                    path,
+                    f"label is a {mode} colour image, not a class-index PNG; run `python -m "
+                    "tools.remove_gt_colormap` (palette PNG) or convert it to single-channel "
+                    "class indices",
+                )
+    except (OSError, SyntaxError, zlib.error) as e:
+        raise BadExampleError(path, f"corrupt or unreadable PNG label ({e})") from None
+    return arr, data, mode == "L"
+
+
+def encode_index_png(label: np.ndarray) -> bytes:
+    """Encode an index map as an 8-bit single-channel PNG (what the reader decodes)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(label.astype(np.uint8)))
+    if not ok:  # pragma: no cover
+        raise RuntimeError("cv2.imencode failed to encode a label PNG")
+    return buf.tobytes()
+
+
+def load_example(
+    image_path: str | os.PathLike,
+    label_path: str | os.PathLike,
+    info: DatasetInfo,
+    filename: str | None = None,
+) -> tuple[tf.train.Example, np.ndarray]:
+    """Validate one image/label pair and build its Example; returns (example, label)."""
+    image_data, fmt, height, width = read_image(image_path)
+    label, label_data, plain = read_label_indices(label_path)
+    if label.shape != (height, width):
+        raise BadExampleError(
+            label_path,
+            f"label is {label.shape[1]}x{label.shape[0]} (WxH) but its image {image_path} is "
+            f"{width}x{height}; labels must have the image's size",
+        )
+    values = np.unique(label)
+    bad = values[(values >= info.num_classes) & (values != info.ignore_label)]
+    bad = np.concatenate([values[values < 0], bad])
+    if bad.size:
+        raise BadExampleError(
+            label_path,
+            f"label values {bad[:10].tolist()} are neither class indices 0..{info.num_classes - 1} "
+            f"nor the ignore label {info.ignore_label} of dataset {info.name!r} (wrong --dataset, "
+            "or a colour mask that needs tools.remove_gt_colormap?)",
+        )
+    seg_data = label_data if plain else encode_index_png(label)
+    name = filename if filename is not None else pathlib.Path(image_path).stem
+    example = tfrecord.image_seg_to_tfexample(
+        image_data, name, height, width, seg_data, image_format=fmt, seg_format="png"
+    )
+    return example, label
+
+
+def convert_split(
+    pairs: Sequence[tuple[str, str]],
+    output_dir: str | os.PathLike,
+    split: str,
+    info: DatasetInfo | str,
+    *,
+    num_shards: int = 4,
+    skip_bad_examples: bool = False,
+    list_file: str | None = None,
+) -> ConversionReport:
+    """Write (image, label) pairs of one split as `num_shards` shards, atomically.
+
+    Sharding follows the original: ceil(n / num_shards) consecutive examples per shard.
+    A bad example raises `BadExampleError` (nothing is published) unless
+    `skip_bad_examples`, which skips and lists it in the report.
+    """
+    info = get_dataset_info(info)
+    where = list_file or split
+    if not pairs:
+        raise BadExampleError(where, f"split {split!r} is empty: no examples listed")
+    num_per_shard = math.ceil(len(pairs) / num_shards)
+    skipped: list[tuple[str, str]] = []
+    with tfrecord.AtomicShardWriter(output_dir, split, num_shards) as writer:
+        for shard_id in range(num_shards):
+            for i in range(
+                shard_id * num_per_shard, min((shard_id + 1) * num_per_shard, len(pairs))
+            ):
+                image_path, label_path = pairs[i]
+                try:
+                    example, _ = load_example(image_path, label_path, info)
+                except BadExampleError as e:
+                    if not skip_bad_examples:
+                        raise
+                    skipped.append((e.path, e.reason))
+                    continue
+                writer.write(shard_id, example)
+        written = sum(writer.counts)
+        if written == 0:
+            raise BadExampleError(
+                where, f"split {split!r} is empty: all {len(pairs)} examples were bad and skipped"
+            )
+        paths = writer.commit()
+    report = ConversionReport(split, written, paths, skipped)
+    log.info(report.summary())
+    return report
+
+
+def _read_list(list_file: str | os.PathLike) -> list[str]:
+    list_file = str(list_file)
+    if not os.path.isfile(list_file):
+        raise BadExampleError(list_file, "list file does not exist")
+    with open(list_file) as f:
+        lines = [ln.strip() for ln in f]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def voc_pairs(
+    list_file: str | os.PathLike,
+    image_folder: str | os.PathLike,
+    semantic_segmentation_folder: str | os.PathLike,
+    image_format: str = "jpg",
+    label_format: str = "png",
+) -> list[tuple[str, str]]:
+    """(image, label) paths for every name in a VOC `ImageSets/Segmentation/<split>.txt`."""
+    names = _read_list(list_file)
+    return [
+        (
+            os.path.join(str(image_folder), f"{n}.{image_format}"),
+            os.path.join(str(semantic_segmentation_folder), f"{n}.{label_format}"),
+        )
+        for n in names
+    ]
+
+
+def _check_listed_files(
+    pairs: Sequence[tuple[str, str]], list_file: str, skip: bool
+) -> tuple[list, list]:
+    """Fail fast (before any decoding) on list entries naming missing files."""
+    good, missing = [], []
+    for image_path, label_path in pairs:
+        for p, what in ((image_path, "image"), (label_path, "label")):
+            if not os.path.isfile(p):
+                if not skip:
+                    raise BadExampleError(
+                        p, f"{what} named in list file {list_file} does not exist"
+                    )
+                missing.append((p, f"{what} named in list file {list_file} does not exist"))
+                break
+        else:
+            good.append((image_path, label_path))
+    return good, missing
+
+
+def _convert_listed(
+    pairs: list[tuple[str, str]],
+    list_file: str,
+    output_dir: str | os.PathLike,
+    split: str,
+    info: DatasetInfo,
+    num_shards: int,
+    skip_bad_examples: bool,
+) -> ConversionReport:
+    if not pairs:
+        raise BadExampleError(
+            list_file, f"split {split!r} is empty: the list file names no examples"
+        )
+    good, missing = _check_listed_files(pairs, list_file, skip_bad_examples)
+    if not good:
+        raise BadExampleError(list_file, f"split {split!r} is empty: every listed file is missing")
+    report = convert_split(
+        good, output_dir, split, info, num_shards=num_shards,
+        skip_bad_examples=skip_bad_examples, list_file=list_file,
+    )  # fmt: skip
+    report.skipped = missing + report.skipped
+    return report
+
+
+def build_voc_dataset(
+    image_folder: str | os.PathLike,
+    semantic_segmentation_folder: str | os.PathLike,
+    list_folder: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    image_format: str = "jpg",
+    label_format: str = "png",
+    num_shards: int = 4,
+    dataset: DatasetInfo | str = "pascal_voc_seg",
+    skip_bad_examples: bool = False,
+    splits: Sequence[str] | None = None,
+) -> dict[str, ConversionReport]:
+    """Convert every `<list_folder>/*.txt` split (or just `splits`) of a VOC-layout folder."""
+    info = get_dataset_info(dataset)
+    for folder, flag in (
+        (image_folder, "--image_folder"),
+        (semantic_segmentation_folder, "--semantic_segmentation_folder"),
+        (list_folder, "--list_folder"),
+    ):
+        if not os.path.isdir(str(folder)):
+            raise FileNotFoundError(f"{flag}={folder} is not a directory")
+    if splits is None:
+        list_files = sorted(pathlib.Path(list_folder).glob("*.txt"))
+        if not list_files:
+            raise FileNotFoundError(f"--list_folder={list_folder} holds no <split>.txt files")
+    else:
+        list_files = [pathlib.Path(list_folder) / f"{s}.txt" for s in splits]
+    reports = {}
+    for lf in list_files:
+        split = lf.stem
+        pairs = voc_pairs(
+            lf, image_folder, semantic_segmentation_folder, image_format, label_format
+        )
+        reports[split] = _convert_listed(
+            pairs, str(lf), output_dir, split, info, num_shards, skip_bad_examples
+        )
+    return reports
+
+
+def camvid_pairs(
+    list_file: str | os.PathLike, camvid_dir: str | os.PathLike
+) -> list[tuple[str, str]]:
+    """Parse a SegNet list file ("image label" per line, relative to `camvid_dir`).
+
+    Absolute SegNet paths such as `/SegNet/CamVid/train/x.png` that do not exist locally
+    are re-rooted at `camvid_dir` using their last two components.
+    """
+    pairs = []
+    for lineno, line in enumerate(_read_list(list_file), start=1):
+        parts = line.split()
+        if len(parts) != 2:
+            raise BadExampleError(
+                list_file, f"line {lineno} should be 'image_path label_path', got {line!r}"
+            )
+        resolved = []
+        for p in parts:
+            cand = p if os.path.isabs(p) else os.path.join(str(camvid_dir), p)
+            if not os.path.exists(cand) and os.path.isabs(p):
+                cand = os.path.join(str(camvid_dir), *pathlib.Path(p).parts[-2:])
+            resolved.append(cand)
+        pairs.append((resolved[0], resolved[1]))
+    return pairs
+
+
+def build_camvid_dataset(
+    camvid_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    num_shards: int = 4,
+    dataset: DatasetInfo | str = "camvid",
+    skip_bad_examples: bool = False,
+    list_files: Mapping[str, str | os.PathLike] | None = None,
+) -> dict[str, ConversionReport]:
+    """Convert CamVid in SegNet layout; splits from `<camvid_dir>/{train,val,test}.txt`.
+
+    `list_files` maps split -> list file to convert other/smaller lists instead.
+    """
+    info = get_dataset_info(dataset)
+    if not os.path.isdir(str(camvid_dir)):
+        raise FileNotFoundError(f"--camvid_dir={camvid_dir} is not a directory")
+    if list_files is None:
+        list_files = {
+            s: os.path.join(str(camvid_dir), f"{s}.txt")
+            for s in ("train", "val", "test")
+            if os.path.isfile(os.path.join(str(camvid_dir), f"{s}.txt"))
+        }
+        if not list_files:
+            raise FileNotFoundError(
+                f"--camvid_dir={camvid_dir} holds no train.txt/val.txt/test.txt list files"
+            )
+    reports = {}
+    for split, lf in list_files.items():
+        pairs = camvid_pairs(lf, camvid_dir)
+        reports[split] = _convert_listed(
+            pairs, str(lf), output_dir, split, info, num_shards, skip_bad_examples
+        )
+    return reports
+
+
+def remove_gt_colormap(
+    original_gt_folder: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    segmentation_format: str = "png",
+) -> int:
+    """Like the original `remove_gt_colormap.py`: palette PNGs -> single-channel index PNGs."""
+    src = pathlib.Path(original_gt_folder)
+    if not src.is_dir():
+        raise FileNotFoundError(f"--original_gt_folder={src} is not a directory")
+    files = sorted(src.glob(f"*.{segmentation_format}"))
+    if not files:
+        raise FileNotFoundError(
+            f"--original_gt_folder={src} holds no *.{segmentation_format} files"
+        )
+    out = pathlib.Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        label, _, _ = read_label_indices(path)
+        if label.max() > 255:
+            raise BadExampleError(path, "label indices above 255 cannot be stored in 8 bits")
+        tmp = out / f".{path.stem}.png.tmp"
+        tmp.write_bytes(encode_index_png(label))
+        os.replace(tmp, out / f"{path.stem}.png")
+    return len(files)

@@ -1,0 +1,162 @@
+"""tf.data reader for the original DeepLab TFRecords (`make_dataset`).
+
+Yields `(images, {"semantic": labels, "tags": multi-hot})` as fixed in ARCHITECTURE.md.
+Fast path: shards are read by a parallel interleave, serialized records are shuffled
+(cheap) before decoding, decode + augmentation run in a parallel `map` (AUTOTUNE), and
+batches are prefetched. Tags are computed from the full label map BEFORE any crop: they
+are image-level facts, a crop that cuts an object out does not remove its tag.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from deeplab_ext import preprocess, tfrecord
+from deeplab_ext.datasets import DatasetInfo, get_dataset_info
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+CONVERTERS = (
+    "python -m tools.build_voc2012_data (VOC layout), python -m tools.build_camvid_data "
+    "(CamVid), python -m tools.build_synthetic_data (shapes_evidence)"
+)
+
+
+def list_shards(dataset_dir: str | os.PathLike, split: str) -> list[str]:
+    """Sorted shard paths of `split`; a clear error (dir, pattern, converter) when none."""
+    pattern = tfrecord.shard_glob(dataset_dir, split)
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(
+            f"no TFRecord shards for split {split!r} in --dataset_dir={dataset_dir} "
+            f"(expected files matching {os.path.basename(pattern)}, e.g. "
+            f"{os.path.basename(tfrecord.shard_filename('', split, 0, 4))}); build them with "
+            f"{CONVERTERS}"
+        )
+    return files
+
+
+def tags_from_label(label: tf.Tensor, info: DatasetInfo) -> tf.Tensor:
+    """Multi-hot float32 `[num_tags]`: tag i is set when class `tag_class_ids[i]` occurs."""
+    depth = max(info.num_classes, info.ignore_label + 1)
+    flat = tf.reshape(tf.cast(label, tf.int32), [-1])
+    counts = tf.math.bincount(flat, minlength=depth, maxlength=depth, dtype=tf.int32)
+    present = tf.gather(counts, list(info.tag_class_ids)) > 0
+    return tf.cast(present, tf.float32)
+
+
+def tags_from_names(names: Sequence[str], info: DatasetInfo | str) -> np.ndarray:
+    """Multi-hot float32 `[num_tags]` from a user's list of class names (the evidence)."""
+    info = get_dataset_info(info)
+    lookup = {n: i for i, n in enumerate(info.tag_names)}
+    lookup.update({n.lower(): i for i, n in enumerate(info.tag_names)})
+    tags = np.zeros([info.num_tags], np.float32)
+    for name in names:
+        key = name if name in lookup else name.strip().lower()
+        if key not in lookup:
+            raise ValueError(
+                f"unknown class name {name!r} for dataset {info.name!r}; valid tag names "
+                f"(background and ignore have no tag): {list(info.tag_names)}"
+            )
+        tags[lookup[key]] = 1.0
+    return tags
+
+
+def decode_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Serialized Example -> (uint8 image [H, W, 3], uint8 label [H, W, 1], filename)."""
+    ex = tfrecord.parse_example(serialized)
+    image = tf.io.decode_image(ex["image/encoded"], channels=3, expand_animations=False)
+    label = tf.io.decode_png(ex["image/segmentation/class/encoded"], channels=1)
+    return image, label, ex["image/filename"]
+
+
+def make_dataset(
+    dataset: str | DatasetInfo,
+    dataset_dir: str | os.PathLike,
+    split: str,
+    *,
+    crop_size: tuple[int, int] | None = (513, 513),
+    batch_size: int = 8,
+    is_training: bool = True,
+    min_scale_factor: float = 0.5,
+    max_scale_factor: float = 2.0,
+    scale_factor_step_size: float = 0.25,
+    min_resize_value: int | None = None,
+    max_resize_value: int | None = None,
+    resize_factor: int | None = None,
+    num_readers: int = 4,
+    shuffle_buffer: int = 256,
+    seed: int | None = None,
+    repeat: bool | None = None,
+    drop_remainder: bool | None = None,
+    mean_pixel: Sequence[float] = preprocess.MEAN_PIXEL_INCEPTION,
+) -> tf.data.Dataset:
+    """Batched `(images float32 [B,h,w,3] in 0..255, {"semantic", "tags"})` for one split.
+
+    Training: shuffled, repeated (unless `repeat=False`), randomly scaled/cropped/flipped,
+    remainder dropped. Eval: the list order of the converter, no randomness, one pass. With `seed` the whole
+    stream (file order, shuffle, augmentation) is reproducible. `crop_size=None` keeps full
+    images (eval only, `batch_size` must be 1).
+    """
+    info = get_dataset_info(dataset)
+    files = list_shards(dataset_dir, split)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if crop_size is None:
+        if is_training or batch_size != 1:
+            raise ValueError("crop_size=None (full images) needs is_training=False, batch_size=1")
+        crop_h = crop_w = None
+    else:
+        crop_h, crop_w = (int(c) for c in crop_size)
+    repeat = is_training if repeat is None else repeat
+    drop_remainder = is_training if drop_remainder is None else drop_remainder
+    deterministic = (not is_training) or seed is not None
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if is_training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        # Eval reads shards one after another: examples come in the converter's list order.
+        cycle_length=max(1, min(num_readers, len(files))) if is_training else 1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+    if is_training and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    def _process(serialized: tf.Tensor, elem_seed: tf.Tensor | None):
+        image, label, _ = decode_example(serialized)
+        tags = tags_from_label(label, info)
+        image, label = preprocess.preprocess_image_and_label(
+            image,
+            label,
+            crop_height=crop_h,
+            crop_width=crop_w,
+            ignore_label=info.ignore_label,
+            is_training=is_training,
+            min_resize_value=min_resize_value,
+            max_resize_value=max_resize_value,
+            resize_factor=resize_factor,
+            min_scale_factor=min_scale_factor,
+            max_scale_factor=max_scale_factor,
+            scale_factor_step_size=scale_factor_step_size,
+            mean_pixel=mean_pixel,
+            seed=elem_seed,
+        )
+        return image, {"semantic": label[..., 0], "tags": tags}
+
+    if is_training:
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+        ds = ds.map(_process, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    else:
+        ds = ds.map(lambda s: _process(s, None), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.prefetch(AUTOTUNE)

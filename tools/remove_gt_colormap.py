@@ -1,0 +1,33 @@
+"""Remove the colormap of palette ground-truth PNGs (as the original tool).
+
+python -m tools.remove_gt_colormap --original_gt_folder=VOC2012/SegmentationClass \
+  --output_dir=VOC2012/SegmentationClassRaw
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from deeplab_ext import build_data
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+    "original_gt_folder", "./VOCdevkit/VOC2012/SegmentationClass", "Original ground truth."
+)
+flags.DEFINE_string("segmentation_format", "png", "Segmentation file extension.")
+flags.DEFINE_string(
+    "output_dir", "./VOCdevkit/VOC2012/SegmentationClassRaw", "Folder for the index PNGs."
+)
+
+
+def main(argv: list[str]) -> int:
+    del argv
+    n = build_data.remove_gt_colormap(
+        FLAGS.original_gt_folder, FLAGS.output_dir, FLAGS.segmentation_format
+    )
+    print(f"wrote {n} index PNGs to {FLAGS.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
