@@ -1,0 +1,52 @@
+"""The main job (`make demo`): train, evaluate with evidence, export, serve, report.
+
+`python -m tools.demo` uses the built-in dataset; `--data=../shared/data/coco128-voc`
+(any VOC- or CamVid-layout folder) converts and uses that instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from tools import common_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", "demo_out", "Where data, checkpoints, export and report go.")
+flags.DEFINE_string("data", None, "A VOC- or CamVid-layout folder (default: built-in dataset).")
+flags.DEFINE_string("model_variant", "deeplabv3plus_mobilenetv2_tiny_mt", "Zoo variant (*_mt).")
+flags.DEFINE_integer("train_steps", 1500, "Training steps.")
+flags.DEFINE_integer("train_batch_size", 8, "Batch size.")
+flags.DEFINE_integer("crop_size", 65, "Training crop (built-in dataset: 65).")
+flags.DEFINE_float("base_learning_rate", 3e-3, "Adam learning rate (poly decay).")
+flags.DEFINE_integer("num_train", 2000, "Built-in dataset: training images.")
+flags.DEFINE_integer("num_val", 100, "Built-in dataset: validation images.")
+flags.DEFINE_integer("max_eval_images", None, "Evaluate only the first N val images.")
+flags.DEFINE_list("evidence_modes", ["none", "prune", "bp_l2", "bp_es", "bp_l2_prune",
+                                     "bp_es_prune"], "Rows of the evidence table.")
+common_flags.define_evidence_flags()
+
+
+def main(argv):
+    del argv
+    from deeplab_ext.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        workdir=FLAGS.workdir, data=FLAGS.data, model_variant=FLAGS.model_variant,
+        train_steps=FLAGS.train_steps, batch_size=FLAGS.train_batch_size,
+        crop_size=FLAGS.crop_size, base_learning_rate=FLAGS.base_learning_rate,
+        num_train=FLAGS.num_train, num_val=FLAGS.num_val,
+        max_eval_images=FLAGS.max_eval_images, evidence_modes=tuple(FLAGS.evidence_modes),
+        evidence=common_flags.evidence_options(),
+    )
+    try:
+        run_demo(options, printer=lambda s: print(s, flush=True))
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
