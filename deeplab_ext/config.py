@@ -156,7 +156,9 @@ def _resnet(depth: int, **kw) -> DeepLabConfig:
     )
 
 
-_TINY = dict(depth_multiplier=0.25, aspp_filters=32, decoder_filters=32, low_level_filters=16)
+# Tiny variants (tests, the demo): short trainings need faster BN statistics and no dropout.
+_TINY = dict(depth_multiplier=0.25, aspp_filters=32, decoder_filters=32, low_level_filters=16,
+             bn_momentum=0.99, aspp_dropout=0.0)
 
 _BASE_VARIANTS: dict[str, DeepLabConfig] = {
     "deeplabv3plus_xception65": _xception65(name="deeplabv3plus_xception65"),

@@ -35,10 +35,10 @@ class DemoOptions:
     workdir: str = "demo_out"
     data: str | None = None  # VOC- or CamVid-layout folder; None = built-in dataset
     model_variant: str = "deeplabv3plus_mobilenetv2_tiny_mt"
-    train_steps: int = 1500
+    train_steps: int = 2000
     batch_size: int = 8
     crop_size: int = 65
-    base_learning_rate: float = 3e-3
+    base_learning_rate: float = 5e-3
     num_train: int = 2000
     num_val: int = 100
     image_size: int = 64

@@ -1,0 +1,54 @@
+"""The main job (`make demo` = tools.demo) end to end on a tiny budget."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+
+from tests.conftest import REPO
+
+
+class _Imgs(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.srcs.append(dict(attrs)["src"])
+
+
+def test_demo_tiny_budget(tmp_path):
+    work = tmp_path / "demo"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.demo", f"--workdir={work}", "--train_steps=30",
+         "--num_train=48", "--num_val=6", "--evidence_steps=2", "--evidence_es_steps=3",
+         "--evidence_modes=none,prune,bp_l2,bp_es_prune"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    # Progress throughout, and where everything is.
+    for stage in range(1, 8):
+        assert f"[{stage}/7]" in out
+    assert f"tensorboard --logdir {work / 'train'}" in out
+    report = work / "report.html"
+    page = report.read_text()
+    parser = _Imgs()
+    parser.feed(page)
+    assert len(parser.srcs) >= 4, parser.srcs  # plots + comparison + sample + prediction
+    for src in parser.srcs:
+        img = cv2.imread(str(report.parent / src))
+        assert img is not None and img.size > 0, src
+    for row in ("DL-MT", "DL-MT-Pr", "DL-BP-L2", "DL-BP-ES-Pr"):
+        assert row in page
+    results = json.loads((work / "eval" / "eval_results.json").read_text())
+    assert set(results["modes"]) == {"none", "prune", "bp_l2", "bp_es_prune"}
+    assert (work / "export" / "saved_model.pb").is_file()
+    assert (work / "sample_prediction.png").is_file()
+    assert list((work / "train").glob("ckpt-30.index"))

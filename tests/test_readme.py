@@ -1,0 +1,74 @@
+"""Runs every shell snippet of README.md (```sh blocks) on tiny budgets; fails if one breaks.
+
+`/tmp/...` paths are redirected into a temporary folder and `../shared/data` to the real
+shared data. `make ...` lines are the README's two commands themselves (CI runs `make
+test`; `make demo` is the main job, exercised on a tiny budget in test_demo.py).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+from tests.conftest import REPO, SHARED_DATA
+
+README = REPO / "README.md"
+
+
+def readme_commands() -> list[str]:
+    text = README.read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    cmds = []
+    for block in blocks:
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith("#"):
+                cmds.append(line)
+    return cmds
+
+
+def test_readme_has_the_two_commands():
+    cmds = readme_commands()
+    assert "make demo" in cmds and "make test" in cmds
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make test" in ci.splitlines()[-1]
+
+
+def _localise(cmd: str, tmp: pathlib.Path) -> list[str]:
+    cmd = cmd.replace("/tmp/", f"{tmp}/").replace("../shared/data", str(SHARED_DATA))
+    args = shlex.split(cmd)
+    if args[0] == "python":
+        args[0] = sys.executable
+    elif args[0] == "saved_model_cli":
+        args[0] = str(pathlib.Path(sys.executable).parent / "saved_model_cli")
+    return args
+
+
+def test_readme_cli_snippets_run(tmp_path, shared_data):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+    ran = []
+    for cmd in readme_commands():
+        if cmd.startswith("make "):
+            continue
+        args = _localise(cmd, tmp_path)
+        proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, f"README command failed: {cmd}\n{proc.stderr[-3000:]}"
+        ran.append((cmd, proc.stdout))
+    tools = {re.search(r"-m (tools\.\w+)", c).group(1) for c, _ in ran if "-m tools." in c}
+    assert {"tools.train", "tools.eval", "tools.export_model", "tools.predict", "tools.vis",
+            "tools.model_info", "tools.build_voc2012_data"} <= tools
+    # The outputs the README promises.
+    run = tmp_path / "run"
+    assert (run / "eval" / "eval_results.json").is_file()
+    assert (run / "export" / "saved_model.pb").is_file()
+    assert (run / "pred.png").is_file()
+    assert (run / "vis" / "000000_prediction.png").is_file()
+    info = [out for c, out in ran if "tools.model_info" in c][0]
+    assert '"macs"' in info and '"params"' in info
+    cli = [out for c, out in ran if c.startswith("saved_model_cli")][0]
+    assert "segment_with_evidence" in cli and "serving_default" in cli
