@@ -6,12 +6,12 @@ import pytest
 import tensorflow as tf
 
 from bench.bench_kendall import TRUE_SIGMAS, run_kendall
+from tf_mtl import tbevents
 from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore, TagBCE
 from tf_mtl.metrics import StreamingMeanIoU, TagF1
 from tf_mtl.model import LossTerm, MultiTaskModel
 from tf_mtl.precision import policy_scope, wrap_optimizer
 from tf_mtl.schedules import PolyLearningRate
-from tf_mtl.summaries import read_image_tags, read_scalars
 from tf_mtl.tasks import Task
 from tf_mtl.weighting import FixedWeighting, UncertaintyWeighting
 
@@ -80,7 +80,7 @@ def test_in_step_summaries_are_written_every_n_steps(tmp_path):
     schedule = PolyLearningRate(0.1, training_number_of_steps=10, learning_power=0.9)
     model.compile(optimizer=keras.optimizers.SGD(schedule))
     hist = model.fit(ds_of(x, y, 2), epochs=1, verbose=0, shuffle=False)  # 5 steps: 0..4
-    scalars = read_scalars(tmp_path)
+    scalars = {k: dict(v) for k, v in tbevents.read_scalars(tmp_path).items()}
     for tag in [
         "loss",
         "semantic_loss",
@@ -100,7 +100,7 @@ def test_in_step_summaries_are_written_every_n_steps(tmp_path):
     assert scalars["train/learning_rate"][2] == pytest.approx(float(schedule(2)), rel=1e-6)
     assert scalars["train/learning_rate"][4] == pytest.approx(0.1 * 0.6**0.9, rel=1e-5)
     assert scalars["train/semantic_sigma"][4] != scalars["train/semantic_sigma"][0]
-    assert read_image_tags(tmp_path) == {"train/prediction": [0, 4]}
+    assert tbevents.list_images(tmp_path) == {"train/prediction": [0, 4]}
     # fit's logs carry the same quantities.
     assert hist.history["learning_rate"][-1] == pytest.approx(0.1 * 0.6**0.9, rel=1e-5)
     assert "semantic_sigma" in hist.history and "tags_weight" in hist.history

@@ -4,12 +4,11 @@ Keras' TensorBoard callback only writes in-step summaries with update_freq=1, so
 MultiTaskModel owns a writer and records every N steps with `tf.summary.record_if`.
 TensorBoard itself is not a dependency: scalars and images are written with
 `tf.summary.write` and the same plugin metadata TensorBoard's own ops use, so the
-event files open in TensorBoard. `read_scalars` reads them back (tests, tools).
+event files open in TensorBoard. `tf_mtl.tbevents` reads them back (tests, tools, the report).
 """
 
 from __future__ import annotations
 
-import collections
 import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -122,29 +121,3 @@ class StepSummaries:
 
     def flush(self) -> None:
         self.writer.flush()
-
-
-def read_scalars(logdir: str | pathlib.Path) -> dict[str, dict[int, float]]:
-    """Reads every scalar of the event files under `logdir`: {tag: {step: value}}."""
-    out: dict[str, dict[int, float]] = collections.defaultdict(dict)
-    for path in sorted(pathlib.Path(logdir).rglob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                if value.HasField("tensor"):
-                    arr = tf.make_ndarray(value.tensor)
-                    if arr.dtype.kind == "f" and arr.size == 1:
-                        out[value.tag][int(event.step)] = float(arr.reshape(()))
-                elif value.HasField("simple_value"):
-                    out[value.tag][int(event.step)] = float(value.simple_value)
-    return dict(out)
-
-
-def read_image_tags(logdir: str | pathlib.Path) -> dict[str, list[int]]:
-    """Steps at which each image tag was written: {tag: [steps]}."""
-    out: dict[str, list[int]] = collections.defaultdict(list)
-    for path in sorted(pathlib.Path(logdir).rglob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == "images":
-                    out[value.tag].append(int(event.step))
-    return dict(out)
