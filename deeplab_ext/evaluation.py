@@ -224,6 +224,9 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
         }
         results["modes"][mode] = row
         printer(f"  {row['name']:<14} mIoU {100 * row['miou']:6.2f}%   ({row['seconds']:.1f}s)")
+        printer("    per-class IoU: " + ", ".join(
+            f"{n} {'n/a' if v is None else f'{100 * v:.2f}'}"
+            for n, v in row["per_class_iou"].items()))
     results["table"] = format_table(results)
     printer(results["table"])
     if options.eval_logdir:

@@ -361,10 +361,12 @@ def restore_network(checkpoint_dir: str | os.PathLike, checkpoint_path: str | No
         raise FileNotFoundError(
             f"No checkpoint in {checkpoint_dir}: run tools.train with --train_logdir there first."
         )
-    status = tf.train.Checkpoint(network=network).restore(path)
     try:
+        # A shape mismatch raises ValueError inside restore() itself, a missing
+        # variable an AssertionError at the check: both mean "another model".
+        status = tf.train.Checkpoint(network=network).restore(path)
         status.expect_partial().assert_existing_objects_matched()
-    except AssertionError as e:
+    except (AssertionError, ValueError) as e:
         raise ValueError(
             f"Checkpoint {path} does not match model {cfg.name} (was it written for another "
             f"--model_variant or dataset?): {str(e)[:300]}"

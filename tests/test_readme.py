@@ -67,7 +67,7 @@ def test_readme_cli_snippets_run(tmp_path, shared_data):
     assert (run / "eval" / "eval_results.json").is_file()
     assert (run / "export" / "saved_model.pb").is_file()
     assert (run / "pred.png").is_file()
-    assert (run / "vis" / "000000_prediction.png").is_file()
+    assert (run / "vis" / "segmentation_results" / "000000_prediction.png").is_file()
     info = [out for c, out in ran if "tools.model_info" in c][0]
     assert '"macs"' in info and '"params"' in info
     cli = [out for c, out in ran if c.startswith("saved_model_cli")][0]

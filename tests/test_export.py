@@ -1,0 +1,280 @@
+"""Integration tests of tools.export_model and tools.predict.
+
+The SavedModel written by tools.export_model is loaded in a fresh process that imports
+only tensorflow + numpy; both signatures must reproduce the library (predict_segmentation,
+EvidenceRefitter with the export's config) within 1e-5. tools.predict runs on the export.
+A failed export over an existing one must leave the old one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab_ext import colormap as cmap
+from deeplab_ext import input_pipeline, synthetic
+from deeplab_ext.datasets import get_dataset_info
+from deeplab_ext.evaluation import EvidenceOptions, refit_variables
+from deeplab_ext.export import export_saved_model, read_export_metadata
+from deeplab_ext.trainer import TrainOptions, restore_network, train
+from tf_mtl.evidence import EvidenceRefitter
+from tf_mtl.inference import predict_segmentation
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+VARIANT = "deeplabv3plus_mobilenetv2_tiny_mt"
+INFO = get_dataset_info("shapes_evidence")
+SIZE = 48
+EVIDENCE_STEPS = 3
+ATOL = 1e-5
+
+
+def tool_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def run_tool(module: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"tools.{module}", *args], cwd=REPO, env=tool_env(),
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("shapes")
+    synthetic.write_tfrecords(out, 4, 2, size=SIZE, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data_dir) -> pathlib.Path:
+    """A real (very short) training run: the checkpoint format tools.train writes."""
+    logdir = tmp_path_factory.mktemp("run")
+    train(TrainOptions(
+        train_logdir=str(logdir), dataset_dir=str(data_dir), model_variant=VARIANT,
+        dataset="shapes_evidence", train_crop_size=(33, 33), train_batch_size=2,
+        training_number_of_steps=3, save_interval_steps=3, save_summaries_steps=100,
+        save_summaries_images=False, seed=0,
+    ), printer=lambda s: None)
+    return logdir
+
+
+@pytest.fixture(scope="module")
+def library(run_dir):
+    """The restored network and the library's evidence refitter with the export's config."""
+    network, info, meta = restore_network(run_dir)
+    ev = EvidenceOptions()  # tools.export_model's defaults
+    refitter = EvidenceRefitter(
+        network, ev.config("l2", prune=False, scales=(1.0,), flip=False),
+        variables=refit_variables(network, ev.refit), tag_class_ids=list(info.tag_class_ids),
+    )
+    return {"network": network, "info": info, "refitter": refitter}
+
+
+@pytest.fixture(scope="module")
+def val_batch(data_dir):
+    """Two validation images (raw pixels) and their ground-truth tags."""
+    ds = input_pipeline.make_dataset(INFO, data_dir, "val", crop_size=None, batch_size=1,
+                                     is_training=False)
+    items = list(ds.take(2))
+    images = np.concatenate([x.numpy() for x, _ in items]).astype(np.float32)
+    tags = np.concatenate([y["tags"].numpy() for _, y in items]).astype(np.float32)
+    labels = np.concatenate([y["semantic"].numpy() for _, y in items])
+    assert images.shape == (2, SIZE, SIZE, 3) and tags.sum() > 0
+    return images, tags, labels
+
+
+@pytest.fixture(scope="module")
+def export_dir(run_dir, tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("export") / "saved_model"
+    proc = run_tool("export_model", f"--checkpoint_dir={run_dir}", f"--export_path={path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Exported SavedModel to {path}" in proc.stdout
+    return path
+
+
+FRESH_SCRIPT = textwrap.dedent("""
+    import importlib.util, sys
+    import numpy as np
+    import tensorflow as tf
+
+    assert importlib.util.find_spec("deeplab_ext") is None, "project importable"
+    inputs = np.load(sys.argv[1])
+    module = tf.saved_model.load(sys.argv[2])
+    images = tf.constant(inputs["images"])
+    out = {}
+    serve = module.signatures["serving_default"](images=images)
+    out.update({"serving__" + k: v.numpy() for k, v in serve.items()})
+    ev = module.signatures["segment_with_evidence"](
+        images=images, tags=tf.constant(inputs["tags"]),
+        steps=tf.constant(int(inputs["steps"]), tf.int32))
+    out.update({"evidence__" + k: v.numpy() for k, v in ev.items()})
+    out["signatures"] = np.array(sorted(module.signatures))
+    out["project_modules"] = np.array(
+        [m for m in sys.modules if m.split(".")[0] in ("deeplab_ext", "tf_mtl", "tools")], str)
+    np.savez(sys.argv[3], **out)
+""")
+
+
+def test_export_signatures_match_library_in_fresh_process(export_dir, library, val_batch,
+                                                          tmp_path):
+    images, tags, _ = val_batch
+    inputs, outputs = tmp_path / "inputs.npz", tmp_path / "outputs.npz"
+    np.savez(inputs, images=images, tags=tags, steps=np.int32(EVIDENCE_STEPS))
+    env = tool_env()
+    env.pop("PYTHONPATH")
+    proc = subprocess.run([sys.executable, "-c", FRESH_SCRIPT, str(inputs), str(export_dir),
+                           str(outputs)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = dict(np.load(outputs))
+    assert sorted(got["signatures"]) == ["segment_with_evidence", "serving_default"]
+    assert got["project_modules"].size == 0
+
+    network, refitter = library["network"], library["refitter"]
+    plain = predict_segmentation(network, tf.constant(images))
+    tag_probs = tf.sigmoid(network(images, training=False)["tags"]).numpy()
+    np.testing.assert_allclose(got["serving__semantic_probabilities"],
+                               plain["probabilities"].numpy(), atol=ATOL)
+    np.testing.assert_array_equal(got["serving__semantic_predictions"],
+                                  plain["predictions"].numpy())
+    np.testing.assert_allclose(got["serving__tag_probabilities"], tag_probs, atol=ATOL)
+    assert got["serving__semantic_probabilities"].shape == (2, SIZE, SIZE, INFO.num_classes)
+
+    ref = refitter(images, tags, EVIDENCE_STEPS)
+    np.testing.assert_allclose(got["evidence__semantic_probabilities"],
+                               ref["probabilities"].numpy(), atol=ATOL)
+    np.testing.assert_array_equal(got["evidence__semantic_predictions"],
+                                  ref["predictions"].numpy())
+    np.testing.assert_allclose(got["evidence__tag_probabilities"],
+                               ref["tag_probabilities_after"].numpy(), atol=ATOL)
+    np.testing.assert_allclose(got["evidence__tag_probabilities_before"], tag_probs, atol=ATOL)
+    np.testing.assert_array_equal(got["evidence__steps_taken"], ref["steps_taken"].numpy())
+    assert np.all(got["evidence__steps_taken"] == EVIDENCE_STEPS)
+    # The refit moved the tag probabilities (it did something), towards the evidence.
+    before, after = got["evidence__tag_probabilities_before"], got["evidence__tag_probabilities"]
+    assert np.abs(after - before).max() > 1e-6
+    assert np.abs(after - tags).mean() < np.abs(before - tags).mean()
+
+    meta = read_export_metadata(export_dir)
+    assert meta["dataset"]["class_names"] == list(INFO.class_names)
+    assert meta["evidence"]["steps"] == EvidenceOptions().steps
+    assert meta["model"]["name"] == VARIANT
+
+
+# ---------------------------------------------------------------- tools.predict
+@pytest.fixture(scope="module")
+def image_png(val_batch, tmp_path_factory) -> tuple[pathlib.Path, list[str]]:
+    images, tags, _ = val_batch
+    path = tmp_path_factory.mktemp("img") / "example.png"
+    cv2.imwrite(str(path), images[0].astype(np.uint8)[..., ::-1])
+    names = [INFO.tag_names[i] for i in np.flatnonzero(tags[0])]
+    return path, names
+
+
+def _json_of(stdout: str) -> dict:
+    return json.loads(stdout[stdout.index("{"):])
+
+
+def test_predict_with_saved_model_and_tags(export_dir, image_png, library, tmp_path):
+    image_path, names = image_png
+    out_png, raw_png = tmp_path / "pred" / "seg.png", tmp_path / "raw.png"
+    proc = run_tool("predict", f"--saved_model={export_dir}", f"--image={image_path}",
+                    f"--tags={','.join(names)}", "--evidence_steps=2",
+                    f"--output={out_png}", f"--raw_output={raw_png}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = _json_of(proc.stdout)
+    before, after = report["tag_probabilities_before"], report["tag_probabilities_after"]
+    assert list(before) == list(INFO.tag_names) == list(after)
+
+    image = cv2.imread(str(image_path))[..., ::-1].astype(np.float32)[None]
+    network = library["network"]
+    want_before = tf.sigmoid(network(image, training=False)["tags"]).numpy()[0]
+    tags = input_pipeline.tags_from_names(names, INFO)[None]
+    ref = library["refitter"](image, tags, 2)
+    want_after = ref["tag_probabilities_after"].numpy()[0]
+    np.testing.assert_allclose(list(before.values()), want_before, atol=1e-4)
+    np.testing.assert_allclose(list(after.values()), want_after, atol=1e-4)
+
+    raw = cv2.imread(str(raw_png), cv2.IMREAD_UNCHANGED)
+    assert raw.shape == (SIZE, SIZE)
+    np.testing.assert_array_equal(raw, ref["predictions"].numpy()[0])
+    colour = cv2.imread(str(out_png))[..., ::-1]
+    np.testing.assert_array_equal(colour, cmap.label_to_color_image(raw, INFO.colormap))
+    assert report["classes_predicted"] == [INFO.class_names[c] for c in np.unique(raw)]
+
+
+@pytest.mark.parametrize("case", ["unknown_tag", "negative_steps", "missing_image"])
+def test_predict_errors(case, export_dir, image_png, tmp_path):
+    image_path, _ = image_png
+    args = [f"--saved_model={export_dir}", f"--image={image_path}",
+            f"--output={tmp_path / 'out.png'}"]
+    if case == "unknown_tag":
+        args.append("--tags=disk_h,unicorn")
+    elif case == "negative_steps":
+        args += ["--tags=disk_h", "--evidence_steps=-1"]
+    else:
+        args[1] = f"--image={tmp_path / 'nope.jpg'}"
+    proc = run_tool("predict", *args)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.png").exists()
+    if case == "unknown_tag":
+        assert "'unicorn'" in proc.stderr
+        assert all(n in proc.stderr for n in INFO.tag_names)
+    elif case == "negative_steps":
+        assert "--evidence_steps must be >= 0, got -1" in proc.stderr
+    else:
+        assert str(tmp_path / "nope.jpg") in proc.stderr
+
+
+# --------------------------------------------------------- atomic replacement
+def test_export_replaces_atomically_and_keeps_old_on_failure(export_dir, library, val_batch,
+                                                            tmp_path, monkeypatch):
+    images, _, _ = val_batch
+    path = tmp_path / "saved_model"
+    shutil.copytree(export_dir, path)
+    network, info = library["network"], library["info"]
+    plain = predict_segmentation(network, tf.constant(images))["probabilities"].numpy()
+    ev = EvidenceOptions()
+    kwargs = dict(evidence=ev.config("l2", False, (1.0,), False),
+                  refit_variables=refit_variables(network, ev.refit))
+
+    def disk_full(*args, **kw):
+        raise OSError(28, "No space left on device (simulated)")
+
+    with monkeypatch.context() as m:
+        m.setattr(tf.saved_model, "save", disk_full)
+        with pytest.raises(OSError, match="nothing already at .* was changed"):
+            export_saved_model(network, info, path, inference_scales=(0.75, 1.0), **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model"]  # no temp leftovers
+    old = tf.saved_model.load(str(path))
+    np.testing.assert_allclose(
+        old.signatures["serving_default"](images=tf.constant(images))["semantic_probabilities"],
+        plain, atol=ATOL)
+    assert read_export_metadata(path)["inference_scales"] == [1.0]
+
+    # A successful export over it replaces it: multi-scale + flip now.
+    export_saved_model(network, info, path, inference_scales=(0.75, 1.0),
+                       add_flipped_images=True, **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model"]
+    meta = read_export_metadata(path)
+    assert meta["inference_scales"] == [0.75, 1.0] and meta["add_flipped_images"] is True
+    new = tf.saved_model.load(str(path))
+    got = new.signatures["serving_default"](images=tf.constant(images))["semantic_probabilities"]
+    want = predict_segmentation(network, tf.constant(images), (0.75, 1.0), True)["probabilities"]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=ATOL)
+    assert np.abs(want.numpy() - plain).max() > 1e-4  # the replacement is visibly different

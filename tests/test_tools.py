@@ -1,0 +1,275 @@
+"""Integration tests of the command-line tools: tools.train (TensorBoard, resume after a
+kill), tools.eval (JSON, evidence table, comparison figure) and their failure messages.
+
+Every tool runs as a subprocess, as a user would run it. Subprocess launches cost
+~5-10 s each (TF import + tracing), so the module shares one training run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from deeplab_ext import synthetic
+from deeplab_ext.datasets import get_dataset_info
+from tf_mtl import tbevents
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+VARIANT = "deeplabv3plus_mobilenetv2_tiny_mt"
+CROP = 33
+TOTAL_STEPS = 40
+SAVE_EVERY = 10
+SUMMARY_EVERY = 5
+BASE_LR = 1e-4
+INFO = get_dataset_info("shapes_evidence")
+
+
+def tool_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def run_tool(module: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`python -m tools.<module> args...` from the repo root; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", f"tools.{module}", *args], cwd=REPO, env=tool_env(),
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def train_args(logdir: pathlib.Path, data: pathlib.Path) -> list[str]:
+    return [
+        f"--train_logdir={logdir}", f"--dataset_dir={data}", "--dataset=shapes_evidence",
+        f"--model_variant={VARIANT}", f"--train_crop_size={CROP},{CROP}",
+        "--train_batch_size=2", f"--training_number_of_steps={TOTAL_STEPS}",
+        f"--save_interval_steps={SAVE_EVERY}", f"--save_summaries_steps={SUMMARY_EVERY}",
+        "--log_every_n_steps=5", f"--base_learning_rate={BASE_LR}", "--seed=0",
+    ]
+
+
+def checkpoint_state_step(logdir: pathlib.Path) -> int | None:
+    """Step of the checkpoint the `checkpoint` state file points at (what a resume reads)."""
+    state = logdir / "checkpoint"
+    if not state.is_file():
+        return None
+    m = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', state.read_text(), re.M)
+    return int(m.group(1)) if m else None
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("shapes")
+    synthetic.write_tfrecords(out, 8, 3, size=48, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, data_dir) -> dict:
+    """Start tools.train, SIGKILL it after its first checkpoint, re-run the same command."""
+    logdir = tmp_path_factory.mktemp("run") / "train_logdir"
+    args = [sys.executable, "-m", "tools.train", *train_args(logdir, data_dir)]
+    log_path = logdir.parent / "first_run.log"
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(args, cwd=REPO, env=tool_env(), stdout=log,
+                                stderr=subprocess.STDOUT)
+        killed_at, finished_early = None, False
+        try:
+            deadline = time.time() + 180
+            while time.time() < deadline:
+                step = checkpoint_state_step(logdir)
+                if step is not None and step >= SAVE_EVERY:
+                    finished_early = proc.poll() is not None
+                    proc.send_signal(signal.SIGKILL)
+                    killed_at = step
+                    break
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    first_output = log_path.read_text()
+    assert killed_at is not None, f"no checkpoint appeared; first run said:\n{first_output[-3000:]}"
+    assert not finished_early, "training finished before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
+    assert killed_at < TOTAL_STEPS
+    t_first = time.time() - t0
+    second = subprocess.run(args, cwd=REPO, env=tool_env(), capture_output=True, text=True,
+                            timeout=240)
+    return {"logdir": logdir, "killed_at": killed_at, "first_output": first_output,
+            "second": second, "seconds": (t_first, time.time() - t0 - t_first)}
+
+
+# ------------------------------------------------------------------ tools.train
+def test_train_resumes_after_kill_from_last_checkpoint(resumed_run):
+    second = resumed_run["second"]
+    assert second.returncode == 0, second.stderr[-3000:]
+    out = second.stdout
+    m = re.search(r"Resuming from (\S+) \(step (\d+)\)", out)
+    assert m, f"no 'Resuming from' line in:\n{out[-2000:]}"
+    resumed_step = int(m.group(2))
+    assert resumed_step > 0
+    assert resumed_step == resumed_run["killed_at"]
+    assert m.group(1).endswith(f"ckpt-{resumed_step}")
+    assert f"for {TOTAL_STEPS - resumed_step} steps" in out
+    assert f"Done at step {TOTAL_STEPS};" in out
+    assert f"step {TOTAL_STEPS}/{TOTAL_STEPS}" in out
+
+    import tensorflow as tf
+
+    logdir = resumed_run["logdir"]
+    latest = tf.train.latest_checkpoint(str(logdir))
+    assert latest.endswith(f"ckpt-{TOTAL_STEPS}")
+    reader = tf.train.load_checkpoint(latest)
+    iterations = int(reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert iterations == TOTAL_STEPS  # continued, not TOTAL_STEPS + resumed_step
+    steps = sorted(int(p.name.split("-")[1].split(".")[0]) for p in logdir.glob("ckpt-*.index"))
+    assert max(steps) == TOTAL_STEPS
+    assert json.loads((logdir / "model_config.json").read_text())["model"]["name"] == VARIANT
+
+
+def test_train_tensorboard_scalars_and_images(resumed_run):
+    logdir = resumed_run["logdir"] / "train"
+    scalars = tbevents.read_scalars(logdir)
+    expected = {
+        "train/loss", "train/semantic_loss", "train/tags_loss",
+        "train/semantic_sigma", "train/tags_sigma", "train/semantic_weight",
+        "train/tags_weight", "train/learning_rate", "train/semantic_miou",
+        "train/tags_tag_f1",
+    }
+    assert expected <= set(scalars), sorted(scalars)
+    # Summaries every SUMMARY_EVERY steps over the whole run, before and after the kill.
+    logged = [s for s, _ in scalars["train/learning_rate"]]
+    assert logged == list(range(0, TOTAL_STEPS, SUMMARY_EVERY))
+    # Poly schedule continued at the resumed step (it did not restart at step 0).
+    for step, lr in scalars["train/learning_rate"]:
+        want = BASE_LR * (1 - step / TOTAL_STEPS) ** 0.9
+        assert lr == pytest.approx(want, rel=1e-4), step
+    # Uncertainty weighting (classification): effective weight = 1 / sigma^2.
+    for task in ("semantic", "tags"):
+        sig = dict(scalars[f"train/{task}_sigma"])
+        wts = dict(scalars[f"train/{task}_weight"])
+        for step, s in sig.items():
+            assert s > 0
+            assert wts[step] == pytest.approx(1 / s**2, rel=1e-4)
+    for tag in ("train/semantic_miou", "train/tags_tag_f1"):
+        assert all(0.0 <= v <= 1.0 for _, v in scalars[tag])
+    for tag in ("train/semantic_loss", "train/tags_loss"):
+        assert all(np.isfinite(v) and v > 0 for _, v in scalars[tag])
+
+    images = tbevents.list_images(logdir)
+    assert "train/overlay" in images, images
+    assert images["train/overlay"][0] == 0 and len(images["train/overlay"]) >= 2
+    pngs = tbevents.read_images(logdir, ["train/overlay"])["train/overlay"][-1][1]
+    overlay = cv2.imdecode(np.frombuffer(pngs[0], np.uint8), cv2.IMREAD_COLOR)
+    assert overlay.shape == (CROP, 3 * CROP, 3)  # input | ground truth | prediction
+
+
+# ------------------------------------------------------------------- tools.eval
+EVAL_MODES = ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune")
+
+
+@pytest.fixture(scope="module")
+def eval_run(resumed_run, data_dir, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("eval")
+    t0 = time.time()
+    proc = run_tool(
+        "eval", f"--checkpoint_dir={resumed_run['logdir']}", f"--dataset_dir={data_dir}",
+        f"--eval_logdir={out}", f"--evidence_modes={','.join(EVAL_MODES)}",
+        "--max_number_of_examples=2", "--evidence_steps=1", "--evidence_es_steps=2",
+        "--num_vis_examples=2",
+    )
+    return {"proc": proc, "out": out, "seconds": time.time() - t0}
+
+
+def test_eval_prints_and_writes_json_table_and_figure(eval_run):
+    proc, out = eval_run["proc"], eval_run["out"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stdout = proc.stdout
+    assert "mIoU" in stdout and "per-class IoU" in stdout and "F1" in stdout
+    for name in INFO.class_names:
+        assert name in stdout
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["num_images"] == 2 and results["model"] == VARIANT
+    assert list(results["modes"]) == list(EVAL_MODES)
+    for mode in EVAL_MODES:
+        row = results["modes"][mode]
+        assert 0.0 <= row["miou"] <= 1.0
+        assert set(row["per_class_iou"]) == set(INFO.class_names)
+        present = [v for v in row["per_class_iou"].values() if v is not None]
+        assert present and all(0.0 <= v <= 1.0 for v in present)
+        # mIoU is the mean over the classes that occur (prediction or ground truth).
+        assert row["miou"] == pytest.approx(np.mean(present), abs=1e-6)
+    for key in ("precision", "recall", "f1", "mAP"):
+        assert 0.0 <= results["tags"][key] <= 1.0
+    assert f"F1 {results['tags']['f1']:.4f}" in stdout
+    assert results["evidence"]["steps"] == 1 and results["evidence"]["es_steps"] == 2
+    # The table: one row per mode, in stdout and in the JSON.
+    for mode in EVAL_MODES:
+        row = results["modes"][mode]
+        line = f"| {row['name']} | {100 * row['miou']:.2f} | {mode} |"
+        assert line in results["table"] and line in stdout
+    png = (out / "comparison.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert fig is not None
+    # 2 example rows of (input, ground truth, one column per mode) 48x48 tiles, padded by 2
+    # and scaled by 256 // 48 = 5, under a header.
+    scale = 256 // 48
+    assert fig.shape[1] == (2 + len(EVAL_MODES)) * (48 + 4) * scale
+    assert fig.shape[0] == 18 * scale + 2 * (48 + 4) * scale
+
+
+# ------------------------------------------------------------- failure messages
+def test_train_missing_dataset_dir_names_it(tmp_path):
+    empty = tmp_path / "no_shards_here"
+    empty.mkdir()
+    proc = run_tool("train", *train_args(tmp_path / "log", empty))
+    assert proc.returncode != 0
+    assert str(empty) in proc.stderr
+    assert "no TFRecord shards" in proc.stderr and "build_synthetic_data" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_train_wrong_model_variant_lists_valid_ones(tmp_path, data_dir):
+    args = [a for a in train_args(tmp_path / "log", data_dir) if not a.startswith("--model_variant")]
+    proc = run_tool("train", *args, "--model_variant=deeplabv3plus_mobilenetv7")
+    assert proc.returncode != 0
+    assert "deeplabv3plus_mobilenetv7" in proc.stderr
+    assert VARIANT in proc.stderr and "deeplabv3plus_xception65" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_eval_checkpoint_of_another_model_is_refused(resumed_run, data_dir, tmp_path):
+    from deeplab_ext.model import resolve_config
+    from deeplab_ext.trainer import save_model_config
+
+    other = tmp_path / "other_model"
+    other.mkdir()
+    src = resumed_run["logdir"]
+    for p in src.iterdir():
+        if p.is_file() and (p.name == "checkpoint" or p.name.startswith(f"ckpt-{TOTAL_STEPS}.")):
+            shutil.copy(p, other / p.name)
+    # The config of a different variant (full-width MobileNetV2) next to the tiny weights.
+    save_model_config(other, resolve_config("deeplabv3plus_mobilenetv2_mt", num_classes=9), INFO)
+    proc = run_tool("eval", f"--checkpoint_dir={other}", f"--dataset_dir={data_dir}",
+                    "--max_number_of_examples=1")
+    assert proc.returncode != 0
+    assert "does not match model deeplabv3plus_mobilenetv2_mt" in proc.stderr
+    assert str(other) in proc.stderr
+    assert "Traceback" not in proc.stderr
