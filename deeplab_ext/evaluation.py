@@ -139,17 +139,26 @@ def _colour(label: np.ndarray, info: DatasetInfo) -> np.ndarray:
 def comparison_figure(rows: list[dict], columns: Sequence[str], info: DatasetInfo,
                       scale: int = 1) -> np.ndarray:
     """Grid of input | ground truth | one prediction per mode (the reference's figure)."""
-    tiles = []
+    tiles, col_w = [], None
+    cell_h = min(160, max(r["image"].shape[0] for r in rows))
     for r in rows:
         cells = [r["image"].astype(np.uint8), _colour(r["label"], info)]
         cells += [_colour(r["pred"][m], info) for m in columns]
+        # Images of a split may differ in size: every cell gets the same height.
+        h, w = cells[0].shape[:2]
+        size = (max(1, round(w * cell_h / h)), cell_h)
+        cells = [cv2.resize(c, size, interpolation=cv2.INTER_NEAREST) for c in cells]
+        col_w = col_w or size[0] + 4
         tiles.append(np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=255)
                                      for c in cells], axis=1))
+    width = max(t.shape[1] for t in tiles)
+    tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0)), constant_values=255)
+             for t in tiles]
     grid = np.concatenate(tiles, axis=0)
     if scale > 1:
         grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     header = np.full((18 * scale, grid.shape[1], 3), 255, np.uint8)
-    width = grid.shape[1] // (len(columns) + 2)
+    width = col_w * scale
     for i, title in enumerate(["input", "ground truth", *[EVIDENCE_MODES[m][0] for m in columns]]):
         cv2.putText(header, title, (i * width + 3, 13 * scale), cv2.FONT_HERSHEY_SIMPLEX,
                     0.35 * scale, (0, 0, 0), 1, cv2.LINE_AA)
