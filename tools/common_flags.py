@@ -50,3 +50,18 @@ def int_pair(values, flag: str) -> tuple[int, int] | None:
     if len(out) != 2 or min(out) < 1:
         raise flags.ValidationError(f"--{flag} must be two positive integers like 513,513")
     return out
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, OSError, RuntimeError)
+
+
+def run_reporting_errors(fn, *args, **kwargs) -> int:
+    """Run a tool's library call; a user error prints `error: ...` and exits 1, no traceback."""
+    import sys
+
+    try:
+        fn(*args, **kwargs)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

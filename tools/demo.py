@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
 from tools import common_flags
@@ -40,12 +38,8 @@ def main(argv):
         max_eval_images=FLAGS.max_eval_images, evidence_modes=tuple(FLAGS.evidence_modes),
         evidence=common_flags.evidence_options(),
     )
-    try:
-        run_demo(options, printer=lambda s: print(s, flush=True))
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return common_flags.run_reporting_errors(
+        run_demo, options, printer=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":

@@ -47,12 +47,8 @@ def main(argv):
         max_examples=FLAGS.max_number_of_examples, num_vis_examples=FLAGS.num_vis_examples,
         checkpoint_path=FLAGS.checkpoint_path,
     )
-    try:
-        evaluate(options, printer=lambda s: print(s, flush=True))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return common_flags.run_reporting_errors(
+        evaluate, options, printer=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,6 @@ the same command resumes from the last checkpoint in --train_logdir.
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
 from tools import common_flags
@@ -102,12 +100,8 @@ def main(argv):
     del argv
     from deeplab_ext.trainer import train
 
-    try:
-        train(options_from_flags(), printer=lambda s: print(s, flush=True))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return common_flags.run_reporting_errors(
+        lambda: train(options_from_flags(), printer=lambda s: print(s, flush=True)))
 
 
 if __name__ == "__main__":
