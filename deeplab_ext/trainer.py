@@ -333,6 +333,7 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print) -> Trai
         dataset,
         steps_per_epoch=chunk,
         epochs=epochs,
+        shuffle=False,  # the tf.data pipeline shuffles
         verbose=0,
         callbacks=[
             _Progress(total, options.log_every_n_steps, printer),
