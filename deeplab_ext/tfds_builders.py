@@ -33,6 +33,12 @@ class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def code_path(cls):
         return tfds.core.Path(inspect.getfile(cls))
 
+    def _info(self) -> tfds.core.DatasetInfo:
+        info = get_dataset_info(self.builder_config.dataset)
+        return self.dataset_info_from_configs(
+            features=_features(info), supervised_keys=("image", "segmentation_mask")
+        )
+
 
 class SegConfig(tfds.core.BuilderConfig):
     """`max_examples` caps each split (None = all); `dataset` names the DatasetInfo."""
@@ -98,12 +104,6 @@ class VocLayoutSeg(_OfflineBuilder):
         SegConfig(name="small", dataset="pascal_voc_seg", max_examples=8, description="8/split"),
     ]
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        info = get_dataset_info(self.builder_config.dataset)
-        return self.dataset_info_from_configs(
-            features=_features(info), supervised_keys=("image", "segmentation_mask")
-        )
-
     def _split_generators(self, dl_manager):
         root = _manual_dir(dl_manager, self.name)
         lists = sorted((root / "ImageSets" / "Segmentation").glob("*.txt"))
@@ -134,12 +134,6 @@ class CamvidLayoutSeg(_OfflineBuilder):
         SegConfig(name="small", dataset="camvid", max_examples=4, description="4/split"),
     ]
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        info = get_dataset_info(self.builder_config.dataset)
-        return self.dataset_info_from_configs(
-            features=_features(info), supervised_keys=("image", "segmentation_mask")
-        )
-
     def _split_generators(self, dl_manager):
         root = _manual_dir(dl_manager, self.name)
         info = get_dataset_info(self.builder_config.dataset)
@@ -168,12 +162,6 @@ class ShapesEvidence(_OfflineBuilder):
         SegConfig(name="default", dataset="shapes_evidence", description="registry sizes"),
         SegConfig(name="small", dataset="shapes_evidence", max_examples=16, description="16"),
     ]
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        info = get_dataset_info(synthetic.NAME)
-        return self.dataset_info_from_configs(
-            features=_features(info), supervised_keys=("image", "segmentation_mask")
-        )
 
     def _split_generators(self, dl_manager):
         del dl_manager
