@@ -175,7 +175,14 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print) -> di
                   f"{predict_report.get('tag_probabilities_after', {}).get(n, float('nan')):.3f}",
                   "yes" if n in tags else ""]
                  for n in info.tag_names]
-    scalars = tbevents.read_scalars(logdir)
+    scalars = tbevents.read_scalars(logdir / "train")
+    groups = {
+        "Task losses": [k for k in scalars if k.endswith("_loss") or k == "train/loss"],
+        "Uncertainty weighting: sigma and effective weight": [
+            k for k in scalars if k.endswith("_sigma") or k.endswith("_weight")],
+        "Training mIoU and tag F1": [k for k in scalars if k.endswith(("miou", "f1"))],
+        "Learning rate": [k for k in scalars if k.endswith("learning_rate")],
+    }
     images = []
     if results.get("comparison_png"):
         images.append(("Input | ground truth | one column per evidence mode",
@@ -194,9 +201,8 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print) -> di
         ],
         per_class_iou={k: v for k, v in results["modes"][best_mode]["per_class_iou"].items()
                        if v is not None},
-        scalars={k: v for k, v in scalars.items()
-                 if any(s in k for s in ("loss", "sigma", "weight", "learning_rate", "miou",
-                                         "f1"))},
+        scalars={k: scalars[k] for keys in groups.values() for k in keys},
+        scalar_groups=groups,
         images=images,
         notes=[f"Per-class IoU shown for the best row ({results['modes'][best_mode]['name']}).",
                f"Total demo time {time.time() - t0:.0f}s."],
