@@ -9,7 +9,6 @@ A failed export over an existing one must leave the old one intact.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -27,10 +26,10 @@ from deeplab_ext.datasets import get_dataset_info
 from deeplab_ext.evaluation import EvidenceOptions, refit_variables
 from deeplab_ext.export import export_saved_model, read_export_metadata
 from deeplab_ext.trainer import TrainOptions, restore_network, train
+from tests.conftest import run_tool, tool_env
 from tf_mtl.evidence import EvidenceRefitter
 from tf_mtl.inference import predict_segmentation
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 VARIANT = "deeplabv3plus_mobilenetv2_tiny_mt"
 INFO = get_dataset_info("shapes_evidence")
 SIZE = 48
@@ -38,18 +37,6 @@ EVIDENCE_STEPS = 3
 ATOL = 1e-5
 
 
-def tool_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
-def run_tool(module: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"tools.{module}", *args], cwd=REPO, env=tool_env(),
-        capture_output=True, text=True, timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ Every tool runs as a subprocess, as a user would run it. Subprocess launches cos
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -23,9 +22,9 @@ import pytest
 
 from deeplab_ext import synthetic
 from deeplab_ext.datasets import get_dataset_info
+from tests.conftest import REPO, run_tool, tool_env
 from tf_mtl import tbevents
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 VARIANT = "deeplabv3plus_mobilenetv2_tiny_mt"
 CROP = 33
 TOTAL_STEPS = 40
@@ -35,19 +34,6 @@ BASE_LR = 1e-4
 INFO = get_dataset_info("shapes_evidence")
 
 
-def tool_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
-def run_tool(module: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    """`python -m tools.<module> args...` from the repo root; output captured as text."""
-    return subprocess.run(
-        [sys.executable, "-m", f"tools.{module}", *args], cwd=REPO, env=tool_env(),
-        capture_output=True, text=True, timeout=timeout,
-    )
 
 
 def train_args(logdir: pathlib.Path, data: pathlib.Path) -> list[str]:
