@@ -175,3 +175,26 @@ register_dataset(DatasetInfo(
     splits_to_sizes={"train": 2000, "val": 200},
     background_class=0, colormap=cmap.PASCAL,
 ))  # fmt: skip
+
+
+def info_to_dict(info: DatasetInfo) -> dict:
+    """What a checkpoint or an export records of its dataset, so it can be decoded later."""
+    return {"name": info.name, "num_classes": info.num_classes,
+            "ignore_label": info.ignore_label, "class_names": list(info.class_names),
+            "background_class": info.background_class, "colormap": info.colormap,
+            "tag_class_ids": list(info.tag_class_ids), "tag_names": list(info.tag_names)}
+
+
+def info_from_dict(d: dict | str) -> DatasetInfo:
+    """The DatasetInfo recorded by `info_to_dict` (a bare name for older records).
+
+    A dataset registered at run time when the model was trained (one unknown here) is
+    registered again from the record, so its checkpoints and exports stay usable.
+    """
+    if isinstance(d, str):
+        return get_dataset_info(d)
+    if d["name"] in DATASETS:
+        return DATASETS[d["name"]]
+    return register_custom_dataset(
+        d["name"], class_names=d["class_names"], ignore_label=d["ignore_label"],
+        background_class=d["background_class"], colormap=d["colormap"])

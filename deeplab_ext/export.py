@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deeplab_ext.datasets import DatasetInfo, get_dataset_info, register_custom_dataset
+from deeplab_ext.datasets import DatasetInfo, info_from_dict, info_to_dict
 from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter
 from tf_mtl.inference import multi_scale_probabilities, network_logits_fn
 
@@ -78,23 +78,6 @@ class DeepLabServing(tf.Module):
             self.segment_with_evidence = tf.function(with_evidence, input_signature=[
                 images_spec, tf.TensorSpec([None, num_tags], tf.float32, name="tags"),
                 tf.TensorSpec([], tf.int32, name="steps")])
-
-
-def info_to_dict(info: DatasetInfo) -> dict:
-    return {"name": info.name, "num_classes": info.num_classes,
-            "ignore_label": info.ignore_label, "class_names": list(info.class_names),
-            "background_class": info.background_class, "colormap": info.colormap,
-            "tag_class_ids": list(info.tag_class_ids), "tag_names": list(info.tag_names)}
-
-
-def info_from_dict(d: dict) -> DatasetInfo:
-    """The DatasetInfo of an export (registered under its name if unknown here)."""
-    try:
-        return get_dataset_info(d["name"])
-    except ValueError:
-        return register_custom_dataset(
-            d["name"], class_names=d["class_names"], ignore_label=d["ignore_label"],
-            background_class=d["background_class"], colormap=d["colormap"])
 
 
 def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str | os.PathLike,

@@ -26,7 +26,7 @@ from deeplab_ext import colormap as cmap
 from deeplab_ext import input_pipeline
 from deeplab_ext.checkpoint import load_initial_checkpoint
 from deeplab_ext.config import DeepLabConfig
-from deeplab_ext.datasets import DatasetInfo, get_dataset_info
+from deeplab_ext.datasets import DatasetInfo, get_dataset_info, info_from_dict, info_to_dict
 from deeplab_ext.model import build_model, resolve_config
 from tf_mtl import distribute, precision
 from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore, TagBCE
@@ -114,7 +114,7 @@ def save_model_config(logdir: str | os.PathLike, cfg: DeepLabConfig, info: Datas
                       extra: dict | None = None) -> pathlib.Path:
     """Write the network config + dataset name next to the checkpoints (atomically)."""
     path = pathlib.Path(logdir) / MODEL_CONFIG_FILE
-    payload = {"model": cfg.to_dict(), "dataset": info.name, **(extra or {})}
+    payload = {"model": cfg.to_dict(), "dataset": info_to_dict(info), **(extra or {})}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=list))
     os.replace(tmp, path)
@@ -354,7 +354,7 @@ def restore_network(checkpoint_dir: str | os.PathLike, checkpoint_path: str | No
     A checkpoint written for another model is refused with a clear error naming it.
     """
     meta = load_model_config(checkpoint_dir)
-    info = get_dataset_info(meta["dataset"])
+    info = info_from_dict(meta["dataset"])
     cfg = DeepLabConfig.from_dict(meta["model"])
     network = build_model(cfg, input_shape=input_shape)
     path = checkpoint_path or tf.train.latest_checkpoint(str(checkpoint_dir))

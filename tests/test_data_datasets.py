@@ -83,3 +83,16 @@ def test_cityscapes_train_id_to_eval_id():
     ids = colormap.cityscapes_train_id_to_eval_id(np.array([[0, 1, 18, 255]]))
     np.testing.assert_array_equal(ids, [[7, 8, 33, 0]])
     assert colormap.CITYSCAPES_TRAIN_ID_TO_EVAL_ID[10] == 23
+
+
+def test_dataset_record_round_trip_reregisters_custom_dataset():
+    """Checkpoints/exports record their dataset, so a run-time dataset stays decodable."""
+    info = datasets.register_custom_dataset(
+        "my_fields_record", ["soil", "crop", "weed"], ignore_label=255, background_class=0,
+        overwrite=True)
+    record = datasets.info_to_dict(info)
+    assert record["tag_names"] == ["crop", "weed"] and record["tag_class_ids"] == [1, 2]
+    del datasets.DATASETS["my_fields_record"]  # as in a new process
+    back = datasets.info_from_dict(record)
+    assert back == info and datasets.get_dataset_info("my_fields_record") == info
+    assert datasets.info_from_dict("pascal_voc_seg").num_classes == 21  # older records
