@@ -16,6 +16,7 @@ BACKBONES = (
     "resnet_v1_50_beta",
     "resnet_v1_101_beta",
 )
+TAG_POOLINGS = ("avg", "max", "lse")
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 
 
@@ -44,6 +45,10 @@ class DeepLabConfig:
     multi_grid: tuple[int, ...] | None = None
     num_tags: int = 0
     tag_head_hidden: int = 0
+    # "avg": pool, then classify (one vector per image). "max" / "lse": classify every
+    # encoder location, then pool the scores (max, or log-mean-exp): small objects are not
+    # averaged away and the tag gradient lands where the class is seen.
+    tag_head_pooling: str = "avg"
     weight_decay: float = 4e-5
     bn_momentum: float = 0.9997
     bn_epsilon: float = 1e-5
@@ -77,6 +82,11 @@ class DeepLabConfig:
             )
         if self.num_classes < 1:
             raise ValueError(f"--num_classes={self.num_classes} must be >= 1.")
+        if self.tag_head_pooling not in TAG_POOLINGS:
+            raise ValueError(
+                f"DeepLabConfig.tag_head_pooling={self.tag_head_pooling!r} is unknown; use one "
+                f"of {TAG_POOLINGS}."
+            )
         if self.num_tags < 0:
             raise ValueError(f"num_tags={self.num_tags} must be >= 0 (0 = no tag head).")
         if self.depth_multiplier <= 0:

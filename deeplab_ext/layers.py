@@ -512,18 +512,35 @@ class Decoder(_BNConfigMixin, keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PKG)
 class TagHead(keras.layers.Layer):
-    """Image-level multi-label head: global average pool -> [Dense(hidden, relu)] -> Dense(num_tags).
+    """Image-level multi-label head on the encoder features.
 
-    Returns float32 logits (sigmoid is applied in the loss / at prediction time).
+    ``pooling="avg"``: global average pool -> [Dense(hidden, relu)] -> Dense(num_tags).
+    ``pooling="max"`` / ``"lse"``: the same Dense layers score every location, then the
+    scores are pooled over space (max, or log-mean-exp with sharpness ``lse_r``, Pinheiro &
+    Collobert 2015): presence of a small object is not averaged away, and at prediction
+    time the tag gradient reaches the locations where a class is seen. The weights have the
+    same shapes in every mode. Returns float32 logits (sigmoid in the loss / at prediction).
     """
 
-    def __init__(self, num_tags: int, hidden: int = 0, weight_decay: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        num_tags: int,
+        hidden: int = 0,
+        weight_decay: float = 0.0,
+        pooling: str = "avg",
+        lse_r: float = 4.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if int(num_tags) < 1:
             raise ValueError(f"TagHead(num_tags={num_tags}): need >= 1 tag")
+        if pooling not in ("avg", "max", "lse"):
+            raise ValueError(f"TagHead(pooling={pooling!r}): use 'avg', 'max' or 'lse'")
         self.num_tags = int(num_tags)
         self.hidden = int(hidden)
         self.weight_decay = float(weight_decay)
+        self.pooling = pooling
+        self.lse_r = float(lse_r)
         reg = l2_regularizer(self.weight_decay)
         self.hidden_dense = (
             keras.layers.Dense(
@@ -537,10 +554,20 @@ class TagHead(keras.layers.Layer):
         )
 
     def call(self, x):
-        y = keras.ops.mean(x, axis=(1, 2))
+        if self.pooling == "avg":
+            y = keras.ops.mean(x, axis=(1, 2))
+        else:
+            y = x
         if self.hidden_dense is not None:
             y = self.hidden_dense(y)
-        return keras.ops.cast(self.dense(y), "float32")
+        y = keras.ops.cast(self.dense(y), "float32")
+        if self.pooling == "max":
+            y = keras.ops.max(y, axis=(1, 2))
+        elif self.pooling == "lse":
+            r = self.lse_r
+            n = keras.ops.cast(keras.ops.shape(y)[1] * keras.ops.shape(y)[2], "float32")
+            y = (keras.ops.logsumexp(r * y, axis=(1, 2)) - keras.ops.log(n)) / r
+        return y
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -558,4 +585,6 @@ class TagHead(keras.layers.Layer):
             "num_tags": self.num_tags,
             "hidden": self.hidden,
             "weight_decay": self.weight_decay,
+            "pooling": self.pooling,
+            "lse_r": self.lse_r,
         }

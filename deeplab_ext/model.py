@@ -140,7 +140,11 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
     }
     if cfg.num_tags > 0:
         tags = TagHead(
-            cfg.num_tags, cfg.tag_head_hidden, weight_decay=cfg.weight_decay, name="tag_head"
+            cfg.num_tags,
+            cfg.tag_head_hidden,
+            weight_decay=cfg.weight_decay,
+            pooling=cfg.tag_head_pooling,
+            name="tag_head",
         )(encoder)
         outputs["tags"] = keras.layers.Activation("linear", dtype="float32", name="tags")(tags)
     return images, outputs

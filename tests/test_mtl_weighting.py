@@ -39,7 +39,9 @@ def test_fixed_weighting_uses_task_weights_and_overrides():
 
 
 def test_uncertainty_terms_match_kendall_formulas():
-    w = UncertaintyWeighting(TASKS, initial_sigma={"seg": 2.0, "depth": 0.5})
+    # Prior weights 1 (the paper's formulation); TASKS' own weights are tested below.
+    w = UncertaintyWeighting(TASKS, initial_sigma={"seg": 2.0, "depth": 0.5},
+                             weights={"seg": 1.0, "depth": 1.0})
     total, logs = w.combine(LOSSES, TASKS)
     s_seg, s_depth = math.log(4.0), math.log(0.25)
     expect = (
@@ -62,6 +64,19 @@ def test_uncertainty_terms_match_kendall_formulas():
     assert float(grads[0]) == pytest.approx(-0.25 * 3.0 + 0.5, rel=1e-5)
     assert float(grads[1]) == pytest.approx(-2.0 * 4.0 + 0.5, rel=1e-5)
     assert len(w.trainable_weights) == 2
+
+
+def test_uncertainty_multiplies_by_task_prior_weights():
+    # --tag_loss_weight must not be silently ignored under --loss_weighting=uncertainty.
+    w = UncertaintyWeighting(TASKS, initial_sigma={"seg": 2.0, "depth": 0.5})
+    total, logs = w.combine(LOSSES, TASKS)
+    s_seg, s_depth = math.log(4.0), math.log(0.25)
+    expect = 2.0 * 0.25 * 3.0 + 0.5 * s_seg + 0.5 * 2.0 * 4.0 + 0.5 * s_depth
+    assert float(total) == pytest.approx(expect, rel=1e-6)
+    assert float(logs["seg_weight"]) == pytest.approx(0.5)
+    assert float(logs["depth_weight"]) == pytest.approx(1.0)
+    clone = UncertaintyWeighting.from_config(w.get_config())
+    assert clone.weights_by_task == {"seg": 2.0, "depth": 0.5}
 
 
 def test_uncertainty_variables_stay_float32_under_mixed_policy():

@@ -252,3 +252,28 @@ def test_model_info_prints_one_json_line(capsys):
     assert info["macs"] == count_macs(model, (1, 65, 65, 3)) > 0
     assert info["encoder_shape"] == [9, 9, 32]
     assert info["output_stride"] == 8 and info["crop_size"] == [65, 65]
+
+
+def test_tag_head_pooling_modes_share_weights_and_pool_location_scores():
+    from deeplab_ext.layers import TagHead
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 5, 6)).astype("float32")
+    heads = {p: TagHead(3, pooling=p, name=f"t_{p}") for p in ("avg", "max", "lse")}
+    for h in heads.values():
+        h.build(x.shape)
+        h.set_weights(heads["avg"].get_weights())
+    w, b = heads["avg"].get_weights()
+    scores = x @ w + b  # every location's tag logits
+    np.testing.assert_allclose(heads["avg"](x), scores.mean(axis=(1, 2)), atol=1e-5)
+    np.testing.assert_allclose(heads["max"](x), scores.max(axis=(1, 2)), atol=1e-5)
+    r = heads["lse"].lse_r
+    lse = np.log(np.exp(r * scores).mean(axis=(1, 2))) / r
+    np.testing.assert_allclose(heads["lse"](x), lse, atol=1e-5)
+    # LSE lies between mean and max; a single bright location moves max/lse, barely avg.
+    assert np.all(lse >= scores.mean(axis=(1, 2)) - 1e-6)
+    assert np.all(lse <= scores.max(axis=(1, 2)) + 1e-6)
+    with pytest.raises(ValueError, match="tag_head_pooling"):
+        get_config("deeplabv3plus_mobilenetv2_tiny_mt", tag_head_pooling="sum")
+    cfg = get_config("deeplabv3plus_mobilenetv2_tiny_mt", tag_head_pooling="max")
+    assert build_model(cfg, input_shape=(33, 33, 3)).get_layer("tag_head").pooling == "max"

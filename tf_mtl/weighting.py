@@ -112,6 +112,8 @@ class UncertaintyWeighting(LossWeighting):
       regression:      0.5 * exp(-s_i) * L_i + 0.5 * s_i   (= L/(2 sigma^2) + log sigma)
       classification:        exp(-s_i) * L_i + 0.5 * s_i   (= L/sigma^2     + log sigma)
     At the optimum sigma_i^2 = L_i (regression, MSE) -- the task's noise variance.
+    Each L_i is first multiplied by a constant prior weight (default `Task.weight`, so
+    e.g. --tag_loss_weight is honoured here too; 1 = the paper's formulation).
     """
 
     def __init__(
@@ -120,9 +122,13 @@ class UncertaintyWeighting(LossWeighting):
         initial_sigma: float | Mapping[str, float] = 1.0,
         kinds: Mapping[str, str] | None = None,
         task_names: Sequence[str] | None = None,
+        weights: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(_names(tasks, task_names), **kwargs)
+        base = {t.name: t.weight for t in tasks} if tasks is not None else {}
+        base.update(dict(weights or {}))
+        self.weights_by_task = {n: float(base.get(n, 1.0)) for n in self.task_names}
         k = {t.name: t.kind for t in tasks} if tasks is not None else {}
         k.update(dict(kinds or {}))
         self.kinds = {n: k.get(n, "classification") for n in self.task_names}
@@ -160,6 +166,7 @@ class UncertaintyWeighting(LossWeighting):
             s = tf.convert_to_tensor(self.log_vars[n])
             precision = tf.exp(-s)
             w = 0.5 * precision if self.kinds[n] == "regression" else precision
+            w = self.weights_by_task[n] * w
             total = total + w * tf.cast(task_losses[n], tf.float32) + 0.5 * s
             logs[f"{n}_weight"] = w
             logs[f"{n}_sigma"] = tf.exp(0.5 * s)
@@ -167,7 +174,8 @@ class UncertaintyWeighting(LossWeighting):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(initial_sigma=dict(self.initial_sigma), kinds=dict(self.kinds))
+        config.update(initial_sigma=dict(self.initial_sigma), kinds=dict(self.kinds),
+                      weights=dict(self.weights_by_task))
         return config
 
 
