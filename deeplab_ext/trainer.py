@@ -68,6 +68,8 @@ class TrainOptions:
     atrous_rates: tuple[int, ...] | None = None
     decoder_output_stride: int | None = None
     num_tags: int | None = None
+    tag_head_hidden: int | None = None
+    tag_head_pooling: str | None = None
     min_scale_factor: float = 0.5
     max_scale_factor: float = 2.0
     scale_factor_step_size: float = 0.25
@@ -98,6 +100,8 @@ def model_config_for(options: TrainOptions, info: DatasetInfo) -> DeepLabConfig:
         "decoder_output_stride": options.decoder_output_stride,
         "weight_decay": options.weight_decay,
         "sync_batch_norm": options.sync_batch_norm or None,
+        "tag_head_hidden": options.tag_head_hidden,
+        "tag_head_pooling": options.tag_head_pooling,
     }
     if options.atrous_rates is not None:
         overrides["atrous_rates"] = tuple(options.atrous_rates)

@@ -34,6 +34,10 @@ flags.DEFINE_bool("initialize_last_layer", True, "Also load the logits from the 
 flags.DEFINE_multi_integer("atrous_rates", None, "ASPP rates at OS16 (repeat the flag).")
 flags.DEFINE_integer("output_stride", None, "8, 16 or 32 (default: the variant's).")
 flags.DEFINE_integer("decoder_output_stride", None, "Decoder stride (4), default the variant's.")
+flags.DEFINE_integer("tag_head_hidden", None, "*_mt: hidden units of the tag head (0 = linear).")
+flags.DEFINE_enum("tag_head_pooling", None, ["avg", "max", "lse"],
+                  "*_mt: pool features then classify (avg), or classify every location "
+                  "then pool (max / lse); default: the variant's.")
 flags.DEFINE_float("min_scale_factor", 0.5, "Augmentation: min scale.")
 flags.DEFINE_float("max_scale_factor", 2.0, "Augmentation: max scale.")
 flags.DEFINE_float("scale_factor_step_size", 0.25, "Augmentation: scale step.")
@@ -44,7 +48,8 @@ flags.DEFINE_integer("hard_example_mining_step", 0, "Steps to ramp hard-pixel mi
 flags.DEFINE_enum("loss_weighting", "uncertainty", ["fixed", "uncertainty", "dwa"],
                   "How task losses are combined.")
 flags.DEFINE_float("initial_sigma", 1.0, "Uncertainty weighting: initial sigma.")
-flags.DEFINE_float("tag_loss_weight", 1.0, "Fixed weighting: weight of the tag loss.")
+flags.DEFINE_float("tag_loss_weight", 1.0, "Weight of the tag loss (fixed weighting), or its prior "
+                   "multiplier under uncertainty weighting.")
 flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
                   "Precision policy (mixed_float16 on GPU).")
 flags.DEFINE_enum("distribution_strategy", "default",
@@ -80,6 +85,7 @@ def options_from_flags():
         initialize_last_layer=FLAGS.initialize_last_layer,
         output_stride=FLAGS.output_stride,
         atrous_rates=tuple(FLAGS.atrous_rates) if FLAGS.atrous_rates else None,
+        tag_head_hidden=FLAGS.tag_head_hidden, tag_head_pooling=FLAGS.tag_head_pooling,
         decoder_output_stride=FLAGS.decoder_output_stride,
         min_scale_factor=FLAGS.min_scale_factor, max_scale_factor=FLAGS.max_scale_factor,
         scale_factor_step_size=FLAGS.scale_factor_step_size,
