@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--tag_head_pooling", choices=["avg", "max", "lse"], default=None)
     p.add_argument("--tag_head_hidden", type=int, default=None)
     p.add_argument("--tag_loss_weight", type=float, default=1.0)
+    p.add_argument("--output_stride", type=int, default=None)
     p.add_argument("--train_steps", type=int, default=DemoOptions.train_steps)
     p.add_argument("--num_val", type=int, default=50)
     p.add_argument("--modes", default="none,prune,bp_l2,bp_es")
@@ -59,7 +60,7 @@ def main() -> None:
             log_every_n_steps=max(1, a.train_steps // 4), min_scale_factor=0.75,
             max_scale_factor=1.25, loss_weighting="uncertainty", seed=d.seed,
             tag_head_hidden=a.tag_head_hidden, tag_head_pooling=a.tag_head_pooling,
-            tag_loss_weight=a.tag_loss_weight,
+            tag_loss_weight=a.tag_loss_weight, output_stride=a.output_stride,
         ))
     evaluate(EvalOptions(
         checkpoint_dir=str(logdir), dataset_dir=str(data), eval_logdir=str(work / "eval"),
