@@ -35,13 +35,17 @@ def main() -> None:
     p.add_argument("--tag_head_hidden", type=int, default=None)
     p.add_argument("--tag_loss_weight", type=float, default=1.0)
     p.add_argument("--output_stride", type=int, default=None)
+    p.add_argument("--loss_weighting", default="uncertainty", help="tools.train --loss_weighting")
     p.add_argument("--train_steps", type=int, default=DemoOptions.train_steps)
     p.add_argument("--num_val", type=int, default=50)
+    p.add_argument("--eval_split", choices=["val", "test"], default="val",
+                   help="test: a held-out split (written on first use) to tune refit settings on")
     p.add_argument("--modes", default="none,prune,bp_l2,bp_es")
     p.add_argument("--evidence_learning_rate", type=float, default=EvidenceOptions.learning_rate)
     p.add_argument("--evidence_optimizer", default=EvidenceOptions.optimizer)
     p.add_argument("--evidence_steps", type=int, default=EvidenceOptions.steps)
     p.add_argument("--evidence_refit", default=EvidenceOptions.refit)
+    p.add_argument("--evidence_clip_norm", type=float, default=EvidenceOptions.clip_norm)
     a = p.parse_args()
     d = DemoOptions()
     work = pathlib.Path(a.workdir)
@@ -49,6 +53,10 @@ def main() -> None:
     if not (data / "done").exists():
         synthetic.write_tfrecords(data, d.num_train, d.num_val, size=d.image_size, seed=d.seed)
         (data / "done").write_text("ok")
+    if a.eval_split == "test" and not (data / "done_test").exists():
+        synthetic.write_tfrecords(data, size=d.image_size, seed=d.seed, splits=("test",),
+                                  num_test=a.num_val)
+        (data / "done_test").write_text("ok")
     logdir = work / "train"
     crop = (d.crop_size, d.crop_size)
     if not (logdir / "checkpoint").exists():
@@ -58,16 +66,16 @@ def main() -> None:
             optimizer="adam", base_learning_rate=d.base_learning_rate,
             training_number_of_steps=a.train_steps, save_interval_steps=a.train_steps,
             log_every_n_steps=max(1, a.train_steps // 4), min_scale_factor=0.75,
-            max_scale_factor=1.25, loss_weighting="uncertainty", seed=d.seed,
+            max_scale_factor=1.25, loss_weighting=a.loss_weighting, seed=d.seed,
             tag_head_hidden=a.tag_head_hidden, tag_head_pooling=a.tag_head_pooling,
             tag_loss_weight=a.tag_loss_weight, output_stride=a.output_stride,
         ))
     evaluate(EvalOptions(
         checkpoint_dir=str(logdir), dataset_dir=str(data), eval_logdir=str(work / "eval"),
-        eval_crop_size=crop, evidence_modes=tuple(a.modes.split(",")),
+        eval_split=a.eval_split, eval_crop_size=crop, evidence_modes=tuple(a.modes.split(",")),
         evidence=EvidenceOptions(learning_rate=a.evidence_learning_rate,
                                  optimizer=a.evidence_optimizer, steps=a.evidence_steps,
-                                 refit=a.evidence_refit),
+                                 refit=a.evidence_refit, clip_norm=a.evidence_clip_norm),
         max_examples=a.num_val, num_vis_examples=0,
     ))
 

@@ -52,6 +52,7 @@ class EvidenceOptions:
     alpha: float = 1e-3  # L2 to the trained weights (bp_l2) / on the latent offset
     es_steps: int = 30  # step cap for early stopping (bp_es)
     threshold: float = 0.5
+    clip_norm: float = 0.0  # clip each refit step's gradient norm (0 = off)
     refit: str = "backbone,aspp,tag_head"  # variable groups refitted in weights mode
     jit_compile: bool = False
 
@@ -59,6 +60,7 @@ class EvidenceOptions:
                flip: bool) -> EvidenceConfig:
         common = dict(learning_rate=self.learning_rate, optimizer=self.optimizer,
                       threshold=self.threshold, jit_compile=self.jit_compile,
+                      clip_norm=self.clip_norm,
                       eval_scales=tuple(scales), add_flipped_images=flip, prune=prune)
         if kind == "l2":
             return EvidenceConfig(steps=self.steps, alpha=self.alpha, **common)

@@ -163,13 +163,16 @@ def write_tfrecords(
     num_shards: int = 4,
     max_objects: int = 3,
     splits: Sequence[str] = ("train", "val"),
+    num_test: int | None = None,
 ) -> dict[str, int]:
     """Generate and write the train/val shards (same format and reader path as real data).
 
-    Defaults come from the `shapes_evidence` DatasetInfo's split sizes.
+    Defaults come from the `shapes_evidence` DatasetInfo's split sizes. A `test` split
+    (disjoint from val: its own rng stream) is written when asked for with `num_test`;
+    it is where prediction-time settings are tuned without touching val.
     """
     sizes = dict(get_dataset_info(NAME).splits_to_sizes)
-    wanted = {"train": num_train, "val": num_val}
+    wanted = {"train": num_train, "val": num_val, "test": num_test}
     counts = {}
     for split in splits:
         n = wanted.get(split)

@@ -6,6 +6,7 @@ runs Keras' own optimizers with GradientTape + variable.assign.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -91,7 +92,10 @@ def eager_reference(net, image, tag, cfg: EvidenceConfig, paths: list[str]) -> d
         agree = np.all((tf.sigmoid(logits).numpy() >= cfg.threshold) == (y >= 0.5))
         if cfg.early_stopping and agree:
             break
-        opt.apply_gradients(zip(tape.gradient(loss, refit), refit, strict=True))
+        grads = tape.gradient(loss, refit)
+        if cfg.clip_norm > 0:
+            grads, _ = tf.clip_by_global_norm(grads, cfg.clip_norm)
+        opt.apply_gradients(zip(grads, refit, strict=True))
         taken += 1
     out = clone(x, training=False)
     return {
@@ -105,6 +109,7 @@ REFERENCE_CASES = {
     "sgd": EvidenceConfig(steps=4, learning_rate=0.5, optimizer="sgd"),
     "adam": EvidenceConfig(steps=4, learning_rate=0.02, optimizer="adam"),
     "sgd_alpha": EvidenceConfig(steps=4, learning_rate=0.5, optimizer="sgd", alpha=0.3),
+    "sgd_clip": EvidenceConfig(steps=4, learning_rate=0.5, optimizer="sgd", clip_norm=0.01),
     "adam_alpha_es": EvidenceConfig(
         steps=25, learning_rate=0.05, optimizer="adam", alpha=0.01, early_stopping=True
     ),
@@ -138,6 +143,26 @@ def test_matches_eager_reference_and_model_untouched(net, images, tags, case):
         assert agree.all()
     else:
         assert out["steps_taken"].numpy().tolist() == [cfg.steps] * len(images)
+
+
+def test_clip_norm_bounds_each_step(net, images, tags):
+    """Clipping is active at 0.01 (tags move less) and a no-op when above every norm."""
+    base = EvidenceConfig(steps=4, learning_rate=0.5)
+    free = EvidenceRefitter(net, base)(images, tags)
+    loose = EvidenceRefitter(net, dataclasses.replace(base, clip_norm=1e6))(images, tags)
+    tight = EvidenceRefitter(net, dataclasses.replace(base, clip_norm=0.01))(images, tags)
+    np.testing.assert_allclose(loose["probabilities"], free["probabilities"], atol=1e-6)
+    before = free["tag_probabilities_before"].numpy()
+    moved = [np.abs(o["tag_probabilities_after"].numpy() - before).sum()
+             for o in (free, tight)]
+    assert 0 < moved[1] < 0.5 * moved[0], moved
+    with pytest.raises(ValueError, match="clip_norm"):
+        EvidenceConfig(clip_norm=-1.0)
+    for mode_kw in ({"mode": "latent"},):
+        lat = [EvidenceRefitter(net, dataclasses.replace(base, clip_norm=c, **mode_kw))(
+            images, tags)["tag_probabilities_after"].numpy() for c in (0.0, 1e6, 1e-4)]
+        np.testing.assert_allclose(lat[1], lat[0], atol=1e-6)
+        assert np.abs(lat[2] - before).sum() < 0.5 * np.abs(lat[0] - before).sum()
 
 
 def test_steps_zero_is_plain_inference(net, images, tags):

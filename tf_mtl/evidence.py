@@ -67,6 +67,7 @@ class EvidenceConfig:
     optimizer: str = "sgd"  # "sgd" | "adam"
     alpha: float = 0.0  # L2 to the trained weights (weights) / on delta (latent)
     early_stopping: bool = False  # stop once all tags agree with the evidence
+    clip_norm: float = 0.0  # > 0: clip each step's gradient to this global norm (per image)
     threshold: float = 0.5  # decision threshold on tag probabilities
     mode: str = "weights"  # "weights" | "latent"
     latent_layer: str = "encoder"
@@ -93,6 +94,8 @@ class EvidenceConfig:
             raise bad("optimizer", f"must be one of {_OPTIMIZERS}")
         if self.alpha < 0:
             raise bad("alpha", "must be >= 0")
+        if self.clip_norm < 0:
+            raise bad("clip_norm", "must be >= 0 (0 = no clipping)")
         if not 0.0 < self.threshold < 1.0:
             raise bad("threshold", "must be in (0, 1)")
         if self.mode not in _MODES:
@@ -573,6 +576,8 @@ class EvidenceRefitter:
                 grads = tape.gradient(scaled, params)
                 if self.mixed:
                     grads = [g / scale for g in grads]
+                if cfg.clip_norm > 0:
+                    grads, _ = tf.clip_by_global_norm(grads, cfg.clip_norm)
                 probs = tf.sigmoid(logits)[0]
                 before = tf.where(tf.equal(i, 0), probs, before)
                 agree = tf.reduce_all(tf.equal(probs >= threshold, y[0] >= 0.5))
@@ -667,6 +672,11 @@ class EvidenceRefitter:
                 grad = tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
             else:
                 finite = tf.ones([batch], tf.bool)
+            if cfg.clip_norm > 0:
+                norm = tf.sqrt(tf.reduce_sum(tf.reshape(tf.square(grad), [batch, -1]), -1))
+                grad = grad * per_image_bcast(
+                    cfg.clip_norm / tf.maximum(norm, cfg.clip_norm)
+                )
             active = tf.logical_and(tf.logical_not(done), finite)
             t = per_image_bcast(tf.cast(taken, tf.float32))
             new, new_state = _opt_update(cfg, [delta], [grad], state, t)

@@ -20,6 +20,8 @@ def define_evidence_flags() -> None:
     flags.DEFINE_float("evidence_learning_rate", 0.01, "Refit learning rate.")
     flags.DEFINE_enum("evidence_optimizer", "sgd", ["sgd", "adam"], "Refit optimizer.")
     flags.DEFINE_float("evidence_alpha", 1e-3, "L2 to the trained weights (bp_l2).")
+    flags.DEFINE_float("evidence_clip_norm", 0.0,
+                       "Clip each refit step's gradient to this global norm per image (0 = off).")
     flags.DEFINE_float("evidence_threshold", 0.5, "Tag decision threshold (early stopping).")
     flags.DEFINE_string("evidence_refit", "backbone,aspp,tag_head",
                         "Variable groups refitted (backbone, aspp, decoder, logits, tag_head).")
@@ -33,6 +35,7 @@ def evidence_options():
         steps=FLAGS.evidence_steps, learning_rate=FLAGS.evidence_learning_rate,
         optimizer=FLAGS.evidence_optimizer, alpha=FLAGS.evidence_alpha,
         es_steps=FLAGS.evidence_es_steps, threshold=FLAGS.evidence_threshold,
+        clip_norm=FLAGS.evidence_clip_norm,
         refit=FLAGS.evidence_refit, jit_compile=FLAGS.evidence_jit_compile,
     )
 
