@@ -220,9 +220,12 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
         t0 = time.time()
         predict = make_predictor(network, info, mode, options)
         miou = StreamingMeanIoU(info.num_classes, info.ignore_label)
+        taken: list[np.ndarray] = []
         for i, (images, targets) in enumerate(batches):
             out = predict(images, targets["tags"])
             miou.update_state(targets["semantic"], out["predictions"])
+            if "steps_taken" in out:
+                taken.append(out["steps_taken"].numpy().reshape(-1))
             if i < len(vis_rows):
                 vis_rows[i]["pred"][mode] = out["predictions"][0].numpy()
         per_class = miou.per_class_iou().numpy()
@@ -233,8 +236,16 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
                               for n, v in zip(class_names, per_class, strict=True)},
             "seconds": round(time.time() - t0, 2),
         }
+        steps_note = ""
+        if taken:  # refit modes: how far early stopping / the step cap let each image go
+            steps = np.concatenate(taken)
+            row["refit_steps"] = {"mean": float(steps.mean()), "max": int(steps.max()),
+                                  "fraction_zero": float(np.mean(steps == 0))}
+            steps_note = (f", refit steps mean {steps.mean():.1f}, "
+                          f"{100 * np.mean(steps == 0):.0f}% zero")
         results["modes"][mode] = row
-        printer(f"  {row['name']:<14} mIoU {100 * row['miou']:6.2f}%   ({row['seconds']:.1f}s)")
+        printer(f"  {row['name']:<14} mIoU {100 * row['miou']:6.2f}%   ({row['seconds']:.1f}s"
+                f"{steps_note})")
         printer("    per-class IoU: " + ", ".join(
             f"{n} {'n/a' if v is None else f'{100 * v:.2f}'}"
             for n, v in row["per_class_iou"].items()))

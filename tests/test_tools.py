@@ -205,6 +205,13 @@ def test_eval_prints_and_writes_json_table_and_figure(eval_run):
         assert 0.0 <= results["tags"][key] <= 1.0
     assert f"F1 {results['tags']['f1']:.4f}" in stdout
     assert results["evidence"]["steps"] == 1 and results["evidence"]["es_steps"] == 2
+    # refit rows say how many steps each image took: L2 runs exactly --evidence_steps,
+    # early stopping at most --evidence_es_steps; plain rows have no such record.
+    assert results["modes"]["bp_l2"]["refit_steps"] == {"mean": 1.0, "max": 1,
+                                                        "fraction_zero": 0.0}
+    es = results["modes"]["bp_es"]["refit_steps"]
+    assert 0 <= es["mean"] <= es["max"] <= 2 and 0.0 <= es["fraction_zero"] <= 1.0
+    assert "refit_steps" not in results["modes"]["none"]
     # The table: one row per mode, in stdout and in the JSON.
     for mode in EVAL_MODES:
         row = results["modes"][mode]
