@@ -49,6 +49,9 @@ def test_demo_tiny_budget(tmp_path):
         assert row in page
     results = json.loads((work / "eval" / "eval_results.json").read_text())
     assert set(results["modes"]) == {"none", "prune", "bp_l2", "bp_es_prune"}
+    # the demo's own refit defaults reach the evaluation; flags given still win
+    ev = results["evidence"]
+    assert (ev["learning_rate"], ev["clip_norm"], ev["steps"]) == (0.1, 0.5, 2), ev
     assert (work / "export" / "saved_model.pb").is_file()
     assert (work / "sample_prediction.png").is_file()
     assert list((work / "train").glob("ckpt-30.index"))
