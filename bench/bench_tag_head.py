@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--evidence_steps", type=int, default=EvidenceOptions.steps)
     p.add_argument("--evidence_refit", default=EvidenceOptions.refit)
     p.add_argument("--evidence_clip_norm", type=float, default=EvidenceOptions.clip_norm)
+    p.add_argument("--evidence_threshold", type=float, default=EvidenceOptions.threshold)
     a = p.parse_args()
     d = DemoOptions()
     work = pathlib.Path(a.workdir)
@@ -78,7 +79,8 @@ def main() -> None:
         eval_split=a.eval_split, eval_crop_size=crop, evidence_modes=tuple(a.modes.split(",")),
         evidence=EvidenceOptions(learning_rate=a.evidence_learning_rate,
                                  optimizer=a.evidence_optimizer, steps=a.evidence_steps,
-                                 refit=a.evidence_refit, clip_norm=a.evidence_clip_norm),
+                                 refit=a.evidence_refit, clip_norm=a.evidence_clip_norm,
+                                 threshold=a.evidence_threshold),
         max_examples=a.num_val, num_vis_examples=0,
     ))
 
