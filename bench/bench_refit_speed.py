@@ -16,6 +16,12 @@ interleaved.
     .venv/bin/python -m bench.bench_refit_speed                      # 513x513
     .venv/bin/python -m bench.bench_refit_speed --size 257 --rounds 6
     .venv/bin/python -m bench.bench_refit_speed --compare_rounds 0   # skip the latent part
+    python -m bench.bench_refit_speed --precision mixed_float16 [--jit_compile]   # GPU
+
+--precision sets Keras' global policy before anything is built (both sides: the train
+step gets a loss-scaled optimizer, the refit loop its float32 master copies);
+--jit_compile XLA-compiles the refit loop only (the train step never is: summaries,
+dynamic top-k).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from bench.bench_weighting import (  # noqa: E402
 )
 from deeplab_ext.model import variable_groups  # noqa: E402
 from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter  # noqa: E402
+from tf_mtl.precision import POLICIES, set_policy  # noqa: E402
 
 TARGET_RATIO = 1.3
 
@@ -60,19 +67,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compare_batch", type=int, default=4)
     p.add_argument("--compare_steps", type=int, default=10)
     p.add_argument("--compare_rounds", type=int, default=2, help="0 skips latent vs weights")
+    p.add_argument("--precision", default="float32", choices=POLICIES)
+    p.add_argument("--jit_compile", action="store_true", help="XLA-compile the refit loop")
     args = p.parse_args(argv)
     if args.steps < 1 or args.rounds < 1 or args.compare_steps < 1 or args.compare_batch < 1:
         p.error("--steps, --rounds, --compare_steps and --compare_batch must be >= 1")
 
     load0 = os.getloadavg()[0]
     t_start = time.perf_counter()
+    set_policy(args.precision)
     net, cfg = build_network(args.variant)
     if cfg.num_tags <= 0:
         p.error(f"--variant={args.variant} has no tag head; use a *_mt variant")
     groups = variable_groups(net)
     chosen = groups["backbone"] + groups["aspp"] + groups["tag_head"]
     weights = EvidenceRefitter(
-        net, EvidenceConfig(steps=args.steps, learning_rate=args.learning_rate, mode="weights"),
+        net, EvidenceConfig(steps=args.steps, learning_rate=args.learning_rate, mode="weights",
+                            jit_compile=args.jit_compile),
         variables=chosen,
     )  # fmt: skip
     train = build_train_model(net, cfg, "uncertainty")
@@ -93,6 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict = {
         "variant": args.variant,
         "size": args.size,
+        "precision": args.precision,
+        "jit_compile_refit": args.jit_compile,
+        "device": (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+                   if (gpus := tf.config.list_physical_devices("GPU")) else "CPU"),
         "K": k,
         "rounds": args.rounds,
         "refit_variables": len(weights.refit_variables),
@@ -109,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compare_rounds > 0:
         latent = EvidenceRefitter(
             net, EvidenceConfig(steps=args.compare_steps, learning_rate=args.learning_rate,
-                                mode="latent"),
+                                mode="latent", jit_compile=args.jit_compile),
         )  # fmt: skip
         rng = np.random.default_rng(1)
         xb = tf.constant(rng.uniform(0, 255, (args.compare_batch, args.size, args.size, 3)),

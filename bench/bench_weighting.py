@@ -44,6 +44,7 @@ from deeplab_ext.datasets import get_dataset_info  # noqa: E402
 from deeplab_ext.model import build_model  # noqa: E402
 from deeplab_ext.trainer import TrainOptions, build_tasks, model_config_for  # noqa: E402
 from tf_mtl.model import MultiTaskModel  # noqa: E402
+from tf_mtl.precision import wrap_optimizer  # noqa: E402
 from tf_mtl.schedules import get_learning_rate_schedule  # noqa: E402
 from tf_mtl.weighting import get_weighting  # noqa: E402
 
@@ -102,7 +103,8 @@ def build_train_model(network: keras.Model, cfg, weighting: str,
         "poly", options.base_learning_rate, learning_power=options.learning_power,
         training_number_of_steps=options.training_number_of_steps,
     )  # fmt: skip
-    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=options.momentum))
+    # loss-scaled under a mixed_float16 global policy (a no-op for float32)
+    model.compile(optimizer=wrap_optimizer(keras.optimizers.SGD(schedule, momentum=options.momentum)))
     return model
 
 
