@@ -50,6 +50,7 @@ def main() -> None:
     p.add_argument("--evidence_refit", default=EvidenceOptions.refit)
     p.add_argument("--evidence_clip_norm", type=float, default=EvidenceOptions.clip_norm)
     p.add_argument("--evidence_threshold", type=float, default=EvidenceOptions.threshold)
+    p.add_argument("--evidence_es_margin", type=float, default=EvidenceOptions.es_margin)
     a = p.parse_args()
     d = DemoOptions()
     work = pathlib.Path(a.workdir)
@@ -80,7 +81,8 @@ def main() -> None:
         evidence=EvidenceOptions(learning_rate=a.evidence_learning_rate,
                                  optimizer=a.evidence_optimizer, steps=a.evidence_steps,
                                  refit=a.evidence_refit, clip_norm=a.evidence_clip_norm,
-                                 threshold=a.evidence_threshold),
+                                 threshold=a.evidence_threshold,
+                                 es_margin=a.evidence_es_margin),
         max_examples=a.num_val, num_vis_examples=0,
     ))
 

@@ -52,6 +52,7 @@ class EvidenceOptions:
     alpha: float = 1e-3  # L2 to the trained weights (bp_l2) / on the latent offset
     es_steps: int = 30  # step cap for early stopping (bp_es)
     threshold: float = 0.5
+    es_margin: float = 0.0  # early stopping: tags must clear the threshold by this much
     clip_norm: float = 0.0  # clip each refit step's gradient norm (0 = off)
     refit: str = "backbone,aspp,tag_head"  # variable groups refitted in weights mode
     jit_compile: bool = False
@@ -65,7 +66,8 @@ class EvidenceOptions:
         if kind == "l2":
             return EvidenceConfig(steps=self.steps, alpha=self.alpha, **common)
         if kind == "es":
-            return EvidenceConfig(steps=self.es_steps, early_stopping=True, **common)
+            return EvidenceConfig(steps=self.es_steps, early_stopping=True,
+                                  margin=self.es_margin, **common)
         if kind == "latent":
             return EvidenceConfig(steps=self.steps, alpha=self.alpha, mode="latent",
                                   early_stopping=False, **common)
@@ -131,6 +133,36 @@ def make_predictor(network, info: DatasetInfo, mode: str, options: EvalOptions
     variables = None if kind == "latent" else refit_variables(network, options.evidence.refit)
     refitter = EvidenceRefitter(network, cfg, variables=variables, tag_class_ids=tag_ids)
     return lambda images, tags: refitter(images, tags)
+
+
+class ErrorBreakdown:
+    """Wrong pixels, split by whether the predicted class is among the image's tags.
+
+    Why: pruning removes exactly the errors on untagged classes (``untagged``) and
+    nothing else; refitting can also reach the rest (a tagged class missed or put in the
+    wrong place), so this split says which evidence mode can help on a dataset.
+    """
+
+    def __init__(self, info: DatasetInfo) -> None:
+        self.ignore = info.ignore_label
+        self.tag_ids = np.asarray(info.tag_class_ids, np.int64)
+        self.keep = [] if info.background_class is None else [int(info.background_class)]
+        self.valid = self.wrong = self.untagged = 0
+
+    def update(self, labels: np.ndarray, preds: np.ndarray, tags: np.ndarray) -> None:
+        """labels / preds [B,H,W], tags [B,T] multi-hot."""
+        for label, pred, tag in zip(labels, preds, tags, strict=True):
+            valid = label != self.ignore
+            wrong = valid & (pred != label)
+            allowed = np.concatenate([self.tag_ids[tag >= 0.5], self.keep])
+            self.valid += int(valid.sum())
+            self.wrong += int(wrong.sum())
+            self.untagged += int((wrong & ~np.isin(pred, allowed)).sum())
+
+    def result(self) -> dict[str, float]:
+        n = max(self.valid, 1)
+        return {"wrong_fraction": self.wrong / n, "untagged_fraction": self.untagged / n,
+                "tagged_fraction": (self.wrong - self.untagged) / n}
 
 
 def _colour(label: np.ndarray, info: DatasetInfo) -> np.ndarray:
@@ -220,10 +252,14 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
         t0 = time.time()
         predict = make_predictor(network, info, mode, options)
         miou = StreamingMeanIoU(info.num_classes, info.ignore_label)
+        errors = ErrorBreakdown(info) if has_tags else None
         taken: list[np.ndarray] = []
         for i, (images, targets) in enumerate(batches):
             out = predict(images, targets["tags"])
             miou.update_state(targets["semantic"], out["predictions"])
+            if errors is not None:
+                errors.update(targets["semantic"].numpy(), out["predictions"].numpy(),
+                              targets["tags"].numpy())
             if "steps_taken" in out:
                 taken.append(out["steps_taken"].numpy().reshape(-1))
             if i < len(vis_rows):
@@ -237,12 +273,18 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
             "seconds": round(time.time() - t0, 2),
         }
         steps_note = ""
+        if errors is not None:
+            row["errors"] = errors.result()
+            e = row["errors"]
+            share = e["untagged_fraction"] / e["wrong_fraction"] if e["wrong_fraction"] else 0.0
+            steps_note += (f", wrong pixels {100 * e['wrong_fraction']:.3f}%, "
+                           f"{100 * share:.0f}% of them an untagged class")
         if taken:  # refit modes: how far early stopping / the step cap let each image go
             steps = np.concatenate(taken)
             row["refit_steps"] = {"mean": float(steps.mean()), "max": int(steps.max()),
                                   "fraction_zero": float(np.mean(steps == 0))}
-            steps_note = (f", refit steps mean {steps.mean():.1f}, "
-                          f"{100 * np.mean(steps == 0):.0f}% zero")
+            steps_note += (f", refit steps mean {steps.mean():.1f}, "
+                           f"{100 * np.mean(steps == 0):.0f}% zero")
         results["modes"][mode] = row
         printer(f"  {row['name']:<14} mIoU {100 * row['miou']:6.2f}%   ({row['seconds']:.1f}s"
                 f"{steps_note})")

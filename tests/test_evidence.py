@@ -89,7 +89,9 @@ def eager_reference(net, image, tag, cfg: EvidenceConfig, paths: list[str]) -> d
                 loss += cfg.alpha * tf.add_n(
                     [tf.reduce_sum(tf.square(v - a)) for v, a in zip(refit, anchors, strict=True)]
                 )
-        agree = np.all((tf.sigmoid(logits).numpy() >= cfg.threshold) == (y >= 0.5))
+        p = tf.sigmoid(logits).numpy()
+        agree = np.all(np.where(y >= 0.5, p >= cfg.threshold + cfg.margin,
+                                p < cfg.threshold - cfg.margin))
         if cfg.early_stopping and agree:
             break
         grads = tape.gradient(loss, refit)
@@ -112,6 +114,9 @@ REFERENCE_CASES = {
     "sgd_clip": EvidenceConfig(steps=4, learning_rate=0.5, optimizer="sgd", clip_norm=0.01),
     "adam_alpha_es": EvidenceConfig(
         steps=25, learning_rate=0.05, optimizer="adam", alpha=0.01, early_stopping=True
+    ),
+    "sgd_es_margin": EvidenceConfig(
+        steps=40, learning_rate=0.5, optimizer="sgd", early_stopping=True, margin=0.3
     ),
 }
 
@@ -139,7 +144,9 @@ def test_matches_eager_reference_and_model_untouched(net, images, tags, case):
     if cfg.early_stopping:
         # early stopping must actually trigger before the cap for this setting
         assert int(np.min(out["steps_taken"])) < cfg.steps
-        agree = (out["tag_probabilities_after"].numpy() >= cfg.threshold) == (tags >= 0.5)
+        after = out["tag_probabilities_after"].numpy()
+        agree = np.where(tags >= 0.5, after >= cfg.threshold + cfg.margin,
+                         after < cfg.threshold - cfg.margin)
         assert agree.all()
     else:
         assert out["steps_taken"].numpy().tolist() == [cfg.steps] * len(images)
@@ -338,6 +345,31 @@ def test_latent_early_stopping_per_image(net, images):
     np.testing.assert_array_equal(
         out["tag_probabilities_after"].numpy() >= 0.5, np.stack([easy, hard]) == 1
     )
+
+
+@pytest.mark.parametrize("mode", ["weights", "latent"])
+def test_early_stopping_margin(net, images, mode):
+    """A margin keeps refitting images whose tags agree only barely; margin 0 stops at once."""
+    start = tf.sigmoid(net(images, training=False)["tags"]).numpy()
+    evidence = (start >= 0.5).astype("float32")  # already agrees: plain ES takes no step
+    cfg = EvidenceConfig(mode=mode, steps=60, learning_rate=0.05, optimizer="adam",
+                         early_stopping=True)
+    plain = EvidenceRefitter(net, cfg)(images, evidence)
+    assert plain["steps_taken"].numpy().tolist() == [0, 0]
+    slack = np.abs(start - 0.5).min(axis=-1)  # how far each image's closest tag is
+    margin = float(min(0.45, slack.max() + 0.1))
+    out = EvidenceRefitter(net, dataclasses.replace(cfg, margin=margin))(images, evidence)
+    taken = out["steps_taken"].numpy()
+    assert (taken > 0).all() and (taken < 60).all(), (taken, slack, margin)
+    after = out["tag_probabilities_after"].numpy()
+    np.testing.assert_array_equal(
+        np.where(evidence == 1, after >= 0.5 + margin, after < 0.5 - margin), True
+    )
+    for bad in (-0.1, 0.5, 0.6):
+        with pytest.raises(ValueError, match="margin"):
+            EvidenceConfig(margin=bad)
+    with pytest.raises(ValueError, match="margin"):
+        EvidenceConfig(threshold=0.8, margin=0.25)
 
 
 @pytest.mark.parametrize("mode", ["weights", "latent"])

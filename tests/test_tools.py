@@ -212,6 +212,13 @@ def test_eval_prints_and_writes_json_table_and_figure(eval_run):
     es = results["modes"]["bp_es"]["refit_steps"]
     assert 0 <= es["mean"] <= es["max"] <= 2 and 0.0 <= es["fraction_zero"] <= 1.0
     assert "refit_steps" not in results["modes"]["none"]
+    # Error split: pruning leaves no pixel on an untagged class; the parts add up.
+    for mode in EVAL_MODES:
+        e = results["modes"][mode]["errors"]
+        assert e["wrong_fraction"] == pytest.approx(e["untagged_fraction"] + e["tagged_fraction"])
+        assert 0.0 <= e["untagged_fraction"] <= e["wrong_fraction"] <= 1.0
+        if mode.endswith("prune"):
+            assert e["untagged_fraction"] == 0.0, (mode, e)
     # The table: one row per mode, in stdout and in the JSON.
     for mode in EVAL_MODES:
         row = results["modes"][mode]
@@ -226,6 +233,22 @@ def test_eval_prints_and_writes_json_table_and_figure(eval_run):
     scale = 256 // 48
     assert fig.shape[1] == (2 + len(EVAL_MODES)) * (48 + 4) * scale
     assert fig.shape[0] == 18 * scale + 2 * (48 + 4) * scale
+
+
+def test_error_breakdown_counts_by_hand():
+    from deeplab_ext.evaluation import ErrorBreakdown
+
+    info = get_dataset_info("shapes_evidence")  # background 0, tags = classes 1..8, ignore 255
+    label = np.array([[[0, 1, 1, 255], [2, 2, 0, 0]]])
+    pred = np.array([[[0, 2, 1, 5], [2, 0, 3, 0]]])
+    tags = np.zeros((1, info.num_tags), np.float32)
+    tags[0, [0, 1]] = 1  # classes 1 and 2 are in the image
+    eb = ErrorBreakdown(info)
+    eb.update(label, pred, tags)
+    # 7 valid pixels; wrong: (0,1) 2 for 1 [tagged], (1,1) 0 for 2 [background is kept],
+    # (1,2) 3 for 0 [untagged]; the ignored pixel predicted 5 does not count.
+    assert eb.result() == pytest.approx(
+        {"wrong_fraction": 3 / 7, "untagged_fraction": 1 / 7, "tagged_fraction": 2 / 7})
 
 
 # ------------------------------------------------------------- failure messages

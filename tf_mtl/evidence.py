@@ -69,6 +69,9 @@ class EvidenceConfig:
     early_stopping: bool = False  # stop once all tags agree with the evidence
     clip_norm: float = 0.0  # > 0: clip each step's gradient to this global norm (per image)
     threshold: float = 0.5  # decision threshold on tag probabilities
+    # Early stopping needs every tag on its evidence side of the threshold by this much
+    # (present: p >= threshold + margin, absent: p < threshold - margin); 0 = plain agreement.
+    margin: float = 0.0
     mode: str = "weights"  # "weights" | "latent"
     latent_layer: str = "encoder"
     jit_compile: bool = False  # XLA; slower on CPU, so off by default
@@ -98,6 +101,9 @@ class EvidenceConfig:
             raise bad("clip_norm", "must be >= 0 (0 = no clipping)")
         if not 0.0 < self.threshold < 1.0:
             raise bad("threshold", "must be in (0, 1)")
+        if not 0.0 <= self.margin < min(self.threshold, 1.0 - self.threshold):
+            raise bad("margin", f"must be in [0, {min(self.threshold, 1.0 - self.threshold):g}) "
+                      f"so both sides of threshold={self.threshold:g} stay reachable")
         if self.mode not in _MODES:
             raise bad("mode", f"must be one of {_MODES}")
         if not self.loss_scale > 0:
@@ -405,6 +411,19 @@ def _all_finite(ts: list[tf.Tensor]) -> tf.Tensor:
     return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in ts]))
 
 
+def agrees_with_evidence(
+    probs: tf.Tensor, tags: tf.Tensor, threshold: float, margin: float = 0.0
+) -> tf.Tensor:
+    """Per image: every tag probability on its evidence side of ``threshold`` by ``margin``.
+
+    The early-stopping test. A margin > 0 keeps refitting an image whose tags agree only
+    barely (an absent class at p = 0.45 may still own pixels of the segmentation).
+    """
+    present = tags >= 0.5
+    ok = tf.where(present, probs >= threshold + margin, probs < threshold - margin)
+    return tf.reduce_all(ok, axis=-1)
+
+
 def _bce(tags: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Per-image mean over tags of sigmoid cross-entropy: [B, T] -> [B]."""
     return tf.reduce_mean(
@@ -547,7 +566,6 @@ class EvidenceRefitter:
     def _refit_weights(self, images: tf.Tensor, tags: tf.Tensor, steps: tf.Tensor) -> dict:
         cfg = self.config
         num_tags = self.num_tags
-        threshold = tf.constant(cfg.threshold, tf.float32)
 
         def one(args: tuple[tf.Tensor, tf.Tensor]) -> tuple:
             image, tag = args
@@ -580,7 +598,7 @@ class EvidenceRefitter:
                     grads, _ = tf.clip_by_global_norm(grads, cfg.clip_norm)
                 probs = tf.sigmoid(logits)[0]
                 before = tf.where(tf.equal(i, 0), probs, before)
-                agree = tf.reduce_all(tf.equal(probs >= threshold, y[0] >= 0.5))
+                agree = agrees_with_evidence(probs, y[0], cfg.threshold, cfg.margin)
                 stop = tf.logical_and(tf.constant(cfg.early_stopping), agree)
                 finite = _all_finite(grads) if self.mixed else tf.constant(True)
                 apply = tf.logical_and(tf.logical_not(stop), finite)
@@ -632,7 +650,6 @@ class EvidenceRefitter:
     # ------------------------------------------------------------- latent mode
     def _refit_latent(self, images: tf.Tensor, tags: tf.Tensor, steps: tf.Tensor) -> dict:
         cfg = self.config
-        threshold = tf.constant(cfg.threshold, tf.float32)
         feats = self.split.trunk(images, training=False)
         latent, side = feats[0], list(feats[1:])
         batch = tf.shape(images)[0]
@@ -662,7 +679,7 @@ class EvidenceRefitter:
                 grad = grad / scale
             probs = tf.sigmoid(logits)
             before = tf.where(tf.equal(i, 0), probs, before)
-            agree = tf.reduce_all(tf.equal(probs >= threshold, tags >= 0.5), axis=-1)
+            agree = agrees_with_evidence(probs, tags, cfg.threshold, cfg.margin)
             stop = tf.logical_and(tf.constant(cfg.early_stopping), agree)
             done = tf.logical_or(done, stop)
             if self.mixed:

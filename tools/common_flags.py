@@ -23,6 +23,9 @@ def define_evidence_flags() -> None:
     flags.DEFINE_float("evidence_clip_norm", 0.0,
                        "Clip each refit step's gradient to this global norm per image (0 = off).")
     flags.DEFINE_float("evidence_threshold", 0.5, "Tag decision threshold (early stopping).")
+    flags.DEFINE_float("evidence_es_margin", 0.0,
+                       "Early stopping waits until every tag clears --evidence_threshold by "
+                       "this margin (present >= t+m, absent < t-m); 0 = plain agreement.")
     flags.DEFINE_string("evidence_refit", "backbone,aspp,tag_head",
                         "Variable groups refitted (backbone, aspp, decoder, logits, tag_head).")
     flags.DEFINE_bool("evidence_jit_compile", False, "XLA-compile the refit loop (GPU).")
@@ -35,6 +38,7 @@ def evidence_options():
         steps=FLAGS.evidence_steps, learning_rate=FLAGS.evidence_learning_rate,
         optimizer=FLAGS.evidence_optimizer, alpha=FLAGS.evidence_alpha,
         es_steps=FLAGS.evidence_es_steps, threshold=FLAGS.evidence_threshold,
+        es_margin=FLAGS.evidence_es_margin,
         clip_norm=FLAGS.evidence_clip_norm,
         refit=FLAGS.evidence_refit, jit_compile=FLAGS.evidence_jit_compile,
     )
