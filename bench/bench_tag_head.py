@@ -51,16 +51,24 @@ def main() -> None:
     p.add_argument("--evidence_clip_norm", type=float, default=EvidenceOptions.clip_norm)
     p.add_argument("--evidence_threshold", type=float, default=EvidenceOptions.threshold)
     p.add_argument("--evidence_es_margin", type=float, default=EvidenceOptions.es_margin)
+    p.add_argument("--p_faint", type=float, default=0.3,
+                   help="dataset variant: probability an object is faint (default = built-in)")
+    p.add_argument("--faint_alpha", default="0.3,0.5",
+                   help="dataset variant: blend range 'low,high' of faint objects")
+    p.add_argument("--p_small", type=float, default=0.25, help="dataset variant: small objects")
     a = p.parse_args()
+    gen = dict(p_small=a.p_small, p_faint=a.p_faint,
+               faint_alpha=tuple(float(x) for x in a.faint_alpha.split(",")))
     d = DemoOptions()
     work = pathlib.Path(a.workdir)
     data = work / "data"
     if not (data / "done").exists():
-        synthetic.write_tfrecords(data, d.num_train, d.num_val, size=d.image_size, seed=d.seed)
+        synthetic.write_tfrecords(data, d.num_train, d.num_val, size=d.image_size, seed=d.seed,
+                                  **gen)
         (data / "done").write_text("ok")
     if a.eval_split == "test" and not (data / "done_test").exists():
         synthetic.write_tfrecords(data, size=d.image_size, seed=d.seed, splits=("test",),
-                                  num_test=a.num_val)
+                                  num_test=a.num_val, **gen)
         (data / "done_test").write_text("ok")
     logdir = work / "train"
     crop = (d.crop_size, d.crop_size)

@@ -96,16 +96,25 @@ def generate_example(
     max_objects: int = 3,
     p_small: float = 0.25,
     p_faint: float = 0.3,
+    faint_alpha: tuple[float, float] = (0.3, 0.5),
     ignore_band: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One (uint8 RGB image `[size, size, 3]`, uint8 label `[size, size]`) pair.
 
     See the module docstring for the design. Labels: 0 background, 1..8 objects, 255 void.
+    `p_small`, `p_faint` and `faint_alpha` (the blend range of faint objects) set how often
+    an object is hard to find at all, as opposed to hard to tell from its look-alike.
     """
     if size < 16:
         raise ValueError(f"size must be >= 16 pixels, got {size}")
     if not 1 <= max_objects <= len(PAIRS):
         raise ValueError(f"max_objects must be in 1..{len(PAIRS)}, got {max_objects}")
+    for name, prob in (("p_small", p_small), ("p_faint", p_faint)):
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {prob}")
+    lo, hi = faint_alpha
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(f"faint_alpha must be (low, high) with 0 < low <= high <= 1, got {faint_alpha}")
     image = _background(rng, size)
     label = np.zeros((size, size), np.uint8)
     num = int(rng.integers(1, max_objects + 1))
@@ -124,7 +133,7 @@ def generate_example(
         color[2] += MEMBER_BLUE_OFFSET * member
         texture = STRIPE_AMPLITUDE * _stripes(size, bool(member), int(rng.integers(0, 4)))
         obj = color + texture[..., None] + rng.normal(0, 8, size=(size, size, 3))
-        alpha = rng.uniform(0.3, 0.5) if rng.random() < p_faint else rng.uniform(0.85, 1.0)
+        alpha = rng.uniform(lo, hi) if rng.random() < p_faint else rng.uniform(0.85, 1.0)
         image[mask] = alpha * obj[mask] + (1 - alpha) * image[mask]
         label[mask] = class_id
     if ignore_band:
@@ -164,6 +173,9 @@ def write_tfrecords(
     max_objects: int = 3,
     splits: Sequence[str] = ("train", "val"),
     num_test: int | None = None,
+    p_small: float = 0.25,
+    p_faint: float = 0.3,
+    faint_alpha: tuple[float, float] = (0.3, 0.5),
 ) -> dict[str, int]:
     """Generate and write the train/val shards (same format and reader path as real data).
 
@@ -183,7 +195,8 @@ def write_tfrecords(
         with tfrecord.AtomicShardWriter(output_dir, split, num_shards) as writer:
             for i in range(n):
                 image, label = generate_example(
-                    example_rng(seed, split, i), size, max_objects=max_objects
+                    example_rng(seed, split, i), size, max_objects=max_objects,
+                    p_small=p_small, p_faint=p_faint, faint_alpha=faint_alpha,
                 )
                 writer.write(i // per_shard, encode_example(image, label, f"{split}_{i:06d}"))
             writer.commit()

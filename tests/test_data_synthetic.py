@@ -100,3 +100,26 @@ def test_write_tfrecords_reads_through_make_dataset(tmp_path):
                          seed=0)  # fmt: skip
     x, y = next(iter(train))
     assert x.shape == (4, 33, 33, 3) and y["semantic"].shape == (4, 33, 33)
+
+
+def test_faint_options_change_contrast_not_labels():
+    """p_faint / faint_alpha set how hard objects are to find; the labels stay the same."""
+    rng = lambda: synthetic.example_rng(0, "train", 11)  # noqa: E731
+    base = synthetic.generate_example(rng(), 64)
+    explicit = synthetic.generate_example(rng(), 64, p_small=0.25, p_faint=0.3,
+                                          faint_alpha=(0.3, 0.5))
+    np.testing.assert_array_equal(base[0], explicit[0])  # defaults are the built-in dataset
+    clear = synthetic.generate_example(rng(), 64, p_faint=0.0)
+    faint = synthetic.generate_example(rng(), 64, p_faint=1.0, faint_alpha=(0.1, 0.1))
+    np.testing.assert_array_equal(clear[1], faint[1])
+    obj = (clear[1] > 0) & (clear[1] != synthetic.IGNORE_LABEL)
+    bg = clear[1] == 0
+
+    def contrast(image):
+        return float(np.abs(image[obj].mean(0) - image[bg].mean(0)).sum())
+
+    assert contrast(faint[0]) < 0.3 * contrast(clear[0])
+    for bad in (dict(p_faint=1.5), dict(p_small=-0.1), dict(faint_alpha=(0.5, 0.3)),
+                dict(faint_alpha=(0.0, 0.2))):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            synthetic.generate_example(rng(), 64, **bad)

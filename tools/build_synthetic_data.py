@@ -8,6 +8,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from deeplab_ext import synthetic
+from tools import common_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "./data/shapes_evidence", "Where to write the shards.")
@@ -17,10 +18,21 @@ flags.DEFINE_integer("size", 64, "Image side in pixels.")
 flags.DEFINE_integer("seed", 0, "Generator seed: the same seed gives the same dataset.")
 flags.DEFINE_integer("num_shards", 4, "Shards per split.")
 flags.DEFINE_integer("max_objects", 3, "At most this many objects per image (1..4).")
+flags.DEFINE_float("p_small", 0.25, "Probability that an object is small (radius 3-5 px).")
+flags.DEFINE_float("p_faint", 0.3, "Probability that an object is faint (blended into the "
+                   "background): raises the share of objects that are hard to find at all.")
+flags.DEFINE_list("faint_alpha", ["0.3", "0.5"], "Blend range low,high of faint objects.")
 
 
-def main(argv: list[str]) -> int:
-    del argv
+def _faint_alpha(values: list[str]) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in values)
+    except ValueError as e:
+        raise app.UsageError(f"--faint_alpha wants two numbers low,high; got {values}") from e
+    return lo, hi
+
+
+def _build() -> None:
     counts = synthetic.write_tfrecords(
         FLAGS.output_dir,
         FLAGS.num_train,
@@ -29,10 +41,16 @@ def main(argv: list[str]) -> int:
         FLAGS.seed,
         num_shards=FLAGS.num_shards,
         max_objects=FLAGS.max_objects,
+        p_small=FLAGS.p_small,
+        p_faint=FLAGS.p_faint,
+        faint_alpha=_faint_alpha(FLAGS.faint_alpha),
     )
     print(f"wrote {counts} to {FLAGS.output_dir}")
-    return 0
 
+
+def main(argv: list[str]) -> int:
+    del argv
+    return common_flags.run_reporting_errors(_build)
 
 if __name__ == "__main__":
     app.run(main)
