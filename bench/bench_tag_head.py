@@ -50,6 +50,8 @@ def main() -> None:
     p.add_argument("--evidence_refit", default=EvidenceOptions.refit)
     p.add_argument("--evidence_clip_norm", type=float, default=EvidenceOptions.clip_norm)
     p.add_argument("--evidence_threshold", type=float, default=EvidenceOptions.threshold)
+    p.add_argument("--evidence_alpha", type=float, default=EvidenceOptions.alpha)
+    p.add_argument("--evidence_es_steps", type=int, default=EvidenceOptions.es_steps)
     p.add_argument("--evidence_es_margin", type=float, default=EvidenceOptions.es_margin)
     p.add_argument("--p_faint", type=float, default=0.3,
                    help="dataset variant: probability an object is faint (default = built-in)")
@@ -90,7 +92,8 @@ def main() -> None:
                                  optimizer=a.evidence_optimizer, steps=a.evidence_steps,
                                  refit=a.evidence_refit, clip_norm=a.evidence_clip_norm,
                                  threshold=a.evidence_threshold,
-                                 es_margin=a.evidence_es_margin),
+                                 es_margin=a.evidence_es_margin, alpha=a.evidence_alpha,
+                                 es_steps=a.evidence_es_steps),
         max_examples=a.num_val, num_vis_examples=0,
     ))
 

@@ -27,7 +27,13 @@ from deeplab_ext.model import variable_groups
 from deeplab_ext.trainer import restore_network
 from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter, prune_probabilities
 from tf_mtl.inference import multi_scale_probabilities, network_logits_fn
-from tf_mtl.metrics import StreamingMeanIoU, TagMAP, TagPrecisionRecallF1
+from tf_mtl.metrics import (
+    StreamingMeanIoU,
+    TagMAP,
+    TagPrecisionRecallF1,
+    image_confusion,
+    paired_bootstrap_miou,
+)
 
 # mode -> (row name in the reference table, refit kind or None, prune)
 EVIDENCE_MODES: dict[str, tuple[str, str | None, bool]] = {
@@ -88,6 +94,7 @@ class EvalOptions:
     max_examples: int | None = None
     num_vis_examples: int = 4
     checkpoint_path: str | None = None
+    bootstrap_samples: int = 1000  # paired bootstrap of mode differences (0 = off)
 
 
 def check_modes(modes: Sequence[str]) -> list[str]:
@@ -248,15 +255,21 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
         printer(f"tags: precision {results['tags']['precision']:.4f} recall "
                 f"{results['tags']['recall']:.4f} F1 {results['tags']['f1']:.4f} "
                 f"mAP {results['tags']['mAP']:.4f}")
+    confusions: dict[str, list[np.ndarray]] = {}
     for mode in modes:
         t0 = time.time()
         predict = make_predictor(network, info, mode, options)
         miou = StreamingMeanIoU(info.num_classes, info.ignore_label)
         errors = ErrorBreakdown(info) if has_tags else None
         taken: list[np.ndarray] = []
+        confusions[mode] = []
         for i, (images, targets) in enumerate(batches):
             out = predict(images, targets["tags"])
             miou.update_state(targets["semantic"], out["predictions"])
+            confusions[mode] += [
+                image_confusion(lab, pred, info.num_classes, info.ignore_label)
+                for lab, pred in zip(targets["semantic"].numpy(), out["predictions"].numpy(),
+                                     strict=True)]
             if errors is not None:
                 errors.update(targets["semantic"].numpy(), out["predictions"].numpy(),
                               targets["tags"].numpy())
@@ -291,6 +304,8 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
         printer("    per-class IoU: " + ", ".join(
             f"{n} {'n/a' if v is None else f'{100 * v:.2f}'}"
             for n, v in row["per_class_iou"].items()))
+    if options.bootstrap_samples > 0:
+        add_bootstrap(results, confusions, options.bootstrap_samples)
     results["table"] = format_table(results)
     printer(results["table"])
     if options.eval_logdir:
@@ -310,10 +325,53 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
     return results
 
 
+BASELINES = ("none", "prune")  # every other row is compared with these when present
+
+
+def add_bootstrap(results: dict, confusions: dict[str, list[np.ndarray]],
+                  num_samples: int, level: float = 0.95) -> None:
+    """Add ``vs`` to each row: its mIoU minus DL-MT's / DL-MT-Pr's, with a paired bootstrap
+    interval over the images (`tf_mtl.metrics.paired_bootstrap_miou`)."""
+    modes = list(results["modes"])
+    # Every row against DL-MT; every row except the baselines against DL-MT-Pr too.
+    pairs = [(m, b) for b in BASELINES if b in modes
+             for m in modes if m != b and not (b == "prune" and m in BASELINES)]
+    if not pairs:
+        return
+    stats = paired_bootstrap_miou({m: np.stack(confusions[m]) for m in modes}, pairs,
+                                  num_samples=num_samples, level=level)
+    for (a, b), st in stats.items():
+        results["modes"][a].setdefault("vs", {})[b] = st
+    results["bootstrap"] = {"num_samples": num_samples, "level": level,
+                            "num_images": results["num_images"]}
+
+
+def _vs_cell(row: dict, baseline: str) -> str:
+    st = row.get("vs", {}).get(baseline)
+    if st is None:
+        return ""
+    return (f"{100 * st['diff']:+.2f} [{100 * st['low']:+.2f}, {100 * st['high']:+.2f}]")
+
+
 def format_table(results: dict) -> str:
-    """The reference table: one row per evidence mode, mIoU in percent."""
-    lines = [f"| method | mIoU (%) | scales {results['eval_scales']}"
-             f"{' + flip' if results['add_flipped_images'] else ''} |", "|---|---|---|"]
+    """The reference table: one row per evidence mode, mIoU in percent.
+
+    With a bootstrap (`add_bootstrap`), two more columns: the difference to DL-MT and to
+    DL-MT-Pr in points, with its interval over resampled images.
+    """
+    header = (f"| method | mIoU (%) | scales {results['eval_scales']}"
+              f"{' + flip' if results['add_flipped_images'] else ''} |")
+    rule = "|---|---|---|"
+    boot = results.get("bootstrap")
+    present = [b for b in BASELINES if b in results["modes"]] if boot else []
+    for b in present:
+        header += (f" vs {EVIDENCE_MODES[b][0]} ({100 * boot['level']:.0f}% CI, "
+                   f"{boot['num_images']} images) |")
+        rule += "---|"
+    lines = [header, rule]
     for mode, row in results["modes"].items():
-        lines.append(f"| {row['name']} | {100 * row['miou']:.2f} | {mode} |")
+        line = f"| {row['name']} | {100 * row['miou']:.2f} | {mode} |"
+        for b in present:
+            line += f" {_vs_cell(row, b)} |"
+        lines.append(line)
     return "\n".join(lines)

@@ -114,3 +114,65 @@ def test_tag_map_matches_numpy_average_precision():
     assert float(fine.result()) == pytest.approx(exact, abs=5e-3)
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(fine))
     assert clone.num_bins == 10000
+
+
+# ------------------------------------------------------- paired bootstrap over images
+def _random_pair(rng, n_images=40, c=4, hw=(12, 12)):
+    labels = rng.integers(0, c, size=(n_images, *hw))
+    labels[:, 0, 0] = 255  # an ignored pixel per image
+    preds = np.where(rng.random(labels.shape) < 0.7, labels, rng.integers(0, c, labels.shape))
+    preds = np.where(labels == 255, 0, preds)
+    return labels, preds
+
+
+def test_image_confusion_and_miou_match_streaming_metric():
+    from tf_mtl.metrics import image_confusion, miou_from_confusion
+
+    rng = np.random.default_rng(0)
+    labels, preds = _random_pair(rng, n_images=5, c=5)
+    preds[preds == 4] = 3  # class 4 never predicted; still in the ground truth
+    metric = StreamingMeanIoU(5)
+    metric.update_state(labels, preds)
+    cms = np.stack([image_confusion(lab, p, 5) for lab, p in zip(labels, preds, strict=True)])
+    np.testing.assert_array_equal(cms.sum(0), metric.confusion_matrix().numpy())
+    assert miou_from_confusion(cms.sum(0)) == pytest.approx(float(metric.result()), abs=1e-6)
+    # A class absent from ground truth and prediction does not count (as in the metric).
+    padded = np.zeros((6, 6))
+    padded[:5, :5] = cms.sum(0)
+    assert miou_from_confusion(padded) == pytest.approx(miou_from_confusion(cms.sum(0)))
+
+
+def test_paired_bootstrap_orders_modes_only_when_the_images_agree():
+    from tf_mtl.metrics import image_confusion, paired_bootstrap_miou
+
+    rng = np.random.default_rng(1)
+    labels, base = _random_pair(rng)
+    better = np.where(rng.random(labels.shape) < 0.5, labels, base)  # fixes half the errors
+    better = np.where(labels == 255, 0, better)
+    # "mixed": better on the first half of the images, worse on the second half.
+    worse = np.where(rng.random(labels.shape) < 0.21, (labels + 1) % 4, base)  # ~as many
+    mixed = np.concatenate([better[:20], np.where(labels[20:] == 255, 0, worse[20:])])
+
+    def cms(preds):
+        return np.stack([image_confusion(lab, p, 4) for lab, p in zip(labels, preds, strict=True)])
+
+    conf = {"base": cms(base), "better": cms(better), "mixed": cms(mixed), "same": cms(base)}
+    out = paired_bootstrap_miou(conf, [("better", "base"), ("same", "base"), ("mixed", "base")],
+                                num_samples=400)
+    b = out[("better", "base")]
+    assert b["diff"] > 0.05 and b["low"] > 0 and b["p_greater"] == 1.0
+    assert b["low"] <= b["diff"] <= b["high"]
+    s = out[("same", "base")]
+    assert s["diff"] == s["low"] == s["high"] == 0.0 and s["p_greater"] == 0.0
+    m = out[("mixed", "base")]
+    assert m["low"] < 0 < m["high"] and 0.05 < m["p_greater"] < 0.95, m
+    assert m["high"] - m["low"] > b["high"] - b["low"]  # image-to-image spread widens it
+    # Same seed, same answer; paired: the same resamples for both sides.
+    again = paired_bootstrap_miou(conf, [("mixed", "base")], num_samples=400)
+    assert again[("mixed", "base")] == m
+    with pytest.raises(ValueError, match="same images"):
+        paired_bootstrap_miou({"a": conf["base"], "b": conf["base"][:5]}, [("a", "b")])
+    with pytest.raises(ValueError, match="no confusion matrices"):
+        paired_bootstrap_miou(conf, [("base", "nope")])
+    with pytest.raises(ValueError, match="level"):
+        paired_bootstrap_miou(conf, [("better", "base")], level=1.5)

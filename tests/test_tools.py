@@ -224,6 +224,19 @@ def test_eval_prints_and_writes_json_table_and_figure(eval_run):
         row = results["modes"][mode]
         line = f"| {row['name']} | {100 * row['miou']:.2f} | {mode} |"
         assert line in results["table"] and line in stdout
+    # Paired bootstrap: each row against DL-MT (all but DL-MT) and DL-MT-Pr (the refit
+    # rows); the point difference is the rows' mIoU difference and lies in its interval.
+    assert results["bootstrap"] == {"num_samples": 1000, "level": 0.95, "num_images": 2}
+    assert "vs" not in results["modes"]["none"]
+    assert set(results["modes"]["prune"]["vs"]) == {"none"}
+    for mode in EVAL_MODES[2:]:
+        vs = results["modes"][mode]["vs"]
+        assert set(vs) == {"none", "prune"}
+        for base, st in vs.items():
+            diff = results["modes"][mode]["miou"] - results["modes"][base]["miou"]
+            assert st["diff"] == pytest.approx(diff, abs=1e-6)
+            assert st["low"] <= st["high"] and 0.0 <= st["p_greater"] <= 1.0
+    assert "vs DL-MT-Pr (95% CI, 2 images)" in results["table"].splitlines()[0]
     png = (out / "comparison.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     fig = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)

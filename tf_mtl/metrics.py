@@ -3,6 +3,8 @@
 All state lives in Keras metric variables (aggregation SUM, synchronised on read), so
 accumulating under `tf.distribute` and reading `result()` in cross-replica context
 gives the totals over all replicas. Counts are float64 (exact up to 2^53 pixels).
+Also NumPy helpers for a paired bootstrap over images (`paired_bootstrap_miou`): how
+sure a difference between two prediction modes is on a small evaluation split.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -232,3 +235,81 @@ class TagMAP(keras.metrics.Metric):
     def get_config(self) -> dict:
         return {"name": self.name, "num_tags": self.num_tags, "num_bins": self.num_bins,
                 "from_logits": self.from_logits}
+
+
+# --- Paired bootstrap over images: is one prediction mode really better than another? ---
+
+
+def image_confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int,
+                    ignore_label: int = 255) -> np.ndarray:
+    """Confusion matrix [C, C] (rows: ground truth) of one image, as `StreamingMeanIoU` counts."""
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    preds = np.clip(np.asarray(preds).reshape(-1).astype(np.int64), 0, num_classes - 1)
+    keep = labels != ignore_label
+    idx = labels[keep] * num_classes + preds[keep]
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def miou_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """Mean IoU of confusion matrices [..., C, C] over classes with a non-zero denominator.
+
+    The same rule as `StreamingMeanIoU.result` (classes absent from both ground truth and
+    prediction do not count), vectorised over leading axes.
+    """
+    cm = np.asarray(cm, np.float64)
+    diag = np.diagonal(cm, axis1=-2, axis2=-1)
+    denom = cm.sum(-2) + cm.sum(-1) - diag
+    valid = denom > 0
+    iou = np.divide(diag, denom, out=np.zeros_like(diag), where=valid)
+    return iou.sum(-1) / np.maximum(valid.sum(-1), 1)
+
+
+def paired_bootstrap_miou(
+    confusions: dict[str, np.ndarray],
+    comparisons: list[tuple[str, str]],
+    num_samples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Bootstrap interval of mIoU(a) - mIoU(b) for each (a, b), resampling images.
+
+    Why: on a 100-image split, two prediction modes a few tenths of a point apart can
+    swap order between splits; the interval says whether a difference is larger than
+    what the choice of images alone produces. `confusions[m]` is [N, C, C], one
+    confusion matrix per image, in the same image order for every mode (paired: every
+    resample draws the same images for both sides). Returns, per pair, ``diff`` (on all
+    images), ``low``/``high`` (the central `level` interval) and ``p_greater`` (fraction
+    of resamples with a > b).
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    sizes = {m: np.shape(c)[0] for m, c in confusions.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"every mode needs the same images; got counts {sizes}")
+    n = next(iter(sizes.values()))
+    rng = np.random.default_rng(seed)
+    # weights[b, i]: how often resample b draws image i; one matrix product per mode.
+    weights = np.zeros((num_samples, n))
+    np.add.at(weights, (np.repeat(np.arange(num_samples), n),
+                        rng.integers(0, n, size=num_samples * n)), 1.0)
+    needed = {m for pair in comparisons for m in pair}
+    missing = needed - set(confusions)
+    if missing:
+        raise ValueError(f"no confusion matrices for {sorted(missing)}")
+    full, boot = {}, {}
+    for m in needed:
+        cms = np.asarray(confusions[m], np.float64)
+        c = cms.shape[-1]
+        full[m] = float(miou_from_confusion(cms.sum(0)))
+        boot[m] = miou_from_confusion((weights @ cms.reshape(n, c * c)).reshape(-1, c, c))
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for a, b in comparisons:
+        d = boot[a] - boot[b]
+        out[(a, b)] = {"diff": full[a] - full[b], "low": float(np.percentile(d, tail)),
+                       "high": float(np.percentile(d, 100 - tail)),
+                       "p_greater": float(np.mean(d > 0)), "level": level,
+                       "num_samples": num_samples}
+    return out

@@ -25,6 +25,9 @@ flags.DEFINE_list("evidence_modes", ["none"],
                   "Rows: none,prune,bp_l2,bp_es,bp_l2_prune,bp_es_prune,latent,latent_prune.")
 flags.DEFINE_integer("max_number_of_examples", None, "Evaluate only the first N images.")
 flags.DEFINE_integer("num_vis_examples", 4, "Images in comparison.png.")
+flags.DEFINE_integer("bootstrap_samples", 1000,
+                     "Resamples of the images for the 95% interval of each row's difference "
+                     "to DL-MT and DL-MT-Pr (0 = off).")
 common_flags.define_evidence_flags()
 flags.mark_flags_as_required(["checkpoint_dir", "dataset_dir"])
 
@@ -45,7 +48,7 @@ def main(argv):
         eval_scales=scales, add_flipped_images=FLAGS.add_flipped_images,
         evidence_modes=tuple(FLAGS.evidence_modes), evidence=common_flags.evidence_options(),
         max_examples=FLAGS.max_number_of_examples, num_vis_examples=FLAGS.num_vis_examples,
-        checkpoint_path=FLAGS.checkpoint_path,
+        checkpoint_path=FLAGS.checkpoint_path, bootstrap_samples=FLAGS.bootstrap_samples,
     )
     return common_flags.run_reporting_errors(
         evaluate, options, printer=lambda s: print(s, flush=True))
