@@ -41,8 +41,9 @@ def main() -> None:
     p.add_argument("--loss_weighting", default="uncertainty", help="tools.train --loss_weighting")
     p.add_argument("--train_steps", type=int, default=DemoOptions.train_steps)
     p.add_argument("--num_val", type=int, default=50)
-    p.add_argument("--eval_split", choices=["val", "test"], default="val",
-                   help="test: a held-out split (written on first use) to tune refit settings on")
+    p.add_argument("--eval_split", choices=["val", "test", "holdout"], default="val",
+                   help="test: a held-out split (written on first use) to tune refit settings "
+                        "on; holdout: another one, --num_val images, for tighter intervals")
     p.add_argument("--modes", default="none,prune,bp_l2,bp_es")
     p.add_argument("--evidence_learning_rate", type=float, default=EvidenceOptions.learning_rate)
     p.add_argument("--evidence_optimizer", default=EvidenceOptions.optimizer)
@@ -68,10 +69,10 @@ def main() -> None:
         synthetic.write_tfrecords(data, d.num_train, d.num_val, size=d.image_size, seed=d.seed,
                                   **gen)
         (data / "done").write_text("ok")
-    if a.eval_split == "test" and not (data / "done_test").exists():
-        synthetic.write_tfrecords(data, size=d.image_size, seed=d.seed, splits=("test",),
-                                  num_test=a.num_val, **gen)
-        (data / "done_test").write_text("ok")
+    if a.eval_split != "val" and not (data / f"done_{a.eval_split}").exists():
+        synthetic.write_tfrecords(data, size=d.image_size, seed=d.seed, splits=(a.eval_split,),
+                                  split_sizes={a.eval_split: a.num_val}, **gen)
+        (data / f"done_{a.eval_split}").write_text("ok")
     logdir = work / "train"
     crop = (d.crop_size, d.crop_size)
     if not (logdir / "checkpoint").exists():

@@ -25,6 +25,7 @@ Deterministic: example `i` of split `s` uses `numpy.random.default_rng([seed, s,
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Sequence
 
 import cv2
@@ -144,8 +145,12 @@ def generate_example(
 
 
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    """The generator for example `index` of `split`: independent of every other example."""
-    split_id = SPLIT_IDS.get(split, abs(hash(split)) % 1000 + 10)
+    """The generator for example `index` of `split`: independent of every other example.
+
+    Other split names get a stable id from a CRC of the name (not `hash`, which Python
+    salts per process: the same split would differ between runs).
+    """
+    split_id = SPLIT_IDS.get(split, zlib.crc32(split.encode()) % 100_000 + 10)
     return np.random.default_rng([seed, split_id, index])
 
 
@@ -176,15 +181,18 @@ def write_tfrecords(
     p_small: float = 0.25,
     p_faint: float = 0.3,
     faint_alpha: tuple[float, float] = (0.3, 0.5),
+    split_sizes: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Generate and write the train/val shards (same format and reader path as real data).
 
     Defaults come from the `shapes_evidence` DatasetInfo's split sizes. A `test` split
     (disjoint from val: its own rng stream) is written when asked for with `num_test`;
-    it is where prediction-time settings are tuned without touching val.
+    it is where prediction-time settings are tuned without touching val. `split_sizes`
+    sizes any further split by name (e.g. ``{"holdout": 1000}``, its own rng stream): a
+    large split narrows the interval on differences between prediction modes.
     """
     sizes = dict(get_dataset_info(NAME).splits_to_sizes)
-    wanted = {"train": num_train, "val": num_val, "test": num_test}
+    wanted = {"train": num_train, "val": num_val, "test": num_test, **(split_sizes or {})}
     counts = {}
     for split in splits:
         n = wanted.get(split)
