@@ -146,15 +146,18 @@ class ErrorBreakdown:
     """Wrong pixels, split by whether the predicted class is among the image's tags.
 
     Why: pruning removes exactly the errors on untagged classes (``untagged``) and
-    nothing else; refitting can also reach the rest (a tagged class missed or put in the
-    wrong place), so this split says which evidence mode can help on a dataset.
+    nothing else; refitting can also reach the rest (``tagged``), which is split further
+    into a tagged object ``missed`` (predicted background), ``spurious`` (a tagged class
+    on background) and ``confused`` (one tagged class for another): which of these a
+    refit trades for which says where its gain or loss comes from.
     """
 
     def __init__(self, info: DatasetInfo) -> None:
         self.ignore = info.ignore_label
         self.tag_ids = np.asarray(info.tag_class_ids, np.int64)
-        self.keep = [] if info.background_class is None else [int(info.background_class)]
-        self.valid = self.wrong = self.untagged = 0
+        self.background = info.background_class
+        self.keep = [] if self.background is None else [int(self.background)]
+        self.valid = self.wrong = self.untagged = self.missed = self.spurious = 0
 
     def update(self, labels: np.ndarray, preds: np.ndarray, tags: np.ndarray) -> None:
         """labels / preds [B,H,W], tags [B,T] multi-hot."""
@@ -162,14 +165,22 @@ class ErrorBreakdown:
             valid = label != self.ignore
             wrong = valid & (pred != label)
             allowed = np.concatenate([self.tag_ids[tag >= 0.5], self.keep])
+            untagged = wrong & ~np.isin(pred, allowed)
             self.valid += int(valid.sum())
             self.wrong += int(wrong.sum())
-            self.untagged += int((wrong & ~np.isin(pred, allowed)).sum())
+            self.untagged += int(untagged.sum())
+            if self.background is not None:
+                tagged = wrong & ~untagged
+                self.missed += int((tagged & (pred == self.background)).sum())
+                self.spurious += int((tagged & (label == self.background)).sum())
 
     def result(self) -> dict[str, float]:
         n = max(self.valid, 1)
+        tagged = self.wrong - self.untagged
         return {"wrong_fraction": self.wrong / n, "untagged_fraction": self.untagged / n,
-                "tagged_fraction": (self.wrong - self.untagged) / n}
+                "tagged_fraction": tagged / n, "missed_fraction": self.missed / n,
+                "spurious_fraction": self.spurious / n,
+                "confused_fraction": (tagged - self.missed - self.spurious) / n}
 
 
 def _colour(label: np.ndarray, info: DatasetInfo) -> np.ndarray:
@@ -291,7 +302,10 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
             e = row["errors"]
             share = e["untagged_fraction"] / e["wrong_fraction"] if e["wrong_fraction"] else 0.0
             steps_note += (f", wrong pixels {100 * e['wrong_fraction']:.3f}%, "
-                           f"{100 * share:.0f}% of them an untagged class")
+                           f"{100 * share:.0f}% of them an untagged class; "
+                           f"missed / spurious / confused {100 * e['missed_fraction']:.3f} / "
+                           f"{100 * e['spurious_fraction']:.3f} / "
+                           f"{100 * e['confused_fraction']:.3f}%")
         if taken:  # refit modes: how far early stopping / the step cap let each image go
             steps = np.concatenate(taken)
             row["refit_steps"] = {"mean": float(steps.mean()), "max": int(steps.max()),

@@ -216,6 +216,8 @@ def test_eval_prints_and_writes_json_table_and_figure(eval_run):
     for mode in EVAL_MODES:
         e = results["modes"][mode]["errors"]
         assert e["wrong_fraction"] == pytest.approx(e["untagged_fraction"] + e["tagged_fraction"])
+        assert e["tagged_fraction"] == pytest.approx(
+            e["missed_fraction"] + e["spurious_fraction"] + e["confused_fraction"])
         assert 0.0 <= e["untagged_fraction"] <= e["wrong_fraction"] <= 1.0
         if mode.endswith("prune"):
             assert e["untagged_fraction"] == 0.0, (mode, e)
@@ -260,8 +262,16 @@ def test_error_breakdown_counts_by_hand():
     eb.update(label, pred, tags)
     # 7 valid pixels; wrong: (0,1) 2 for 1 [tagged], (1,1) 0 for 2 [background is kept],
     # (1,2) 3 for 0 [untagged]; the ignored pixel predicted 5 does not count.
+    # Of the two tagged errors, (1,1) is a missed object, (0,1) a confusion.
     assert eb.result() == pytest.approx(
-        {"wrong_fraction": 3 / 7, "untagged_fraction": 1 / 7, "tagged_fraction": 2 / 7})
+        {"wrong_fraction": 3 / 7, "untagged_fraction": 1 / 7, "tagged_fraction": 2 / 7,
+         "missed_fraction": 1 / 7, "spurious_fraction": 0.0, "confused_fraction": 1 / 7})
+    # A tagged class painted on background is spurious (not missed, not confused).
+    eb2 = ErrorBreakdown(info)
+    eb2.update(np.array([[[0, 0, 1]]]), np.array([[[1, 0, 1]]]), tags)
+    r = eb2.result()
+    assert (r["spurious_fraction"], r["missed_fraction"], r["confused_fraction"]) == (
+        pytest.approx(1 / 3), 0.0, 0.0)
 
 
 # ------------------------------------------------------------- failure messages
