@@ -20,7 +20,15 @@ import cv2
 import numpy as np
 
 from deeplab_ext import download, input_pipeline, synthetic
-from deeplab_ext.evaluation import EvalOptions, EvidenceOptions, evaluate, refit_variables
+from deeplab_ext.evaluation import (
+    EVIDENCE_MODES,
+    EvalOptions,
+    EvidenceOptions,
+    bootstrap_baselines,
+    evaluate,
+    refit_variables,
+    vs_cell,
+)
 from deeplab_ext.export import export_saved_model
 from deeplab_ext.trainer import TrainOptions, restore_network, train
 from tf_mtl import tbevents
@@ -170,8 +178,12 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print) -> di
     printer(proc.stdout.strip())
 
     stage("Report")
+    baselines = bootstrap_baselines(results)
     table_rows = [[row["name"], f"{100 * row['miou']:.2f}", mode, f"{row['seconds']:.1f}"]
+                  + [vs_cell(row, b) for b in baselines]
                   for mode, row in results["modes"].items()]
+    table_header = ["method", "mIoU (%)", "mode", "seconds"] + [
+        f"vs {EVIDENCE_MODES[b][0]} (95% CI over images)" for b in baselines]
     best_mode = max(results["modes"], key=lambda m: results["modes"][m]["miou"])
     tag_rows = [[k, f"{v:.4f}"] for k, v in results.get("tags", {}).items()]
     pred_rows = [[n, f"{predict_report.get('tag_probabilities_before', {}).get(n, float('nan')):.3f}",
@@ -197,7 +209,7 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print) -> di
         report, title=f"DeepLab multi-task demo: {results['model']} on {results['dataset']}",
         tables=[
             ("Evidence at prediction time (val mIoU, tags from ground truth)",
-             ["method", "mIoU (%)", "mode", "seconds"], table_rows),
+             table_header, table_rows),
             ("Tag head on val", ["metric", "value"], tag_rows),
             ("tools.predict through the SavedModel: tag probabilities",
              ["tag", "before", "after refit", "in evidence"], pred_rows),

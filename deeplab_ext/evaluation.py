@@ -360,7 +360,15 @@ def add_bootstrap(results: dict, confusions: dict[str, list[np.ndarray]],
                             "num_images": results["num_images"]}
 
 
-def _vs_cell(row: dict, baseline: str) -> str:
+def bootstrap_baselines(results: dict) -> list[str]:
+    """The baseline modes the rows were compared with (none without a bootstrap)."""
+    if not results.get("bootstrap"):
+        return []
+    return [b for b in BASELINES if b in results["modes"]]
+
+
+def vs_cell(row: dict, baseline: str) -> str:
+    """'+1.23 [+0.40, +2.10]': a row's difference to a baseline row, in points."""
     st = row.get("vs", {}).get(baseline)
     if st is None:
         return ""
@@ -377,7 +385,7 @@ def format_table(results: dict) -> str:
               f"{' + flip' if results['add_flipped_images'] else ''} |")
     rule = "|---|---|---|"
     boot = results.get("bootstrap")
-    present = [b for b in BASELINES if b in results["modes"]] if boot else []
+    present = bootstrap_baselines(results)
     for b in present:
         header += (f" vs {EVIDENCE_MODES[b][0]} ({100 * boot['level']:.0f}% CI, "
                    f"{boot['num_images']} images) |")
@@ -386,6 +394,6 @@ def format_table(results: dict) -> str:
     for mode, row in results["modes"].items():
         line = f"| {row['name']} | {100 * row['miou']:.2f} | {mode} |"
         for b in present:
-            line += f" {_vs_cell(row, b)} |"
+            line += f" {vs_cell(row, b)} |"
         lines.append(line)
     return "\n".join(lines)

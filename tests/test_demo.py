@@ -49,6 +49,10 @@ def test_demo_tiny_budget(tmp_path):
         assert row in page
     results = json.loads((work / "eval" / "eval_results.json").read_text())
     assert set(results["modes"]) == {"none", "prune", "bp_l2", "bp_es_prune"}
+    # The report's evidence table carries each row's bootstrap interval against DL-MT-Pr.
+    assert "vs DL-MT-Pr (95% CI over images)" in page
+    st = results["modes"]["bp_l2"]["vs"]["prune"]
+    assert f"{100 * st['diff']:+.2f} [{100 * st['low']:+.2f}, {100 * st['high']:+.2f}]" in page
     # the demo's own refit defaults reach the evaluation; flags given still win
     ev = results["evidence"]
     assert (ev["learning_rate"], ev["clip_norm"], ev["steps"]) == (0.1, 0.5, 2), ev
