@@ -31,7 +31,7 @@ from tf_mtl.metrics import (
     StreamingMeanIoU,
     TagMAP,
     TagPrecisionRecallF1,
-    image_confusion,
+    image_iou_counts,
     paired_bootstrap_miou,
 )
 
@@ -266,19 +266,19 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
         printer(f"tags: precision {results['tags']['precision']:.4f} recall "
                 f"{results['tags']['recall']:.4f} F1 {results['tags']['f1']:.4f} "
                 f"mAP {results['tags']['mAP']:.4f}")
-    confusions: dict[str, list[np.ndarray]] = {}
+    image_counts: dict[str, list[np.ndarray]] = {}
     for mode in modes:
         t0 = time.time()
         predict = make_predictor(network, info, mode, options)
         miou = StreamingMeanIoU(info.num_classes, info.ignore_label)
         errors = ErrorBreakdown(info) if has_tags else None
         taken: list[np.ndarray] = []
-        confusions[mode] = []
+        image_counts[mode] = []
         for i, (images, targets) in enumerate(batches):
             out = predict(images, targets["tags"])
             miou.update_state(targets["semantic"], out["predictions"])
-            confusions[mode] += [
-                image_confusion(lab, pred, info.num_classes, info.ignore_label)
+            image_counts[mode] += [
+                image_iou_counts(lab, pred, info.num_classes, info.ignore_label)
                 for lab, pred in zip(targets["semantic"].numpy(), out["predictions"].numpy(),
                                      strict=True)]
             if errors is not None:
@@ -319,7 +319,7 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
             f"{n} {'n/a' if v is None else f'{100 * v:.2f}'}"
             for n, v in row["per_class_iou"].items()))
     if options.bootstrap_samples > 0:
-        add_bootstrap(results, confusions, options.bootstrap_samples)
+        add_bootstrap(results, image_counts, options.bootstrap_samples)
     results["table"] = format_table(results)
     printer(results["table"])
     if options.eval_logdir:
@@ -342,7 +342,7 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
 BASELINES = ("none", "prune")  # every other row is compared with these when present
 
 
-def add_bootstrap(results: dict, confusions: dict[str, list[np.ndarray]],
+def add_bootstrap(results: dict, image_counts: dict[str, list[np.ndarray]],
                   num_samples: int, level: float = 0.95) -> None:
     """Add ``vs`` to each row: its mIoU minus DL-MT's / DL-MT-Pr's, with a paired bootstrap
     interval over the images (`tf_mtl.metrics.paired_bootstrap_miou`)."""
@@ -352,7 +352,7 @@ def add_bootstrap(results: dict, confusions: dict[str, list[np.ndarray]],
              for m in modes if m != b and not (b == "prune" and m in BASELINES)]
     if not pairs:
         return
-    stats = paired_bootstrap_miou({m: np.stack(confusions[m]) for m in modes}, pairs,
+    stats = paired_bootstrap_miou({m: np.stack(image_counts[m]) for m in modes}, pairs,
                                   num_samples=num_samples, level=level)
     for (a, b), st in stats.items():
         results["modes"][a].setdefault("vs", {})[b] = st

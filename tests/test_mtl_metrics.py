@@ -125,25 +125,25 @@ def _random_pair(rng, n_images=40, c=4, hw=(12, 12)):
     return labels, preds
 
 
-def test_image_confusion_and_miou_match_streaming_metric():
-    from tf_mtl.metrics import image_confusion, miou_from_confusion
+def test_image_counts_and_miou_match_streaming_metric():
+    from tf_mtl.metrics import image_iou_counts, miou_from_counts
 
     rng = np.random.default_rng(0)
     labels, preds = _random_pair(rng, n_images=5, c=5)
     preds[preds == 4] = 3  # class 4 never predicted; still in the ground truth
     metric = StreamingMeanIoU(5)
     metric.update_state(labels, preds)
-    cms = np.stack([image_confusion(lab, p, 5) for lab, p in zip(labels, preds, strict=True)])
-    np.testing.assert_array_equal(cms.sum(0), metric.confusion_matrix().numpy())
-    assert miou_from_confusion(cms.sum(0)) == pytest.approx(float(metric.result()), abs=1e-6)
+    cm = metric.confusion_matrix().numpy()
+    counts = np.stack([image_iou_counts(lab, p, 5) for lab, p in zip(labels, preds, strict=True)])
+    np.testing.assert_array_equal(counts.sum(0), [np.diag(cm), cm.sum(1), cm.sum(0)])
+    assert miou_from_counts(counts.sum(0)) == pytest.approx(float(metric.result()), abs=1e-6)
     # A class absent from ground truth and prediction does not count (as in the metric).
-    padded = np.zeros((6, 6))
-    padded[:5, :5] = cms.sum(0)
-    assert miou_from_confusion(padded) == pytest.approx(miou_from_confusion(cms.sum(0)))
+    padded = np.concatenate([counts.sum(0), np.zeros((3, 1))], axis=1)
+    assert miou_from_counts(padded) == pytest.approx(miou_from_counts(counts.sum(0)))
 
 
 def test_paired_bootstrap_orders_modes_only_when_the_images_agree():
-    from tf_mtl.metrics import image_confusion, paired_bootstrap_miou
+    from tf_mtl.metrics import image_iou_counts, paired_bootstrap_miou
 
     rng = np.random.default_rng(1)
     labels, base = _random_pair(rng)
@@ -154,7 +154,7 @@ def test_paired_bootstrap_orders_modes_only_when_the_images_agree():
     mixed = np.concatenate([better[:20], np.where(labels[20:] == 255, 0, worse[20:])])
 
     def cms(preds):
-        return np.stack([image_confusion(lab, p, 4) for lab, p in zip(labels, preds, strict=True)])
+        return np.stack([image_iou_counts(lab, p, 4) for lab, p in zip(labels, preds, strict=True)])
 
     conf = {"base": cms(base), "better": cms(better), "mixed": cms(mixed), "same": cms(base)}
     out = paired_bootstrap_miou(conf, [("better", "base"), ("same", "base"), ("mixed", "base")],
@@ -172,7 +172,7 @@ def test_paired_bootstrap_orders_modes_only_when_the_images_agree():
     assert again[("mixed", "base")] == m
     with pytest.raises(ValueError, match="same images"):
         paired_bootstrap_miou({"a": conf["base"], "b": conf["base"][:5]}, [("a", "b")])
-    with pytest.raises(ValueError, match="no confusion matrices"):
+    with pytest.raises(ValueError, match="no per-image counts"):
         paired_bootstrap_miou(conf, [("base", "nope")])
     with pytest.raises(ValueError, match="level"):
         paired_bootstrap_miou(conf, [("better", "base")], level=1.5)

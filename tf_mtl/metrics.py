@@ -240,32 +240,37 @@ class TagMAP(keras.metrics.Metric):
 # --- Paired bootstrap over images: is one prediction mode really better than another? ---
 
 
-def image_confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int,
-                    ignore_label: int = 255) -> np.ndarray:
-    """Confusion matrix [C, C] (rows: ground truth) of one image, as `StreamingMeanIoU` counts."""
+def image_iou_counts(labels: np.ndarray, preds: np.ndarray, num_classes: int,
+                     ignore_label: int = 255) -> np.ndarray:
+    """[3, C] counts of one image: correct pixels, ground-truth pixels, predicted pixels
+    per class (ignored pixels excluded, as `StreamingMeanIoU` counts them).
+
+    IoU is linear in these three, so a resample of images only sums them: 3C numbers
+    per image instead of a C x C confusion matrix (151 classes x 2000 ADE20K images
+    would be 360 MB per mode as matrices, 7 MB as counts).
+    """
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     preds = np.clip(np.asarray(preds).reshape(-1).astype(np.int64), 0, num_classes - 1)
     keep = labels != ignore_label
-    idx = labels[keep] * num_classes + preds[keep]
-    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    labels, preds = labels[keep], preds[keep]
+    return np.stack([np.bincount(labels[labels == preds], minlength=num_classes),
+                     np.bincount(labels, minlength=num_classes),
+                     np.bincount(preds, minlength=num_classes)])
 
 
-def miou_from_confusion(cm: np.ndarray) -> np.ndarray:
-    """Mean IoU of confusion matrices [..., C, C] over classes with a non-zero denominator.
-
-    The same rule as `StreamingMeanIoU.result` (classes absent from both ground truth and
-    prediction do not count), vectorised over leading axes.
-    """
-    cm = np.asarray(cm, np.float64)
-    diag = np.diagonal(cm, axis1=-2, axis2=-1)
-    denom = cm.sum(-2) + cm.sum(-1) - diag
+def miou_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Mean IoU of `image_iou_counts` sums [..., 3, C] over classes with a non-zero
+    denominator: the rule of `StreamingMeanIoU.result`, vectorised over leading axes."""
+    counts = np.asarray(counts, np.float64)
+    inter, gt, pred = counts[..., 0, :], counts[..., 1, :], counts[..., 2, :]
+    denom = gt + pred - inter
     valid = denom > 0
-    iou = np.divide(diag, denom, out=np.zeros_like(diag), where=valid)
+    iou = np.divide(inter, denom, out=np.zeros_like(inter), where=valid)
     return iou.sum(-1) / np.maximum(valid.sum(-1), 1)
 
 
 def paired_bootstrap_miou(
-    confusions: dict[str, np.ndarray],
+    counts: dict[str, np.ndarray],
     comparisons: list[tuple[str, str]],
     num_samples: int = 1000,
     level: float = 0.95,
@@ -275,9 +280,9 @@ def paired_bootstrap_miou(
 
     Why: on a 100-image split, two prediction modes a few tenths of a point apart can
     swap order between splits; the interval says whether a difference is larger than
-    what the choice of images alone produces. `confusions[m]` is [N, C, C], one
-    confusion matrix per image, in the same image order for every mode (paired: every
-    resample draws the same images for both sides). Returns, per pair, ``diff`` (on all
+    what the choice of images alone produces. `counts[m]` is [N, 3, C], the
+    `image_iou_counts` of each image, in the same image order for every mode (paired:
+    every resample draws the same images for both sides). Returns, per pair, ``diff`` (on all
     images), ``low``/``high`` (the central `level` interval) and ``p_greater`` (fraction
     of resamples with a > b).
     """
@@ -285,7 +290,7 @@ def paired_bootstrap_miou(
         raise ValueError(f"level must be in (0, 1), got {level}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    sizes = {m: np.shape(c)[0] for m, c in confusions.items()}
+    sizes = {m: np.shape(c)[0] for m, c in counts.items()}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"every mode needs the same images; got counts {sizes}")
     n = next(iter(sizes.values()))
@@ -295,15 +300,15 @@ def paired_bootstrap_miou(
     np.add.at(weights, (np.repeat(np.arange(num_samples), n),
                         rng.integers(0, n, size=num_samples * n)), 1.0)
     needed = {m for pair in comparisons for m in pair}
-    missing = needed - set(confusions)
+    missing = needed - set(counts)
     if missing:
-        raise ValueError(f"no confusion matrices for {sorted(missing)}")
+        raise ValueError(f"no per-image counts for {sorted(missing)}")
     full, boot = {}, {}
     for m in needed:
-        cms = np.asarray(confusions[m], np.float64)
-        c = cms.shape[-1]
-        full[m] = float(miou_from_confusion(cms.sum(0)))
-        boot[m] = miou_from_confusion((weights @ cms.reshape(n, c * c)).reshape(-1, c, c))
+        per_image = np.asarray(counts[m], np.float64)
+        c = per_image.shape[-1]
+        full[m] = float(miou_from_counts(per_image.sum(0)))
+        boot[m] = miou_from_counts((weights @ per_image.reshape(n, 3 * c)).reshape(-1, 3, c))
     tail = 100 * (1 - level) / 2
     out = {}
     for a, b in comparisons:
