@@ -84,8 +84,36 @@ class _BNConfigMixin:
         }
 
 
+class _PaddedConvBNMixin(_BNConfigMixin):
+    """call/build/shape of "conv -> BN -> activation" with the original's explicit padding
+    for strided convs; the conv is `self._conv()` (attribute names stay as checkpoints
+    know them: ``conv`` / ``depthwise``)."""
+
+    def _conv(self):
+        raise NotImplementedError
+
+    def _input_shape(self, input_shape):
+        shape = tuple(input_shape)
+        if self._explicit_pad:
+            shape = _padded_shape(shape, self.kernel_size, self.dilation_rate)
+        return shape
+
+    def call(self, x, training=None):
+        if self._explicit_pad:
+            x = fixed_padding(x, self.kernel_size, self.dilation_rate)
+        return _act(self.bn(self._conv()(x), training=training), self.activation)
+
+    def build(self, input_shape):
+        shape = self._input_shape(input_shape)
+        self._conv().build(shape)
+        self.bn.build(self._conv().compute_output_shape(shape))
+
+    def compute_output_shape(self, input_shape):
+        return self._conv().compute_output_shape(self._input_shape(input_shape))
+
+
 @keras.saving.register_keras_serializable(package=_PKG)
-class ConvBN(_BNConfigMixin, keras.layers.Layer):
+class ConvBN(_PaddedConvBNMixin, keras.layers.Layer):
     """Conv2D (no bias) -> BatchNorm -> activation, i.e. slim ``conv2d`` under DeepLab's arg scope.
 
     Strided convs use the original's explicit ``fixed_padding`` + VALID; stride-1 convs
@@ -129,23 +157,8 @@ class ConvBN(_BNConfigMixin, keras.layers.Layer):
         )
         self.bn = _bn("bn", self.bn_momentum, self.bn_epsilon, self.sync_batch_norm)
 
-    def call(self, x, training=None):
-        if self._explicit_pad:
-            x = fixed_padding(x, self.kernel_size, self.dilation_rate)
-        return _act(self.bn(self.conv(x), training=training), self.activation)
-
-    def build(self, input_shape):
-        shape = tuple(input_shape)
-        if self._explicit_pad:
-            shape = _padded_shape(shape, self.kernel_size, self.dilation_rate)
-        self.conv.build(shape)
-        self.bn.build(self.conv.compute_output_shape(shape))
-
-    def compute_output_shape(self, input_shape):
-        shape = tuple(input_shape)
-        if self._explicit_pad:
-            shape = _padded_shape(shape, self.kernel_size, self.dilation_rate)
-        return self.conv.compute_output_shape(shape)
+    def _conv(self):
+        return self.conv
 
     def get_config(self) -> dict:
         return {
@@ -160,7 +173,7 @@ class ConvBN(_BNConfigMixin, keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
-class DepthwiseConvBN(_BNConfigMixin, keras.layers.Layer):
+class DepthwiseConvBN(_PaddedConvBNMixin, keras.layers.Layer):
     """DepthwiseConv2D (no bias, not regularised, as in the original) -> BN -> activation."""
 
     def __init__(
@@ -196,23 +209,8 @@ class DepthwiseConvBN(_BNConfigMixin, keras.layers.Layer):
         )
         self.bn = _bn("bn", self.bn_momentum, self.bn_epsilon, self.sync_batch_norm)
 
-    def call(self, x, training=None):
-        if self._explicit_pad:
-            x = fixed_padding(x, self.kernel_size, self.dilation_rate)
-        return _act(self.bn(self.depthwise(x), training=training), self.activation)
-
-    def build(self, input_shape):
-        shape = tuple(input_shape)
-        if self._explicit_pad:
-            shape = _padded_shape(shape, self.kernel_size, self.dilation_rate)
-        self.depthwise.build(shape)
-        self.bn.build(self.depthwise.compute_output_shape(shape))
-
-    def compute_output_shape(self, input_shape):
-        shape = tuple(input_shape)
-        if self._explicit_pad:
-            shape = _padded_shape(shape, self.kernel_size, self.dilation_rate)
-        return self.depthwise.compute_output_shape(shape)
+    def _conv(self):
+        return self.depthwise
 
     def get_config(self) -> dict:
         return {
