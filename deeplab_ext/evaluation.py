@@ -226,6 +226,9 @@ def _atomic_write_text(path: pathlib.Path, text: str) -> None:
 def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every evidence mode over the split; returns (and writes) the results dict."""
     modes = check_modes(options.evidence_modes)
+    if options.bootstrap_samples < 0:
+        raise ValueError(f"--bootstrap_samples must be >= 0 (0 turns the intervals off), "
+                         f"got {options.bootstrap_samples}")
     network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
     has_tags = "tags" in network.output
     if not has_tags and any(m != "none" for m in modes):

@@ -312,3 +312,10 @@ def test_eval_checkpoint_of_another_model_is_refused(resumed_run, data_dir, tmp_
     assert "does not match model deeplabv3plus_mobilenetv2_mt" in proc.stderr
     assert str(other) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_eval_negative_bootstrap_samples_is_refused(tmp_path, data_dir):
+    proc = run_tool("eval", f"--checkpoint_dir={tmp_path}", f"--dataset_dir={data_dir}",
+                    "--bootstrap_samples=-1")
+    assert proc.returncode != 0
+    assert "--bootstrap_samples must be >= 0" in proc.stderr and "Traceback" not in proc.stderr
