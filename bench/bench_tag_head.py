@@ -54,11 +54,12 @@ def main() -> None:
     p.add_argument("--evidence_alpha", type=float, default=EvidenceOptions.alpha)
     p.add_argument("--evidence_es_steps", type=int, default=EvidenceOptions.es_steps)
     p.add_argument("--evidence_es_margin", type=float, default=EvidenceOptions.es_margin)
-    p.add_argument("--p_faint", type=float, default=0.3,
+    p.add_argument("--p_faint", type=float, default=synthetic.P_FAINT,
                    help="dataset variant: probability an object is faint (default = built-in)")
-    p.add_argument("--faint_alpha", default="0.3,0.5",
+    p.add_argument("--faint_alpha", default=",".join(map(str, synthetic.FAINT_ALPHA)),
                    help="dataset variant: blend range 'low,high' of faint objects")
-    p.add_argument("--p_small", type=float, default=0.25, help="dataset variant: small objects")
+    p.add_argument("--p_small", type=float, default=synthetic.P_SMALL,
+                   help="dataset variant: small objects")
     a = p.parse_args()
     gen = dict(p_small=a.p_small, p_faint=a.p_faint,
                faint_alpha=tuple(float(x) for x in a.faint_alpha.split(",")))

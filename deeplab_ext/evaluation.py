@@ -28,10 +28,11 @@ from deeplab_ext.trainer import restore_network
 from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter, prune_probabilities
 from tf_mtl.inference import multi_scale_probabilities, network_logits_fn
 from tf_mtl.metrics import (
-    StreamingMeanIoU,
     TagMAP,
     TagPrecisionRecallF1,
     image_iou_counts,
+    iou_from_counts,
+    miou_from_counts,
     paired_bootstrap_miou,
 )
 
@@ -273,28 +274,28 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
     for mode in modes:
         t0 = time.time()
         predict = make_predictor(network, info, mode, options)
-        miou = StreamingMeanIoU(info.num_classes, info.ignore_label)
         errors = ErrorBreakdown(info) if has_tags else None
         taken: list[np.ndarray] = []
         image_counts[mode] = []
         for i, (images, targets) in enumerate(batches):
             out = predict(images, targets["tags"])
-            miou.update_state(targets["semantic"], out["predictions"])
+            labels, preds = targets["semantic"].numpy(), out["predictions"].numpy()
+            # Per-image IoU counts: their sum gives the mIoU (as StreamingMeanIoU would),
+            # and they are what the bootstrap resamples.
             image_counts[mode] += [
                 image_iou_counts(lab, pred, info.num_classes, info.ignore_label)
-                for lab, pred in zip(targets["semantic"].numpy(), out["predictions"].numpy(),
-                                     strict=True)]
+                for lab, pred in zip(labels, preds, strict=True)]
             if errors is not None:
-                errors.update(targets["semantic"].numpy(), out["predictions"].numpy(),
-                              targets["tags"].numpy())
+                errors.update(labels, preds, targets["tags"].numpy())
             if "steps_taken" in out:
                 taken.append(out["steps_taken"].numpy().reshape(-1))
             if i < len(vis_rows):
-                vis_rows[i]["pred"][mode] = out["predictions"][0].numpy()
-        per_class = miou.per_class_iou().numpy()
+                vis_rows[i]["pred"][mode] = preds[0]
+        total = np.sum(image_counts[mode], axis=0)
+        per_class = iou_from_counts(total)
         row = {
             "name": EVIDENCE_MODES[mode][0],
-            "miou": float(miou.result()),
+            "miou": float(miou_from_counts(total)),
             "per_class_iou": {n: (None if np.isnan(v) else float(v))
                               for n, v in zip(class_names, per_class, strict=True)},
             "seconds": round(time.time() - t0, 2),

@@ -44,6 +44,10 @@ STRIPE_PERIOD = 4
 STRIPE_AMPLITUDE = 12.0
 MEMBER_BLUE_OFFSET = 4.0
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+# The built-in dataset's difficulty (generator options default to these).
+P_SMALL = 0.25
+P_FAINT = 0.3
+FAINT_ALPHA = (0.3, 0.5)
 
 
 def partner(class_id: int) -> int:
@@ -95,9 +99,9 @@ def generate_example(
     size: int = 64,
     *,
     max_objects: int = 3,
-    p_small: float = 0.25,
-    p_faint: float = 0.3,
-    faint_alpha: tuple[float, float] = (0.3, 0.5),
+    p_small: float = P_SMALL,
+    p_faint: float = P_FAINT,
+    faint_alpha: tuple[float, float] = FAINT_ALPHA,
     ignore_band: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One (uint8 RGB image `[size, size, 3]`, uint8 label `[size, size]`) pair.
@@ -178,9 +182,9 @@ def write_tfrecords(
     max_objects: int = 3,
     splits: Sequence[str] = ("train", "val"),
     num_test: int | None = None,
-    p_small: float = 0.25,
-    p_faint: float = 0.3,
-    faint_alpha: tuple[float, float] = (0.3, 0.5),
+    p_small: float = P_SMALL,
+    p_faint: float = P_FAINT,
+    faint_alpha: tuple[float, float] = FAINT_ALPHA,
     split_sizes: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Generate and write the train/val shards (same format and reader path as real data).

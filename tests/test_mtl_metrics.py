@@ -126,7 +126,7 @@ def _random_pair(rng, n_images=40, c=4, hw=(12, 12)):
 
 
 def test_image_counts_and_miou_match_streaming_metric():
-    from tf_mtl.metrics import image_iou_counts, miou_from_counts
+    from tf_mtl.metrics import image_iou_counts, iou_from_counts, miou_from_counts
 
     rng = np.random.default_rng(0)
     labels, preds = _random_pair(rng, n_images=5, c=5)
@@ -137,6 +137,8 @@ def test_image_counts_and_miou_match_streaming_metric():
     counts = np.stack([image_iou_counts(lab, p, 5) for lab, p in zip(labels, preds, strict=True)])
     np.testing.assert_array_equal(counts.sum(0), [np.diag(cm), cm.sum(1), cm.sum(0)])
     assert miou_from_counts(counts.sum(0)) == pytest.approx(float(metric.result()), abs=1e-6)
+    np.testing.assert_allclose(iou_from_counts(counts.sum(0)), metric.per_class_iou().numpy(),
+                               rtol=1e-6)
     # A class absent from ground truth and prediction does not count (as in the metric).
     padded = np.concatenate([counts.sum(0), np.zeros((3, 1))], axis=1)
     assert miou_from_counts(padded) == pytest.approx(miou_from_counts(counts.sum(0)))

@@ -258,15 +258,21 @@ def image_iou_counts(labels: np.ndarray, preds: np.ndarray, num_classes: int,
                      np.bincount(preds, minlength=num_classes)])
 
 
-def miou_from_counts(counts: np.ndarray) -> np.ndarray:
-    """Mean IoU of `image_iou_counts` sums [..., 3, C] over classes with a non-zero
-    denominator: the rule of `StreamingMeanIoU.result`, vectorised over leading axes."""
+def iou_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Per-class IoU of `image_iou_counts` sums [..., 3, C]; NaN where a class is in
+    neither ground truth nor prediction (as `StreamingMeanIoU.per_class_iou`)."""
     counts = np.asarray(counts, np.float64)
     inter, gt, pred = counts[..., 0, :], counts[..., 1, :], counts[..., 2, :]
     denom = gt + pred - inter
-    valid = denom > 0
-    iou = np.divide(inter, denom, out=np.zeros_like(inter), where=valid)
-    return iou.sum(-1) / np.maximum(valid.sum(-1), 1)
+    return np.divide(inter, denom, out=np.full_like(inter, np.nan), where=denom > 0)
+
+
+def miou_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Mean IoU over classes with a non-zero denominator: the rule of
+    `StreamingMeanIoU.result`, vectorised over leading axes."""
+    iou = iou_from_counts(counts)
+    valid = ~np.isnan(iou)
+    return np.where(valid, iou, 0.0).sum(-1) / np.maximum(valid.sum(-1), 1)
 
 
 def paired_bootstrap_miou(

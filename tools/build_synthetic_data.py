@@ -18,10 +18,13 @@ flags.DEFINE_integer("size", 64, "Image side in pixels.")
 flags.DEFINE_integer("seed", 0, "Generator seed: the same seed gives the same dataset.")
 flags.DEFINE_integer("num_shards", 4, "Shards per split.")
 flags.DEFINE_integer("max_objects", 3, "At most this many objects per image (1..4).")
-flags.DEFINE_float("p_small", 0.25, "Probability that an object is small (radius 3-5 px).")
-flags.DEFINE_float("p_faint", 0.3, "Probability that an object is faint (blended into the "
-                   "background): raises the share of objects that are hard to find at all.")
-flags.DEFINE_list("faint_alpha", ["0.3", "0.5"], "Blend range low,high of faint objects.")
+flags.DEFINE_float("p_small", synthetic.P_SMALL,
+                   "Probability that an object is small (radius 3-5 px).")
+flags.DEFINE_float("p_faint", synthetic.P_FAINT,
+                   "Probability that an object is faint (blended into the background): raises "
+                   "the share of objects that are hard to find at all.")
+flags.DEFINE_list("faint_alpha", [str(a) for a in synthetic.FAINT_ALPHA],
+                  "Blend range low,high of faint objects.")
 
 
 def _faint_alpha(values: list[str]) -> tuple[float, float]:
