@@ -5,10 +5,10 @@ Usage (from the repo root):
   .venv/bin/python -m bench.bench_evidence --variant mobilenet_v2_mt --size 257
   .venv/bin/python -m bench.bench_evidence --mode latent --optimizer adam
 
-With ``--variant`` the network comes from ``deeplab_ext.model.build_model(variant)``
-and the refitted variables from ``deeplab_ext.model.variable_groups`` (backbone +
-aspp + tag_head, the default of the method); without it (or if deeplab_ext is not
-available yet) a tiny contract-following toy network is used.
+With ``--variant`` the network comes from ``deeplab_ext.models.build_network(variant)``
+and the refitted variables from ``deeplab_ext.models.group_variables`` (the family's
+default refit set: backbone + aspp + tag_head for DeepLab); without it a tiny
+contract-following toy network is used.
 
 Reported per image (batch 1 unless --batch):
   fwd_bwd_ms   one forward + backward of the tag loss w.r.t. the refitted variables
@@ -33,24 +33,17 @@ import tensorflow as tf  # noqa: E402
 from tf_mtl.evidence import (  # noqa: E402
     EvidenceConfig,
     EvidenceRefitter,
-    build_toy_network,
 )
+from tf_mtl.testing import build_toy_network  # noqa: E402
 
 
 def build(variant: str | None, num_classes: int, num_tags: int, width: int):
     """Return (network, variables-to-refit or None, description)."""
     if variant:
-        try:
-            from deeplab_ext.model import build_model, variable_groups
-        except ImportError as err:  # DeepLab side not there yet
-            raise SystemExit(
-                f"--variant={variant!r} needs deeplab_ext.model.build_model ({err}); "
-                "omit --variant for the toy network"
-            ) from err
-        net = build_model(variant)
-        groups = variable_groups(net)
-        chosen = groups["backbone"] + groups["aspp"] + groups["tag_head"]
-        return net, chosen, f"deeplab {variant}"
+        from deeplab_ext.models import build_network, group_variables
+
+        net = build_network(variant)
+        return net, group_variables(net), f"{net.model_family} {variant}"
     return build_toy_network(num_classes, num_tags, width=width), None, f"toy width={width}"
 
 

@@ -29,8 +29,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from deeplab_ext import build_data  # noqa: E402
-from deeplab_ext.input_pipeline import make_dataset  # noqa: E402
+from deeplab_ext.data import build_data  # noqa: E402
+from deeplab_ext.data.input_pipeline import make_dataset  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128-voc"
 
@@ -75,13 +75,13 @@ def build_sample_records(output_dir: str | os.PathLike) -> str:
 def make_train_consumer(variant: str, crop: int, batch_size: int, dataset: str):
     """A no-arg fn running one compiled train step on a synthetic batch (images/step)."""
     from bench.bench_weighting import (
-        build_network,
         build_train_model,
         step_fn,
         synthetic_batch,
+        trainer_network,
     )
 
-    network, cfg = build_network(variant, dataset)
+    network, cfg = trainer_network(variant, dataset)
     model = build_train_model(network, cfg, "uncertainty", dataset)
     x, y = synthetic_batch(batch_size, crop, cfg.num_classes, cfg.num_tags)
     return step_fn(model, x, y)

@@ -38,13 +38,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.bench_weighting import (  # noqa: E402
-    build_network,
     build_train_model,
     interleaved_times,
     step_fn,
     synthetic_batch,
+    trainer_network,
 )
-from deeplab_ext.model import variable_groups  # noqa: E402
+from deeplab_ext.models import variable_groups  # noqa: E402
 from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter  # noqa: E402
 from tf_mtl.precision import POLICIES, set_policy  # noqa: E402
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     load0 = os.getloadavg()[0]
     t_start = time.perf_counter()
     set_policy(args.precision)
-    net, cfg = build_network(args.variant)
+    net, cfg = trainer_network(args.variant)
     if cfg.num_tags <= 0:
         p.error(f"--variant={args.variant} has no tag head; use a *_mt variant")
     groups = variable_groups(net)

@@ -25,10 +25,10 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from deeplab_ext import synthetic  # noqa: E402
-from deeplab_ext.demo import DemoOptions  # noqa: E402
-from deeplab_ext.evaluation import EvalOptions, EvidenceOptions, evaluate  # noqa: E402
-from deeplab_ext.trainer import TrainOptions, train  # noqa: E402
+from deeplab_ext.data import synthetic  # noqa: E402
+from deeplab_ext.run.evaluation import evaluate  # noqa: E402
+from deeplab_ext.run.options import DemoOptions, EvalOptions, EvidenceOptions, TrainOptions  # noqa: E402
+from deeplab_ext.run.trainer import train  # noqa: E402
 
 
 def main() -> None:

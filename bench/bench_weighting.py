@@ -1,7 +1,7 @@
 """Train-step cost of uncertainty weighting vs fixed weighting (target ratio <= 1.03).
 
 Two `MultiTaskModel`s wrap the *same* `deeplabv3plus_mobilenetv2_mt` network (tasks as
-in `deeplab_ext.trainer.build_tasks`: semantic softmax CE with ignore label + tag BCE),
+in `deeplab_ext.run.trainer.build_tasks`: semantic softmax CE with ignore label + tag BCE),
 one with `get_weighting("uncertainty")`, one with `get_weighting("fixed")`, each with
 its own momentum-SGD optimizer. Both train on the same synthetic in-memory batch
 (random images in [0, 255], random labels with some ignore pixels, random multi-hot
@@ -40,12 +40,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from deeplab_ext.datasets import get_dataset_info  # noqa: E402
-from deeplab_ext.model import build_model  # noqa: E402
-from deeplab_ext.trainer import TrainOptions, build_tasks, model_config_for  # noqa: E402
+from deeplab_ext.data.datasets import get_dataset_info  # noqa: E402
+from deeplab_ext.models import build_network  # noqa: E402
+from deeplab_ext.run.options import TrainOptions  # noqa: E402
+from deeplab_ext.run.trainer import build_multitask_model, model_config_for  # noqa: E402
 from tf_mtl.model import MultiTaskModel  # noqa: E402
-from tf_mtl.precision import wrap_optimizer  # noqa: E402
-from tf_mtl.schedules import get_learning_rate_schedule  # noqa: E402
 from tf_mtl.weighting import get_weighting  # noqa: E402
 
 TARGET_RATIO = 1.03
@@ -85,27 +84,22 @@ def train_options(variant: str, crop: int, batch: int, **kw) -> TrainOptions:
                         train_crop_size=(crop, crop), train_batch_size=batch, **kw)
 
 
-def build_network(variant: str, dataset: str = "pascal_voc_seg") -> tuple[keras.Model, object]:
-    """(network, config) as `deeplab_ext.trainer` builds it for `dataset`."""
+def trainer_network(variant: str, dataset: str = "pascal_voc_seg") -> tuple[keras.Model, object]:
+    """(network, config) as `deeplab_ext.run.trainer` builds it for `dataset`."""
     info = get_dataset_info(dataset)
-    cfg = model_config_for(train_options(variant, 513, 1, dataset=dataset), info)
-    return build_model(cfg), cfg
+    _, cfg = model_config_for(train_options(variant, 513, 1, dataset=dataset), info)
+    return build_network(cfg), cfg
 
 
 def build_train_model(network: keras.Model, cfg, weighting: str,
                       dataset: str = "pascal_voc_seg") -> MultiTaskModel:
-    """A compiled MultiTaskModel over `network` with the trainer's tasks and optimizer."""
-    info = get_dataset_info(dataset)
+    """The trainer's compiled MultiTaskModel over `network` (tasks, weighting, optimizer;
+    loss-scaled under a mixed_float16 global policy)."""
+    from deeplab_ext.models import family_of
+
     options = train_options(cfg.name, 513, 1, dataset=dataset, loss_weighting=weighting)
-    tasks = build_tasks(info, cfg, options)
-    model = MultiTaskModel(network, tasks, get_weighting(weighting, tasks))
-    schedule = get_learning_rate_schedule(
-        "poly", options.base_learning_rate, learning_power=options.learning_power,
-        training_number_of_steps=options.training_number_of_steps,
-    )  # fmt: skip
-    # loss-scaled under a mixed_float16 global policy (a no-op for float32)
-    model.compile(optimizer=wrap_optimizer(keras.optimizers.SGD(schedule, momentum=options.momentum)))
-    return model
+    return build_multitask_model(network, family_of(network), get_dataset_info(dataset),
+                                 options)
 
 
 def synthetic_batch(batch: int, crop: int, num_classes: int, num_tags: int,
@@ -169,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--rounds and --batch must be >= 1 and --crop >= 33")
 
     load0 = os.getloadavg()[0]
-    network, cfg = build_network(args.variant)
+    network, cfg = trainer_network(args.variant)
     models = {w: build_train_model(network, cfg, w) for w in ("uncertainty", "fixed")}
     if args.control:
         models["fixed_control"] = build_train_model(network, cfg, "fixed")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_ext.checkpoint import _tf_targets, load_initial_checkpoint
-from deeplab_ext.model import build_model, variable_groups
+from deeplab_ext.models import build_network, variable_groups
+from tf_mtl.checkpoint import _tf_targets, load_initial_checkpoint
 
 VARIANT = "deeplabv3plus_mobilenetv2_tiny"
 
@@ -24,7 +24,7 @@ def _randomise(model: keras.Model, seed: int) -> None:
 def source_files(tmp_path_factory):
     """A 21-class model saved in the three supported formats."""
     keras.utils.set_random_seed(0)
-    src = build_model(VARIANT, num_classes=21)
+    src = build_network(VARIANT, num_classes=21)
     _randomise(src, 1)
     d = tmp_path_factory.mktemp("ckpt")
     src.save_weights(d / "src.weights.h5")
@@ -37,7 +37,7 @@ def source_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def target12():
-    return build_model(VARIANT, num_classes=12)
+    return build_network(VARIANT, num_classes=12)
 
 
 @pytest.mark.parametrize("fmt", ["weights.h5", "keras", "tf_checkpoint"])
@@ -65,7 +65,7 @@ def test_21_to_12_classes_loads_all_but_logits(source_files, target12, fmt):
 
 def test_initialize_last_layer_false_keeps_logits(source_files):
     files, values = source_files
-    model = build_model(VARIANT, num_classes=21)
+    model = build_network(VARIANT, num_classes=21)
     before = np.asarray(model.get_layer("logits").kernel).copy()
     report = load_initial_checkpoint(model, files["tf_checkpoint"], initialize_last_layer=False)
     assert sorted(report.skipped) == ["logits/bias", "logits/kernel"]
@@ -86,7 +86,7 @@ def test_tf_checkpoint_tracks_every_variable(target12):
 
 def test_different_backbone_reports_missing_and_unused(source_files):
     files, _ = source_files
-    other = build_model("deeplabv3_mobilenetv2_tiny", num_classes=21)  # no decoder, no atrous
+    other = build_network("deeplabv3_mobilenetv2_tiny", num_classes=21)  # no decoder, no atrous
     report = load_initial_checkpoint(other, files["weights.h5"])
     assert report.missing == []
     assert any(k.startswith("decoder/") for k in report.unused)

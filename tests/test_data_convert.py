@@ -14,9 +14,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplab_ext import build_data, tfrecord
-from deeplab_ext.datasets import get_dataset_info
-from deeplab_ext.input_pipeline import tags_from_label
+from deeplab_ext.data import build_data, tfrecord
+from deeplab_ext.data.datasets import get_dataset_info
+from deeplab_ext.data.targets import tags_from_label
+from tests.conftest import assert_user_error, run_tool
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -178,6 +179,19 @@ def test_corrupt_image_names_file(small_voc, tmp_path):
     _assert_fails_naming(root, tmp_path / "out", bad, match="corrupt")
     bad.write_bytes(b"not an image at all")
     _assert_fails_naming(root, tmp_path / "out", bad)
+
+
+def test_corrupt_image_through_the_tool_is_one_error_line(small_voc, tmp_path):
+    """As a new user meets it: the file named on one `error:` line, exit 2, no traceback."""
+    root, names = small_voc
+    bad = root / "JPEGImages" / f"{names[1]}.jpg"
+    bad.write_bytes(bad.read_bytes()[:5000])
+    proc = run_tool("build_voc2012_data", f"--image_folder={root / 'JPEGImages'}",
+                    f"--semantic_segmentation_folder={root / 'SegmentationClass'}",
+                    f"--list_folder={root / 'ImageSets/Segmentation'}",
+                    f"--output_dir={tmp_path / 'out'}")
+    assert_user_error(proc, str(bad), "corrupt")
+    assert _all_files(tmp_path / "out") == []
 
 
 def test_label_size_mismatch_names_file(small_voc, tmp_path):

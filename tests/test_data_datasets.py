@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deeplab_ext import colormap, datasets
+from deeplab_ext.data import colormap, datasets
 
 
 def test_registry_descriptors():

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplab_ext import build_data, preprocess
-from deeplab_ext.datasets import get_dataset_info
-from deeplab_ext.input_pipeline import make_dataset, tags_from_names
+from deeplab_ext.data import build_data, preprocess
+from deeplab_ext.data.datasets import get_dataset_info
+from deeplab_ext.data.input_pipeline import make_dataset, tags_from_names
 
 MEAN = preprocess.MEAN_PIXEL_INCEPTION
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deeplab_ext import synthetic, tfrecord
-from deeplab_ext.datasets import get_dataset_info
-from deeplab_ext.input_pipeline import make_dataset
+from deeplab_ext.data import synthetic, tfrecord
+from deeplab_ext.data.datasets import get_dataset_info
+from deeplab_ext.data.input_pipeline import make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_extra_split_names_are_stable_across_processes():
     import subprocess
     import sys
 
-    code = ("from deeplab_ext import synthetic; "
+    code = ("from deeplab_ext.data import synthetic; "
             "print(synthetic.example_rng(0, 'holdout', 3).integers(0, 2**62))")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)},

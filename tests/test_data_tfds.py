@@ -7,9 +7,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import deeplab_ext.tfds_builders  # noqa: F401  (registers the builders)
-from deeplab_ext import synthetic
-from deeplab_ext.datasets import get_dataset_info
+import deeplab_ext.data.tfds_builders  # noqa: F401  (registers the builders)
+from deeplab_ext.data import synthetic
+from deeplab_ext.data.datasets import get_dataset_info
 
 
 def _load(name, split, data_dir, manual_dir=None):

@@ -21,7 +21,8 @@ import zipfile
 
 import pytest
 
-from deeplab_ext import download
+from deeplab_ext.data import download
+from tests.conftest import assert_user_error
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPLITS = {"train": 4, "val": 2}
@@ -473,5 +474,4 @@ def test_cli_downloads_and_reports_errors(server, voc_tar, tmp_path):
         text=True,
         timeout=120,
     )
-    assert bad.returncode == 1
-    assert "checksum mismatch" in bad.stderr and sha in bad.stderr
+    assert_user_error(bad, "checksum mismatch", sha)

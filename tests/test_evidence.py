@@ -19,17 +19,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO
+from tests.conftest import GRAPH_ATOL, REPO, assert_same_argmax
 from tf_mtl.evidence import (
     EvidenceConfig,
     EvidenceRefitter,
-    build_toy_network,
     prune_probabilities,
     select_variables,
-    split_at,
     validate_evidence,
 )
+from tf_mtl.graph import split_at
 from tf_mtl.inference import predict_segmentation
+from tf_mtl.testing import build_toy_network
 
 NUM_CLASSES, NUM_TAGS = 5, 4
 TAG_CLASS_IDS = [1, 2, 3, 4]
@@ -176,13 +176,13 @@ def test_steps_zero_is_plain_inference(net, images, tags):
     refitter = EvidenceRefitter(net, EvidenceConfig(steps=5, learning_rate=1.0))
     out = refitter(images, tags, steps=0)
     plain = net(images, training=False)
-    np.testing.assert_array_equal(
-        out["probabilities"].numpy(), tf.nn.softmax(plain["semantic"]).numpy()
-    )
-    np.testing.assert_array_equal(
-        out["predictions"].numpy(), np.argmax(plain["semantic"].numpy(), -1).astype(np.int32)
-    )
-    np.testing.assert_array_equal(
+    # The refitter's graph vs an eager call: the same math, float operations ordered
+    # differently (GRAPH_ATOL); the class map agrees wherever the top two are not tied.
+    np.testing.assert_allclose(
+        out["probabilities"].numpy(), tf.nn.softmax(plain["semantic"]).numpy(),
+        rtol=0, atol=GRAPH_ATOL)
+    assert_same_argmax(out["predictions"].numpy(), tf.nn.softmax(plain["semantic"]).numpy())
+    np.testing.assert_array_equal(  # one graph, the same tensor twice
         out["tag_probabilities_after"].numpy(), out["tag_probabilities_before"].numpy()
     )
     assert out["steps_taken"].numpy().tolist() == [0, 0]
@@ -229,9 +229,9 @@ def test_variable_selection_forms(net, images, tags):
         np.testing.assert_array_equal(
             o["tag_probabilities_after"].numpy(), outs[0]["tag_probabilities_after"].numpy()
         )
-    # Only the tag head moved: the segmentation is exactly the plain prediction.
+    # Only the tag head moved: the segmentation is the plain prediction.
     plain = tf.nn.softmax(net(images, training=False)["semantic"]).numpy()
-    np.testing.assert_array_equal(outs[0]["probabilities"].numpy(), plain)
+    np.testing.assert_allclose(outs[0]["probabilities"].numpy(), plain, rtol=0, atol=GRAPH_ATOL)
     assert (
         np.abs(
             outs[0]["tag_probabilities_after"].numpy() - outs[0]["tag_probabilities_before"].numpy()
@@ -279,7 +279,7 @@ def test_prune_in_refitter_is_pruned_plain_inference(net, images, tags):
     )
     plain = tf.nn.softmax(net(images, training=False)["semantic"])
     expect = prune_probabilities(plain, tags, TAG_CLASS_IDS).numpy()
-    np.testing.assert_array_equal(out["probabilities"].numpy(), expect)
+    np.testing.assert_allclose(out["probabilities"].numpy(), expect, rtol=0, atol=GRAPH_ATOL)
     assert np.all(np.isin(out["predictions"].numpy()[1], [0, 2]))  # image 1: bg + class 2
     with pytest.raises(ValueError, match="prune=True needs tag_class_ids"):
         EvidenceRefitter(net, EvidenceConfig(prune=True))
@@ -320,11 +320,11 @@ def test_latent_batch_independent_and_moves_tags(net, latent_refitter, images, t
     assert np.all(np.abs(after - tags) < np.abs(start - tags)), (start, after)
     assert np.mean(np.abs(start - tags)) - np.mean(np.abs(after - tags)) > 0.1, (start, after)
     assert both["steps_taken"].numpy().tolist() == [8, 8]
-    # steps=0 is plain inference exactly
+    # steps=0 is plain inference (through another graph: GRAPH_ATOL)
     zero = latent_refitter(images, tags, steps=0)
-    np.testing.assert_array_equal(
+    np.testing.assert_allclose(
         zero["probabilities"].numpy(),
-        tf.nn.softmax(net(images, training=False)["semantic"]).numpy(),
+        tf.nn.softmax(net(images, training=False)["semantic"]).numpy(), rtol=0, atol=GRAPH_ATOL,
     )
 
 
@@ -493,7 +493,8 @@ MIXED_SCRIPT = textwrap.dedent(
     import json, os
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     import keras, numpy as np
-    from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter, build_toy_network
+    from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter
+    from tf_mtl.testing import build_toy_network
     f32 = build_toy_network(5, 4, seed=0)
     keras.mixed_precision.set_global_policy("mixed_float16")
     f16 = build_toy_network(5, 4, seed=0)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mtl.evidence import build_toy_network
 from tf_mtl.inference import (
     multi_scale_probabilities,
     network_logits_fn,
@@ -15,6 +14,7 @@ from tf_mtl.inference import (
     resize_bilinear_align_corners,
     scale_dimension,
 )
+from tf_mtl.testing import build_toy_network
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 import pytest
 
-from deeplab_ext import synthetic
-from deeplab_ext.datasets import get_dataset_info
-from tests.conftest import REPO, run_tool, tool_env
+from deeplab_ext.data import synthetic
+from deeplab_ext.data.datasets import get_dataset_info
+from tests.conftest import REPO, assert_user_error, run_tool, tool_env
 from tf_mtl import tbevents
 
 VARIANT = "deeplabv3plus_mobilenetv2_tiny_mt"
@@ -251,7 +251,7 @@ def test_eval_prints_and_writes_json_table_and_figure(eval_run):
 
 
 def test_error_breakdown_counts_by_hand():
-    from deeplab_ext.evaluation import ErrorBreakdown
+    from deeplab_ext.run.evaluation import ErrorBreakdown
 
     info = get_dataset_info("shapes_evidence")  # background 0, tags = classes 1..8, ignore 255
     label = np.array([[[0, 1, 1, 255], [2, 2, 0, 0]]])
@@ -279,24 +279,25 @@ def test_train_missing_dataset_dir_names_it(tmp_path):
     empty = tmp_path / "no_shards_here"
     empty.mkdir()
     proc = run_tool("train", *train_args(tmp_path / "log", empty))
-    assert proc.returncode != 0
-    assert str(empty) in proc.stderr
-    assert "no TFRecord shards" in proc.stderr and "build_synthetic_data" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert_user_error(proc, str(empty), "no TFRecord shards", "build_synthetic_data")
 
 
 def test_train_wrong_model_variant_lists_valid_ones(tmp_path, data_dir):
     args = [a for a in train_args(tmp_path / "log", data_dir) if not a.startswith("--model_variant")]
     proc = run_tool("train", *args, "--model_variant=deeplabv3plus_mobilenetv7")
-    assert proc.returncode != 0
-    assert "deeplabv3plus_mobilenetv7" in proc.stderr
-    assert VARIANT in proc.stderr and "deeplabv3plus_xception65" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert_user_error(proc, "deeplabv3plus_mobilenetv7", VARIANT, "deeplabv3plus_xception65")
+
+
+def test_bad_flag_values_are_one_error_line(tmp_path, data_dir):
+    args = [a for a in train_args(tmp_path / "log", data_dir) if "crop_size" not in a]
+    proc = run_tool("train", *args, "--train_crop_size=33,abc")
+    assert_user_error(proc, "--train_crop_size=33,abc")
+    assert not (tmp_path / "log").exists()
 
 
 def test_eval_checkpoint_of_another_model_is_refused(resumed_run, data_dir, tmp_path):
-    from deeplab_ext.model import resolve_config
-    from deeplab_ext.trainer import save_model_config
+    from deeplab_ext.models import get_variant
+    from deeplab_ext.run.rundir import save_run_config
 
     other = tmp_path / "other_model"
     other.mkdir()
@@ -305,17 +306,31 @@ def test_eval_checkpoint_of_another_model_is_refused(resumed_run, data_dir, tmp_
         if p.is_file() and (p.name == "checkpoint" or p.name.startswith(f"ckpt-{TOTAL_STEPS}.")):
             shutil.copy(p, other / p.name)
     # The config of a different variant (full-width MobileNetV2) next to the tiny weights.
-    save_model_config(other, resolve_config("deeplabv3plus_mobilenetv2_mt", num_classes=9), INFO)
+    save_run_config(other, *get_variant("deeplabv3plus_mobilenetv2_mt", num_classes=9), INFO)
     proc = run_tool("eval", f"--checkpoint_dir={other}", f"--dataset_dir={data_dir}",
                     "--max_number_of_examples=1")
-    assert proc.returncode != 0
-    assert "does not match model deeplabv3plus_mobilenetv2_mt" in proc.stderr
-    assert str(other) in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert_user_error(proc, "does not match model deeplabv3plus_mobilenetv2_mt", str(other))
+
+
+def test_eval_on_another_datasets_shards_is_refused(resumed_run, shared_data, tmp_path):
+    """A shapes_evidence checkpoint on CamVid shards: refused before any metric."""
+    from deeplab_ext.data import build_data
+
+    camvid = shared_data / "camvid"
+    pairs = (camvid / "val.txt").read_text().splitlines()[:2]
+    (tmp_path / "val.txt").write_text("\n".join(pairs) + "\n")
+    shards = tmp_path / "camvid_shards"
+    build_data.build_camvid_dataset(camvid, shards, num_shards=1,
+                                    list_files={"val": str(tmp_path / "val.txt")})
+    proc = run_tool("eval", f"--checkpoint_dir={resumed_run['logdir']}",
+                    f"--dataset_dir={shards}", f"--eval_logdir={tmp_path / 'eval'}")
+    line = assert_user_error(proc, str(shards), "'shapes_evidence'", "9 classes",
+                             "another dataset")
+    assert "11" in line  # CamVid's unlabelled value, beyond shapes_evidence's classes
+    assert "tags:" not in proc.stdout and not (tmp_path / "eval").exists()
 
 
 def test_eval_negative_bootstrap_samples_is_refused(tmp_path, data_dir):
     proc = run_tool("eval", f"--checkpoint_dir={tmp_path}", f"--dataset_dir={data_dir}",
                     "--bootstrap_samples=-1")
-    assert proc.returncode != 0
-    assert "--bootstrap_samples must be >= 0" in proc.stderr and "Traceback" not in proc.stderr
+    assert_user_error(proc, "--bootstrap_samples must be >= 0")

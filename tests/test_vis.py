@@ -1,4 +1,4 @@
-"""tools.vis / deeplab_ext.vis: the original vis.py's output layout, colours and the
+"""tools.vis / deeplab_ext.run.vis: the original vis.py's output layout, colours and the
 Cityscapes trainId -> labelId conversion of raw predictions."""
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from deeplab_ext import colormap as cmap
-from deeplab_ext import synthetic
-from deeplab_ext import vis as vislib
-from deeplab_ext.datasets import get_dataset_info
+from deeplab_ext.data import colormap as cmap
+from deeplab_ext.data import synthetic
+from deeplab_ext.data.datasets import get_dataset_info
+from deeplab_ext.run import vis as vislib
+from deeplab_ext.run.options import VisOptions
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 40
@@ -53,19 +54,19 @@ def _make_checkpoint(logdir: pathlib.Path, dataset: str, seed: int):
     import keras
     import tensorflow as tf
 
-    from deeplab_ext.model import build_model, resolve_config
-    from deeplab_ext.trainer import save_model_config
+    from deeplab_ext.models import build_network, get_variant
+    from deeplab_ext.run.rundir import save_run_config
 
     keras.utils.set_random_seed(seed)  # the same weights (and predictions) on every run
     info = get_dataset_info(dataset)
-    cfg = resolve_config("deeplabv3plus_mobilenetv2_tiny", num_classes=info.num_classes)
-    network = build_model(cfg)
+    family, cfg = get_variant("deeplabv3plus_mobilenetv2_tiny", num_classes=info.num_classes)
+    network = build_network(cfg)
     rng = np.random.default_rng(seed)
     kernel, bias = network.get_layer("logits").weights  # several classes per image, not one
     kernel.assign(rng.normal(0, 30.0, kernel.shape).astype(np.float32))
     bias.assign(np.zeros(bias.shape, np.float32))
     tf.train.CheckpointManager(tf.train.Checkpoint(network=network), str(logdir), 1).save(7)
-    save_model_config(logdir, cfg, info)
+    save_run_config(logdir, family, cfg, info)
     return network
 
 
@@ -119,7 +120,7 @@ def test_tools_vis_cli_writes_original_layout(tmp_path, data_dir, val_images):
 def test_visualize_cityscapes_converts_raw_and_colours_train_ids(tmp_path, data_dir):
     run = tmp_path / "run"
     _make_checkpoint(run, "cityscapes", seed=2)
-    result = vislib.visualize(vislib.VisOptions(
+    result = vislib.visualize(VisOptions(
         checkpoint_dir=str(run), dataset_dir=str(data_dir), vis_logdir=str(tmp_path / "vis"),
         also_save_raw_predictions=True, max_number_of_images=1,
     ), printer=lambda s: None)
@@ -136,14 +137,14 @@ def test_visualize_cityscapes_converts_raw_and_colours_train_ids(tmp_path, data_
     np.testing.assert_array_equal(colour, cmap.label_to_color_image(train_ids, "cityscapes"))
 
     # --colormap_type overrides the dataset's; bad values are refused with the valid list.
-    result = vislib.visualize(vislib.VisOptions(
+    result = vislib.visualize(VisOptions(
         checkpoint_dir=str(run), dataset_dir=str(data_dir), vis_logdir=str(tmp_path / "v2"),
         colormap_type="ade20k", max_number_of_images=1), printer=lambda s: None)
     colour = cv2.imread(result["images"][0]["prediction"])[..., ::-1]
     np.testing.assert_array_equal(colour, cmap.label_to_color_image(train_ids, "ade20k"))
     assert not (tmp_path / "v2" / vislib.RAW_SEMANTIC_PREDICTION_SAVE_FOLDER).exists()
     with pytest.raises(ValueError, match="valid: pascal, cityscapes, ade20k, camvid"):
-        vislib.visualize(vislib.VisOptions(
+        vislib.visualize(VisOptions(
             checkpoint_dir=str(run), dataset_dir=str(data_dir), vis_logdir=str(tmp_path / "v3"),
             colormap_type="viridis"), printer=lambda s: None)
 
@@ -152,6 +153,6 @@ def test_visualize_missing_shards_names_the_dir(tmp_path):
     run = tmp_path / "run"
     _make_checkpoint(run, "shapes_evidence", seed=3)
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty")):
-        vislib.visualize(vislib.VisOptions(
+        vislib.visualize(VisOptions(
             checkpoint_dir=str(run), dataset_dir=str(tmp_path / "empty"),
             vis_logdir=str(tmp_path / "vis")), printer=lambda s: None)

@@ -8,11 +8,17 @@ import keras
 import numpy as np
 import pytest
 
-from deeplab_ext.config import MODEL_VARIANTS, DeepLabConfig, get_config
-from deeplab_ext.flops import count_macs, count_params
-from deeplab_ext.model import FEATURE_NAMES, build_model, feature_model, variable_groups
+from deeplab_ext.models import build_network, get_variant, variable_groups
+from deeplab_ext.models.deeplab.config import MODEL_VARIANTS, DeepLabConfig
+from deeplab_ext.models.deeplab.model import FEATURE_NAMES
+from tf_mtl.flops import count_macs, count_params
+from tf_mtl.graph import feature_model
 
 TINY = "deeplabv3plus_mobilenetv2_tiny_mt"
+
+
+def get_config(variant: str, **overrides) -> DeepLabConfig:
+    return get_variant(variant, **overrides)[1]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +29,7 @@ def zoo_513():
     def get(variant: str, output_stride: int) -> keras.Model:
         key = (variant, output_stride)
         if key not in cache:
-            cache[key] = build_model(
+            cache[key] = build_network(
                 variant, output_stride=output_stride, num_classes=21, input_shape=(513, 513, 3)
             )
         return cache[key]
@@ -35,7 +41,7 @@ def zoo_513():
 @pytest.fixture(scope="module")
 def tiny():
     keras.utils.set_random_seed(0)
-    return build_model(TINY)
+    return build_network(TINY)
 
 
 # ----------------------------------------------------------------------------- config
@@ -170,7 +176,7 @@ def test_named_layers_groups_and_biases(tiny):
 
 
 def test_weight_decay_is_half_of_slim_scale(tiny):
-    wd = tiny.deeplab_config.weight_decay
+    wd = tiny.model_config.weight_decay
     reg = tiny.get_layer("logits").kernel_regularizer
     assert reg.l2 == pytest.approx(wd / 2)
     kernel = tiny.get_layer("logits").kernel
@@ -193,7 +199,7 @@ def test_feature_model(tiny):
 
 
 def test_no_decoder_variant_keeps_named_taps():
-    model = build_model("deeplabv3_mobilenetv2_tiny", input_shape=(65, 65, 3))
+    model = build_network("deeplabv3_mobilenetv2_tiny", input_shape=(65, 65, 3))
     names = {layer.name for layer in model.layers}
     assert set(FEATURE_NAMES) <= names and "decoder" not in names
     assert variable_groups(model)["decoder"] == []
@@ -208,13 +214,13 @@ def test_keras_and_weights_round_trip(tiny, tmp_path):
     tiny.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert type(loaded).__name__ == "DeepLab"
-    assert loaded.deeplab_config == tiny.deeplab_config
+    assert loaded.model_config == tiny.model_config
     out = loaded(images, training=False)
     for k in ref:
         np.testing.assert_array_equal(np.asarray(out[k]), np.asarray(ref[k]))
 
     tiny.save_weights(tmp_path / "m.weights.h5")
-    fresh = build_model(TINY)
+    fresh = build_network(TINY)
     assert not np.allclose(
         np.asarray(fresh(images, training=False)["semantic"]), np.asarray(ref["semantic"])
     )
@@ -241,13 +247,13 @@ def test_model_info_prints_one_json_line(capsys):
         ]
     )
     try:
-        assert model_info.main([]) == 0
+        model_info.main()
     finally:
         flags.FLAGS.unparse_flags()
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     info = json.loads(lines[0])
-    model = build_model("deeplabv3_mobilenetv2_tiny", output_stride=8, input_shape=(65, 65, 3))
+    model = build_network("deeplabv3_mobilenetv2_tiny", output_stride=8, input_shape=(65, 65, 3))
     assert info["params"] == count_params(model)
     assert info["macs"] == count_macs(model, (1, 65, 65, 3)) > 0
     assert info["encoder_shape"] == [9, 9, 32]
@@ -255,7 +261,7 @@ def test_model_info_prints_one_json_line(capsys):
 
 
 def test_tag_head_pooling_modes_share_weights_and_pool_location_scores():
-    from deeplab_ext.layers import TagHead
+    from deeplab_ext.models.layers import TagHead
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 5, 5, 6)).astype("float32")
@@ -276,4 +282,4 @@ def test_tag_head_pooling_modes_share_weights_and_pool_location_scores():
     with pytest.raises(ValueError, match="tag_head_pooling"):
         get_config("deeplabv3plus_mobilenetv2_tiny_mt", tag_head_pooling="sum")
     cfg = get_config("deeplabv3plus_mobilenetv2_tiny_mt", tag_head_pooling="max")
-    assert build_model(cfg, input_shape=(33, 33, 3)).get_layer("tag_head").pooling == "max"
+    assert build_network(cfg, input_shape=(33, 33, 3)).get_layer("tag_head").pooling == "max"

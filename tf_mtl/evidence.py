@@ -29,8 +29,9 @@ Outputs of :meth:`EvidenceRefitter.__call__` (dict of tensors):
   [B,H,W] int32 (argmax), ``tag_probabilities_before`` / ``tag_probabilities_after``
   [B,T] float32, ``steps_taken`` [B] int32 (optimizer updates applied per image).
 
-Optimizers are implemented functionally (state as loop variables) and follow
-``keras.optimizers.SGD`` / ``keras.optimizers.Adam`` update rules exactly.
+Optimizers are functional (state as loop variables, ``tf_mtl.functional_optimizers``)
+and follow ``keras.optimizers.SGD`` / ``keras.optimizers.Adam`` update rules exactly.
+Graph surgery (the latent split, upstream layers) lives in ``tf_mtl.graph``.
 
 Mixed precision: the refitted values are float32 master copies (the variables'
 float32 values; layers autocast to float16), and the loss is multiplied by a
@@ -48,12 +49,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_mtl.functional_optimizers import OPTIMIZERS, FunctionalOptimizer
+from tf_mtl.graph import output_tensor, split_at, upstream_layers
 from tf_mtl.inference import multi_scale_probabilities, validate_scales
 
 # Which variables to refit: variables | layer names | predicate(variable path) | None.
 VariableSpec = Sequence[Any] | Callable[[str], bool] | None
 
-_OPTIMIZERS = ("sgd", "adam")
 _MODES = ("weights", "latent")
 
 
@@ -93,8 +95,8 @@ class EvidenceConfig:
             raise bad("steps", "must be an integer >= 0 (0 = plain inference)")
         if not self.learning_rate > 0:
             raise bad("learning_rate", "must be > 0")
-        if self.optimizer not in _OPTIMIZERS:
-            raise bad("optimizer", f"must be one of {_OPTIMIZERS}")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"must be one of {OPTIMIZERS}")
         if self.alpha < 0:
             raise bad("alpha", "must be >= 0")
         if self.clip_norm < 0:
@@ -210,43 +212,13 @@ def prune_probabilities(
 
 
 # ------------------------------------------------------------------ variable choice
-def _history(t: Any) -> tuple[Any, Any]:
-    op, node_index, _ = t._keras_history
-    return op, op._inbound_nodes[node_index]
-
-
-def _output_tensor(network: keras.Model, key: str) -> Any:
-    out = network.output
-    if isinstance(out, dict):
-        if key not in out:
-            raise ValueError(f"network has no output {key!r}; outputs: {sorted(out)}")
-        return out[key]
-    raise ValueError(f"network output must be a dict with key {key!r} (see ARCHITECTURE.md)")
-
-
-def upstream_layers(network: keras.Model, key: str = "tags") -> list[Any]:
-    """Layers of a functional network that the output ``key`` depends on."""
-    seen: dict[int, Any] = {}
-    stack = [_output_tensor(network, key)]
-    visited: set[int] = set()
-    while stack:
-        t = stack.pop()
-        if id(t) in visited:
-            continue
-        visited.add(id(t))
-        op, node = _history(t)
-        seen[id(op)] = op
-        stack.extend(node.input_tensors)
-    return [op for op in seen.values() if not isinstance(op, keras.layers.InputLayer)]
-
-
 def select_variables(network: keras.Model, spec: VariableSpec = None, tags_key: str = "tags") -> list:
     """Resolve which variables to refit.
 
     ``spec`` may be: ``None`` (every trainable variable upstream of the tags output:
     trunk + tag branch, decoder excluded), a list of variables (e.g.
     ``groups["backbone"] + groups["aspp"] + groups["tag_head"]`` from
-    ``deeplab_ext.model.variable_groups``), a list of layer names, or a predicate
+    ``deeplab_ext.models.variable_groups``), a list of layer names, or a predicate
     on variable paths (``lambda path: not path.startswith("decoder")``).
     Only trainable variables are refitted: BatchNorm moving statistics in an
     explicit list are dropped (they stay at their trained values).
@@ -278,124 +250,6 @@ def select_variables(network: keras.Model, spec: VariableSpec = None, tags_key: 
     trainable = {id(v) for v in network.trainable_variables}
     return [v for v in spec if id(v) in trainable]
 
-
-# --------------------------------------------------------------------------- split
-@dataclasses.dataclass
-class NetworkSplit:
-    """A functional network cut at one layer's output.
-
-    ``trunk``: images -> ``[latent, *side]``; ``head``: ``[latent, *side]`` -> the
-    network's output dict. ``side`` are tensors the head needs that do not depend
-    on the latent (e.g. DeepLab's ``low_level`` skip). Both share the network's
-    layers (same variables).
-    """
-
-    trunk: keras.Model
-    head: keras.Model
-    side_names: list[str]
-
-
-def split_at(network: keras.Model, layer_name: str) -> NetworkSplit:
-    """Split a functional network at ``layer_name``'s output (model-agnostic).
-
-    Walks the functional graph back from the outputs: tensors downstream of the
-    latent form the head; every input of a head node that does not depend on the
-    latent (and every output independent of it) becomes a side input. Keras 3
-    builds a sub-model from intermediate tensors by cloning graph nodes, so the
-    head reuses the original layers.
-    """
-    try:
-        latent = network.get_layer(layer_name).output
-    except ValueError as err:
-        raise ValueError(
-            f"latent layer {layer_name!r} not found in network {network.name!r}; "
-            "pass EvidenceConfig(latent_layer=...) naming an identity layer"
-        ) from err
-    memo: dict[int, bool] = {}
-
-    def depends(t: Any) -> bool:
-        # iterative post-order to avoid recursion limits on deep backbones
-        stack = [t]
-        while stack:
-            cur = stack[-1]
-            if id(cur) in memo:
-                stack.pop()
-                continue
-            if cur is latent:
-                memo[id(cur)] = True
-                stack.pop()
-                continue
-            _, node = _history(cur)
-            pending = [u for u in node.input_tensors if id(u) not in memo]
-            if pending:
-                stack.extend(pending)
-                continue
-            memo[id(cur)] = any(memo[id(u)] for u in node.input_tensors)
-            stack.pop()
-        return memo[id(t)]
-
-    outputs = network.output
-    flat_outputs = list(outputs.values()) if isinstance(outputs, dict) else list(outputs)
-    side: dict[int, Any] = {}
-    visited: set[int] = set()
-    stack = []
-    for t in flat_outputs:
-        if depends(t):
-            stack.append(t)
-        else:
-            side[id(t)] = t
-    while stack:
-        t = stack.pop()
-        if id(t) in visited or t is latent:
-            continue
-        visited.add(id(t))
-        _, node = _history(t)
-        for u in node.input_tensors:
-            if depends(u):
-                stack.append(u)
-            else:
-                side[id(u)] = u
-    side_tensors = list(side.values())
-    trunk = keras.Model(network.input, [latent, *side_tensors], name=f"{network.name}_trunk")
-    head = keras.Model([latent, *side_tensors], outputs, name=f"{network.name}_head")
-    names = [_history(t)[0].name for t in side_tensors]
-    return NetworkSplit(trunk=trunk, head=head, side_names=names)
-
-
-# ----------------------------------------------------------------------- optimizer
-def _opt_init(cfg: EvidenceConfig, params: list[tf.Tensor]) -> list[tf.Tensor]:
-    if cfg.optimizer == "adam":
-        return [tf.zeros_like(p) for p in params] + [tf.zeros_like(p) for p in params]
-    return []
-
-
-def _opt_update(
-    cfg: EvidenceConfig,
-    params: list[tf.Tensor],
-    grads: list[tf.Tensor],
-    state: list[tf.Tensor],
-    t: tf.Tensor,
-) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
-    """One step of keras.optimizers.SGD / Adam (same formulas, functional).
-
-    ``t`` = number of updates already applied (float32, broadcastable to params).
-    """
-    lr = tf.constant(cfg.learning_rate, tf.float32)
-    if cfg.optimizer == "sgd":
-        return [p - lr * g for p, g in zip(params, grads, strict=True)], []
-    n = len(params)
-    ms, vs = state[:n], state[n:]
-    local_step = t + 1.0
-    b1, b2 = tf.constant(cfg.beta_1, tf.float32), tf.constant(cfg.beta_2, tf.float32)
-    alpha = lr * tf.sqrt(1.0 - tf.pow(b2, local_step)) / (1.0 - tf.pow(b1, local_step))
-    new_p, new_m, new_v = [], [], []
-    for p, g, m, v in zip(params, grads, ms, vs, strict=True):
-        m = m + (g - m) * (1.0 - cfg.beta_1)
-        v = v + (tf.square(g) - v) * (1.0 - cfg.beta_2)
-        new_p.append(p - (m * alpha) / (tf.sqrt(v) + cfg.epsilon))
-        new_m.append(m)
-        new_v.append(v)
-    return new_p, new_m + new_v
 
 
 def _is_mixed(network: keras.Model) -> bool:
@@ -465,8 +319,8 @@ class EvidenceRefitter:
         self.semantic_key = semantic_key
         self.tags_key = tags_key
         self.tag_class_ids = None if tag_class_ids is None else [int(c) for c in tag_class_ids]
-        tags_out = _output_tensor(network, tags_key)
-        _output_tensor(network, semantic_key)
+        tags_out = output_tensor(network, tags_key)
+        output_tensor(network, semantic_key)
         self.num_tags = int(tags_out.shape[-1])
         if self.config.prune:
             if self.tag_class_ids is None:
@@ -477,6 +331,9 @@ class EvidenceRefitter:
                     f"has {self.num_tags} outputs"
                 )
         self.mixed = _is_mixed(network)
+        cfg = self.config
+        self.optimizer = FunctionalOptimizer(cfg.optimizer, cfg.learning_rate, cfg.beta_1,
+                                             cfg.beta_2, cfg.epsilon)
         # The refit loop only needs the tags; a sub-model sharing the layers avoids
         # running the segmentation decoder inside the loop.
         self.tags_model = keras.Model(network.input, tags_out, name=f"{network.name}_tags")
@@ -604,7 +461,7 @@ class EvidenceRefitter:
                 apply = tf.logical_and(tf.logical_not(stop), finite)
                 params, state = tf.cond(
                     apply,
-                    lambda: _opt_update(cfg, params, grads, state, tf.cast(taken, tf.float32)),
+                    lambda: self.optimizer.update(params, grads, state, tf.cast(taken, tf.float32)),
                     lambda: (list(params), list(state)),
                 )
                 taken += tf.cast(apply, tf.int32)
@@ -615,7 +472,7 @@ class EvidenceRefitter:
                 tf.constant(0),
                 tf.constant(0),
                 params0,
-                _opt_init(cfg, params0),
+                self.optimizer.init(params0),
                 tf.constant(cfg.loss_scale, tf.float32),
                 tf.zeros([num_tags], tf.float32),
                 tf.constant(False),
@@ -696,7 +553,7 @@ class EvidenceRefitter:
                 )
             active = tf.logical_and(tf.logical_not(done), finite)
             t = per_image_bcast(tf.cast(taken, tf.float32))
-            new, new_state = _opt_update(cfg, [delta], [grad], state, t)
+            new, new_state = self.optimizer.update([delta], [grad], state, t)
             mask = per_image_bcast(active)
             delta = tf.where(mask, new[0], delta)
             state = [tf.where(mask, n, o) for n, o in zip(new_state, state, strict=True)]
@@ -709,7 +566,7 @@ class EvidenceRefitter:
             tf.constant(0),
             tf.zeros([batch], tf.int32),
             delta0,
-            _opt_init(cfg, [delta0]),
+            self.optimizer.init([delta0]),
             tf.constant(cfg.loss_scale, tf.float32),
             tf.zeros([batch, self.num_tags], tf.float32),
             tf.zeros([batch], tf.bool),
@@ -750,52 +607,3 @@ class EvidenceRefitter:
         before = tf.where(tf.equal(i, 0), after, before)
         return self._finish(probs, tags, before, after, taken)
 
-
-# --------------------------------------------------------------------- toy network
-@keras.saving.register_keras_serializable(package="tf_mtl")
-class ResizeLike(keras.layers.Layer):
-    """Bilinearly resize ``x`` to the spatial size of ``ref`` (logits to input size)."""
-
-    def call(self, x: Any, ref: Any) -> Any:
-        # tf.image.resize accepts a dynamic size tensor (keras.ops.image.resize does not).
-        y = tf.image.resize(x, tf.shape(ref)[1:3], method="bilinear")
-        return tf.cast(y, x.dtype)
-
-    def compute_output_shape(self, x_shape: tuple, ref_shape: tuple) -> tuple:
-        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
-
-
-def build_toy_network(
-    num_classes: int = 5, num_tags: int = 4, width: int = 8, seed: int = 0
-) -> keras.Model:
-    """A tiny network following the ARCHITECTURE.md contract (tests, benches, docs).
-
-    images -> normalise -> conv -> ``low_level`` -> strided conv + BN -> conv ->
-    ``encoder``; tag head: global pool + dense; decoder: upsample encoder, concat
-    low_level, conv, 1x1 ``logits``, resized to the input size.
-    """
-    layers = keras.layers
-    init = keras.initializers.GlorotUniform
-    inp = keras.Input((None, None, 3), name="images")
-    x = layers.Rescaling(2.0 / 255.0, offset=-1.0, name="normalize")(inp)
-    x = layers.Conv2D(width, 3, padding="same", activation="relu", name="backbone_conv1",
-                      kernel_initializer=init(seed))(x)
-    low = layers.Identity(name="low_level")(x)
-    x = layers.Conv2D(2 * width, 3, strides=2, padding="same", name="backbone_conv2",
-                      kernel_initializer=init(seed + 1))(low)
-    x = layers.BatchNormalization(name="backbone_bn")(x)
-    x = layers.Activation("relu")(x)
-    x = layers.Conv2D(2 * width, 3, padding="same", activation="relu", name="aspp",
-                      kernel_initializer=init(seed + 2))(x)
-    enc = layers.Identity(name="encoder")(x)
-    t = layers.GlobalAveragePooling2D(name="tag_pool")(enc)
-    t = layers.Dense(num_tags, name="tag_head", kernel_initializer=init(seed + 3))(t)
-    t = layers.Activation("linear", dtype="float32", name="tags")(t)
-    d = ResizeLike(name="decoder_upsample")(enc, low)
-    d = layers.Concatenate(name="decoder_concat")([d, low])
-    d = layers.Conv2D(width, 3, padding="same", activation="relu", name="decoder",
-                      kernel_initializer=init(seed + 4))(d)
-    d = layers.Conv2D(num_classes, 1, name="logits", kernel_initializer=init(seed + 5))(d)
-    d = ResizeLike(name="upsample_logits")(d, inp)
-    d = layers.Activation("linear", dtype="float32", name="semantic")(d)
-    return keras.Model(inp, {"semantic": d, "tags": t}, name="toy_segmenter")

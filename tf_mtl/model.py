@@ -5,53 +5,26 @@ enough: per-task losses on float32 outputs, extra regulariser terms, the network
 own regularisation losses, a (possibly learned) `LossWeighting`, per-replica scaling
 by 1/num_replicas_in_sync (gradients are summed across replicas), loss scaling for
 mixed_float16 via `optimizer.scale_loss`, and in-step TensorBoard summaries.
+Training-only heads and loss terms (`tf_mtl.branches`) read features tapped in the
+same forward pass; they are checkpointed with the model and never exported.
 """
 
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from tf_mtl.branches import LossTerm, LossTermLike, TrainingHead, requested_features, term_name
+from tf_mtl.graph import FeatureTaps
 from tf_mtl.summaries import ImageSummaryFn, StepSummaries
 from tf_mtl.tasks import Task, check_tasks
 from tf_mtl.weighting import FixedWeighting, LossWeighting
 
-
-class LossTerm(keras.layers.Layer):
-    """An extra loss term (regulariser, auxiliary or self-supervised task).
-
-    Subclasses implement `compute(x, y, outputs, training) -> scalar`; the model adds
-    `weight * compute(...)` to the total outside the task weighting, logged as
-    `<name>`. Being a layer, a term may own variables (e.g. an auxiliary head); they
-    are trained with the network when the term is passed to MultiTaskModel.
-    """
-
-    def __init__(self, weight: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.weight = float(weight)
-
-    def compute(self, x: Any, y: Any, outputs: Mapping[str, tf.Tensor],
-                training: bool) -> tf.Tensor:
-        raise NotImplementedError
-
-    def loss_value(self, x: Any, y: Any, outputs: Mapping[str, tf.Tensor],
-                   training: bool) -> tf.Tensor:
-        """weight * compute(...), as float32."""
-        return self.weight * tf.cast(self.compute(x, y, outputs, training), tf.float32)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "weight": self.weight}
-
-
-LossTermLike = LossTerm | Callable[..., tf.Tensor]
-
-
-def _term_name(term: LossTermLike) -> str:
-    return getattr(term, "name", None) or getattr(term, "__name__", type(term).__name__)
+__all__ = ["LossTerm", "MultiTaskModel", "TrainingHead", "call_loss"]
 
 
 def _metric_results(prefix: str, metric: keras.metrics.Metric) -> dict[str, tf.Tensor]:
@@ -90,6 +63,8 @@ class MultiTaskModel(keras.Model):
         accepted for one task).
       weighting: a LossWeighting (default FixedWeighting with each Task.weight).
       loss_terms: extra LossTerm layers or callables `fn(x, y, outputs, training)`.
+      heads: training-only `TrainingHead`s; their outputs join the step outputs that
+        tasks and terms read (`Task(output=...)`).
       summary_writer: a tf.summary writer or a log directory; scalars are written
         every `summary_every_n_steps` steps from inside the step.
       image_summary_fn: `fn(x, y, outputs) -> {name: images [B,H,W,C]}` written every
@@ -103,6 +78,7 @@ class MultiTaskModel(keras.Model):
         weighting: LossWeighting | None = None,
         *,
         loss_terms: Sequence[LossTermLike] = (),
+        heads: Sequence[TrainingHead] = (),
         summary_writer: tf.summary.SummaryWriter | str | pathlib.Path | None = None,
         summary_every_n_steps: int = 100,
         image_summary_fn: ImageSummaryFn | None = None,
@@ -117,6 +93,13 @@ class MultiTaskModel(keras.Model):
         if missing:
             raise ValueError(f"The loss weighting has no entry for task(s) {missing}.")
         self.loss_terms = list(loss_terms)
+        self.heads = list(heads)
+        for head in self.heads:
+            if not isinstance(head, TrainingHead):
+                raise TypeError(f"heads: expected tf_mtl.branches.TrainingHead, got "
+                                f"{type(head).__name__}")
+        self.taps = FeatureTaps(network, requested_features([*self.heads, *self.loss_terms]))
+        self._build_heads()
         self.summary_every_n_steps = int(summary_every_n_steps)
         self.summaries = None
         if summary_writer is not None:
@@ -133,6 +116,35 @@ class MultiTaskModel(keras.Model):
     # ----------------------------------------------------------------- basics
     def call(self, inputs: Any, training: bool | None = None) -> dict[str, tf.Tensor]:
         return self.network(inputs, training=training)
+
+    def _build_heads(self) -> None:
+        """Create the heads' variables now (a symbolic pass), before any optimizer."""
+        if not self.heads:
+            return
+        model = self.taps._model
+        if model is None:
+            raise ValueError("training-only heads need a functional network (or one with "
+                             "call_with_features) to tap")
+        self._head_outputs(model.output["features"], dict(model.output["outputs"]), None)
+
+    def _head_outputs(self, features: Mapping[str, Any], outputs: dict[str, Any],
+                      training: bool | None) -> dict[str, Any]:
+        for head in self.heads:
+            new = head({n: features[n] for n in head.features}, training=training)
+            clash = sorted(set(new) & (set(outputs) | set(features)))
+            if clash:
+                raise ValueError(f"head {head.name!r} outputs {clash}, names the step already "
+                                 "has; give the head's outputs other names")
+            outputs.update(new)
+        return outputs
+
+    def forward(self, x: Any, training: bool) -> dict[str, tf.Tensor]:
+        """The step outputs: network outputs, heads' outputs, tapped features (one pass)."""
+        outputs, features = self.taps(x, training=training)
+        if not features:
+            return outputs
+        outputs = self._head_outputs(features, dict(outputs), training)
+        return {**outputs, **{k: v for k, v in features.items() if k not in outputs}}
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -178,12 +190,13 @@ class MultiTaskModel(keras.Model):
                     f"Task {task.name!r} reads network output {task.output_key!r}, but the "
                     f"network returns {sorted(outputs)}; set Task(output=...)."
                 )
-            if task.name not in y:
+            if task.target_key not in y:
                 raise KeyError(
-                    f"Task {task.name!r} has no target; the targets dict has {sorted(y)}."
+                    f"Task {task.name!r} reads target {task.target_key!r}; the targets dict "
+                    f"has {sorted(y)}."
                 )
             pred = tf.cast(outputs[task.output_key], tf.float32)
-            losses[task.name] = call_loss(task.loss, y[task.name], pred)
+            losses[task.name] = call_loss(task.loss, y[task.target_key], pred)
         return losses
 
     def extra_losses(self, x: Any, y: Mapping[str, Any], outputs: Mapping[str, tf.Tensor],
@@ -195,7 +208,7 @@ class MultiTaskModel(keras.Model):
                 value = term.loss_value(x, y, outputs, training)
             else:
                 value = term(x, y, outputs, training)
-            extras[_term_name(term)] = tf.cast(value, tf.float32)
+            extras[term_name(term)] = tf.cast(value, tf.float32)
         return extras
 
     def compute_total_loss(
@@ -228,7 +241,8 @@ class MultiTaskModel(keras.Model):
         for task, tracker in zip(self.tasks, self.task_loss_trackers, strict=True):
             tracker.update_state(losses[task.name], sample_weight=batch_size)
             for metric in task.metrics:
-                metric.update_state(y[task.name], tf.cast(outputs[task.output_key], tf.float32))
+                metric.update_state(y[task.target_key],
+                                    tf.cast(outputs[task.output_key], tf.float32))
         results: dict[str, Any] = {"loss": self.loss_tracker.result()}
         for task, tracker in zip(self.tasks, self.task_loss_trackers, strict=True):
             results[tracker.name] = tracker.result()
@@ -248,7 +262,7 @@ class MultiTaskModel(keras.Model):
         step = tf.convert_to_tensor(self.optimizer.iterations)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            outputs = self.network(x, training=True)
+            outputs = self.forward(x, training=True)
             total, losses, logs = self.compute_total_loss(x, y, outputs, True, step)
             # Gradients are summed over replicas: scale every term by 1/replicas.
             per_replica = total / replicas if replicas > 1 else total
@@ -271,7 +285,7 @@ class MultiTaskModel(keras.Model):
     def test_step(self, data: Any) -> dict[str, Any]:
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         y = self._targets(y)
-        outputs = self.network(x, training=False)
+        outputs = self.forward(x, training=False)
         total, losses, logs = self.compute_total_loss(x, y, outputs, False, None)
         return self._update_and_log(y, outputs, total, losses, logs, self._batch_size(x))
 
@@ -289,13 +303,24 @@ class MultiTaskModel(keras.Model):
 
     # ------------------------------------------------------------- checkpoints
     def make_checkpoint(self, **extra: Any) -> tf.train.Checkpoint:
-        """tf.train.Checkpoint over network, weighting, optimizer and step (+ extra)."""
+        """tf.train.Checkpoint over network, weighting, optimizer and step (+ extra).
+
+        Training-only heads and loss terms that own variables are saved too (keys
+        ``heads`` / ``loss_terms``, present only when there are any, so checkpoints of
+        models without them keep their layout).
+        """
         if self.optimizer is None:
             raise ValueError("compile() the MultiTaskModel before make_checkpoint().")
         step = self.optimizer.iterations
         step = getattr(step, "value", step)
-        return tf.train.Checkpoint(network=self.network, weighting=self.weighting,
-                                   optimizer=self.optimizer, step=step, **extra)
+        items = dict(network=self.network, weighting=self.weighting, optimizer=self.optimizer,
+                     step=step)
+        if self.heads:
+            items["heads"] = list(self.heads)
+        terms = [t for t in self.loss_terms if isinstance(t, LossTerm) and t.weights]
+        if terms:
+            items["loss_terms"] = terms
+        return tf.train.Checkpoint(**items, **extra)
 
     def get_config(self) -> dict:
         """Config of the wrapper; the network itself is what gets exported."""
@@ -306,7 +331,7 @@ class MultiTaskModel(keras.Model):
             "tasks": [
                 {"name": t.name, "loss": ser(t.loss), "kind": t.kind,
                  "metrics": [ser(m) for m in t.metrics], "output": t.output,
-                 "weight": t.weight}
+                 "weight": t.weight, "target": t.target}
                 for t in self.tasks
             ],
             "summary_every_n_steps": self.summary_every_n_steps,
@@ -319,6 +344,7 @@ class MultiTaskModel(keras.Model):
         tasks = [
             Task(name=t["name"], loss=de(t["loss"], custom_objects=custom_objects),
                  kind=t["kind"], output=t["output"], weight=t["weight"],
+                 target=t.get("target"),
                  metrics=[de(m, custom_objects=custom_objects) for m in t["metrics"]])
             for t in config.pop("tasks")
         ]

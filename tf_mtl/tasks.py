@@ -1,8 +1,9 @@
-"""Task descriptors: which network output a loss reads, how it is weighted and evaluated.
+"""Task descriptors: which output a loss reads, how it is weighted and evaluated.
 
-A `Task` ties one entry of the network's output dict to the target with the same
-name, the loss that compares them, the metrics to update and the information a
-loss weighting needs (`kind` for uncertainty weighting, `weight` for fixed weights).
+A `Task` ties one entry of the step's outputs to one entry of the targets (both named
+like the task unless told otherwise), the loss that compares them, the metrics to update
+and what a loss weighting needs (`kind` for uncertainty weighting, `weight` for fixed
+weights).
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ class Task:
       kind: "classification" or "regression"; uncertainty weighting uses
         1/sigma^2 for classification and 1/(2 sigma^2) for regression terms.
       metrics: keras metrics updated with `(y_true, y_pred)` of this task.
-      output: key of the network's output dict when it differs from `name`.
+      output: key of the step's outputs when it differs from `name` (a network output,
+        a training-only head's output, or a tapped feature).
       weight: the fixed weight used by `FixedWeighting`.
+      target: key of the targets dict when it differs from `name` (e.g. deep supervision:
+        Task("semantic_aux", ..., output="semantic_aux", target="semantic")).
     """
 
     name: str
@@ -36,6 +40,7 @@ class Task:
     metrics: list = dataclasses.field(default_factory=list)
     output: str | None = None
     weight: float = 1.0
+    target: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -51,13 +56,20 @@ class Task:
             )
         if self.output is None:
             self.output = self.name
+        if self.target is None:
+            self.target = self.name
         self.metrics = list(self.metrics or [])
         self.weight = float(self.weight)
 
     @property
     def output_key(self) -> str:
-        """Key of the network output this task reads (`output`, default `name`)."""
+        """Key of the step output this task reads (`output`, default `name`)."""
         return self.output or self.name
+
+    @property
+    def target_key(self) -> str:
+        """Key of the target this task reads (`target`, default `name`)."""
+        return self.target or self.name
 
 
 def check_tasks(tasks: Sequence[Task]) -> list[Task]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from deeplab_ext import build_data
+from deeplab_ext.data import build_data
+from tools import common_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("camvid_dir", "./CamVid", "Folder holding train.txt, val.txt (test.txt).")
@@ -24,8 +25,7 @@ flags.DEFINE_bool(
 )
 
 
-def main(argv: list[str]) -> int:
-    del argv
+def main() -> int:
     list_files = None
     if FLAGS.list_files:
         list_files = {}
@@ -48,4 +48,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common_flags.run(main)

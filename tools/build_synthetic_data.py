@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from deeplab_ext import synthetic
+from deeplab_ext.data import synthetic
 from tools import common_flags
 
 FLAGS = flags.FLAGS
@@ -35,7 +35,7 @@ def _faint_alpha(values: list[str]) -> tuple[float, float]:
     return lo, hi
 
 
-def _build() -> None:
+def main() -> None:
     counts = synthetic.write_tfrecords(
         FLAGS.output_dir,
         FLAGS.num_train,
@@ -51,9 +51,5 @@ def _build() -> None:
     print(f"wrote {counts} to {FLAGS.output_dir}")
 
 
-def main(argv: list[str]) -> int:
-    del argv
-    return common_flags.run_reporting_errors(_build)
-
 if __name__ == "__main__":
-    app.run(main)
+    common_flags.run(main)

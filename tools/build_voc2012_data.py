@@ -8,9 +8,10 @@ Palette PNG labels are read as their class indices (no remove_gt_colormap step n
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from deeplab_ext import build_data
+from deeplab_ext.data import build_data
+from tools import common_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image_folder", "./VOCdevkit/VOC2012/JPEGImages", "Folder of images.")
@@ -33,8 +34,7 @@ flags.DEFINE_bool(
 )
 
 
-def main(argv: list[str]) -> int:
-    del argv
+def main() -> int:
     reports = build_data.build_voc_dataset(
         FLAGS.image_folder,
         FLAGS.semantic_segmentation_folder,
@@ -53,4 +53,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common_flags.run(main)

@@ -1,74 +1,197 @@
-"""Flags shared by the tools (the original's common.py): one definition, many tools."""
+"""What every tool shares (the original's common.py): flags made from the options
+dataclasses of ``deeplab_ext.run.options``, and one way to run and to fail.
+
+* :func:`define_flags` defines one absl flag per dataclass field (type, default, help
+  and choices from the field), :func:`options_from_flags` builds the dataclass back, so
+  a default is stated once, in the dataclass.
+* :func:`run` is every tool's ``app.run``: ``--extra_modules`` are imported first (they
+  may register model families, datasets, targets or tasks), and any user error, a bad
+  flag included, ends in one ``error: ...`` line and exit status 2 (set
+  ``DEEPLAB_TRACEBACK=1`` to see the traceback instead).
+"""
 
 from __future__ import annotations
 
-from absl import flags
+import dataclasses
+import importlib
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from absl import app, flags
 
 FLAGS = flags.FLAGS
+EXIT_USER_ERROR = 2
+
+flags.DEFINE_list("extra_modules", [], "Python modules to import first, e.g. a package that "
+                  "registers its own model family, dataset, targets or tasks.")
 
 
-def define_dataset_flags(default_dataset: str = "shapes_evidence") -> None:
-    flags.DEFINE_string("dataset", default_dataset,
-                        "Dataset name (pascal_voc_seg, cityscapes, ade20k, camvid, coco128_voc, "
-                        "shapes_evidence, or one registered with --custom_dataset).")
-    flags.DEFINE_string("dataset_dir", None, "Folder with the TFRecord shards of --dataset.")
+# ------------------------------------------------------------------ flags <-> options
+def _unwrap_optional(tp: Any) -> Any:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
 
 
-def define_evidence_flags() -> None:
-    flags.DEFINE_integer("evidence_steps", 10, "Refit steps per image (bp_l2, latent).")
-    flags.DEFINE_integer("evidence_es_steps", 30, "Step cap for early stopping (bp_es).")
-    flags.DEFINE_float("evidence_learning_rate", 0.01, "Refit learning rate.")
-    flags.DEFINE_enum("evidence_optimizer", "sgd", ["sgd", "adam"], "Refit optimizer.")
-    flags.DEFINE_float("evidence_alpha", 1e-3, "L2 to the trained weights (bp_l2).")
-    flags.DEFINE_float("evidence_clip_norm", 0.0,
-                       "Clip each refit step's gradient to this global norm per image (0 = off).")
-    flags.DEFINE_float("evidence_threshold", 0.5, "Tag decision threshold (early stopping).")
-    flags.DEFINE_float("evidence_es_margin", 0.0,
-                       "Early stopping waits until every tag clears --evidence_threshold by "
-                       "this margin (present >= t+m, absent < t-m); 0 = plain agreement.")
-    flags.DEFINE_string("evidence_refit", "backbone,aspp,tag_head",
-                        "Variable groups refitted (backbone, aspp, decoder, logits, tag_head).")
-    flags.DEFINE_bool("evidence_jit_compile", False, "XLA-compile the refit loop (GPU).")
+def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [(f, _unwrap_optional(hints[f.name])) for f in dataclasses.fields(cls)]
 
 
-def evidence_options():
-    from deeplab_ext.evaluation import EvidenceOptions
-
-    return EvidenceOptions(
-        steps=FLAGS.evidence_steps, learning_rate=FLAGS.evidence_learning_rate,
-        optimizer=FLAGS.evidence_optimizer, alpha=FLAGS.evidence_alpha,
-        es_steps=FLAGS.evidence_es_steps, threshold=FLAGS.evidence_threshold,
-        es_margin=FLAGS.evidence_es_margin,
-        clip_norm=FLAGS.evidence_clip_norm,
-        refit=FLAGS.evidence_refit, jit_compile=FLAGS.evidence_jit_compile,
-    )
+def _default(f: dataclasses.Field, defaults: Any) -> Any:
+    if defaults is not None:
+        return getattr(defaults, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
 
 
-def int_pair(values, flag: str) -> tuple[int, int] | None:
-    """--*_crop_size=513,513 -> (513, 513); a clear error otherwise."""
-    if values is None:
-        return None
+def _caller_module(depth: int = 2) -> str:
+    """The module calling define_flags, as absl names it (the script path for __main__)."""
+    name = sys._getframe(depth).f_globals.get("__name__", "")
+    return sys.argv[0] if name == "__main__" else name
+
+
+def define_flags(cls: type, prefix: str = "", *, defaults: Any = None,
+                 module: str | None = None) -> None:
+    """Define ``--<prefix><field>`` for every field of the options dataclass ``cls``.
+
+    Nested option groups (``metadata["prefix"]``) get their own prefix; their defaults
+    come from the enclosing field's default (so ``DemoOptions`` sets its own evidence
+    defaults). ``defaults``: an instance whose values become the flag defaults. The flags
+    are key flags of the calling tool (``--helpshort`` lists them).
+    """
+    module = module or _caller_module()
+    for f, tp in _fields(cls):
+        meta = f.metadata
+        default = _default(f, defaults)
+        if "prefix" in meta:
+            define_flags(tp, prefix + meta["prefix"], defaults=default, module=module)
+            continue
+        name = prefix + meta.get("flag", f.name)
+        helptext = meta.get("help") or f.name
+        if name in FLAGS:  # a tool reusing a group already defined (same field, same flag)
+            continue
+        origin = typing.get_origin(tp)
+        if meta.get("multi"):
+            flags.DEFINE_multi_integer(name, None if default is None else list(default), helptext)
+        elif origin is tuple:
+            flags.DEFINE_list(name, None if default is None else [str(v) for v in default],
+                              helptext)
+        elif "choices" in meta:
+            flags.DEFINE_enum(name, default, list(meta["choices"]), helptext)
+        elif tp is bool:
+            flags.DEFINE_bool(name, default, helptext)
+        elif tp is int:
+            flags.DEFINE_integer(name, default, helptext)
+        elif tp is float:
+            flags.DEFINE_float(name, default, helptext)
+        elif tp is str:
+            flags.DEFINE_string(name, default, helptext)
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: no flag type for {tp}")
+        if meta.get("required"):
+            flags.mark_flag_as_required(name)
+        FLAGS.register_key_flag_for_module(module, FLAGS[name])
+
+
+def _convert_tuple(values: list, tp: Any, flag: str) -> tuple:
+    args = typing.get_args(tp)
+    elem = args[0] if args else str
+    fixed = len(args) if args and args[-1] is not Ellipsis else None
     try:
-        out = tuple(int(v) for v in values)
+        out = tuple(elem(v) for v in values)
     except ValueError as e:
-        raise flags.ValidationError(f"--{flag} must be two integers, got {values}") from e
-    if len(out) == 1:
-        out = (out[0], out[0])
-    if len(out) != 2 or min(out) < 1:
-        raise flags.ValidationError(f"--{flag} must be two positive integers like 513,513")
+        raise ValueError(f"--{flag}={','.join(map(str, values))}: expected "
+                         f"{elem.__name__} values ({e})") from e
+    if fixed is not None:
+        if len(out) == 1:
+            out = out * fixed  # --train_crop_size=513 means 513,513
+        if len(out) != fixed:
+            raise ValueError(f"--{flag} takes {fixed} values, got {','.join(map(str, values))}")
+    if elem is int and any(v < 1 for v in out) and flag.endswith("size"):
+        raise ValueError(f"--{flag} must be positive integers like 513,513, got {values}")
     return out
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, OSError, RuntimeError)
+def options_from_flags(cls: type, prefix: str = "") -> Any:
+    """The options dataclass ``cls`` from the parsed flags."""
+    kwargs = {}
+    for f, tp in _fields(cls):
+        meta = f.metadata
+        if "prefix" in meta:
+            kwargs[f.name] = options_from_flags(tp, prefix + meta["prefix"])
+            continue
+        name = prefix + meta.get("flag", f.name)
+        value = FLAGS[name].value
+        if value is not None and (meta.get("multi") or typing.get_origin(tp) is tuple):
+            value = _convert_tuple(list(value), tp, name)
+        kwargs[f.name] = value
+    return cls(**kwargs)
 
 
-def run_reporting_errors(fn, *args, **kwargs) -> int:
-    """Run a tool's library call; a user error prints `error: ...` and exits 1, no traceback."""
-    import sys
+# ------------------------------------------------------------------------ running
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "fix your input", reported without a traceback."""
+    errors: list[type[BaseException]] = [ValueError, OSError, RuntimeError, ImportError,
+                                         flags.Error, app.UsageError]
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        errors.append(tf.errors.OpError)  # e.g. a corrupt image met inside tf.data
+    return tuple(errors)
 
+
+def fail(message: Any) -> int:
+    """Print the one ``error: ...`` line; the tool's exit status."""
+    text = getattr(message, "message", None) or str(message)
+    print(f"error: {' '.join(text.split())}", file=sys.stderr, flush=True)
+    return EXIT_USER_ERROR
+
+
+def _quiet_teardown() -> None:
+    """After the error line, nothing more: objects torn down at exit (a half-restored
+    checkpoint, say) would otherwise log hundreds of warning lines below it."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+def printer(line: str) -> None:
+    print(line, flush=True)
+
+
+def _parse(argv: list[str]) -> list[str]:
     try:
-        fn(*args, **kwargs)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(fail(e))
+
+
+def run(main: Callable[[], Any]) -> None:
+    """``app.run`` for a tool whose ``main()`` takes no arguments (flags are parsed)."""
+
+    def _main(argv: list[str]) -> int:
+        if len(argv) > 1:
+            return fail(f"unexpected arguments {argv[1:]}: every option is a --flag=value")
+        try:
+            for module in FLAGS.extra_modules:
+                importlib.import_module(module)
+            result = main()
+        except user_errors() as e:
+            if os.environ.get("DEEPLAB_TRACEBACK"):
+                raise
+            status = fail(e)
+            _quiet_teardown()
+            return status
+        return int(result or 0)
+
+    app.run(_main, flags_parser=_parse)

@@ -10,11 +10,10 @@ Without internet: put the archive into --download_dir yourself and re-run.
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags, logging
 
-from deeplab_ext import download
+from deeplab_ext.data import download
+from tools import common_flags
 
 FLAGS = flags.FLAGS
 
@@ -55,28 +54,23 @@ class _Progress:
             logging.info("downloaded %.1f MB", done / 1e6)
 
 
-def main(argv: list[str]) -> int:
-    del argv
+def main() -> int:
     if FLAGS.list:
         for name, src in sorted(download.SOURCES.items()):
             print(f"{name}: {src.url}\n  sha256={src.sha256 or '(not pinned)'}  {src.note}")
         return 0
     if not FLAGS.download_dir:
         raise app.UsageError("--download_dir is required (where the archive is stored).")
-    try:
-        result = download.download_and_convert(
-            FLAGS.dataset,
-            FLAGS.download_dir,
-            FLAGS.output_dir or None,
-            url=FLAGS.url,
-            sha256=FLAGS.sha256,
-            max_retries=FLAGS.max_retries,
-            timeout=FLAGS.timeout,
-            progress=_Progress(),
-        )
-    except download.DownloadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    result = download.download_and_convert(
+        FLAGS.dataset,
+        FLAGS.download_dir,
+        FLAGS.output_dir or None,
+        url=FLAGS.url,
+        sha256=FLAGS.sha256,
+        max_retries=FLAGS.max_retries,
+        timeout=FLAGS.timeout,
+        progress=_Progress(),
+    )
     print(f"archive:   {result.archive}  sha256={result.sha256}")
     print(f"data root: {result.data_root}")
     if result.output_dir is not None:
@@ -85,4 +79,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common_flags.run(main)

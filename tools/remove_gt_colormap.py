@@ -6,9 +6,10 @@ python -m tools.remove_gt_colormap --original_gt_folder=VOC2012/SegmentationClas
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from deeplab_ext import build_data
+from deeplab_ext.data import build_data
+from tools import common_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -20,8 +21,7 @@ flags.DEFINE_string(
 )
 
 
-def main(argv: list[str]) -> int:
-    del argv
+def main() -> int:
     n = build_data.remove_gt_colormap(
         FLAGS.original_gt_folder, FLAGS.output_dir, FLAGS.segmentation_format
     )
@@ -30,4 +30,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common_flags.run(main)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from deeplab_ext import colormap as cmap
+from deeplab_ext.data import colormap as cmap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ CAMVID_CLASSES = (
     "Pedestrian", "Bicyclist",
 )  # fmt: skip
 
-# The built-in synthetic dataset (deeplab_ext.synthetic): 4 look-alike pairs.
+# The built-in synthetic dataset (deeplab_ext.data.synthetic): 4 look-alike pairs.
 SHAPES_EVIDENCE_CLASSES = (
     "background", "disk_h", "disk_v", "square_h", "square_v", "triangle_h", "triangle_v",
     "cross_h", "cross_v",
@@ -140,7 +140,7 @@ def get_dataset_info(name: str | DatasetInfo) -> DatasetInfo:
     if name not in DATASETS:
         raise ValueError(
             f"unknown dataset {name!r} (--dataset); valid names: {sorted(DATASETS)}. "
-            "Register your own with deeplab_ext.datasets.register_custom_dataset(...)."
+            "Register your own with deeplab_ext.data.datasets.register_custom_dataset(...)."
         )
     return DATASETS[name]
 

@@ -13,7 +13,7 @@ transfers and tar bombs. This module does what the original DeepLab's
    links that leave the target and device files, into a temporary folder
    renamed into place when complete.
 3. `convert_layout`: the one place that calls the TFRecord converters of
-   `deeplab_ext.build_data` for the VOC layout and the CamVid (SegNet) layout.
+   `deeplab_ext.data.build_data` for the VOC layout and the CamVid (SegNet) layout.
 
 `download_and_convert` chains the three; `tools/download_data.py` is its CLI.
 """
@@ -470,7 +470,7 @@ def _call_with_supported(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> A
 def convert_layout(
     layout: str, data_root: str | os.PathLike, output_dir: str | os.PathLike, **kwargs: Any
 ) -> Any:
-    """Run the TFRecord converter of `deeplab_ext.build_data` for `layout`.
+    """Run the TFRecord converter of `deeplab_ext.data.build_data` for `layout`.
 
     The single place that knows the converters' names and arguments, so a
     change there is a change here only. VOC: `build_voc_dataset(JPEGImages,
@@ -479,7 +479,7 @@ def convert_layout(
     `num_shards`) are passed on when the converter accepts them. Returns the
     converter's result (`{split: ConversionReport}`).
     """
-    from deeplab_ext import build_data  # late: TensorFlow is heavy, downloads are not
+    from deeplab_ext.data import build_data  # late: TensorFlow is heavy, downloads are not
 
     root = pathlib.Path(data_root)
     pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)

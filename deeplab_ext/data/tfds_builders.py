@@ -1,6 +1,6 @@
 """TFDS builders that work offline: VOC-layout and CamVid-layout folders, and shapes_evidence.
 
-    import deeplab_ext.tfds_builders  # registers the builders
+    import deeplab_ext.data.tfds_builders  # registers the builders
     ds = tfds.load("voc_layout_seg", split="train", data_dir=DATA_DIR,
                    download_and_prepare_kwargs={"download_config":
                        tfds.download.DownloadConfig(manual_dir=".../coco128-voc")})
@@ -20,8 +20,8 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from deeplab_ext import build_data, synthetic
-from deeplab_ext.datasets import DatasetInfo, get_dataset_info
+from deeplab_ext.data import build_data, synthetic
+from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info
 
 
 class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -154,7 +154,7 @@ class CamvidLayoutSeg(_OfflineBuilder):
 
 
 class ShapesEvidence(_OfflineBuilder):
-    """The built-in synthetic dataset (deeplab_ext.synthetic), generated, seed 0."""
+    """The built-in synthetic dataset (deeplab_ext.data.synthetic), generated, seed 0."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}

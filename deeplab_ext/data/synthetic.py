@@ -31,8 +31,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from deeplab_ext import tfrecord
-from deeplab_ext.datasets import get_dataset_info
+from deeplab_ext.data import tfrecord
+from deeplab_ext.data.datasets import get_dataset_info
 
 NAME = "shapes_evidence"
 IGNORE_LABEL = 255

@@ -10,19 +10,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-BACKBONES = (
-    "xception_65",
-    "mobilenet_v2",
-    "resnet_v1_50_beta",
-    "resnet_v1_101_beta",
-)
+from deeplab_ext.models.deeplab.backbones import BACKBONES
+from deeplab_ext.models.registry import ModelConfig
+
 TAG_POOLINGS = ("avg", "max", "lse")
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 
 
 @dataclass
-class DeepLabConfig:
-    """Everything needed to build a DeepLab network (see ``deeplab_ext.model.build_model``).
+class DeepLabConfig(ModelConfig):
+    """Everything needed to build a DeepLab network (see ``deeplab_ext.models.deeplab.model``).
 
     ``atrous_rates`` are given at output stride 16 and scaled with the output stride
     (OS8 doubles them, as the original's ``12,24,36`` flags do); read them through
@@ -68,7 +65,8 @@ class DeepLabConfig:
         """Raise a ValueError naming the bad field/flag and the fix."""
         if self.backbone not in BACKBONES:
             raise ValueError(
-                f"DeepLabConfig.backbone={self.backbone!r} is unknown; use one of {BACKBONES}."
+                f"DeepLabConfig.backbone={self.backbone!r} is unknown; use one of "
+                f"{sorted(BACKBONES)}."
             )
         if self.output_stride not in VALID_OUTPUT_STRIDES:
             raise ValueError(
@@ -100,28 +98,6 @@ class DeepLabConfig:
             return ()
         scale = 16 / self.output_stride
         return tuple(max(1, int(round(r * scale))) for r in self.atrous_rates)
-
-    def replace(self, **overrides) -> DeepLabConfig:
-        """A copy with some fields changed (unknown field -> ValueError)."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(
-                f"unknown DeepLabConfig field(s) {unknown}; valid fields: {sorted(names)}"
-            )
-        return dataclasses.replace(self, **overrides)
-
-    def to_dict(self) -> dict:
-        """JSON-friendly dict (tuples become lists)."""
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DeepLabConfig:
-        return cls(**d)
 
 
 def _xception65(**kw) -> DeepLabConfig:
@@ -191,22 +167,4 @@ MODEL_VARIANTS: dict[str, DeepLabConfig] = dict(_BASE_VARIANTS)
 for _name, _cfg in _BASE_VARIANTS.items():
     MODEL_VARIANTS[_name + "_mt"] = _with_tags(_cfg, _name + "_mt")
 
-
-def get_config(variant: str, **overrides) -> DeepLabConfig:
-    """The registered config ``variant`` with ``overrides`` applied.
-
-    For ``*_mt`` variants ``num_tags`` follows ``num_classes - 1`` when only
-    ``num_classes`` is overridden (tags = every class but background).
-    """
-    if variant not in MODEL_VARIANTS:
-        raise ValueError(
-            f"unknown --model_variant={variant!r}; valid names: {sorted(MODEL_VARIANTS)}"
-        )
-    cfg = MODEL_VARIANTS[variant]
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if cfg.num_tags > 0 and "num_classes" in overrides and "num_tags" not in overrides:
-        overrides["num_tags"] = max(int(overrides["num_classes"]) - 1, 1)
-    return cfg.replace(**overrides) if overrides else dataclasses.replace(cfg)
-
-
-__all__ = ["BACKBONES", "DeepLabConfig", "MODEL_VARIANTS", "get_config"]
+__all__ = ["DeepLabConfig", "MODEL_VARIANTS"]

@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from deeplab_ext import tfrecord
-from deeplab_ext.datasets import DatasetInfo, get_dataset_info
+from deeplab_ext.data import tfrecord
+from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info
 
 try:  # Pillow is installed with matplotlib (requirements.txt); keep a fallback anyway.
     from PIL import Image as _PILImage

@@ -1,4 +1,4 @@
-"""Evaluating a trained DeepLab: mIoU, per-class IoU, tag F1 and the evidence table.
+"""Evaluating a trained network: mIoU, per-class IoU, tag F1 and the evidence table.
 
 The library behind `tools.eval` (the original's eval.py). Each evidence mode is one
 row of the reference table (DL-MT, DL-MT-Pr, DL-BP-L2, DL-BP-ES, ... -Pr), computed
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import time
 from collections.abc import Callable, Sequence
@@ -20,12 +19,14 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from deeplab_ext import colormap as cmap
-from deeplab_ext import input_pipeline
-from deeplab_ext.datasets import DatasetInfo
-from deeplab_ext.model import variable_groups
-from deeplab_ext.trainer import restore_network
-from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter, prune_probabilities
+from deeplab_ext.data import colormap as cmap
+from deeplab_ext.data import input_pipeline
+from deeplab_ext.data.datasets import DatasetInfo
+from deeplab_ext.models.registry import family_of
+from deeplab_ext.run.evidence import keep_classes, make_refitter
+from deeplab_ext.run.options import EvalOptions
+from deeplab_ext.run.rundir import atomic_write, restore_network
+from tf_mtl.evidence import prune_probabilities
 from tf_mtl.inference import multi_scale_probabilities, network_logits_fn
 from tf_mtl.metrics import (
     TagMAP,
@@ -49,55 +50,6 @@ EVIDENCE_MODES: dict[str, tuple[str, str | None, bool]] = {
 }
 
 
-@dataclasses.dataclass
-class EvidenceOptions:
-    """Prediction-time refitting hyper-parameters (flags --evidence_*)."""
-
-    steps: int = 10
-    learning_rate: float = 0.01
-    optimizer: str = "sgd"
-    alpha: float = 1e-3  # L2 to the trained weights (bp_l2) / on the latent offset
-    es_steps: int = 30  # step cap for early stopping (bp_es)
-    threshold: float = 0.5
-    es_margin: float = 0.0  # early stopping: tags must clear the threshold by this much
-    clip_norm: float = 0.0  # clip each refit step's gradient norm (0 = off)
-    refit: str = "backbone,aspp,tag_head"  # variable groups refitted in weights mode
-    jit_compile: bool = False
-
-    def config(self, kind: str, prune: bool, scales: Sequence[float],
-               flip: bool) -> EvidenceConfig:
-        common = dict(learning_rate=self.learning_rate, optimizer=self.optimizer,
-                      threshold=self.threshold, jit_compile=self.jit_compile,
-                      clip_norm=self.clip_norm,
-                      eval_scales=tuple(scales), add_flipped_images=flip, prune=prune)
-        if kind == "l2":
-            return EvidenceConfig(steps=self.steps, alpha=self.alpha, **common)
-        if kind == "es":
-            return EvidenceConfig(steps=self.es_steps, early_stopping=True,
-                                  margin=self.es_margin, **common)
-        if kind == "latent":
-            return EvidenceConfig(steps=self.steps, alpha=self.alpha, mode="latent",
-                                  early_stopping=False, **common)
-        raise ValueError(f"unknown refit kind {kind!r}")
-
-
-@dataclasses.dataclass
-class EvalOptions:
-    checkpoint_dir: str
-    dataset_dir: str
-    eval_logdir: str | None = None
-    eval_split: str = "val"
-    eval_crop_size: tuple[int, int] | None = None
-    eval_scales: tuple[float, ...] = (1.0,)
-    add_flipped_images: bool = False
-    evidence_modes: tuple[str, ...] = ("none",)
-    evidence: EvidenceOptions = dataclasses.field(default_factory=EvidenceOptions)
-    max_examples: int | None = None
-    num_vis_examples: int = 4
-    checkpoint_path: str | None = None
-    bootstrap_samples: int = 1000  # paired bootstrap of mode differences (0 = off)
-
-
 def check_modes(modes: Sequence[str]) -> list[str]:
     bad = [m for m in modes if m not in EVIDENCE_MODES]
     if bad:
@@ -107,25 +59,15 @@ def check_modes(modes: Sequence[str]) -> list[str]:
     return list(modes)
 
 
-def refit_variables(network, groups: str) -> list:
-    """Variables of the named groups (e.g. "backbone,aspp,tag_head")."""
-    all_groups = variable_groups(network)
-    names = [g.strip() for g in groups.split(",") if g.strip()]
-    bad = [g for g in names if g not in all_groups]
-    if bad:
-        raise ValueError(f"--evidence_refit: unknown group(s) {bad}; valid: {sorted(all_groups)}")
-    return [v for g in names for v in all_groups[g]]
-
-
 def make_predictor(network, info: DatasetInfo, mode: str, options: EvalOptions
                    ) -> Callable[[tf.Tensor, tf.Tensor], dict]:
     """images, tags -> {"probabilities", "predictions", ...} for one evidence mode."""
     _, kind, prune = EVIDENCE_MODES[mode]
     scales, flip = tuple(options.eval_scales), options.add_flipped_images
     tag_ids = list(info.tag_class_ids)
-    keep = () if info.background_class is None else (int(info.background_class),)
+    keep = keep_classes(info)
     if kind is None:
-        logits_fn = network_logits_fn(network)
+        logits_fn = network_logits_fn(network, family_of(network).semantic_output)
 
         @tf.function(reduce_retracing=True)
         def plain(images, tags):
@@ -136,10 +78,7 @@ def make_predictor(network, info: DatasetInfo, mode: str, options: EvalOptions
                     "predictions": tf.argmax(probs, -1, output_type=tf.int32)}
 
         return plain
-    cfg = options.evidence.config(kind, prune, scales, flip)
-    cfg = dataclasses.replace(cfg, keep_classes=keep)
-    variables = None if kind == "latent" else refit_variables(network, options.evidence.refit)
-    refitter = EvidenceRefitter(network, cfg, variables=variables, tag_class_ids=tag_ids)
+    refitter = make_refitter(network, info, options.evidence, kind, prune, scales, flip)
     return lambda images, tags: refitter(images, tags)
 
 
@@ -218,12 +157,6 @@ def comparison_figure(rows: list[dict], columns: Sequence[str], info: DatasetInf
     return np.concatenate([header, grid], axis=0)
 
 
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every evidence mode over the split; returns (and writes) the results dict."""
     modes = check_modes(options.evidence_modes)
@@ -231,7 +164,8 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
         raise ValueError(f"--bootstrap_samples must be >= 0 (0 turns the intervals off), "
                          f"got {options.bootstrap_samples}")
     network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
-    has_tags = "tags" in network.output
+    family = family_of(network)
+    has_tags = family.tags_output in network.output
     if not has_tags and any(m != "none" for m in modes):
         raise ValueError(
             f"--evidence_modes={','.join(modes)} needs a model with a tag head (a *_mt "
@@ -247,6 +181,9 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
     batches = list(dataset)
     if not batches:
         raise ValueError(f"split {options.eval_split!r} in {options.dataset_dir} is empty")
+    input_pipeline.check_labels_match(
+        np.concatenate([np.unique(b[1]["semantic"].numpy()) for b in batches]), info,
+        options.dataset_dir, options.eval_split, whose="the checkpoint's dataset")
     printer(f"Evaluating {meta['model']['name']} on {info.name}:{options.eval_split} "
             f"({len(batches)} images), modes: {', '.join(modes)}, scales {options.eval_scales}"
             f"{' + flip' if options.add_flipped_images else ''}")
@@ -262,7 +199,7 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
     if has_tags:
         f1, tag_map = TagPrecisionRecallF1(len(info.tag_class_ids)), TagMAP(len(info.tag_class_ids))
         for images, targets in batches:
-            logits = network(images, training=False)["tags"]
+            logits = network(images, training=False)[family.tags_output]
             f1.update_state(targets["tags"], logits)
             tag_map.update_state(targets["tags"], logits)
         results["tags"] = {k: float(v) for k, v in f1.results().items()}
@@ -329,14 +266,12 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
     if options.eval_logdir:
         out = pathlib.Path(options.eval_logdir)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out / "eval_results.json", json.dumps(results, indent=2))
+        atomic_write(out / "eval_results.json", json.dumps(results, indent=2))
         if vis_rows:
             fig = comparison_figure(vis_rows, modes, info,
                                     scale=max(1, 256 // max(vis_rows[0]["image"].shape[:2])))
             ok, png = cv2.imencode(".png", fig[..., ::-1])
-            tmp = out / "comparison.png.tmp"
-            tmp.write_bytes(png.tobytes())
-            os.replace(tmp, out / "comparison.png")
+            atomic_write(out / "comparison.png", png.tobytes())
             results["comparison_png"] = str(out / "comparison.png")
         results["results_json"] = str(out / "eval_results.json")
         printer(f"Wrote {out / 'eval_results.json'}")

@@ -1,28 +1,10 @@
-"""Atrous backbones with output-stride control.
-
-Each ``build_<name>(x, output_stride, ...)`` takes the *normalised* image tensor and
-returns a dict of KerasTensors with keys ``stride2``, ``stride4``, ``stride8``,
-``stride16`` (the last feature computed at that stride), ``final`` and ``low_level``.
-A ``strideN`` key is absent when the network never reaches stride N, i.e. at output
-stride 8 there is no ``stride16`` (the model then aliases its ``stride16`` layer to
-``final``). Every layer is named ``backbone_...``.
-"""
+"""The original's output-stride bookkeeping (``stack_blocks_dense``) plus feature taps."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import keras
-
-__all__ = [
-    "BACKBONE_BUILDERS",
-    "OutputStrideTracker",
-    "Tap",
-    "build_backbone",
-    "no_tap",
-    "preprocess_mode",
-]
-
 
 Tap = Callable[[str, keras.KerasTensor], keras.KerasTensor]
 
@@ -84,32 +66,3 @@ class OutputStrideTracker:
         feats = dict(self.features)
         feats["final"] = x
         return feats
-
-
-def preprocess_mode(backbone: str) -> str:
-    """Which :class:`~deeplab_ext.layers.Preprocess` mode the backbone was trained with."""
-    return "mean_subtraction" if backbone.startswith("resnet") else "inception"
-
-
-def _builders() -> dict[str, Callable[..., dict]]:
-    from deeplab_ext.backbones.mobilenet_v2 import build_mobilenet_v2
-    from deeplab_ext.backbones.resnet_beta import build_resnet_v1_50_beta, build_resnet_v1_101_beta
-    from deeplab_ext.backbones.xception import build_xception_65
-
-    return {
-        "xception_65": build_xception_65,
-        "mobilenet_v2": build_mobilenet_v2,
-        "resnet_v1_50_beta": build_resnet_v1_50_beta,
-        "resnet_v1_101_beta": build_resnet_v1_101_beta,
-    }
-
-
-BACKBONE_BUILDERS = ("xception_65", "mobilenet_v2", "resnet_v1_50_beta", "resnet_v1_101_beta")
-
-
-def build_backbone(name: str, x: keras.KerasTensor, output_stride: int, **kwargs) -> dict:
-    """Dispatch to ``build_<name>``; unknown names raise a ValueError listing the valid ones."""
-    builders = _builders()
-    if name not in builders:
-        raise ValueError(f"unknown backbone {name!r}; valid: {sorted(builders)}")
-    return builders[name](x, output_stride, **kwargs)

@@ -11,7 +11,6 @@ Images are predicted at full size, one at a time, so nothing has to be cropped b
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 from collections.abc import Callable
@@ -20,29 +19,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from deeplab_ext import colormap as cmap
+from deeplab_ext.data import colormap as cmap
+from deeplab_ext.run.options import COLORMAP_TYPES, VisOptions
 
 SEMANTIC_PREDICTION_SAVE_FOLDER = "segmentation_results"
 RAW_SEMANTIC_PREDICTION_SAVE_FOLDER = "raw_segmentation_results"
 IMAGE_FORMAT = "%06d_image"
 PREDICTION_FORMAT = "%06d_prediction"
-COLORMAP_TYPES = (cmap.PASCAL, cmap.CITYSCAPES, cmap.ADE20K, cmap.CAMVID)
-
-
-@dataclasses.dataclass
-class VisOptions:
-    """Options; field names follow the original vis.py flags."""
-
-    checkpoint_dir: str
-    dataset_dir: str
-    vis_logdir: str
-    vis_split: str = "val"
-    colormap_type: str | None = None  # default: the dataset's colormap
-    also_save_raw_predictions: bool = False
-    max_number_of_images: int | None = None
-    eval_scales: tuple[float, ...] = (1.0,)
-    add_flipped_images: bool = False
-    checkpoint_path: str | None = None
 
 
 def raw_prediction_for_saving(prediction: np.ndarray, dataset_name: str) -> np.ndarray:
@@ -79,7 +62,7 @@ def _examples(dataset_dir: str | os.PathLike, split: str):
     """(uint8 image [H,W,3], filename) in the converter's order, one pass."""
     import tensorflow as tf
 
-    from deeplab_ext.input_pipeline import decode_example, list_shards
+    from deeplab_ext.data.input_pipeline import decode_example, list_shards
 
     ds = tf.data.TFRecordDataset(list_shards(dataset_dir, split))
     for serialized in ds:
@@ -99,7 +82,8 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
     """Predict every image of the split and write images, colour and raw predictions."""
     import tensorflow as tf
 
-    from deeplab_ext.trainer import restore_network
+    from deeplab_ext.models.registry import family_of
+    from deeplab_ext.run.rundir import restore_network
     from tf_mtl.inference import predict_segmentation, validate_scales
 
     scales = validate_scales(options.eval_scales)
@@ -127,7 +111,8 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
 
     @tf.function(reduce_retracing=True)
     def predict(images):
-        return predict_segmentation(network, images, scales, options.add_flipped_images)
+        return predict_segmentation(network, images, scales, options.add_flipped_images,
+                                    key=family_of(network).semantic_output)
 
     printer(f"Visualising {meta['model']['name']} on {info.name}:{options.vis_split} "
             f"-> {save_dir}")

@@ -1,10 +1,13 @@
 """tf.data reader for the original DeepLab TFRecords (`make_dataset`).
 
-Yields `(images, {"semantic": labels, "tags": multi-hot})` as fixed in ARCHITECTURE.md.
+Yields `(images, targets)` as fixed in ARCHITECTURE.md: by default
+`{"semantic": labels, "tags": multi-hot}`; any target registered in
+`deeplab_ext.data.targets` can be asked for by name.
 Fast path: shards are read by a parallel interleave, serialized records are shuffled
 (cheap) before decoding, decode + augmentation run in a parallel `map` (AUTOTUNE), and
 batches are prefetched. Tags are computed from the full label map BEFORE any crop: they
-are image-level facts, a crop that cuts an object out does not remove its tag.
+are image-level facts, a crop that cuts an object out does not remove its tag (the
+targets hook's "image" stage); dense targets follow the augmentation ("dense" stage).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from deeplab_ext import preprocess, tfrecord
-from deeplab_ext.datasets import DatasetInfo, get_dataset_info
+from deeplab_ext.data import preprocess, tfrecord
+from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info
+from deeplab_ext.data.targets import DEFAULT_TARGETS, DENSE, IMAGE, compute_targets, get_target
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -38,15 +42,6 @@ def list_shards(dataset_dir: str | os.PathLike, split: str) -> list[str]:
             f"{CONVERTERS}"
         )
     return files
-
-
-def tags_from_label(label: tf.Tensor, info: DatasetInfo) -> tf.Tensor:
-    """Multi-hot float32 `[num_tags]`: tag i is set when class `tag_class_ids[i]` occurs."""
-    depth = max(info.num_classes, info.ignore_label + 1)
-    flat = tf.reshape(tf.cast(label, tf.int32), [-1])
-    counts = tf.math.bincount(flat, minlength=depth, maxlength=depth, dtype=tf.int32)
-    present = tf.gather(counts, list(info.tag_class_ids)) > 0
-    return tf.cast(present, tf.float32)
 
 
 def tags_from_names(names: Sequence[str], info: DatasetInfo | str) -> np.ndarray:
@@ -94,15 +89,20 @@ def make_dataset(
     repeat: bool | None = None,
     drop_remainder: bool | None = None,
     mean_pixel: Sequence[float] = preprocess.MEAN_PIXEL_INCEPTION,
+    targets: Sequence[str] = DEFAULT_TARGETS,
 ) -> tf.data.Dataset:
-    """Batched `(images float32 [B,h,w,3] in 0..255, {"semantic", "tags"})` for one split.
+    """Batched `(images float32 [B,h,w,3] in 0..255, {target name: tensor})` for one split.
 
     Training: shuffled, repeated (unless `repeat=False`), randomly scaled/cropped/flipped,
     remainder dropped. Eval: the list order of the converter, no randomness, one pass. With `seed` the whole
     stream (file order, shuffle, augmentation) is reproducible. `crop_size=None` keeps full
-    images (eval only, `batch_size` must be 1).
+    images (eval only, `batch_size` must be 1). `targets` names registered targets
+    (`deeplab_ext.data.targets`; default semantic labels and image tags).
     """
     info = get_dataset_info(dataset)
+    targets = tuple(targets)
+    for name in targets:
+        get_target(name)  # unknown names fail here, not inside tf.data
     files = list_shards(dataset_dir, split)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -133,7 +133,7 @@ def make_dataset(
 
     def _process(serialized: tf.Tensor, elem_seed: tf.Tensor | None):
         image, label, _ = decode_example(serialized)
-        tags = tags_from_label(label, info)
+        out = compute_targets(targets, IMAGE, image, label, info, elem_seed, is_training)
         image, label = preprocess.preprocess_image_and_label(
             image,
             label,
@@ -150,7 +150,8 @@ def make_dataset(
             mean_pixel=mean_pixel,
             seed=elem_seed,
         )
-        return image, {"semantic": label[..., 0], "tags": tags}
+        out.update(compute_targets(targets, DENSE, image, label, info, elem_seed, is_training))
+        return image, {name: out[name] for name in targets}
 
     if is_training:
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
@@ -160,3 +161,37 @@ def make_dataset(
         ds = ds.map(lambda s: _process(s, None), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(AUTOTUNE)
+
+
+def foreign_label_values(labels: np.ndarray, info: DatasetInfo) -> list[int]:
+    """Label values that are neither a class of ``info`` nor its ignore label."""
+    values = np.unique(np.asarray(labels))
+    return [int(v) for v in values if not (0 <= v < info.num_classes or v == info.ignore_label)]
+
+
+def check_labels_match(labels: np.ndarray, info: DatasetInfo, dataset_dir: str | os.PathLike,
+                       split: str, whose: str = "--dataset") -> None:
+    """Refuse shards whose labels do not fit ``info``: they were written for another dataset.
+
+    Why up front: otherwise every metric is silently wrong (a class id beyond the model's
+    classes is neither counted nor ignored) until a shape error far downstream.
+    """
+    bad = foreign_label_values(labels, info)
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        raise ValueError(
+            f"--dataset_dir={dataset_dir} split {split!r} holds label values {shown}, which are "
+            f"not classes of {whose} {info.name!r} ({info.num_classes} classes 0.."
+            f"{info.num_classes - 1}, ignore label {info.ignore_label}): these shards were "
+            f"written for another dataset. Use shards of {info.name!r}, or a model / --dataset "
+            "made for these shards."
+        )
+
+
+def check_shards_match(info: DatasetInfo, dataset_dir: str | os.PathLike, split: str,
+                       num_examples: int = 16, whose: str = "--dataset") -> None:
+    """:func:`check_labels_match` on the first ``num_examples`` label maps of the split."""
+    ds = tf.data.TFRecordDataset(list_shards(dataset_dir, split)).take(num_examples)
+    labels = [decode_example(s)[1].numpy().ravel() for s in ds]
+    if labels:
+        check_labels_match(np.concatenate(labels), info, dataset_dir, split, whose)

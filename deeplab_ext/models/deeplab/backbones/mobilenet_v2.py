@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import keras
 
-from deeplab_ext.backbones import OutputStrideTracker, Tap, no_tap
-from deeplab_ext.layers import ConvBN, DepthwiseConvBN
+from deeplab_ext.models.deeplab.backbones.stride import OutputStrideTracker, Tap, no_tap
+from deeplab_ext.models.layers import ConvBN, DepthwiseConvBN
 
 __all__ = ["build_mobilenet_v2", "make_divisible", "MOBILENET_V2_DEF"]
 
@@ -42,9 +42,9 @@ def build_mobilenet_v2(
     *,
     depth_multiplier: float = 1.0,
     multi_grid: tuple[int, ...] | None = None,
-    weight_decay: float = 4e-5,
-    bn_momentum: float = 0.9997,
-    bn_epsilon: float = 1e-3,
+    weight_decay: float,
+    bn_momentum: float,
+    bn_epsilon: float,
     sync_batch_norm: bool = False,
     prefix: str = "backbone_",
     tap: Tap | None = None,

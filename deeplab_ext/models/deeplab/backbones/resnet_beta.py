@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import keras
 
-from deeplab_ext.backbones import OutputStrideTracker, Tap, no_tap
-from deeplab_ext.layers import ConvBN
+from deeplab_ext.models.deeplab.backbones.stride import OutputStrideTracker, Tap, no_tap
+from deeplab_ext.models.layers import ConvBN
 
 __all__ = ["build_resnet_v1_50_beta", "build_resnet_v1_101_beta", "build_resnet_v1_beta"]
 
@@ -49,9 +49,9 @@ def build_resnet_v1_beta(
     num_layers: int = 50,
     multi_grid: tuple[int, ...] | None = (1, 2, 4),
     depth_multiplier: float = 1.0,
-    weight_decay: float = 1e-4,
-    bn_momentum: float = 0.9997,
-    bn_epsilon: float = 1e-5,
+    weight_decay: float,
+    bn_momentum: float,
+    bn_epsilon: float,
     sync_batch_norm: bool = False,
     prefix: str = "backbone_",
     tap: Tap | None = None,

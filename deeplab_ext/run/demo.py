@@ -7,7 +7,6 @@ original TFRecord format first). Every stage prints progress and its wall time.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -19,44 +18,16 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from deeplab_ext import download, input_pipeline, synthetic
-from deeplab_ext.evaluation import (
-    EVIDENCE_MODES,
-    EvalOptions,
-    EvidenceOptions,
-    bootstrap_baselines,
-    evaluate,
-    refit_variables,
-    vs_cell,
-)
-from deeplab_ext.export import export_saved_model
-from deeplab_ext.trainer import TrainOptions, restore_network, train
+from deeplab_ext.data import download, input_pipeline, synthetic
+from deeplab_ext.run.evaluation import EVIDENCE_MODES, bootstrap_baselines, evaluate, vs_cell
+from deeplab_ext.run.export import export_saved_model
+from deeplab_ext.run.options import DemoOptions, EvalOptions, TrainOptions
+from deeplab_ext.run.rundir import restore_network
+from deeplab_ext.run.trainer import train
 from tf_mtl import tbevents
 from tf_mtl.report import write_html_report
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_MODES = ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune")
-
-
-@dataclasses.dataclass
-class DemoOptions:
-    workdir: str = "demo_out"
-    data: str | None = None  # VOC- or CamVid-layout folder; None = built-in dataset
-    model_variant: str = "deeplabv3plus_mobilenetv2_tiny_mt"
-    train_steps: int = 10000
-    batch_size: int = 8
-    crop_size: int = 65
-    base_learning_rate: float = 5e-3
-    num_train: int = 2000
-    num_val: int = 100
-    image_size: int = 64
-    max_eval_images: int | None = None
-    evidence_modes: tuple[str, ...] = DEFAULT_MODES
-    # Refit settings chosen on the generated *test* split, not val (BENCHMARKS.md 6c):
-    # a larger rate with per-image gradient clipping.
-    evidence: EvidenceOptions = dataclasses.field(
-        default_factory=lambda: EvidenceOptions(learning_rate=0.1, clip_norm=0.5))
-    seed: int = 0
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 class _Stage:
@@ -105,7 +76,7 @@ def prepare_data(options: DemoOptions, out: pathlib.Path, printer) -> tuple[str,
 
 def _sample_image(dataset: str, data_dir: str, path: pathlib.Path) -> list[str]:
     """Write the first val image as PNG; return its ground-truth tag names."""
-    from deeplab_ext.datasets import get_dataset_info
+    from deeplab_ext.data.datasets import get_dataset_info
 
     info = get_dataset_info(dataset)
     ds = input_pipeline.make_dataset(info, data_dir, "val", crop_size=None, batch_size=1,
@@ -132,7 +103,7 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print) -> di
     train(TrainOptions(
         train_logdir=str(logdir), dataset_dir=data_dir, dataset=dataset,
         model_variant=options.model_variant, train_crop_size=(crop, crop),
-        train_batch_size=options.batch_size, optimizer="adam",
+        train_batch_size=options.train_batch_size, optimizer="adam",
         base_learning_rate=options.base_learning_rate,
         training_number_of_steps=options.train_steps,
         save_interval_steps=max(100, options.train_steps // 4), save_summaries_steps=25,
@@ -153,11 +124,8 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print) -> di
     stage("Export the SavedModel")
     network, info, meta = restore_network(logdir)
     export_dir = out / "export"
-    export_saved_model(
-        network, info, export_dir,
-        evidence=options.evidence.config("l2", False, (1.0,), False),
-        refit_variables=refit_variables(network, options.evidence.refit),
-        model_config=meta["model"])
+    export_saved_model(network, info, export_dir, evidence=options.evidence,
+                       model_config=meta["model"])
     printer(f"SavedModel in {export_dir}")
 
     stage("Serve: tools.predict through the SavedModel on a sample image with its tags")

@@ -1,0 +1,139 @@
+"""Targets by name: what the input pipeline yields next to each image.
+
+A target is a function of the example registered under a name and a *stage*:
+
+* ``"image"`` targets are image-level facts computed from the full image and label
+  map *before* any resizing, cropping or flipping (a crop that cuts an object out does
+  not remove its tag);
+* ``"dense"`` targets are computed *after* the augmentation, from the crop the network
+  sees, so they stay aligned with it (the label map itself, an edge map, a box that
+  moves with the crop and the flip).
+
+``make_dataset(..., targets=("semantic", "tags", "edges"))`` yields a dict with one
+entry per name. A task that needs a new target registers it in its own module::
+
+    @register_target("edges", stage=DENSE)
+    def edges(ctx: TargetContext) -> tf.Tensor:
+        ...  # ctx.image float32 [h, w, 3], ctx.label int32 [h, w, 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from deeplab_ext.data.datasets import DatasetInfo
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "DENSE",
+    "IMAGE",
+    "TargetContext",
+    "TargetSpec",
+    "compute_targets",
+    "get_target",
+    "register_target",
+    "tags_from_label",
+    "target_names",
+]
+
+IMAGE = "image"
+DENSE = "dense"
+STAGES = (IMAGE, DENSE)
+DEFAULT_TARGETS = ("semantic", "tags")
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetContext:
+    """What a target function sees of one example.
+
+    ``image``: ``"image"`` stage uint8 ``[H, W, 3]`` as decoded; ``"dense"`` stage float32
+    ``[h, w, 3]`` in 0..255 after augmentation (padding is the mean pixel).
+    ``label``: ``[H, W, 1]`` (uint8 decoded / int32 augmented; padding is the ignore label).
+    ``seed``: an int64 ``[2]`` seed of this example and target for stateless random ops in
+    training, None in evaluation (where targets must be deterministic).
+    """
+
+    image: tf.Tensor
+    label: tf.Tensor
+    info: DatasetInfo
+    seed: tf.Tensor | None
+    is_training: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    stage: str
+    fn: Callable[[TargetContext], tf.Tensor]
+
+
+_TARGETS: dict[str, TargetSpec] = {}
+
+
+def register_target(name: str, stage: str) -> Callable:
+    """Decorator: register ``fn(ctx: TargetContext) -> Tensor`` as target ``name``."""
+    if stage not in STAGES:
+        raise ValueError(f"target {name!r}: stage must be one of {STAGES}, got {stage!r}")
+
+    def decorate(fn: Callable[[TargetContext], tf.Tensor]) -> Callable:
+        _TARGETS[name] = TargetSpec(name, stage, fn)
+        return fn
+
+    return decorate
+
+
+def target_names() -> list[str]:
+    return sorted(_TARGETS)
+
+
+def get_target(name: str) -> TargetSpec:
+    if name not in _TARGETS:
+        raise ValueError(f"unknown target {name!r}; registered targets: {target_names()} "
+                         "(deeplab_ext.data.targets.register_target adds one)")
+    return _TARGETS[name]
+
+
+def _seed_for(seed: tf.Tensor | None, name: str) -> tf.Tensor | None:
+    """A seed per target, independent of the augmentation's and of other targets'."""
+    if seed is None:
+        return None
+    return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64),
+                                                    zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def compute_targets(names: tuple[str, ...], stage: str, image: tf.Tensor, label: tf.Tensor,
+                    info: DatasetInfo, seed: tf.Tensor | None, is_training: bool
+                    ) -> dict[str, tf.Tensor]:
+    """The targets of ``names`` that belong to ``stage``, by name."""
+    out = {}
+    for name in names:
+        spec = get_target(name)
+        if spec.stage == stage:
+            out[name] = spec.fn(TargetContext(image, label, info, _seed_for(seed, name),
+                                              is_training))
+    return out
+
+
+def tags_from_label(label: tf.Tensor, info: DatasetInfo) -> tf.Tensor:
+    """Multi-hot float32 `[num_tags]`: tag i is set when class `tag_class_ids[i]` occurs."""
+    depth = max(info.num_classes, info.ignore_label + 1)
+    flat = tf.reshape(tf.cast(label, tf.int32), [-1])
+    counts = tf.math.bincount(flat, minlength=depth, maxlength=depth, dtype=tf.int32)
+    present = tf.gather(counts, list(info.tag_class_ids)) > 0
+    return tf.cast(present, tf.float32)
+
+
+@register_target("tags", stage=IMAGE)
+def _tags(ctx: TargetContext) -> tf.Tensor:
+    """Classes present anywhere in the full label map (background and ignore excluded)."""
+    return tags_from_label(ctx.label, ctx.info)
+
+
+@register_target("semantic", stage=DENSE)
+def _semantic(ctx: TargetContext) -> tf.Tensor:
+    """The augmented label map ``[h, w]`` (the ignore label kept)."""
+    return ctx.label[..., 0]

@@ -1,0 +1,32 @@
+"""The DeepLab family (v3 / v3+ with atrous Xception-65, MobileNetV2, ResNet-beta).
+
+Importing this package registers the family and every ``--model_variant`` of
+:data:`~deeplab_ext.models.deeplab.config.MODEL_VARIANTS`.
+"""
+
+from __future__ import annotations
+
+from deeplab_ext.models.deeplab.config import MODEL_VARIANTS, DeepLabConfig
+from deeplab_ext.models.deeplab.model import FAMILY, FEATURE_NAMES, GROUP_PREFIXES, DeepLab
+from deeplab_ext.models.registry import ModelFamily, register_family
+
+__all__ = ["DeepLab", "DeepLabConfig", "MODEL_VARIANTS"]
+
+
+def _build(config: DeepLabConfig, input_shape: tuple) -> DeepLab:
+    return DeepLab(config, input_shape=input_shape)
+
+
+def _describe(cfg: DeepLabConfig) -> dict:
+    return {"backbone": cfg.backbone, "output_stride": cfg.output_stride,
+            "atrous_rates": list(cfg.effective_atrous_rates()),
+            "decoder_output_stride": cfg.decoder_output_stride}
+
+
+register_family(ModelFamily(
+    name=FAMILY, config_class=DeepLabConfig, build=_build,
+    variable_groups=GROUP_PREFIXES,
+    # The trunk and the tag branch; the decoder and logits stay as trained.
+    refit_groups=("backbone", "aspp", "tag_head"),
+    feature_names=FEATURE_NAMES, describe=_describe,
+), variants=MODEL_VARIANTS)

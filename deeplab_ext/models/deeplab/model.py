@@ -1,0 +1,146 @@
+"""The DeepLab network (the network contract of ARCHITECTURE.md).
+
+:class:`DeepLab` is a functional model: input ``images`` (raw RGB in [0, 255]), output dict
+``{"semantic": logits at input size, "tags": tag logits}`` (tags only with ``num_tags >
+0``), both float32. Its :class:`DeepLabConfig` is kept on the model (``model.model_config``)
+and in its ``get_config``, so ``.keras`` files rebuild the same network. Build it through
+the registry (``deeplab_ext.models.build_network("deeplabv3plus_xception65_mt")``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+from deeplab_ext.models.deeplab.backbones import build_backbone, get_backbone
+from deeplab_ext.models.deeplab.config import DeepLabConfig
+from deeplab_ext.models.layers import (
+    ASPP,
+    Decoder,
+    Preprocess,
+    ResizeBilinear,
+    TagHead,
+    l2_regularizer,
+)
+
+__all__ = ["DeepLab", "FEATURE_NAMES", "GROUP_PREFIXES"]
+
+FAMILY = "deeplab"
+FEATURE_NAMES = ("low_level", "stride8", "stride16", "backbone_output", "encoder", "decoder_output")
+GROUP_PREFIXES = {
+    "backbone": "backbone_",
+    "aspp": "aspp",
+    "decoder": "decoder",
+    "logits": "logits",
+    "tag_head": "tag_head",
+}
+
+
+def _tap(name: str, x: keras.KerasTensor) -> keras.KerasTensor:
+    """Named identity layer inserted inline so heads can attach via ``get_layer(name)``."""
+    return keras.layers.Identity(name=name)(x)
+
+
+def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
+    images = keras.Input(shape=tuple(input_shape), name="images", dtype="float32")
+    x = Preprocess(get_backbone(cfg.backbone).preprocess, name="preprocess")(images)
+    feats = build_backbone(
+        cfg.backbone,
+        x,
+        cfg.output_stride,
+        depth_multiplier=cfg.depth_multiplier,
+        multi_grid=cfg.multi_grid,
+        weight_decay=cfg.weight_decay,
+        bn_momentum=cfg.bn_momentum,
+        sync_batch_norm=cfg.sync_batch_norm,
+        tap=_tap,
+    )
+    final = feats["final"]
+    low_level = feats["low_level"]
+    if "stride16" not in feats:
+        # At OS8 the network never reaches stride 16: alias the deepest (stride-8) feature.
+        final = _tap("stride16", final)
+    backbone_output = keras.layers.Identity(name="backbone_output")(final)
+    bn = dict(
+        weight_decay=cfg.weight_decay,
+        bn_momentum=cfg.bn_momentum,
+        bn_epsilon=cfg.bn_epsilon,
+        sync_batch_norm=cfg.sync_batch_norm,
+    )
+    enc = ASPP(
+        cfg.aspp_filters,
+        cfg.effective_atrous_rates(),
+        image_pooling=cfg.aspp_with_image_pooling,
+        separable=cfg.aspp_with_separable_conv,
+        dropout=cfg.aspp_dropout,
+        name="aspp",
+        **bn,
+    )(backbone_output)
+    encoder = keras.layers.Identity(name="encoder")(enc)
+    if cfg.decoder_output_stride is not None:
+        dec = Decoder(
+            cfg.decoder_filters,
+            cfg.low_level_filters,
+            separable=cfg.decoder_use_separable_conv,
+            name="decoder",
+            **bn,
+        )([encoder, low_level])
+    else:
+        dec = encoder
+    decoder_output = keras.layers.Identity(name="decoder_output")(dec)
+    logits = keras.layers.Conv2D(
+        cfg.num_classes,
+        1,
+        use_bias=True,
+        kernel_regularizer=l2_regularizer(cfg.weight_decay),
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
+        name="logits",
+    )(decoder_output)
+    if cfg.upsample_logits:
+        logits = ResizeBilinear(name="upsample_logits")([logits, images])
+    outputs = {
+        "semantic": keras.layers.Activation("linear", dtype="float32", name="semantic")(logits)
+    }
+    if cfg.num_tags > 0:
+        tags = TagHead(
+            cfg.num_tags,
+            cfg.tag_head_hidden,
+            weight_decay=cfg.weight_decay,
+            pooling=cfg.tag_head_pooling,
+            name="tag_head",
+        )(encoder)
+        outputs["tags"] = keras.layers.Activation("linear", dtype="float32", name="tags")(tags)
+    return images, outputs
+
+
+@keras.saving.register_keras_serializable(package="deeplab_ext")
+class DeepLab(keras.Model):
+    """Functional DeepLab whose ``get_config`` is its :class:`DeepLabConfig` (keras-hub style)."""
+
+    def __init__(
+        self,
+        config: DeepLabConfig | dict,
+        input_shape: Sequence[int | None] = (None, None, 3),
+        **kwargs,
+    ):
+        if isinstance(config, dict):
+            config = DeepLabConfig.from_dict(config)
+        inputs, outputs = _build_graph(config, input_shape)
+        kwargs.setdefault("name", config.name)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.model_family = FAMILY
+        self.model_config = config
+        self.image_input_shape = tuple(input_shape)
+
+    def get_config(self) -> dict:
+        return {
+            "config": self.model_config.to_dict(),
+            "input_shape": list(self.image_input_shape),
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> DeepLab:
+        return cls(**config)

@@ -1,0 +1,260 @@
+"""Model families and their named variants: the one registry every tool builds from.
+
+A *family* (DeepLab, later SegNet / MTAN) is a config dataclass, a builder and the facts
+the tools need about its networks: variable groups (what evidence refits), named
+feature taps, which outputs are the segmentation and the tags, where the latent of the
+evidence ``latent`` mode is. A *variant* is a named config of a family
+(``--model_variant``). Adding a family is adding a folder that calls
+:func:`register_family`; the run directory records the family and the module that
+registered it, so every tool restores any family::
+
+    register_family(ModelFamily(name="toy", config_class=ToyConfig, build=build_toy,
+                                variable_groups={"trunk": "trunk_", "tag_head": "tag_"},
+                                refit_groups=("trunk", "tag_head")),
+                    variants={"toy_mt": ToyConfig(name="toy_mt", num_tags=4)})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import keras
+
+__all__ = [
+    "DEFAULT_VARIANT",
+    "ModelConfig",
+    "ModelFamily",
+    "build_network",
+    "family_of",
+    "get_family",
+    "get_variant",
+    "group_variables",
+    "register_family",
+    "register_variant",
+    "variable_groups",
+    "variant_field",
+    "variant_names",
+]
+
+DEFAULT_VARIANT = "deeplabv3plus_mobilenetv2_mt"
+# Built-in families: imported on first use so the registry is complete without the caller
+# knowing which module registers what.
+_BUILTIN_MODULES = ("deeplab_ext.models.deeplab",)
+
+
+def variant_field() -> Any:
+    """The ``--model_variant`` option (one default and help for every options dataclass)."""
+    return dataclasses.field(default=DEFAULT_VARIANT, metadata={
+        "help": "Zoo variant, e.g. deeplabv3plus_xception65[_mt] (python -m tools.model_info "
+                "--list_variants lists them)."})
+
+
+class ModelConfig:
+    """Mixin for a family's config dataclass (fields ``name``, ``num_classes``, ``num_tags``).
+
+    ``num_tags > 0`` means the network has a tag head. The one rule about tags lives
+    here: overriding ``num_classes`` alone keeps a tag per class but background
+    (``num_classes - 1``); :meth:`for_dataset` sets both from a dataset's own counts.
+    """
+
+    name: str
+    num_classes: int
+    num_tags: int
+
+    def replace(self, **overrides: Any) -> Any:
+        """A copy with some fields changed (None = keep; unknown field -> ValueError)."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown {type(self).__name__} field(s) {unknown}; valid fields: "
+                             f"{sorted(names)}")
+        if self.num_tags > 0 and "num_classes" in overrides and "num_tags" not in overrides:
+            overrides["num_tags"] = max(int(overrides["num_classes"]) - 1, 1)
+        return dataclasses.replace(self, **overrides)
+
+    def for_dataset(self, num_classes: int, num_tags: int) -> Any:
+        """This config for a dataset with ``num_classes`` classes and ``num_tags`` tags."""
+        return self.replace(num_classes=num_classes,
+                            num_tags=num_tags if self.num_tags > 0 else None)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """What the tools need to know about one family of networks.
+
+    Attributes:
+      name: recorded in every run directory (``model_config.json``).
+      config_class: a dataclass with :class:`ModelConfig`'s methods.
+      build: ``(config, input_shape) -> keras.Model``; the network takes raw RGB
+        ``images`` ``[B, H, W, 3]`` in 0..255 and returns a dict of named outputs.
+      variable_groups: group name -> layer-name prefix (evidence refit sets, reports).
+      refit_groups: groups refitted by default at prediction time.
+      feature_names: named intermediate features (identity layers) heads can tap.
+      semantic_output / tags_output: output keys of the segmentation logits and the tag
+        logits (serving, evaluation, evidence).
+      latent_feature: the feature the evidence ``latent`` mode offsets.
+      describe: ``config -> dict`` of facts ``tools.model_info`` prints.
+      module: the module that registered the family (set by :func:`register_family`);
+        a run directory records it so a new process can import it.
+    """
+
+    name: str
+    config_class: type
+    build: Callable[[Any, tuple], keras.Model]
+    variable_groups: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    refit_groups: tuple[str, ...] = ()
+    feature_names: tuple[str, ...] = ()
+    semantic_output: str = "semantic"
+    tags_output: str = "tags"
+    latent_feature: str = "encoder"
+    describe: Callable[[Any], dict] | None = None
+    module: str = ""
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+_VARIANTS: dict[str, tuple[str, Any]] = {}
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+
+
+def register_family(family: ModelFamily, variants: Mapping[str, Any] | None = None
+                    ) -> ModelFamily:
+    """Register a family (and its variants); re-registering the same name replaces it."""
+    missing = [m for m in ("replace", "for_dataset", "to_dict", "from_dict")
+               if not hasattr(family.config_class, m)]
+    if missing or not dataclasses.is_dataclass(family.config_class):
+        raise TypeError(f"family {family.name!r}: config_class must be a dataclass with "
+                        f"ModelConfig's methods (missing {missing})")
+    if not family.module:
+        family = dataclasses.replace(family, module=family.build.__module__)
+    _FAMILIES[family.name] = family
+    for name, config in (variants or {}).items():
+        register_variant(name, family.name, config)
+    return family
+
+
+def register_variant(name: str, family: str, config: Any) -> None:
+    """Make ``config`` of ``family`` available as ``--model_variant=name``."""
+    if family not in _FAMILIES:
+        raise ValueError(f"register_variant({name!r}): family {family!r} is not registered")
+    if not isinstance(config, _FAMILIES[family].config_class):
+        raise TypeError(f"variant {name!r}: expected a {_FAMILIES[family].config_class.__name__}")
+    _VARIANTS[name] = (family, config)
+
+
+def get_family(name: str, module: str | None = None) -> ModelFamily:
+    """The family ``name``; ``module`` (as a run directory records it) is imported if needed."""
+    _load_builtins()
+    if name not in _FAMILIES and module:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"model family {name!r} is registered by module {module!r}, which "
+                             f"cannot be imported ({e}); put it on PYTHONPATH") from e
+    if name not in _FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; registered: {sorted(_FAMILIES)}. "
+                         "Import the module that registers it (tools: --extra_modules=...).")
+    return _FAMILIES[name]
+
+
+def variant_names() -> list[str]:
+    _load_builtins()
+    return sorted(_VARIANTS)
+
+
+def get_variant(variant: str, **overrides: Any) -> tuple[ModelFamily, Any]:
+    """(family, config) of ``--model_variant=variant`` with ``overrides`` (None = keep)."""
+    _load_builtins()
+    if variant not in _VARIANTS:
+        raise ValueError(f"unknown --model_variant={variant!r}; valid names: {variant_names()}")
+    family, config = _VARIANTS[variant]
+    return _FAMILIES[family], config.replace(**overrides)
+
+
+def _family_of_config(config: Any) -> ModelFamily:
+    _load_builtins()
+    for family in _FAMILIES.values():
+        if isinstance(config, family.config_class):
+            return family
+    raise TypeError(f"no registered model family takes a {type(config).__name__}")
+
+
+def build_network(config: Any, *, input_shape: Sequence[int | None] = (None, None, 3),
+                  **overrides: Any) -> keras.Model:
+    """Build a network from a variant name or a family config (+ field overrides).
+
+    The network carries ``model_family`` (the family's name) and ``model_config``.
+    """
+    if len(tuple(input_shape)) != 3 or tuple(input_shape)[-1] != 3:
+        raise ValueError(f"input_shape={tuple(input_shape)} must be (H, W, 3) with H, W or None")
+    if isinstance(config, str):
+        family, config = get_variant(config, **overrides)
+    else:
+        family = _family_of_config(config)
+        config = config.replace(**overrides)
+    network = family.build(config, tuple(input_shape))
+    network.model_family = family.name
+    network.model_config = config
+    return network
+
+
+def family_of(network: keras.Model) -> ModelFamily:
+    """The family a network was built by (``build_network`` / the family's builder)."""
+    name = getattr(network, "model_family", None)
+    if name is None:
+        raise ValueError(f"network {network.name!r} records no model family; build it with "
+                         "deeplab_ext.models.build_network or a registered family's builder")
+    return get_family(name)
+
+
+def variable_groups(network: keras.Model, trainable_only: bool = True) -> dict[str, list]:
+    """The network's variables by its family's groups (layer-name prefixes).
+
+    ``trainable_only=False`` also returns BatchNorm moving statistics.
+    """
+    prefixes = family_of(network).variable_groups
+    groups: dict[str, list] = {g: [] for g in prefixes}
+    for layer in network.layers:
+        for group, prefix in prefixes.items():
+            if layer.name.startswith(prefix):
+                groups[group].extend(layer.trainable_weights if trainable_only else layer.weights)
+                break
+    return groups
+
+
+def group_variables(network: keras.Model, groups: str | Iterable[str] | None = None,
+                    flag: str = "--evidence_refit") -> list:
+    """Trainable variables of the named groups ("backbone,aspp,tag_head"); None = the
+    family's default refit set. Unknown names raise a ValueError naming ``flag``."""
+    family = family_of(network)
+    if groups is None:
+        groups = family.refit_groups
+    if isinstance(groups, str):
+        groups = [g.strip() for g in groups.split(",") if g.strip()]
+    names = list(groups)
+    all_groups = variable_groups(network)
+    bad = [g for g in names if g not in all_groups]
+    if bad:
+        raise ValueError(f"{flag}: unknown group(s) {bad} for model family {family.name!r}; "
+                         f"valid: {sorted(all_groups)}")
+    return [v for g in names for v in all_groups[g]]

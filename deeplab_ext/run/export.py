@@ -1,0 +1,303 @@
+"""Serving: the SavedModel export (the original's export_model.py, plus evidence), and
+one client interface over an export or a checkpoint.
+
+Signatures (usable from `tf.saved_model.load` without importing this project):
+  * `serving_default(images float32 [B,H,W,3] in 0..255)` ->
+    `semantic_predictions` int32 [B,H,W], `semantic_probabilities` float32 [B,H,W,C],
+    `tag_probabilities` float32 [B,T] (models with a tag head), and any other network
+    output under its own name (float32).
+  * `segment_with_evidence(images, tags float32 [B,T], steps int32 [])` -> the same
+    after refitting trunk + tag branch to the tags (plus `tag_probabilities_before`,
+    `steps_taken`).
+Only the network is exported: training-only heads and loss terms live in the
+MultiTaskModel and never reach it. `assets/deeplab_export.json` holds class names, tag
+class ids, the colormap and the model family so clients can decode outputs. The export
+is written to a temporary directory and renamed into place, so an interrupted export
+never replaces a good one.
+
+:class:`LoadedSegmenter` (an export) and :class:`CheckpointSegmenter` (a run directory)
+answer the same two calls through the same :class:`SegmenterServing` functions, and
+validate inputs before any graph runs (a loaded signature fed a wrong-rank tensor can
+abort the whole process).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deeplab_ext.data.colormap import label_to_color_image
+from deeplab_ext.data.datasets import DatasetInfo, info_from_dict, info_to_dict
+from deeplab_ext.data.input_pipeline import tags_from_names
+from deeplab_ext.models.registry import family_of
+from deeplab_ext.run.evidence import keep_classes, make_refitter
+from deeplab_ext.run.options import EvidenceOptions, ExportOptions, PredictOptions
+from deeplab_ext.run.rundir import restore_network
+from tf_mtl.evidence import EvidenceRefitter, prune_probabilities, validate_evidence
+from tf_mtl.inference import multi_scale_probabilities, network_logits_fn
+
+__all__ = [
+    "CheckpointSegmenter",
+    "LoadedSegmenter",
+    "SegmenterServing",
+    "export_checkpoint",
+    "export_saved_model",
+    "predict_image",
+    "read_export_metadata",
+]
+
+METADATA_FILE = "deeplab_export.json"
+
+
+class SegmenterServing(tf.Module):
+    """tf.Module with the serving functions; tracks the network's variables.
+
+    ``refitter``: the evidence refitter behind ``segment_with_evidence`` (None: no tag
+    head, no such function).
+    """
+
+    def __init__(self, network: keras.Model, refitter: EvidenceRefitter | None = None,
+                 inference_scales: Sequence[float] = (1.0,), add_flipped_images: bool = False):
+        super().__init__(name="deeplab_serving")
+        family = family_of(network)
+        self.network = network
+        self.model_variables = list(network.variables)
+        semantic_key, tags_key = family.semantic_output, family.tags_output
+        self.has_tags = tags_key in network.output
+        scales, flip = tuple(inference_scales), bool(add_flipped_images)
+        logits_fn = network_logits_fn(network, semantic_key)
+        images_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+
+        def serve(images):
+            probs = multi_scale_probabilities(logits_fn, images, scales, flip)
+            out = {"semantic_probabilities": probs,
+                   "semantic_predictions": tf.argmax(probs, -1, output_type=tf.int32)}
+            others = {k: v for k, v in network.output.items() if k != semantic_key}
+            if others:
+                raw = network(images, training=False)
+                for key in others:
+                    value = tf.cast(raw[key], tf.float32)
+                    out["tag_probabilities" if key == tags_key else key] = (
+                        tf.sigmoid(value) if key == tags_key else value)
+            return out
+
+        self.serve = tf.function(serve, input_signature=[images_spec])
+        self.refitter = refitter if self.has_tags else None
+        if self.refitter is not None:
+            num_tags = self.refitter.num_tags
+            refit_fn = self.refitter.refit_fn
+
+            def with_evidence(images, tags, steps):
+                r = refit_fn(images, tags, steps)
+                return {"semantic_probabilities": r["probabilities"],
+                        "semantic_predictions": r["predictions"],
+                        "tag_probabilities": r["tag_probabilities_after"],
+                        "tag_probabilities_before": r["tag_probabilities_before"],
+                        "steps_taken": r["steps_taken"]}
+
+            self.segment_with_evidence = tf.function(with_evidence, input_signature=[
+                images_spec, tf.TensorSpec([None, num_tags], tf.float32, name="tags"),
+                tf.TensorSpec([], tf.int32, name="steps")])
+
+    @property
+    def signatures(self) -> dict[str, Callable]:
+        sigs = {"serving_default": self.serve}
+        if self.refitter is not None:
+            sigs["segment_with_evidence"] = self.segment_with_evidence
+        return sigs
+
+
+def serving_module(network: keras.Model, info: DatasetInfo, evidence: EvidenceOptions,
+                   inference_scales: Sequence[float] = (1.0,),
+                   add_flipped_images: bool = False) -> SegmenterServing:
+    """The serving functions of a network; evidence refits with the L2 kind (bp_l2)."""
+    has_tags = family_of(network).tags_output in network.output
+    refitter = (make_refitter(network, info, evidence, "l2", False, inference_scales,
+                              add_flipped_images) if has_tags else None)
+    return SegmenterServing(network, refitter, inference_scales, add_flipped_images)
+
+
+def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str | os.PathLike,
+                       *, evidence: EvidenceOptions | None = None,
+                       inference_scales: Sequence[float] = (1.0,),
+                       add_flipped_images: bool = False, model_config: dict | None = None
+                       ) -> pathlib.Path:
+    """Write the SavedModel atomically (temp dir + rename); returns the export path."""
+    export_path = pathlib.Path(export_path)
+    export_path.parent.mkdir(parents=True, exist_ok=True)
+    module = serving_module(network, info, evidence or EvidenceOptions(), inference_scales,
+                            add_flipped_images)
+    signatures = module.signatures
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{export_path.name}.tmp-", dir=export_path.parent))
+    try:
+        tf.saved_model.save(module, str(tmp), signatures=signatures)
+        meta = {"dataset": info_to_dict(info), "family": family_of(network).name,
+                "model": model_config or {},
+                "inference_scales": list(inference_scales),
+                "add_flipped_images": add_flipped_images,
+                "evidence": dataclasses.asdict(module.refitter.config) if module.refitter else None,
+                "signatures": sorted(signatures)}
+        (tmp / "assets").mkdir(exist_ok=True)
+        (tmp / "assets" / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=list))
+        old = None
+        if export_path.exists():
+            old = export_path.with_name(f".{export_path.name}.old-{os.getpid()}")
+            os.replace(export_path, old)
+        os.replace(tmp, export_path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise OSError(
+                f"Export to {export_path} failed ({e}); nothing already at {export_path} was "
+                "changed. Free disk space or choose another --export_path."
+            ) from e
+        raise
+    return export_path
+
+
+def export_checkpoint(options: ExportOptions) -> pathlib.Path:
+    """``tools.export_model``: restore a run's network and export it."""
+    network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
+    return export_saved_model(network, info, options.export_path, evidence=options.evidence,
+                              inference_scales=options.inference_scales,
+                              add_flipped_images=options.add_flipped_images,
+                              model_config=meta["model"])
+
+
+def read_export_metadata(export_path: str | os.PathLike) -> dict:
+    path = pathlib.Path(export_path) / "assets" / METADATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: --saved_model must be a directory written by tools.export_model"
+        )
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------- clients
+class _Segmenter:
+    """Input validation and the two calls; subclasses provide ``_call(signature, **kw)``."""
+
+    info: DatasetInfo
+    num_tags: int
+
+    def _call(self, name: str, **inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        raise NotImplementedError
+
+    def has(self, name: str) -> bool:
+        raise NotImplementedError
+
+    @staticmethod
+    def _images(images: Any) -> tf.Tensor:
+        arr = np.asarray(images, np.float32)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise ValueError(f"images: expected [B, H, W, 3] or [H, W, 3], got {list(arr.shape)}")
+        return tf.constant(arr)
+
+    def predict(self, images: Any) -> dict[str, np.ndarray]:
+        out = self._call("serving_default", images=self._images(images))
+        return {k: v.numpy() for k, v in out.items()}
+
+    def predict_with_evidence(self, images: Any, tags: Any, steps: int,
+                              steps_name: str = "steps") -> dict[str, np.ndarray]:
+        if not self.has("segment_with_evidence"):
+            raise ValueError("this model has no tag head, so no segment_with_evidence")
+        x = self._images(images)
+        t = validate_evidence(tags, self.num_tags, batch_size=int(x.shape[0]), steps=steps,
+                              steps_name=steps_name)
+        out = self._call("segment_with_evidence", images=x, tags=tf.constant(t),
+                         steps=tf.constant(int(steps), tf.int32))
+        return {k: v.numpy() for k, v in out.items()}
+
+
+class LoadedSegmenter(_Segmenter):
+    """Client of an exported SavedModel (``tools.export_model``)."""
+
+    def __init__(self, export_path: str | os.PathLike):
+        self.meta = read_export_metadata(export_path)
+        self.module = tf.saved_model.load(str(export_path))
+        self.info = info_from_dict(self.meta["dataset"])
+        self.num_tags = len(self.meta["dataset"]["tag_class_ids"])
+
+    def has(self, name: str) -> bool:
+        return name in self.module.signatures
+
+    def _call(self, name: str, **inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self.module.signatures[name](**inputs)
+
+
+class CheckpointSegmenter(_Segmenter):
+    """A run directory served in-process through the export's serving functions."""
+
+    def __init__(self, checkpoint_dir: str | os.PathLike, evidence: EvidenceOptions | None = None,
+                 checkpoint_path: str | None = None):
+        network, self.info, self.meta = restore_network(checkpoint_dir, checkpoint_path)
+        self.module = serving_module(network, self.info, evidence or EvidenceOptions())
+        self.num_tags = self.module.refitter.num_tags if self.module.refitter else 0
+
+    def has(self, name: str) -> bool:
+        return name in self.module.signatures
+
+    def _call(self, name: str, **inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self.module.signatures[name](**inputs)
+
+
+def read_image(path: str | os.PathLike, flag: str = "--image") -> np.ndarray:
+    """RGB float32 [H, W, 3] in 0..255; a clear error naming the flag otherwise."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{flag}={path}: not found or not a readable image file")
+    return img[..., ::-1].astype(np.float32)
+
+
+def predict_image(options: PredictOptions) -> dict[str, Any]:
+    """``tools.predict``: segment one image (with its tags as evidence, if given), write
+    the colour (and raw) PNG; returns the report printed as JSON."""
+    if bool(options.saved_model) == bool(options.checkpoint_dir):
+        raise ValueError("give exactly one of --saved_model or --checkpoint_dir")
+    image = read_image(options.image)
+    steps = options.evidence.steps
+    if steps < 0:
+        raise ValueError(f"--evidence_steps must be >= 0, got {steps}")
+    seg: _Segmenter = (LoadedSegmenter(options.saved_model) if options.saved_model
+                       else CheckpointSegmenter(options.checkpoint_dir, options.evidence))
+    info = seg.info
+    tags = tags_from_names(options.tags, info) if options.tags else None
+    if options.prune and tags is None:
+        raise ValueError("--prune needs --tags")
+    plain = seg.predict(image)
+    out = (seg.predict_with_evidence(image, tags, steps, steps_name="--evidence_steps")
+           if tags is not None else plain)
+    probs = out["semantic_probabilities"]
+    if options.prune:
+        probs = prune_probabilities(probs, tags[None], list(info.tag_class_ids),
+                                    keep_classes(info)).numpy()
+    pred = probs[0].argmax(-1).astype(np.uint8)
+    out_path = pathlib.Path(options.output)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out_path), label_to_color_image(pred, info.colormap)[..., ::-1])
+    if options.raw_output:
+        cv2.imwrite(options.raw_output, pred)
+    report: dict[str, Any] = {"output": str(out_path),
+                              "classes_predicted": [info.class_names[c] for c in np.unique(pred)]}
+    if "tag_probabilities" in plain:
+        names = list(info.tag_names)
+        report["tag_probabilities_before"] = dict(
+            zip(names, np.round(plain["tag_probabilities"][0], 4).tolist(), strict=True))
+        report["tag_probabilities_after"] = dict(
+            zip(names, np.round(out["tag_probabilities"][0], 4).tolist(), strict=True))
+    return report

@@ -1,0 +1,244 @@
+"""Every option of every run, once: dataclasses whose fields are also the tools' flags.
+
+Field names follow the original's flags (train.py, eval.py, vis.py, export_model.py);
+each field's ``metadata`` carries its help text (and ``flag`` where the flag's name
+differs, ``choices`` for enums, ``required``, ``multi`` for repeated flags, ``prefix``
+for a nested group). ``tools.common_flags.define_flags(cls)`` defines the flags from
+these, ``options_from_flags(cls)`` reads them back, so a default lives here only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from deeplab_ext.data.colormap import ADE20K, CAMVID, CITYSCAPES, PASCAL
+from deeplab_ext.models.registry import variant_field
+
+__all__ = [
+    "DemoOptions",
+    "EvalOptions",
+    "EvidenceOptions",
+    "ExportOptions",
+    "PredictOptions",
+    "TrainOptions",
+    "VisOptions",
+]
+
+WEIGHTINGS = ("fixed", "uncertainty", "dwa")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored")
+COLORMAP_TYPES = (PASCAL, CITYSCAPES, ADE20K, CAMVID)
+
+
+def opt(default: Any = None, help: str = "", **meta: Any) -> Any:  # noqa: A002
+    """A field with its flag's help text (and other flag metadata)."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple or default_factory for mutable defaults")
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+def group(factory: Any, prefix: str, help: str = "") -> Any:  # noqa: A002
+    """A nested options group whose flags are ``<prefix><field>``."""
+    return dataclasses.field(default_factory=factory, metadata={"prefix": prefix, "help": help})
+
+
+@dataclasses.dataclass
+class EvidenceOptions:
+    """Prediction-time refitting (flags ``--evidence_*``)."""
+
+    steps: int = opt(10, "Refit steps per image (bp_l2, latent).")
+    learning_rate: float = opt(0.01, "Refit learning rate.")
+    optimizer: str = opt("sgd", "Refit optimizer.", choices=("sgd", "adam"))
+    alpha: float = opt(1e-3, "L2 to the trained weights (bp_l2) / on the latent offset.")
+    es_steps: int = opt(30, "Step cap for early stopping (bp_es).")
+    threshold: float = opt(0.5, "Tag decision threshold (early stopping).")
+    es_margin: float = opt(0.0, "Early stopping waits until every tag clears "
+                           "--evidence_threshold by this margin (present >= t+m, absent < t-m); "
+                           "0 = plain agreement.")
+    clip_norm: float = opt(0.0, "Clip each refit step's gradient to this global norm per image "
+                           "(0 = off).")
+    refit: str | None = opt(None, "Variable groups refitted, e.g. backbone,aspp,tag_head "
+                            "(default: the model family's refit set; DeepLab: backbone, aspp, "
+                            "tag_head).")
+    jit_compile: bool = opt(False, "XLA-compile the refit loop (GPU).")
+
+    def config(self, kind: str, prune: bool, scales: tuple[float, ...] = (1.0,),
+               flip: bool = False, keep_classes: tuple[int, ...] = (0,)) -> Any:
+        """The ``tf_mtl.evidence.EvidenceConfig`` of one refit kind: l2 | es | latent."""
+        from tf_mtl.evidence import EvidenceConfig
+
+        common = dict(learning_rate=self.learning_rate, optimizer=self.optimizer,
+                      threshold=self.threshold, jit_compile=self.jit_compile,
+                      clip_norm=self.clip_norm, eval_scales=tuple(scales),
+                      add_flipped_images=flip, prune=prune, keep_classes=tuple(keep_classes))
+        if kind == "l2":
+            return EvidenceConfig(steps=self.steps, alpha=self.alpha, **common)
+        if kind == "es":
+            return EvidenceConfig(steps=self.es_steps, early_stopping=True,
+                                  margin=self.es_margin, **common)
+        if kind == "latent":
+            return EvidenceConfig(steps=self.steps, alpha=self.alpha, mode="latent",
+                                  early_stopping=False, **common)
+        raise ValueError(f"unknown refit kind {kind!r}")
+
+
+@dataclasses.dataclass
+class TrainOptions:
+    """Training (``tools.train``); names follow the original train.py flags."""
+
+    train_logdir: str = opt(None, "Where checkpoints and TensorBoard logs are written.",
+                            required=True)
+    dataset_dir: str = opt(None, "Folder with the TFRecord shards of --dataset.", required=True)
+    model_variant: str = variant_field()
+    dataset: str = opt("shapes_evidence", "Dataset name (pascal_voc_seg, cityscapes, ade20k, "
+                       "camvid, coco128_voc, shapes_evidence, or one registered by "
+                       "--extra_modules).")
+    train_split: str = opt("train", "Split to train on.")
+    train_crop_size: tuple[int, int] = opt((513, 513), "Crop size h,w.")
+    train_batch_size: int = opt(8, "Global batch size.")
+    base_learning_rate: float = opt(1e-4, "Base learning rate.")
+    learning_policy: str = opt("poly", "Learning rate policy.", choices=("poly", "step"))
+    learning_power: float = opt(0.9, "Poly power.")
+    learning_rate_decay_step: int = opt(2000, "Step policy: decay every N steps.")
+    learning_rate_decay_factor: float = opt(0.1, "Step policy: decay factor.")
+    slow_start_step: int = opt(0, "Steps at --slow_start_learning_rate first.")
+    slow_start_learning_rate: float = opt(1e-4, "Learning rate during slow start.")
+    training_number_of_steps: int = opt(30000, "Total training steps.")
+    optimizer: str = opt("momentum", "Optimizer.", choices=("momentum", "adam"))
+    momentum: float = opt(0.9, "Momentum.")
+    weight_decay: float | None = opt(None, "Weight decay (default: the variant's).")
+    fine_tune_batch_norm: bool = opt(True, "Train BatchNorm (needs batch >= 12).")
+    tf_initial_checkpoint: str | None = opt(None, "Local checkpoint to initialise from.")
+    initialize_last_layer: bool = opt(True, "Also load the logits from the checkpoint.")
+    output_stride: int | None = opt(None, "8, 16 or 32 (default: the variant's).")
+    atrous_rates: tuple[int, ...] | None = opt(None, "ASPP rates at OS16 (repeat the flag).",
+                                               multi=True)
+    decoder_output_stride: int | None = opt(None, "Decoder stride (4), default the variant's.")
+    num_tags: int | None = opt(None, "Tags of the tag head (default: the dataset's).")
+    tag_head_hidden: int | None = opt(None, "*_mt: hidden units of the tag head (0 = linear).")
+    tag_head_pooling: str | None = opt(None, "*_mt: pool features then classify (avg), or "
+                                       "classify every location then pool (max / lse); "
+                                       "default: the variant's.", choices=("avg", "max", "lse"))
+    min_scale_factor: float = opt(0.5, "Augmentation: min scale.")
+    max_scale_factor: float = opt(2.0, "Augmentation: max scale.")
+    scale_factor_step_size: float = opt(0.25, "Augmentation: scale step.")
+    min_resize_value: int | None = opt(None, "Resize shorter side to at least this.")
+    max_resize_value: int | None = opt(None, "Resize longer side to at most this.")
+    top_k_percent_pixels: float = opt(1.0, "Hard-pixel mining: keep this fraction.")
+    hard_example_mining_step: int = opt(0, "Steps to ramp hard-pixel mining.")
+    loss_weighting: str = opt("uncertainty", "How task losses are combined.", choices=WEIGHTINGS)
+    initial_sigma: float = opt(1.0, "Uncertainty weighting: initial sigma.")
+    dwa_window_steps: int = opt(0, "DWA: steps per averaging window (0 = one pass over "
+                                "--train_split at --train_batch_size).")
+    training_branches: tuple[str, ...] = opt((), "Training-only branches to add, by registered "
+                                             "name (deeplab_ext.run.tasks.register_branch).")
+    tag_loss_weight: float = opt(1.0, "Weight of the tag loss (fixed weighting), or its prior "
+                                 "multiplier under uncertainty weighting.")
+    mixed_precision: str = opt("float32", "Precision policy (mixed_float16 on GPU).",
+                               choices=PRECISIONS)
+    distribution_strategy: str = opt("default", "tf.distribute strategy (multi_worker_mirrored "
+                                     "reads TF_CONFIG).", choices=STRATEGIES)
+    num_gpus: int | None = opt(None, "GPUs for mirrored (default: all).")
+    sync_batch_norm: bool = opt(False, "Synchronised BatchNorm across replicas.")
+    save_interval_steps: int = opt(500, "Checkpoint every N steps.")
+    save_summaries_steps: int = opt(50, "TensorBoard scalars every N steps.")
+    save_summaries_images: bool = opt(True, "Prediction overlays in TensorBoard.")
+    max_checkpoints_to_keep: int = opt(5, "Checkpoints kept in --train_logdir.")
+    log_every_n_steps: int = opt(10, "Progress line every N steps.")
+    seed: int | None = opt(None, "Random seed.")
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    """Evaluation and the evidence table (``tools.eval``)."""
+
+    checkpoint_dir: str = opt(None, "A --train_logdir of tools.train.", required=True)
+    dataset_dir: str = opt(None, "Folder with the TFRecord shards.", required=True)
+    eval_logdir: str | None = opt(None, "Where eval_results.json and comparison.png go.")
+    eval_split: str = opt("val", "Split to evaluate.")
+    eval_crop_size: tuple[int, int] | None = opt(None, "Pad/crop to h,w (default: full images).")
+    eval_scales: tuple[float, ...] = opt((1.0,), "Scales for multi-scale inference, e.g. "
+                                         "0.5,0.75,1.0,1.25,1.5,1.75.")
+    add_flipped_images: bool = opt(False, "Also average left-right flipped predictions.")
+    evidence_modes: tuple[str, ...] = opt(("none",), "Rows: none,prune,bp_l2,bp_es,bp_l2_prune,"
+                                          "bp_es_prune,latent,latent_prune.")
+    evidence: EvidenceOptions = group(EvidenceOptions, "evidence_")
+    max_examples: int | None = opt(None, "Evaluate only the first N images.",
+                                   flag="max_number_of_examples")
+    num_vis_examples: int = opt(4, "Images in comparison.png.")
+    checkpoint_path: str | None = opt(None, "A specific checkpoint (default: the latest).")
+    bootstrap_samples: int = opt(1000, "Resamples of the images for the 95% interval of each "
+                                 "row's difference to DL-MT and DL-MT-Pr (0 = off).")
+
+
+@dataclasses.dataclass
+class VisOptions:
+    """Visualisation (``tools.vis``); names follow the original vis.py flags."""
+
+    checkpoint_dir: str = opt(None, "A --train_logdir of tools.train.", required=True)
+    dataset_dir: str = opt(None, "Folder with the TFRecord shards.", required=True)
+    vis_logdir: str = opt(None, "Where the images are written.", required=True)
+    vis_split: str = opt("val", "Split to visualise.")
+    colormap_type: str | None = opt(None, "Colormap of the prediction PNGs (default: the "
+                                    "dataset's).", choices=COLORMAP_TYPES)
+    also_save_raw_predictions: bool = opt(False, "Also write raw class-id PNGs.")
+    max_number_of_images: int | None = opt(None, "Visualise only the first N images.")
+    eval_scales: tuple[float, ...] = opt((1.0,), "Scales for multi-scale inference.")
+    add_flipped_images: bool = opt(False, "Also average left-right flipped predictions.")
+    checkpoint_path: str | None = opt(None, "A specific checkpoint (default: the latest).")
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    """SavedModel export (``tools.export_model``)."""
+
+    checkpoint_dir: str = opt(None, "A --train_logdir of tools.train.", required=True)
+    export_path: str = opt(None, "Directory of the SavedModel (replaced atomically).",
+                           required=True)
+    checkpoint_path: str | None = opt(None, "A specific checkpoint (default: the latest).")
+    inference_scales: tuple[float, ...] = opt((1.0,), "Scales for multi-scale inference.")
+    add_flipped_images: bool = opt(False, "Average left-right flipped predictions.")
+    evidence: EvidenceOptions = group(EvidenceOptions, "evidence_")
+
+
+@dataclasses.dataclass
+class PredictOptions:
+    """One image, optionally with its tags as evidence (``tools.predict``)."""
+
+    image: str = opt(None, "Input image (jpg/png).", required=True)
+    saved_model: str | None = opt(None, "A SavedModel from tools.export_model.")
+    checkpoint_dir: str | None = opt(None, "Or: a --train_logdir of tools.train.")
+    tags: tuple[str, ...] | None = opt(None, "Class names present in the image (the evidence).")
+    prune: bool = opt(False, "Zero the probability of classes absent from --tags.")
+    output: str = opt("prediction.png", "Colour segmentation PNG to write.")
+    raw_output: str | None = opt(None, "Optional raw class-index PNG.")
+    evidence: EvidenceOptions = group(EvidenceOptions, "evidence_")
+
+
+def _demo_evidence() -> EvidenceOptions:
+    # Chosen on the generated *test* split, not val (BENCHMARKS.md 6c): a larger rate with
+    # per-image gradient clipping.
+    return EvidenceOptions(learning_rate=0.1, clip_norm=0.5)
+
+
+@dataclasses.dataclass
+class DemoOptions:
+    """The main job (``make demo``)."""
+
+    workdir: str = opt("demo_out", "Where data, checkpoints, export and report go.")
+    data: str | None = opt(None, "A VOC- or CamVid-layout folder (default: built-in dataset).")
+    model_variant: str = opt("deeplabv3plus_mobilenetv2_tiny_mt", "Zoo variant (*_mt).")
+    train_steps: int = opt(10000, "Training steps.")
+    train_batch_size: int = opt(8, "Batch size.")
+    crop_size: int = opt(65, "Training crop (built-in dataset: 65).")
+    base_learning_rate: float = opt(5e-3, "Adam learning rate (poly decay).")
+    num_train: int = opt(2000, "Built-in dataset: training images.")
+    num_val: int = opt(100, "Built-in dataset: validation images.")
+    image_size: int = opt(64, "Built-in dataset: image side in pixels.")
+    max_eval_images: int | None = opt(None, "Evaluate only the first N val images.")
+    evidence_modes: tuple[str, ...] = opt(
+        ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune"),
+        "Rows of the evidence table.")
+    evidence: EvidenceOptions = group(_demo_evidence, "evidence_")
+    seed: int = opt(0, "Seed of the built-in dataset and of training.")

@@ -1,0 +1,103 @@
+"""The run directory: what ``tools.train`` writes beside its checkpoints, and restoring it.
+
+``model_config.json`` records the model family (and the module that registers it), the
+family's config, the dataset's classes and the training crop, so evaluation, vis,
+export, predict and the demo rebuild the network in a new process without the trainer
+and without re-registering anything. Files written before families existed (no
+``family`` key) are DeepLab runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from deeplab_ext.data.datasets import DatasetInfo, info_from_dict, info_to_dict
+from deeplab_ext.models.registry import ModelFamily, build_network, get_family
+
+__all__ = ["MODEL_CONFIG_FILE", "load_run_config", "restore_network", "save_run_config"]
+
+MODEL_CONFIG_FILE = "model_config.json"
+_LEGACY_FAMILY = "deeplab"
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> pathlib.Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename (never half a file)."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
+    os.replace(tmp, path)
+    return path
+
+
+def save_run_config(logdir: str | os.PathLike, family: ModelFamily, config: Any,
+                    info: DatasetInfo, extra: dict | None = None) -> pathlib.Path:
+    """Write the family, its config and the dataset next to the checkpoints (atomically)."""
+    payload = {"family": family.name, "family_module": family.module,
+               "model": config.to_dict(), "dataset": info_to_dict(info), **(extra or {})}
+    return atomic_write(pathlib.Path(logdir) / MODEL_CONFIG_FILE,
+                        json.dumps(payload, indent=2, default=list))
+
+
+def load_run_config(checkpoint_dir: str | os.PathLike) -> dict:
+    """Read what :func:`save_run_config` wrote; a clear error names the directory."""
+    path = pathlib.Path(checkpoint_dir) / MODEL_CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: --checkpoint_dir must be a --train_logdir written by "
+            "tools.train (it holds the checkpoints and model_config.json)."
+        )
+    meta = json.loads(path.read_text())
+    meta.setdefault("family", _LEGACY_FAMILY)
+    return meta
+
+
+def _restore_problem(network: keras.Model, path: str) -> str | None:
+    """Restore the network's weights from ``path``; what went wrong, or None.
+
+    A shape mismatch raises inside restore() itself, a missing variable at the check:
+    both mean "another model".
+    """
+    try:
+        tf.train.Checkpoint(network=network).restore(path).expect_partial() \
+            .assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        return str(e)
+    return None
+
+
+def run_family(meta: dict) -> ModelFamily:
+    return get_family(meta["family"], meta.get("family_module"))
+
+
+def restore_network(checkpoint_dir: str | os.PathLike, checkpoint_path: str | None = None,
+                    input_shape=(None, None, 3)) -> tuple[keras.Model, DatasetInfo, dict]:
+    """Rebuild the network a run trained and restore its weights: (network, info, meta).
+
+    A checkpoint written for another model is refused with a clear error naming it.
+    """
+    meta = load_run_config(checkpoint_dir)
+    info = info_from_dict(meta["dataset"])
+    family = run_family(meta)
+    config = family.config_class.from_dict(meta["model"])
+    network = build_network(config, input_shape=input_shape)
+    path = checkpoint_path or tf.train.latest_checkpoint(str(checkpoint_dir))
+    if path is None:
+        raise FileNotFoundError(
+            f"No checkpoint in {checkpoint_dir}: run tools.train with --train_logdir there first."
+        )
+    problem = _restore_problem(network, path)
+    if problem:
+        raise ValueError(
+            f"Checkpoint {path} does not match model {config.name} (was it written for another "
+            f"--model_variant or dataset?): {problem[:300]}"
+        )
+    return network, info, meta

@@ -1,0 +1,164 @@
+"""What a run trains, by name: tasks on the network's outputs, and training-only branches.
+
+A :class:`TaskSpec` names the targets it needs from the input pipeline
+(``deeplab_ext.data.targets``) and builds its :class:`tf_mtl.tasks.Task` (loss, metrics,
+kind, weight) from the run's context. A run has every registered task whose network output
+exists (``semantic``; ``tags`` for models with a tag head).
+
+A :class:`BranchSpec` builds a training-only :class:`Branch`: heads on tapped features,
+loss terms, the tasks that read the heads' outputs and the targets they need
+(``--training_branches=name``). Branches are trained and checkpointed with the model and
+never exported. A new task or branch is a new file that calls :func:`register_task` /
+:func:`register_branch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+
+from deeplab_ext.data.datasets import DatasetInfo
+from deeplab_ext.models.registry import ModelFamily
+from tf_mtl.branches import LossTerm, TrainingHead
+from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore, TagBCE
+from tf_mtl.metrics import StreamingMeanIoU, TagPrecisionRecallF1
+from tf_mtl.tasks import Task
+
+__all__ = [
+    "Branch",
+    "BranchSpec",
+    "TaskContext",
+    "TaskSpec",
+    "build_branches",
+    "build_tasks",
+    "register_branch",
+    "register_task",
+    "targets_of",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskContext:
+    """What a task builder may read: the network, its family, the dataset, the options."""
+
+    network: keras.Model
+    family: ModelFamily
+    info: DatasetInfo
+    options: Any  # deeplab_ext.run.options.TrainOptions (or a look-alike in benches)
+
+    def output_size(self, key: str) -> int:
+        return int(self.network.output[key].shape[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One task on a network output, by name.
+
+    ``output``: ``family -> network output key`` the task reads; a run has the task
+    whenever its network has that output. ``targets``: input-pipeline targets it reads.
+    """
+
+    name: str
+    build: Callable[[TaskContext], Task]
+    targets: tuple[str, ...]
+    output: Callable[[ModelFamily], str]
+
+
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    _TASKS[spec.name] = spec
+    return spec
+
+
+def _spec(name: str) -> TaskSpec:
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)}")
+    return _TASKS[name]
+
+
+def task_names(network: keras.Model, family: ModelFamily) -> list[str]:
+    """The tasks the network's outputs call for (every task whose output exists)."""
+    outputs = set(network.output) if isinstance(network.output, dict) else set()
+    return [s.name for s in _TASKS.values() if s.output(family) in outputs]
+
+
+def build_tasks(ctx: TaskContext) -> list[Task]:
+    return [_spec(n).build(ctx) for n in task_names(ctx.network, ctx.family)]
+
+
+def targets_of(names: Sequence[str]) -> tuple[str, ...]:
+    """The input-pipeline targets the named tasks read, in order, without repeats."""
+    return tuple(dict.fromkeys(t for n in names for t in _spec(n).targets))
+
+
+@dataclasses.dataclass
+class Branch:
+    """Training-only additions: heads, loss terms, the tasks reading the heads' outputs,
+    and the input-pipeline targets those need."""
+
+    heads: list[TrainingHead] = dataclasses.field(default_factory=list)
+    loss_terms: list[LossTerm] = dataclasses.field(default_factory=list)
+    tasks: list[Task] = dataclasses.field(default_factory=list)
+    targets: tuple[str, ...] = ()
+
+    def __add__(self, other: Branch) -> Branch:
+        return Branch(self.heads + other.heads, self.loss_terms + other.loss_terms,
+                      self.tasks + other.tasks, tuple(dict.fromkeys(self.targets + other.targets)))
+
+
+@dataclasses.dataclass(frozen=True)
+class BranchSpec:
+    name: str
+    build: Callable[[TaskContext], Branch]
+
+
+_BRANCHES: dict[str, BranchSpec] = {}
+
+
+def register_branch(spec: BranchSpec) -> BranchSpec:
+    _BRANCHES[spec.name] = spec
+    return spec
+
+
+def build_branches(ctx: TaskContext, names: Sequence[str]) -> Branch:
+    """The named branches, combined."""
+    total = Branch()
+    for name in names:
+        if name not in _BRANCHES:
+            raise ValueError(f"--training_branches: unknown branch {name!r}; registered: "
+                             f"{sorted(_BRANCHES)} (a module given to --extra_modules may "
+                             "register more)")
+        total = total + _BRANCHES[name].build(ctx)
+    return total
+
+
+def _semantic(ctx: TaskContext) -> Task:
+    info, options = ctx.info, ctx.options
+    return Task(
+        "semantic",
+        SoftmaxCrossEntropyWithIgnore(
+            num_classes=info.num_classes, ignore_label=info.ignore_label,
+            top_k_percent_pixels=options.top_k_percent_pixels,
+            hard_example_mining_step=options.hard_example_mining_step,
+        ),
+        kind="classification", output=ctx.family.semantic_output,
+        metrics=[StreamingMeanIoU(info.num_classes, info.ignore_label, name="miou")],
+    )
+
+
+def _tags(ctx: TaskContext) -> Task:
+    num_tags = ctx.output_size(ctx.family.tags_output)
+    return Task("tags", TagBCE(), kind="classification", weight=ctx.options.tag_loss_weight,
+                output=ctx.family.tags_output,
+                metrics=[TagPrecisionRecallF1(num_tags, name="tag_f1")])
+
+
+register_task(TaskSpec("semantic", _semantic, targets=("semantic",),
+                       output=lambda family: family.semantic_output))
+register_task(TaskSpec("tags", _tags, targets=("tags",),
+                       output=lambda family: family.tags_output))

@@ -1,0 +1,287 @@
+"""Training a multi-task network: the library behind `tools.train` (the original's train.py).
+
+Wires a zoo family (`deeplab_ext.models`), the data (`deeplab_ext.data`), the run's tasks
+and training-only branches (`deeplab_ext.run.tasks`) and the model-agnostic multi-task
+machinery (`tf_mtl`): a loss weighting, poly LR, momentum SGD, mixed precision, a
+tf.distribute strategy, TensorBoard summaries from inside the step, and checkpoints that
+training resumes from (training-only heads and terms included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deeplab_ext.data import colormap as cmap
+from deeplab_ext.data import input_pipeline
+from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info
+from deeplab_ext.models.registry import ModelFamily, build_network, get_variant
+from deeplab_ext.run.options import TrainOptions
+from deeplab_ext.run.rundir import save_run_config
+from deeplab_ext.run.tasks import Branch, TaskContext, build_branches, build_tasks, targets_of
+from deeplab_ext.run.tasks import task_names as network_task_names
+from tf_mtl import distribute, precision
+from tf_mtl.checkpoint import load_initial_checkpoint
+from tf_mtl.model import MultiTaskModel
+from tf_mtl.schedules import get_learning_rate_schedule
+from tf_mtl.weighting import get_weighting
+
+__all__ = ["TrainResult", "build_multitask_model", "model_config_for", "train"]
+
+
+def model_config_for(options: TrainOptions, info: DatasetInfo) -> tuple[ModelFamily, Any]:
+    """(family, config): the variant, the flag overrides, and the dataset's class/tag counts."""
+    family, cfg = get_variant(
+        options.model_variant,
+        output_stride=options.output_stride,
+        decoder_output_stride=options.decoder_output_stride,
+        weight_decay=options.weight_decay,
+        sync_batch_norm=options.sync_batch_norm or None,
+        tag_head_hidden=options.tag_head_hidden,
+        tag_head_pooling=options.tag_head_pooling,
+        atrous_rates=None if options.atrous_rates is None else tuple(options.atrous_rates),
+    )
+    cfg = cfg.for_dataset(info.num_classes, info.num_tags)
+    return family, cfg.replace(num_tags=options.num_tags)
+
+
+def overlay_fn(info: DatasetInfo, semantic_key: str = "semantic",
+               max_images: int = 3) -> Callable:
+    """Image summaries: input | ground truth | prediction, colourised."""
+    colors = tf.constant(cmap.create_label_colormap(info.colormap), tf.uint8)
+
+    def colourise(labels: tf.Tensor) -> tf.Tensor:
+        labels = tf.clip_by_value(tf.cast(labels, tf.int32), 0, colors.shape[0] - 1)
+        return tf.gather(colors, labels)
+
+    def fn(x, y, outputs):
+        images = tf.cast(tf.clip_by_value(x[:max_images], 0, 255), tf.uint8)
+        pred = tf.argmax(outputs[semantic_key][:max_images], axis=-1)
+        gt = y["semantic"][:max_images]
+        return {"overlay": tf.concat([images, colourise(gt), colourise(pred)], axis=2)}
+
+    return fn
+
+
+def make_optimizer(options: TrainOptions) -> keras.optimizers.Optimizer:
+    kw = dict(
+        learning_power=options.learning_power,
+        training_number_of_steps=options.training_number_of_steps,
+        slow_start_step=options.slow_start_step,
+        slow_start_learning_rate=options.slow_start_learning_rate,
+    )
+    if options.learning_policy == "step":
+        kw = dict(
+            learning_rate_decay_step=options.learning_rate_decay_step,
+            learning_rate_decay_factor=options.learning_rate_decay_factor,
+            slow_start_step=options.slow_start_step,
+            slow_start_learning_rate=options.slow_start_learning_rate,
+        )
+    schedule = get_learning_rate_schedule(options.learning_policy, options.base_learning_rate, **kw)
+    if options.optimizer == "momentum":
+        opt = keras.optimizers.SGD(schedule, momentum=options.momentum)
+    elif options.optimizer == "adam":
+        opt = keras.optimizers.Adam(schedule)
+    else:
+        raise ValueError(f"--optimizer={options.optimizer!r}: use momentum or adam")
+    return precision.wrap_optimizer(opt)
+
+
+def freeze_batch_norm(network: keras.Model) -> int:
+    """--fine_tune_batch_norm=false: BN layers frozen (inference mode in Keras 3)."""
+    n = 0
+    for layer in network._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            n += 1
+    return n
+
+
+_PROGRESS_SUFFIXES = ("_loss", "_miou", "_f1", "_sigma", "learning_rate")
+
+
+class _Progress(keras.callbacks.Callback):
+    """Prints a line every N steps (no silent minutes) and stops at the step budget."""
+
+    def __init__(self, total: int, every: int, printer: Callable[[str], None]):
+        super().__init__()
+        self.total, self.every, self.printer = total, max(1, every), printer
+        self.t0 = time.time()
+        self.start_step: int | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.start_step is None:
+            self.start_step = step - 1
+        if step % self.every == 0 or step >= self.total:
+            rate = (step - self.start_step) / max(time.time() - self.t0, 1e-6)
+            logs = logs or {}
+            parts = [f"step {step}/{self.total}", f"{rate:.2f} steps/s"]
+            for key, value in logs.items():
+                if key == "loss" or key.endswith(_PROGRESS_SUFFIXES):
+                    parts.append(f"{key}={float(np.asarray(value)):.4g}")
+            self.printer("  ".join(parts))
+        if step >= self.total:
+            self.model.stop_training = True
+
+
+class _Saver(keras.callbacks.Callback):
+    def __init__(self, manager: tf.train.CheckpointManager, every: int):
+        super().__init__()
+        self.manager, self.every = manager, max(1, every)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.every == 0:
+            self.manager.save(checkpoint_number=step)
+
+    def on_train_end(self, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(
+            f"-{step}"
+        ):
+            self.manager.save(checkpoint_number=step)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    final_step: int
+    resumed_from: int
+    checkpoint: str | None
+    logs: dict
+
+
+def num_examples(dataset_dir: str, split: str) -> int:
+    """Records in the split's shards (one pass over them)."""
+    files = input_pipeline.list_shards(dataset_dir, split)
+    return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def build_multitask_model(
+    network: keras.Model, family: ModelFamily, info: DatasetInfo, options: TrainOptions,
+    *, branch: Branch | None = None, summary_writer: Any = None,
+    image_summary_fn: Callable | None = None, dwa_window_steps: int | None = None,
+) -> MultiTaskModel:
+    """The compiled MultiTaskModel of a run: the network's tasks (+ a branch's), the loss
+    weighting and the optimizer of ``options``."""
+    branch = branch or Branch()
+    ctx = TaskContext(network, family, info, options)
+    tasks = build_tasks(ctx) + branch.tasks
+    kwargs: dict[str, Any] = {}
+    if options.loss_weighting == "uncertainty":
+        kwargs["initial_sigma"] = options.initial_sigma
+    elif options.loss_weighting == "dwa":
+        kwargs["window_steps"] = dwa_window_steps
+    model = MultiTaskModel(
+        network, tasks, get_weighting(options.loss_weighting, tasks, **kwargs),
+        loss_terms=branch.loss_terms, heads=branch.heads, summary_writer=summary_writer,
+        summary_every_n_steps=options.save_summaries_steps, image_summary_fn=image_summary_fn,
+    )
+    model.compile(optimizer=make_optimizer(options))
+    return model
+
+
+def train(options: TrainOptions, printer: Callable[[str], None] = print,
+          branch: Branch | None = None) -> TrainResult:
+    """Train (or resume) a network; checkpoints + TensorBoard in `train_logdir`.
+
+    ``branch`` adds training-only heads / loss terms / tasks to those named by
+    ``options.training_branches``.
+    """
+    info = get_dataset_info(options.dataset)
+    logdir = pathlib.Path(options.train_logdir)
+    family, cfg = model_config_for(options, info)
+    crop = tuple(int(c) for c in options.train_crop_size)
+    # Shards of another dataset would train silently wrong: refuse before building anything.
+    input_pipeline.check_shards_match(info, options.dataset_dir, options.train_split)
+    window = None
+    if options.loss_weighting == "dwa":
+        # DWA compares average losses of whole data epochs (Liu et al.), not Keras "epochs"
+        # (here: checkpoint chunks).
+        window = options.dwa_window_steps or math.ceil(
+            num_examples(options.dataset_dir, options.train_split) / options.train_batch_size)
+        printer(f"DWA: task weights from the average losses of windows of {window} steps")
+    logdir.mkdir(parents=True, exist_ok=True)
+    if options.seed is not None:
+        keras.utils.set_random_seed(options.seed)
+    precision.set_policy(options.mixed_precision)
+    strategy = distribute.get_strategy(options.distribution_strategy, options.num_gpus)
+
+    with strategy.scope():
+        network = build_network(cfg, input_shape=(crop[0], crop[1], 3))
+        if options.tf_initial_checkpoint:
+            report = load_initial_checkpoint(
+                network, options.tf_initial_checkpoint,
+                initialize_last_layer=options.initialize_last_layer,
+            )
+            printer(report.summary())
+        if not options.fine_tune_batch_norm:
+            printer(f"--fine_tune_batch_norm=false: froze {freeze_batch_norm(network)} BN layers")
+        ctx = TaskContext(network, family, info, options)
+        branch = build_branches(ctx, options.training_branches) + (branch or Branch())
+        writer = tf.summary.create_file_writer(str(logdir / "train"))
+        model = build_multitask_model(
+            network, family, info, options, branch=branch, summary_writer=writer,
+            image_summary_fn=(overlay_fn(info, family.semantic_output)
+                              if options.save_summaries_images else None),
+            dwa_window_steps=window)
+        model.optimizer.build(model.trainable_variables)
+        ckpt = model.make_checkpoint()
+        manager = tf.train.CheckpointManager(
+            ckpt, str(logdir), max_to_keep=options.max_checkpoints_to_keep
+        )
+        resumed_from = 0
+        if manager.latest_checkpoint:
+            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            resumed_from = int(model.optimizer.iterations.numpy())
+            printer(f"Resuming from {manager.latest_checkpoint} (step {resumed_from}).")
+    save_run_config(logdir, family, cfg, info, {"train_crop_size": list(crop)})
+
+    total = options.training_number_of_steps
+    if resumed_from >= total:
+        printer(f"Already trained for {resumed_from} >= {total} steps; nothing to do.")
+        return TrainResult(resumed_from, resumed_from, manager.latest_checkpoint, {})
+
+    targets = targets_of(network_task_names(network, family)) + branch.targets
+    dataset = input_pipeline.make_dataset(
+        info, options.dataset_dir, options.train_split,
+        crop_size=crop, batch_size=options.train_batch_size, is_training=True,
+        min_scale_factor=options.min_scale_factor, max_scale_factor=options.max_scale_factor,
+        scale_factor_step_size=options.scale_factor_step_size,
+        min_resize_value=options.min_resize_value, max_resize_value=options.max_resize_value,
+        seed=options.seed, targets=tuple(dict.fromkeys(targets)),
+    )
+    remaining = total - resumed_from
+    chunk = max(1, min(options.save_interval_steps, remaining))
+    epochs = math.ceil(remaining / chunk)
+    printer(
+        f"Training {cfg.name} ({network.count_params():,} params) on {info.name}:"
+        f"{options.train_split} for {remaining} steps, batch {options.train_batch_size}, "
+        f"crop {crop[0]}x{crop[1]}, weighting={options.loss_weighting}, "
+        f"precision={options.mixed_precision}, strategy={options.distribution_strategy} "
+        f"({strategy.num_replicas_in_sync} replicas). Logs: {logdir}"
+    )
+    history = model.fit(
+        dataset,
+        steps_per_epoch=chunk,
+        epochs=epochs,
+        shuffle=False,  # the tf.data pipeline shuffles
+        verbose=0,
+        callbacks=[
+            _Progress(total, options.log_every_n_steps, printer),
+            _Saver(manager, options.save_interval_steps),
+        ],
+    )
+    writer.flush()
+    final = int(model.optimizer.iterations.numpy())
+    logs = {k: float(np.asarray(v[-1])) for k, v in history.history.items() if v}
+    printer(f"Done at step {final}; checkpoint {manager.latest_checkpoint}")
+    return TrainResult(final, resumed_from, manager.latest_checkpoint, logs)

@@ -1,0 +1,198 @@
+"""Graph surgery on functional Keras networks: taps, splits, upstream layers.
+
+Model-agnostic (any functional network whose call returns a dict of named outputs):
+  * :class:`FeatureTaps` runs a network once and returns its outputs *and* named
+    intermediate features, so a training-only branch sees the same forward pass the
+    losses do (one BatchNorm update per step, no second trunk pass);
+  * :func:`feature_model`: images -> a dict of named intermediate features;
+  * :func:`split_at`: the network cut at one layer (the evidence ``latent`` mode);
+  * :func:`upstream_layers`: the layers an output depends on.
+All of them reuse the network's layers (same variables); nothing is copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+__all__ = [
+    "FeatureTaps",
+    "NetworkSplit",
+    "feature_model",
+    "output_tensor",
+    "split_at",
+    "upstream_layers",
+]
+
+
+def _history(t: Any) -> tuple[Any, Any]:
+    op, node_index, _ = t._keras_history
+    return op, op._inbound_nodes[node_index]
+
+
+def output_tensor(network: keras.Model, key: str) -> Any:
+    """The symbolic output ``key`` of a functional network with dict outputs."""
+    out = network.output
+    if isinstance(out, dict):
+        if key not in out:
+            raise ValueError(f"network has no output {key!r}; outputs: {sorted(out)}")
+        return out[key]
+    raise ValueError(f"network output must be a dict with key {key!r} (see ARCHITECTURE.md)")
+
+
+def upstream_layers(network: keras.Model, key: str = "tags") -> list[Any]:
+    """Layers of a functional network that the output ``key`` depends on."""
+    seen: dict[int, Any] = {}
+    stack = [output_tensor(network, key)]
+    visited: set[int] = set()
+    while stack:
+        t = stack.pop()
+        if id(t) in visited:
+            continue
+        visited.add(id(t))
+        op, node = _history(t)
+        seen[id(op)] = op
+        stack.extend(node.input_tensors)
+    return [op for op in seen.values() if not isinstance(op, keras.layers.InputLayer)]
+
+
+# --------------------------------------------------------------------------- split
+@dataclasses.dataclass
+class NetworkSplit:
+    """A functional network cut at one layer's output.
+
+    ``trunk``: images -> ``[latent, *side]``; ``head``: ``[latent, *side]`` -> the
+    network's output dict. ``side`` are tensors the head needs that do not depend
+    on the latent (e.g. DeepLab's ``low_level`` skip). Both share the network's
+    layers (same variables).
+    """
+
+    trunk: keras.Model
+    head: keras.Model
+    side_names: list[str]
+
+
+def split_at(network: keras.Model, layer_name: str) -> NetworkSplit:
+    """Split a functional network at ``layer_name``'s output (model-agnostic).
+
+    Walks the functional graph back from the outputs: tensors downstream of the
+    latent form the head; every input of a head node that does not depend on the
+    latent (and every output independent of it) becomes a side input. Keras 3
+    builds a sub-model from intermediate tensors by cloning graph nodes, so the
+    head reuses the original layers.
+    """
+    try:
+        latent = network.get_layer(layer_name).output
+    except ValueError as err:
+        raise ValueError(
+            f"latent layer {layer_name!r} not found in network {network.name!r}; "
+            "pass EvidenceConfig(latent_layer=...) naming an identity layer"
+        ) from err
+    memo: dict[int, bool] = {}
+
+    def depends(t: Any) -> bool:
+        # iterative post-order to avoid recursion limits on deep backbones
+        stack = [t]
+        while stack:
+            cur = stack[-1]
+            if id(cur) in memo:
+                stack.pop()
+                continue
+            if cur is latent:
+                memo[id(cur)] = True
+                stack.pop()
+                continue
+            _, node = _history(cur)
+            pending = [u for u in node.input_tensors if id(u) not in memo]
+            if pending:
+                stack.extend(pending)
+                continue
+            memo[id(cur)] = any(memo[id(u)] for u in node.input_tensors)
+            stack.pop()
+        return memo[id(t)]
+
+    outputs = network.output
+    flat_outputs = list(outputs.values()) if isinstance(outputs, dict) else list(outputs)
+    side: dict[int, Any] = {}
+    visited: set[int] = set()
+    stack = []
+    for t in flat_outputs:
+        if depends(t):
+            stack.append(t)
+        else:
+            side[id(t)] = t
+    while stack:
+        t = stack.pop()
+        if id(t) in visited or t is latent:
+            continue
+        visited.add(id(t))
+        _, node = _history(t)
+        for u in node.input_tensors:
+            if depends(u):
+                stack.append(u)
+            else:
+                side[id(u)] = u
+    side_tensors = list(side.values())
+    trunk = keras.Model(network.input, [latent, *side_tensors], name=f"{network.name}_trunk")
+    head = keras.Model([latent, *side_tensors], outputs, name=f"{network.name}_head")
+    names = [_history(t)[0].name for t in side_tensors]
+    return NetworkSplit(trunk=trunk, head=head, side_names=names)
+
+
+def _layer_output(network: keras.Model, name: str) -> Any:
+    try:
+        return network.get_layer(name).output
+    except ValueError as err:
+        named = [layer.name for layer in network.layers
+                 if isinstance(layer, keras.layers.Identity)]
+        raise ValueError(f"no layer {name!r} in network {network.name!r} to tap; named "
+                         f"features (identity layers): {named}") from err
+
+
+def feature_model(network: keras.Model, names: Iterable[str]) -> keras.Model:
+    """A model from the network's inputs to a dict of the named intermediate features."""
+    names = list(names)
+    inputs = network.inputs[0] if len(network.inputs) == 1 else network.inputs
+    return keras.Model(inputs, {n: _layer_output(network, n) for n in names},
+                       name=f"{network.name}_features")
+
+
+class FeatureTaps:
+    """``taps(x, training) -> (outputs, features)`` in one forward pass of ``network``.
+
+    Why: a training-only branch on an intermediate feature must see the pass whose
+    outputs the losses read. Calling the network and then a feature model would run
+    the trunk twice (BatchNorm moving statistics updated twice, twice the cost).
+    Functional networks are tapped by a model over the same graph with the named
+    layers' outputs added; any other network may implement
+    ``call_with_features(x, names, training) -> (outputs, features)``.
+    With no names this is a plain call of the network.
+    """
+
+    def __init__(self, network: keras.Model, names: Iterable[str] = ()) -> None:
+        self.network = network
+        self.names = tuple(dict.fromkeys(names))
+        self._model = None
+        if not self.names or hasattr(network, "call_with_features"):
+            return
+        if not isinstance(network.output, Mapping):
+            raise ValueError(f"network {network.name!r}: tapping features needs a functional "
+                             "network whose outputs are a dict (see ARCHITECTURE.md), or a "
+                             "call_with_features(x, names, training) method")
+        inputs = network.inputs[0] if len(network.inputs) == 1 else network.inputs
+        features = {n: _layer_output(network, n) for n in self.names}
+        self._model = keras.Model(inputs, {"outputs": dict(network.output), "features": features},
+                                  name=f"{network.name}_tapped")
+
+    def __call__(self, x: Any, training: bool | None = None
+                 ) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+        if not self.names:
+            return self.network(x, training=training), {}
+        if self._model is None:
+            return self.network.call_with_features(x, self.names, training=training)
+        out = self._model(x, training=training)
+        return dict(out["outputs"]), dict(out["features"])
