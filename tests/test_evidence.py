@@ -544,3 +544,49 @@ def test_mixed_float16_close_to_float32():
         # Adam on weights normalises tiny, float16-noisy gradients to ~lr-sized steps, so
         # weights that barely matter move differently; SGD/latent stay within fp16 noise.
         assert r["prob_diff"] < (5e-2 if case == "weights_adam" else 2e-3), (case, r)
+
+
+# ------------------------------------------------------------------- safeguard
+def test_refit_hurt_by_hand():
+    from tf_mtl.evidence import refit_hurt
+
+    tags = np.array([[1, 0], [1, 0], [1, 0], [1, 0], [1, 0]], "float32")
+    before = np.array([[0.6, 0.3], [0.6, 0.3], [0.6, 0.3], [0.6, 0.45], [0.6, 0.3]], "float32")
+    after = np.array([[0.6, 0.3],    # no step taken: never fires
+                      [0.8, 0.2],    # loss down, nothing flipped: keep the refit
+                      [0.55, 0.35],  # loss up: fall back
+                      [0.99, 0.55],  # loss down, but the absent tag crossed 0.5: fall back
+                      [0.4, 0.01]],  # loss down, the present tag crossed to absent: fall back
+                     "float32")
+    taken = np.array([0, 3, 3, 3, 3], "int32")
+    got = refit_hurt(before, after, tags, taken).numpy()
+    assert got.tolist() == [False, False, True, True, True]
+
+
+@pytest.mark.parametrize("mode", ["weights", "latent"])
+def test_safeguard_falls_back_exactly_when_the_refit_hurt(net, images, tags, mode):
+    """An L2 pull so strong the second step overshoots (the tags end on the wrong side):
+    the safeguard serves those images the plain prediction, and fires exactly where
+    refit_hurt holds for the unguarded refit; a sane refit keeps its result."""
+    from tf_mtl.evidence import refit_hurt
+
+    plain = tf.nn.softmax(net(images, training=False)["semantic"]).numpy()
+    for kw, want_any in ((dict(steps=2, learning_rate=0.1, alpha=100.0), True),
+                         (dict(steps=3, learning_rate=0.05, optimizer="adam"), False)):
+        cfg = EvidenceConfig(mode=mode, **kw)
+        free = EvidenceRefitter(net, cfg)(images, tags)
+        guarded = EvidenceRefitter(net, dataclasses.replace(cfg, safeguard=True))(images, tags)
+        want = refit_hurt(free["tag_probabilities_before"], free["tag_probabilities_after"],
+                          tf.constant(tags), free["steps_taken"]).numpy()
+        got = guarded["fell_back"].numpy()
+        np.testing.assert_array_equal(got, want)
+        assert bool(got.any()) == want_any, (kw, got)
+        assert not free["fell_back"].numpy().any()  # off unless asked for
+        for b in range(len(images)):
+            ref = plain[b] if got[b] else free["probabilities"].numpy()[b]
+            np.testing.assert_allclose(guarded["probabilities"].numpy()[b], ref,
+                                       rtol=0, atol=GRAPH_ATOL)
+            after = (guarded["tag_probabilities_before"] if got[b]
+                     else free["tag_probabilities_after"]).numpy()[b]
+            np.testing.assert_allclose(guarded["tag_probabilities_after"].numpy()[b], after,
+                                       rtol=0, atol=GRAPH_ATOL)

@@ -26,7 +26,7 @@ from deeplab_ext.data.datasets import get_dataset_info
 from deeplab_ext.models import group_variables
 from deeplab_ext.run.export import export_saved_model, read_export_metadata
 from deeplab_ext.run.options import EvidenceOptions, TrainOptions
-from deeplab_ext.run.rundir import restore_network
+from deeplab_ext.run.rundir import input_alignment, restore_network
 from deeplab_ext.run.trainer import train
 from tests.conftest import assert_same_argmax, assert_user_error, run_tool, tool_env
 from tf_mtl.evidence import EvidenceRefitter
@@ -63,14 +63,21 @@ def run_dir(tmp_path_factory, data_dir) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def library(run_dir):
-    """The restored network and the library's evidence refitter with the export's config."""
+    """The restored network and the library's evidence refitter with the export's config,
+    both on inputs padded onto the training grid (trained at 33 = 2 * 16 + 1, so the
+    48x48 images are served at 49x49 and cropped back)."""
     network, info, meta = restore_network(run_dir)
     ev = EvidenceOptions()  # tools.export_model's defaults
     refitter = EvidenceRefitter(
         network, ev.config("l2", prune=False, scales=(1.0,), flip=False),
         variables=group_variables(network, ev.refit), tag_class_ids=list(info.tag_class_ids),
     )
-    return {"network": network, "info": info, "refitter": refitter}
+    alignment = input_alignment(network, meta)
+    assert alignment.aligned_size(SIZE, SIZE) == (49, 49)
+    return {"network": network, "info": info,
+            "refit": alignment.wrap(lambda x, t, s: refitter(x, t, s)),
+            "plain": alignment.wrap(lambda x: predict_segmentation(network, x)),
+            "tags": alignment.wrap(lambda x: {"tags": tf.sigmoid(network(x)["tags"])})}
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +140,18 @@ def test_export_signatures_match_library_in_fresh_process(export_dir, library, v
     assert sorted(got["signatures"]) == ["segment_with_evidence", "serving_default"]
     assert got["project_modules"].size == 0
 
-    network, refitter = library["network"], library["refitter"]
-    plain = predict_segmentation(network, tf.constant(images))
-    tag_probs = tf.sigmoid(network(images, training=False)["tags"]).numpy()
+    plain = library["plain"](tf.constant(images))
+    tag_probs = library["tags"](images)["tags"].numpy()
+    # Unaligned, the network's answers differ: the export really serves the aligned ones.
+    unaligned = predict_segmentation(library["network"], tf.constant(images))["probabilities"]
+    assert np.abs(unaligned.numpy() - plain["probabilities"].numpy()).max() > 10 * ATOL
     np.testing.assert_allclose(got["serving__semantic_probabilities"],
                                plain["probabilities"].numpy(), atol=ATOL)
     assert_same_argmax(got["serving__semantic_predictions"], plain["probabilities"].numpy())
     np.testing.assert_allclose(got["serving__tag_probabilities"], tag_probs, atol=ATOL)
     assert got["serving__semantic_probabilities"].shape == (2, SIZE, SIZE, INFO.num_classes)
 
-    ref = refitter(images, tags, EVIDENCE_STEPS)
+    ref = library["refit"](images, tags, EVIDENCE_STEPS)
     np.testing.assert_allclose(got["evidence__semantic_probabilities"],
                                ref["probabilities"].numpy(), atol=ATOL)
     assert_same_argmax(got["evidence__semantic_predictions"], ref["probabilities"].numpy())
@@ -188,10 +197,9 @@ def test_predict_with_saved_model_and_tags(export_dir, image_png, library, tmp_p
     assert list(before) == list(INFO.tag_names) == list(after)
 
     image = cv2.imread(str(image_path))[..., ::-1].astype(np.float32)[None]
-    network = library["network"]
-    want_before = tf.sigmoid(network(image, training=False)["tags"]).numpy()[0]
+    want_before = library["tags"](image)["tags"].numpy()[0]
     tags = input_pipeline.tags_from_names(names, INFO)[None]
-    ref = library["refitter"](image, tags, 2)
+    ref = library["refit"](image, tags, 2)
     want_after = ref["tag_probabilities_after"].numpy()[0]
     np.testing.assert_allclose(list(before.values()), want_before, atol=1e-4)
     np.testing.assert_allclose(list(after.values()), want_after, atol=1e-4)
@@ -232,7 +240,7 @@ def test_export_replaces_atomically_and_keeps_old_on_failure(export_dir, library
     path = tmp_path / "saved_model"
     shutil.copytree(export_dir, path)
     network, info = library["network"], library["info"]
-    plain = predict_segmentation(network, tf.constant(images))["probabilities"].numpy()
+    plain = library["plain"](tf.constant(images))["probabilities"].numpy()
     kwargs = dict(evidence=EvidenceOptions())
 
     def disk_full(*args, **kw):

@@ -242,3 +242,25 @@ def test_train_dwa_moves_the_task_weights_after_two_data_epochs(tmp_path, data_d
             assert pair != (1.0, 1.0), (step, pair)
             assert sum(pair) == pytest.approx(2.0, abs=1e-5)  # K * softmax
     assert weights["semantic"][4] != weights["semantic"][6]  # and they keep moving
+
+
+# --------------------------------------------------------------------- determinism
+def test_deterministic_training_repeats_bit_for_bit(tmp_path, data_dir):
+    """Two runs of the same --deterministic command (no --seed: it sets one) give the
+    same weights, bit for bit (the same graph on the same inputs, so exact equality is
+    the claim)."""
+    values = []
+    for run in ("a", "b"):
+        logdir = tmp_path / run
+        args = [a for a in _train_args(logdir, data_dir) if a != "--seed=0"]
+        proc = run_tool("train", *args, "--deterministic", "--training_number_of_steps=4",
+                        "--save_interval_steps=4", "--optimizer=adam",
+                        "--base_learning_rate=0.01")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "--deterministic: op determinism on, seed 0" in proc.stdout
+        reader = tf.train.load_checkpoint(str(logdir / "ckpt-4"))
+        values.append({k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+                       if k != "_CHECKPOINTABLE_OBJECT_GRAPH"})
+    assert values[0].keys() == values[1].keys() and len(values[0]) > 10
+    for key in values[0]:
+        np.testing.assert_array_equal(values[0][key], values[1][key], err_msg=key)

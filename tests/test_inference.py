@@ -151,3 +151,31 @@ def test_bad_scales_error():
         )
     with pytest.raises(ValueError, match=r"eval_scales must be a list of positive floats"):
         multi_scale_probabilities(lambda x: x, np.zeros((1, 3, 3, 3), "float32"), scales=("a",))
+
+
+def test_input_alignment_pads_onto_the_grid_and_crops_back(net):
+    from tf_mtl.inference import InputAlignment
+
+    al = InputAlignment.from_crop((65, 65), 16)
+    assert al.aligned_size(64, 64) == (65, 65) and al.aligned_size(65, 70) == (65, 81)
+    assert al.is_aligned(65, 81) and not al.is_aligned(64, 64)
+    assert InputAlignment.from_crop((512, 512), 16).aligned_size(500, 513) == (512, 528)
+    x = np.random.RandomState(0).uniform(0, 255, (2, 64, 60, 3)).astype("float32")
+    padded = al.pad(x).numpy()
+    assert padded.shape == (2, 65, 65, 3)
+    np.testing.assert_array_equal(padded[:, :64, :60], x)  # the image itself untouched
+    assert np.all(padded[:, 64:] == 127.5) and np.all(padded[:, :, 60:] == 127.5)
+    seen = {}
+
+    def fn(images, extra):
+        seen["shape"] = tuple(images.shape)
+        return {"probabilities": tf.zeros(tf.concat([tf.shape(images)[:3], [5]], 0)),
+                "predictions": tf.zeros(tf.shape(images)[:3], tf.int32),
+                "tags": tf.zeros([2, 4]) + extra}
+
+    out = al.wrap(fn)(tf.constant(x), 1.0)
+    assert seen["shape"] == (2, 65, 65, 3)
+    assert tuple(out["probabilities"].shape) == (2, 64, 60, 5)
+    assert tuple(out["predictions"].shape) == (2, 64, 60)
+    assert tuple(out["tags"].shape) == (2, 4)
+    assert InputAlignment().wrap(fn) is fn  # stride 1: nothing to do

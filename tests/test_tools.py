@@ -207,8 +207,11 @@ def test_eval_prints_and_writes_json_table_and_figure(eval_run):
     assert results["evidence"]["steps"] == 1 and results["evidence"]["es_steps"] == 2
     # refit rows say how many steps each image took: L2 runs exactly --evidence_steps,
     # early stopping at most --evidence_es_steps; plain rows have no such record.
-    assert results["modes"]["bp_l2"]["refit_steps"] == {"mean": 1.0, "max": 1,
-                                                        "fraction_zero": 0.0}
+    l2 = results["modes"]["bp_l2"]["refit_steps"]
+    assert {k: l2[k] for k in ("mean", "max", "fraction_zero")} == {
+        "mean": 1.0, "max": 1, "fraction_zero": 0.0}
+    # The safeguard's count: how many images kept the plain prediction.
+    assert 0 <= l2["fell_back"] <= 2 and f"for {l2['fell_back']} of 2 images" in stdout
     es = results["modes"]["bp_es"]["refit_steps"]
     assert 0 <= es["mean"] <= es["max"] <= 2 and 0.0 <= es["fraction_zero"] <= 1.0
     assert "refit_steps" not in results["modes"]["none"]
@@ -248,6 +251,27 @@ def test_eval_prints_and_writes_json_table_and_figure(eval_run):
     scale = 256 // 48
     assert fig.shape[1] == (2 + len(EVAL_MODES)) * (48 + 4) * scale
     assert fig.shape[0] == 18 * scale + 2 * (48 + 4) * scale
+
+
+def test_eval_pads_onto_the_training_grid(eval_run, resumed_run, data_dir, tmp_path):
+    """Trained at 33 = 2 * 16 + 1, evaluated on 48x48 images: without size flags the
+    images are padded to 49x49, as with the aligned --eval_crop_size=49,49 (the pipeline
+    pads those with the ignore label, this crops the output back: the same mIoU); a
+    misaligned --eval_crop_size gets a warning naming the aligned one."""
+    plain = json.loads((eval_run["out"] / "eval_results.json").read_text())["modes"]["none"]
+    for crop, warns in (("49,49", False), ("48,48", True)):
+        out = tmp_path / crop
+        proc = run_tool("eval", f"--checkpoint_dir={resumed_run['logdir']}",
+                        f"--dataset_dir={data_dir}", f"--eval_logdir={out}",
+                        "--max_number_of_examples=2", "--bootstrap_samples=0",
+                        f"--eval_crop_size={crop}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        row = json.loads((out / "eval_results.json").read_text())["modes"]["none"]
+        assert row["miou"] == pytest.approx(plain["miou"], abs=1e-3)  # within 0.1 points
+        assert ("warning: --eval_crop_size=48,48 is off the grid" in proc.stdout) == warns
+        assert ("use that as --eval_crop_size" in proc.stdout) == warns
+        if warns:
+            assert "padded further to 49,49" in proc.stdout
 
 
 def test_error_breakdown_counts_by_hand():

@@ -27,7 +27,9 @@ Pruning (``-Pr``): :func:`prune_probabilities` zeroes classes absent from the ta
 Outputs of :meth:`EvidenceRefitter.__call__` (dict of tensors):
   ``probabilities`` [B,H,W,C] float32 (after pruning if enabled), ``predictions``
   [B,H,W] int32 (argmax), ``tag_probabilities_before`` / ``tag_probabilities_after``
-  [B,T] float32, ``steps_taken`` [B] int32 (optimizer updates applied per image).
+  [B,T] float32, ``steps_taken`` [B] int32 (optimizer updates applied per image),
+  ``fell_back`` [B] bool (``EvidenceConfig.safeguard``: the image got the unrefitted
+  prediction because the refit did not help its evidence, see :func:`refit_hurt`).
 
 Optimizers are functional (state as loop variables, ``tf_mtl.functional_optimizers``)
 and follow ``keras.optimizers.SGD`` / ``keras.optimizers.Adam`` update rules exactly.
@@ -51,7 +53,7 @@ import tensorflow as tf
 
 from tf_mtl.functional_optimizers import OPTIMIZERS, FunctionalOptimizer
 from tf_mtl.graph import output_tensor, split_at, upstream_layers
-from tf_mtl.inference import multi_scale_probabilities, validate_scales
+from tf_mtl.inference import multi_scale_probabilities, network_logits_fn, validate_scales
 
 # Which variables to refit: variables | layer names | predicate(variable path) | None.
 VariableSpec = Sequence[Any] | Callable[[str], bool] | None
@@ -85,6 +87,9 @@ class EvidenceConfig:
     add_flipped_images: bool = False
     prune: bool = False
     keep_classes: tuple[int, ...] = (0,)
+    # Per image, fall back to the unrefitted prediction when the refit did not lower the
+    # evidence loss or flipped a tag that agreed with the evidence (refit_hurt).
+    safeguard: bool = False
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ValueError:
@@ -278,6 +283,28 @@ def agrees_with_evidence(
     return tf.reduce_all(ok, axis=-1)
 
 
+def refit_hurt(before: tf.Tensor, after: tf.Tensor, tags: tf.Tensor, taken: tf.Tensor,
+               threshold: float = 0.5) -> tf.Tensor:
+    """Per image ``[B]``: the refit took steps and did not help the evidence it was given.
+
+    Either the tags' cross-entropy against the evidence did not go down, or a tag that
+    agreed with the evidence before (on its side of ``threshold``) no longer does. Such
+    an image is better served by the plain prediction (the serving safeguard).
+    """
+    eps = 1e-7
+
+    def loss(p: tf.Tensor) -> tf.Tensor:
+        p = tf.clip_by_value(p, eps, 1.0 - eps)
+        return -tf.reduce_mean(tags * tf.math.log(p) + (1.0 - tags) * tf.math.log(1.0 - p), -1)
+
+    present = tags >= 0.5
+    agree_before = tf.equal(before >= threshold, present)
+    agree_after = tf.equal(after >= threshold, present)
+    flipped = tf.reduce_any(tf.logical_and(agree_before, tf.logical_not(agree_after)), -1)
+    worse = loss(after) >= loss(before)
+    return tf.logical_and(taken > 0, tf.logical_or(worse, flipped))
+
+
 def _bce(tags: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Per-image mean over tags of sigmoid cross-entropy: [B, T] -> [B]."""
     return tf.reduce_mean(
@@ -387,12 +414,27 @@ class EvidenceRefitter:
 
     def _finish(
         self,
+        images: tf.Tensor,
         probs: tf.Tensor,
         tags: tf.Tensor,
         before: tf.Tensor,
         after: tf.Tensor,
         taken: tf.Tensor,
     ) -> dict[str, tf.Tensor]:
+        fell_back = tf.zeros_like(taken, tf.bool)
+        if self.config.safeguard:
+            fell_back = refit_hurt(before, after, tags, taken, self.config.threshold)
+            cfg = self.config
+
+            def with_plain() -> tf.Tensor:
+                plain = multi_scale_probabilities(
+                    network_logits_fn(self.network, self.semantic_key), images,
+                    cfg.eval_scales, cfg.add_flipped_images)
+                return tf.where(fell_back[:, None, None, None], plain, probs)
+
+            # The plain prediction is computed only when some image needs it.
+            probs = tf.cond(tf.reduce_any(fell_back), with_plain, lambda: probs)
+            after = tf.where(fell_back[:, None], before, after)
         if self.config.prune:
             probs = prune_probabilities(
                 probs, tags, self.tag_class_ids, self.config.keep_classes
@@ -403,6 +445,7 @@ class EvidenceRefitter:
             "tag_probabilities_before": before,
             "tag_probabilities_after": after,
             "steps_taken": taken,
+            "fell_back": fell_back,
         }
 
     def _scale_step(self, scale: tf.Tensor, finite: tf.Tensor) -> tf.Tensor:
@@ -502,7 +545,7 @@ class EvidenceRefitter:
                 tf.TensorSpec([], tf.int32),
             ),
         )
-        return self._finish(probs, tags, before, after, taken)
+        return self._finish(images, probs, tags, before, after, taken)
 
     # ------------------------------------------------------------- latent mode
     def _refit_latent(self, images: tf.Tensor, tags: tf.Tensor, steps: tf.Tensor) -> dict:
@@ -605,5 +648,5 @@ class EvidenceRefitter:
                 )
             )
         before = tf.where(tf.equal(i, 0), after, before)
-        return self._finish(probs, tags, before, after, taken)
+        return self._finish(images, probs, tags, before, after, taken)
 

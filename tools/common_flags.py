@@ -136,6 +136,23 @@ def options_from_flags(cls: type, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def explicit_fields(cls: type, prefix: str = "") -> frozenset[str]:
+    """Fields of ``cls`` whose flags were given on the command line (they beat settings a
+    run directory holds, e.g. tuned refit settings)."""
+    return frozenset(f.name for f, _ in _fields(cls)
+                     if "prefix" not in f.metadata
+                     and FLAGS[prefix + f.metadata.get("flag", f.name)].present)
+
+
+EVIDENCE_PREFIX = "evidence_"
+
+
+def explicit_evidence() -> frozenset[str]:
+    from deeplab_ext.run.options import EvidenceOptions
+
+    return explicit_fields(EvidenceOptions, EVIDENCE_PREFIX)
+
+
 # ------------------------------------------------------------------------ running
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "fix your input", reported without a traceback."""

@@ -16,7 +16,8 @@ common_flags.define_flags(EvalOptions)
 def main() -> None:
     from deeplab_ext.run.evaluation import evaluate
 
-    evaluate(common_flags.options_from_flags(EvalOptions), printer=common_flags.printer)
+    evaluate(common_flags.options_from_flags(EvalOptions), printer=common_flags.printer,
+             explicit=common_flags.explicit_evidence())
 
 
 if __name__ == "__main__":

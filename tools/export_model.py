@@ -14,7 +14,9 @@ common_flags.define_flags(ExportOptions)
 def main() -> None:
     from deeplab_ext.run.export import export_checkpoint
 
-    path = export_checkpoint(common_flags.options_from_flags(ExportOptions))
+    path = export_checkpoint(common_flags.options_from_flags(ExportOptions),
+                             explicit=common_flags.explicit_evidence(),
+                             printer=common_flags.printer)
     common_flags.printer(f"Exported SavedModel to {path}")
 
 

@@ -1,34 +1,10 @@
 """Networks: the family registry, shared layers, and one folder per family (``deeplab/``).
 
-Imports nothing from ``deeplab_ext.data`` or ``deeplab_ext.run``.
+Imports nothing from ``deeplab_ext.data`` or ``deeplab_ext.run``. The registry's API is
+re-exported here: ``from deeplab_ext.models import build_network, register_family``.
 """
 
-from deeplab_ext.models.registry import (
-    DEFAULT_VARIANT,
-    ModelConfig,
-    ModelFamily,
-    build_network,
-    family_of,
-    get_family,
-    get_variant,
-    group_variables,
-    register_family,
-    register_variant,
-    variable_groups,
-    variant_names,
-)
+from deeplab_ext.models import registry
+from deeplab_ext.models.registry import *  # noqa: F403
 
-__all__ = [
-    "DEFAULT_VARIANT",
-    "ModelConfig",
-    "ModelFamily",
-    "build_network",
-    "family_of",
-    "get_family",
-    "get_variant",
-    "group_variables",
-    "register_family",
-    "register_variant",
-    "variable_groups",
-    "variant_names",
-]
+__all__ = registry.__all__

@@ -107,6 +107,9 @@ class ModelFamily:
         logits (serving, evaluation, evidence).
       latent_feature: the feature the evidence ``latent`` mode offsets.
       describe: ``config -> dict`` of facts ``tools.model_info`` prints.
+      input_stride: ``config -> int``, the total stride of the network: inputs of size
+        ``k * stride + r`` with the training crop's ``r`` keep its sampling grid
+        (prediction pads onto it, ``tf_mtl.inference.InputAlignment``); None = any size.
       module: the module that registered the family (set by :func:`register_family`);
         a run directory records it so a new process can import it.
     """
@@ -121,6 +124,7 @@ class ModelFamily:
     tags_output: str = "tags"
     latent_feature: str = "encoder"
     describe: Callable[[Any], dict] | None = None
+    input_stride: Callable[[Any], int] | None = None
     module: str = ""
 
 

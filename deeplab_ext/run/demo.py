@@ -13,17 +13,24 @@ import pathlib
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import cv2
 import numpy as np
 
 from deeplab_ext.data import download, input_pipeline, synthetic
+from deeplab_ext.data.datasets import get_dataset_info
 from deeplab_ext.run.evaluation import EVIDENCE_MODES, bootstrap_baselines, evaluate, vs_cell
-from deeplab_ext.run.export import export_saved_model
-from deeplab_ext.run.options import DemoOptions, EvalOptions, TrainOptions
-from deeplab_ext.run.rundir import restore_network
+from deeplab_ext.run.export import export_checkpoint
+from deeplab_ext.run.options import (
+    DemoOptions,
+    EvalOptions,
+    ExportOptions,
+    TrainOptions,
+    TuneOptions,
+)
 from deeplab_ext.run.trainer import train
+from deeplab_ext.run.tuning import tune_evidence
 from tf_mtl import tbevents
 from tf_mtl.report import write_html_report
 
@@ -41,20 +48,23 @@ class _Stage:
         self.printer(f"\n[{self.i}/{self.total}] {name} (t={time.time() - self.t0:.0f}s)")
 
 
-def prepare_data(options: DemoOptions, out: pathlib.Path, printer) -> tuple[str, str]:
-    """(dataset name, TFRecord dir): the built-in dataset, or a converted user folder."""
+def prepare_data(options: DemoOptions, out: pathlib.Path, printer) -> tuple[str, str, str]:
+    """(dataset name, TFRecord dir, tuning split): the built-in dataset with its own
+    generated tuning split ("test"), or a converted user folder (tuned on "train")."""
     if options.data is None:
         data_dir = out / "data" / "shapes_evidence"
-        marker = data_dir / f"done-{options.num_train}-{options.num_val}-{options.image_size}"
+        marker = data_dir / (f"done-{options.num_train}-{options.num_val}-{options.num_tune}-"
+                             f"{options.image_size}")
         if not marker.exists():
+            splits = ("train", "val", "test") if options.num_tune else ("train", "val")
             counts = synthetic.write_tfrecords(
                 data_dir, options.num_train, options.num_val, size=options.image_size,
-                seed=options.seed)
+                seed=options.seed, splits=splits, num_test=options.num_tune)
             marker.write_text(json.dumps(counts))
             printer(f"Generated the built-in dataset: {counts} ({options.image_size}px) in {data_dir}")
         else:
             printer(f"Using the built-in dataset already in {data_dir}")
-        return "shapes_evidence", str(data_dir)
+        return "shapes_evidence", str(data_dir), "test"
     root = pathlib.Path(options.data)
     if not root.is_dir():
         raise FileNotFoundError(f"--data={root}: no such folder (a VOC- or CamVid-layout folder)")
@@ -67,7 +77,7 @@ def prepare_data(options: DemoOptions, out: pathlib.Path, printer) -> tuple[str,
         reports = download.convert_layout(layout, data_root, data_dir)
         for split, rep in reports.items():
             printer(f"Converted {layout} {split}: {rep.summary() if hasattr(rep, 'summary') else rep}")
-        return dataset, str(data_dir)
+        return dataset, str(data_dir), "train"
     raise ValueError(
         f"--data={root}: neither a VOC layout (JPEGImages/, SegmentationClass/, "
         "ImageSets/Segmentation/) nor a CamVid layout (train/, trainannot/, train.txt)"
@@ -76,8 +86,6 @@ def prepare_data(options: DemoOptions, out: pathlib.Path, printer) -> tuple[str,
 
 def _sample_image(dataset: str, data_dir: str, path: pathlib.Path) -> list[str]:
     """Write the first val image as PNG; return its ground-truth tag names."""
-    from deeplab_ext.data.datasets import get_dataset_info
-
     info = get_dataset_info(dataset)
     ds = input_pipeline.make_dataset(info, data_dir, "val", crop_size=None, batch_size=1,
                                      is_training=False)
@@ -87,14 +95,41 @@ def _sample_image(dataset: str, data_dir: str, path: pathlib.Path) -> list[str]:
     return [info.tag_names[i] for i in np.flatnonzero(tags > 0.5)]
 
 
-def run_demo(options: DemoOptions, printer: Callable[[str], None] = print) -> dict:
+def _tuning_tables(tuning: dict | None) -> list[tuple]:
+    """The report's tables of the refit settings chosen and of the search behind them."""
+    if tuning is None:
+        return []
+    return [(f"Refit settings chosen for this model on {tuning['tune_split']!r} "
+             f"({tuning['num_images']} images)", ["kind", "refit", "settings"],
+             _chosen_rows(tuning)),
+            ("The tuning search (mIoU on the tuning split)",
+             ["kind", "candidate", "mIoU (%)", "vs no refit"],
+             [[r["kind"], r["candidate"], f"{100 * r['miou']:.2f}",
+               f"{100 * r['vs_no_refit']:+.2f}"] for r in tuning["table"]])]
+
+
+def _chosen_rows(tuning: dict) -> list[list[str]]:
+    rows = []
+    for kind, entry in tuning["kinds"].items():
+        ev = entry["evidence"]
+        keys = ("es_steps", "es_margin") if kind == "es" else ("steps", "alpha")
+        settings = ", ".join(f"{k}={ev[k]}" for k in ("learning_rate", "clip_norm", *keys,
+                                                       "refit", "safeguard"))
+        rows.append([kind, "yes" if entry["refit"] else "no (plain inference was as good)",
+                     settings])
+    return rows
+
+
+def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
+             explicit: Collection[str] = ()) -> dict:
+    """The main job; ``explicit``: evidence fields given as flags (they beat tuning)."""
     out = pathlib.Path(options.workdir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stage = _Stage(7, printer)
+    stage = _Stage(8, printer)
     t0 = time.time()
 
     stage("Data")
-    dataset, data_dir = prepare_data(options, out, printer)
+    dataset, data_dir, tune_split = prepare_data(options, out, printer)
     builtin = options.data is None
     crop = options.crop_size if builtin else max(options.crop_size, 129)
 
@@ -109,8 +144,22 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print) -> di
         save_interval_steps=max(100, options.train_steps // 4), save_summaries_steps=25,
         log_every_n_steps=max(25, options.train_steps // 20),
         min_scale_factor=0.75 if builtin else 0.5, max_scale_factor=1.25 if builtin else 2.0,
-        loss_weighting="uncertainty", seed=options.seed,
+        loss_weighting="uncertainty",
+        seed=options.seed if options.train_seed is None else options.train_seed,
     ), printer=printer)
+
+    stage(f"Tune the refit settings of this model on the {tune_split!r} split (never val)")
+    tuning = None
+    if not options.num_tune:
+        printer("--num_tune=0: not tuned; the refit settings are the start point's")
+    else:
+        if not builtin:
+            printer("(a user folder has no split of its own for tuning: its training images, "
+                    "which the model has seen, stand in)")
+        tuning = tune_evidence(TuneOptions(
+            checkpoint_dir=str(logdir), dataset_dir=data_dir, tune_split=tune_split,
+            max_examples=options.num_tune, max_candidates=options.tune_candidates,
+            evidence=options.evidence), printer=printer)
 
     stage("Evaluate: the evidence table (tags from the ground truth)")
     eval_dir = out / "eval"
@@ -119,13 +168,12 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print) -> di
         eval_split="val", eval_crop_size=(crop, crop) if builtin else None,
         evidence_modes=tuple(options.evidence_modes), evidence=options.evidence,
         max_examples=options.max_eval_images, num_vis_examples=6,
-    ), printer=printer)
+    ), printer=printer, explicit=explicit)
 
     stage("Export the SavedModel")
-    network, info, meta = restore_network(logdir)
-    export_dir = out / "export"
-    export_saved_model(network, info, export_dir, evidence=options.evidence,
-                       model_config=meta["model"])
+    export_dir = export_checkpoint(ExportOptions(
+        checkpoint_dir=str(logdir), export_path=str(out / "export"), evidence=options.evidence),
+        explicit=explicit, printer=printer)
     printer(f"SavedModel in {export_dir}")
 
     stage("Serve: tools.predict through the SavedModel on a sample image with its tags")
@@ -157,7 +205,7 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print) -> di
     pred_rows = [[n, f"{predict_report.get('tag_probabilities_before', {}).get(n, float('nan')):.3f}",
                   f"{predict_report.get('tag_probabilities_after', {}).get(n, float('nan')):.3f}",
                   "yes" if n in tags else ""]
-                 for n in info.tag_names]
+                 for n in get_dataset_info(dataset).tag_names]
     scalars = tbevents.read_scalars(logdir / "train")
     groups = {
         "Task losses": [k for k in scalars if k.endswith("_loss") or k == "train/loss"],
@@ -181,6 +229,7 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print) -> di
             ("Tag head on val", ["metric", "value"], tag_rows),
             ("tools.predict through the SavedModel: tag probabilities",
              ["tag", "before", "after refit", "in evidence"], pred_rows),
+            *_tuning_tables(tuning),
         ],
         per_class_iou={k: v for k, v in results["modes"][best_mode]["per_class_iou"].items()
                        if v is not None},
@@ -192,6 +241,8 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print) -> di
     )
 
     stage("Done")
+    if tuning is not None:
+        printer(tuning["report"])
     printer(results["table"])
     printer("\nWhere things are:")
     printer(f"  report       {report}")

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import pathlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -23,11 +23,11 @@ from deeplab_ext.data import colormap as cmap
 from deeplab_ext.data import input_pipeline
 from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.registry import family_of
-from deeplab_ext.run.evidence import keep_classes, make_refitter
-from deeplab_ext.run.options import EvalOptions
-from deeplab_ext.run.rundir import atomic_write, restore_network
+from deeplab_ext.run.evidence import evidence_by_kind, keep_classes, make_refitter
+from deeplab_ext.run.options import EvalOptions, EvidenceOptions
+from deeplab_ext.run.rundir import atomic_write, input_alignment, restore_network
 from tf_mtl.evidence import prune_probabilities
-from tf_mtl.inference import multi_scale_probabilities, network_logits_fn
+from tf_mtl.inference import InputAlignment, multi_scale_probabilities, network_logits_fn
 from tf_mtl.metrics import (
     TagMAP,
     TagPrecisionRecallF1,
@@ -59,27 +59,93 @@ def check_modes(modes: Sequence[str]) -> list[str]:
     return list(modes)
 
 
-def make_predictor(network, info: DatasetInfo, mode: str, options: EvalOptions
+def make_predictor(network, info: DatasetInfo, kind: str | None, evidence: EvidenceOptions,
+                   scales: Sequence[float] = (1.0,), flip: bool = False,
+                   alignment: InputAlignment | None = None
                    ) -> Callable[[tf.Tensor, tf.Tensor], dict]:
-    """images, tags -> {"probabilities", "predictions", ...} for one evidence mode."""
-    _, kind, prune = EVIDENCE_MODES[mode]
-    scales, flip = tuple(options.eval_scales), options.add_flipped_images
-    tag_ids = list(info.tag_class_ids)
-    keep = keep_classes(info)
+    """images, tags -> {"probabilities", ...} (unpruned) for one refit kind (None: plain
+    inference), on inputs padded onto ``alignment``'s grid (outputs cropped back)."""
+    alignment = alignment or InputAlignment()
+    scales = tuple(scales)
     if kind is None:
         logits_fn = network_logits_fn(network, family_of(network).semantic_output)
 
-        @tf.function(reduce_retracing=True)
         def plain(images, tags):
-            probs = multi_scale_probabilities(logits_fn, images, scales, flip)
-            if prune:
-                probs = prune_probabilities(probs, tags, tag_ids, keep)
-            return {"probabilities": probs,
-                    "predictions": tf.argmax(probs, -1, output_type=tf.int32)}
+            del tags
+            return {"probabilities": multi_scale_probabilities(logits_fn, images, scales, flip)}
 
-        return plain
-    refitter = make_refitter(network, info, options.evidence, kind, prune, scales, flip)
-    return lambda images, tags: refitter(images, tags)
+        return tf.function(alignment.wrap(plain), reduce_retracing=True)
+    refitter = make_refitter(network, info, evidence, kind, False, scales, flip)
+    return alignment.wrap(lambda images, tags: refitter(images, tags))
+
+
+@dataclasses.dataclass
+class ModeRun:
+    """One evidence mode over a list of batches: per-image IoU counts [3, C] (their sum
+    gives the mIoU, the bootstrap resamples them), the error split, refit statistics."""
+
+    counts: list[np.ndarray]
+    predictions: list[np.ndarray]
+    errors: dict | None
+    steps: np.ndarray | None
+    fell_back: np.ndarray | None
+    seconds: float
+
+    @property
+    def miou(self) -> float:
+        return float(miou_from_counts(np.sum(self.counts, axis=0)))
+
+
+def run_modes(network, info: DatasetInfo, batches: Sequence, modes: Sequence[str],
+              evidence: Mapping[str | None, EvidenceOptions], scales: Sequence[float] = (1.0,),
+              flip: bool = False, alignment: InputAlignment | None = None,
+              errors: bool = True, keep_predictions: int = 0,
+              printer: Callable[[str], None] | None = None) -> dict[str, ModeRun]:
+    """Predict every batch with each evidence mode (tags from the ground truth).
+
+    Modes that differ only by pruning share one pass: a refit is run once per image and
+    kind, and its probabilities are then taken as they are and pruned (``evidence``:
+    refit settings by kind).
+    """
+    tag_ids, keep = list(info.tag_class_ids), keep_classes(info)
+    runs: dict[str, ModeRun] = {}
+    kinds = list(dict.fromkeys(EVIDENCE_MODES[m][1] for m in modes))
+    for kind in kinds:
+        group = [m for m in modes if EVIDENCE_MODES[m][1] == kind]
+        t0 = time.time()
+        predict = make_predictor(network, info, kind, evidence.get(kind, evidence.get(None)),
+                                 scales, flip, alignment)
+        breakdown = {m: ErrorBreakdown(info) for m in group} if errors else {}
+        counts: dict[str, list] = {m: [] for m in group}
+        kept: dict[str, list] = {m: [] for m in group}
+        taken, back = [], []
+        for images, targets in batches:
+            out = predict(images, targets["tags"])
+            labels, tags = targets["semantic"].numpy(), targets["tags"]
+            for mode in group:
+                probs = out["probabilities"]
+                if EVIDENCE_MODES[mode][2]:
+                    probs = prune_probabilities(probs, tags, tag_ids, keep)
+                preds = tf.argmax(probs, -1, output_type=tf.int32).numpy()
+                counts[mode] += [image_iou_counts(lab, pred, info.num_classes, info.ignore_label)
+                                 for lab, pred in zip(labels, preds, strict=True)]
+                if mode in breakdown:
+                    breakdown[mode].update(labels, preds, tags.numpy())
+                if len(kept[mode]) < keep_predictions:
+                    kept[mode].append(preds[0])
+            if "steps_taken" in out:
+                taken.append(out["steps_taken"].numpy().reshape(-1))
+                back.append(out["fell_back"].numpy().reshape(-1))
+        seconds = round(time.time() - t0, 2)
+        if printer is not None:
+            printer(f"  predicted {', '.join(EVIDENCE_MODES[m][0] for m in group)} "
+                    f"({seconds:.1f}s)")
+        for mode in group:
+            runs[mode] = ModeRun(counts[mode], kept[mode],
+                                 breakdown[mode].result() if mode in breakdown else None,
+                                 np.concatenate(taken) if taken else None,
+                                 np.concatenate(back) if back else None, seconds)
+    return {m: runs[m] for m in modes}
 
 
 class ErrorBreakdown:
@@ -157,8 +223,40 @@ def comparison_figure(rows: list[dict], columns: Sequence[str], info: DatasetInf
     return np.concatenate([header, grid], axis=0)
 
 
-def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every evidence mode over the split; returns (and writes) the results dict."""
+def load_split(network, info: DatasetInfo, meta: dict, dataset_dir: str, split: str, *,
+               crop: tuple[int, int] | None = None, max_examples: int | None = None,
+               align: bool = True, printer: Callable[[str], None] = print
+               ) -> tuple[list, InputAlignment]:
+    """The split's (images, targets) batches of one image each, checked against the
+    checkpoint's dataset, and the input alignment to predict them with."""
+    alignment = input_alignment(network, meta) if align else InputAlignment()
+    if crop and not alignment.is_aligned(*crop):
+        printer(f"warning: --eval_crop_size={crop[0]},{crop[1]} is off the grid the model was "
+                f"trained on (stride {alignment.stride}, training crop "
+                f"{meta['train_crop_size'][0]}x{meta['train_crop_size'][1]}); inputs are padded "
+                f"further to {','.join(map(str, alignment.aligned_size(*crop)))}: use that as "
+                "--eval_crop_size")
+    dataset = input_pipeline.make_dataset(info, dataset_dir, split, crop_size=crop,
+                                          batch_size=1, is_training=False)
+    if max_examples:
+        dataset = dataset.take(max_examples)
+    batches = list(dataset)
+    if not batches:
+        raise ValueError(f"split {split!r} in {dataset_dir} is empty")
+    input_pipeline.check_labels_match(
+        np.concatenate([np.unique(b[1]["semantic"].numpy()) for b in batches]), info,
+        dataset_dir, split, whose="the checkpoint's dataset")
+    return batches, alignment
+
+
+def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
+             explicit: Collection[str] = ()) -> dict[str, Any]:
+    """Run every evidence mode over the split; returns (and writes) the results dict.
+
+    Refit rows use the run's tuned settings when it has them (``tools.tune_evidence``),
+    with the evidence fields named in ``explicit`` (flags given) taken from
+    ``options.evidence`` instead; without tuned settings ``options.evidence`` is used.
+    """
     modes = check_modes(options.evidence_modes)
     if options.bootstrap_samples < 0:
         raise ValueError(f"--bootstrap_samples must be >= 0 (0 turns the intervals off), "
@@ -171,19 +269,12 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
             f"--evidence_modes={','.join(modes)} needs a model with a tag head (a *_mt "
             f"--model_variant); {meta['model']['name']} has none."
         )
-    crop = options.eval_crop_size
-    dataset = input_pipeline.make_dataset(
-        info, options.dataset_dir, options.eval_split, crop_size=crop,
-        batch_size=1, is_training=False,
-    )
-    if options.max_examples:
-        dataset = dataset.take(options.max_examples)
-    batches = list(dataset)
-    if not batches:
-        raise ValueError(f"split {options.eval_split!r} in {options.dataset_dir} is empty")
-    input_pipeline.check_labels_match(
-        np.concatenate([np.unique(b[1]["semantic"].numpy()) for b in batches]), info,
-        options.dataset_dir, options.eval_split, whose="the checkpoint's dataset")
+    batches, alignment = load_split(
+        network, info, meta, options.dataset_dir, options.eval_split,
+        crop=options.eval_crop_size, max_examples=options.max_examples,
+        align=options.align_inputs, printer=printer)
+    evidence = evidence_by_kind(options.checkpoint_dir, options.evidence, explicit,
+                                use_tuned=options.use_tuned_evidence, printer=printer)
     printer(f"Evaluating {meta['model']['name']} on {info.name}:{options.eval_split} "
             f"({len(batches)} images), modes: {', '.join(modes)}, scales {options.eval_scales}"
             f"{' + flip' if options.add_flipped_images else ''}")
@@ -193,7 +284,10 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
                                "num_images": len(batches), "model": meta["model"]["name"],
                                "eval_scales": list(options.eval_scales),
                                "add_flipped_images": options.add_flipped_images,
-                               "evidence": dataclasses.asdict(options.evidence), "modes": {}}
+                               "evidence": dataclasses.asdict(options.evidence),
+                               "evidence_by_kind": {k: dataclasses.asdict(v)
+                                                    for k, v in evidence.items()},
+                               "modes": {}}
     vis_rows = [{"image": b[0][0].numpy(), "label": b[1]["semantic"][0].numpy(), "pred": {}}
                 for b in batches[: options.num_vis_examples]]
     if has_tags:
@@ -208,51 +302,38 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
                 f"{results['tags']['recall']:.4f} F1 {results['tags']['f1']:.4f} "
                 f"mAP {results['tags']['mAP']:.4f}")
     image_counts: dict[str, list[np.ndarray]] = {}
-    for mode in modes:
-        t0 = time.time()
-        predict = make_predictor(network, info, mode, options)
-        errors = ErrorBreakdown(info) if has_tags else None
-        taken: list[np.ndarray] = []
-        image_counts[mode] = []
-        for i, (images, targets) in enumerate(batches):
-            out = predict(images, targets["tags"])
-            labels, preds = targets["semantic"].numpy(), out["predictions"].numpy()
-            # Per-image IoU counts: their sum gives the mIoU (as StreamingMeanIoU would),
-            # and they are what the bootstrap resamples.
-            image_counts[mode] += [
-                image_iou_counts(lab, pred, info.num_classes, info.ignore_label)
-                for lab, pred in zip(labels, preds, strict=True)]
-            if errors is not None:
-                errors.update(labels, preds, targets["tags"].numpy())
-            if "steps_taken" in out:
-                taken.append(out["steps_taken"].numpy().reshape(-1))
-            if i < len(vis_rows):
-                vis_rows[i]["pred"][mode] = preds[0]
-        total = np.sum(image_counts[mode], axis=0)
-        per_class = iou_from_counts(total)
+    runs = run_modes(network, info, batches, modes, {None: options.evidence, **evidence},
+                     options.eval_scales, options.add_flipped_images, alignment,
+                     errors=has_tags, keep_predictions=len(vis_rows), printer=printer)
+    for mode, run in runs.items():
+        image_counts[mode] = run.counts
+        for row_vis, pred in zip(vis_rows, run.predictions, strict=True):
+            row_vis["pred"][mode] = pred
+        per_class = iou_from_counts(np.sum(run.counts, axis=0))
         row = {
             "name": EVIDENCE_MODES[mode][0],
-            "miou": float(miou_from_counts(total)),
+            "miou": run.miou,
             "per_class_iou": {n: (None if np.isnan(v) else float(v))
                               for n, v in zip(class_names, per_class, strict=True)},
-            "seconds": round(time.time() - t0, 2),
+            "seconds": run.seconds,
         }
         steps_note = ""
-        if errors is not None:
-            row["errors"] = errors.result()
-            e = row["errors"]
+        if run.errors is not None:
+            row["errors"] = e = run.errors
             share = e["untagged_fraction"] / e["wrong_fraction"] if e["wrong_fraction"] else 0.0
             steps_note += (f", wrong pixels {100 * e['wrong_fraction']:.3f}%, "
                            f"{100 * share:.0f}% of them an untagged class; "
                            f"missed / spurious / confused {100 * e['missed_fraction']:.3f} / "
                            f"{100 * e['spurious_fraction']:.3f} / "
                            f"{100 * e['confused_fraction']:.3f}%")
-        if taken:  # refit modes: how far early stopping / the step cap let each image go
-            steps = np.concatenate(taken)
+        if run.steps is not None:  # refit modes: how far each image went, and the safeguard
+            steps, back = run.steps, run.fell_back
             row["refit_steps"] = {"mean": float(steps.mean()), "max": int(steps.max()),
-                                  "fraction_zero": float(np.mean(steps == 0))}
+                                  "fraction_zero": float(np.mean(steps == 0)),
+                                  "fell_back": int(back.sum())}
             steps_note += (f", refit steps mean {steps.mean():.1f}, "
-                           f"{100 * np.mean(steps == 0):.0f}% zero")
+                           f"{100 * np.mean(steps == 0):.0f}% zero, safeguard kept the plain "
+                           f"prediction for {int(back.sum())} of {back.size} images")
         results["modes"][mode] = row
         printer(f"  {row['name']:<14} mIoU {100 * row['miou']:6.2f}%   ({row['seconds']:.1f}s"
                 f"{steps_note})")
@@ -270,7 +351,7 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> di
         if vis_rows:
             fig = comparison_figure(vis_rows, modes, info,
                                     scale=max(1, 256 // max(vis_rows[0]["image"].shape[:2])))
-            ok, png = cv2.imencode(".png", fig[..., ::-1])
+            _, png = cv2.imencode(".png", fig[..., ::-1])
             atomic_write(out / "comparison.png", png.tobytes())
             results["comparison_png"] = str(out / "comparison.png")
         results["results_json"] = str(out / "eval_results.json")

@@ -1,4 +1,5 @@
-"""The evidence refitter of a restored network, as every run tool builds it.
+"""The evidence refitter of a restored network, as every run tool builds it, and the
+refit settings a run was tuned with (``tools.tune_evidence``).
 
 The network's family says which variables are refitted by default, which outputs are
 the segmentation and the tags, and which feature the ``latent`` mode offsets; the
@@ -8,7 +9,10 @@ dataset says which class is never pruned (background).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import json
+import os
+import pathlib
+from collections.abc import Callable, Collection, Sequence
 
 import keras
 
@@ -17,7 +21,14 @@ from deeplab_ext.models.registry import family_of, group_variables
 from deeplab_ext.run.options import EvidenceOptions
 from tf_mtl.evidence import EvidenceRefitter
 
-__all__ = ["keep_classes", "make_refitter"]
+__all__ = [
+    "evidence_by_kind",
+    "keep_classes",
+    "load_tuned",
+    "make_refitter",
+    "recommended_steps",
+    "save_tuned",
+]
 
 
 def keep_classes(info: DatasetInfo) -> tuple[int, ...]:
@@ -37,3 +48,46 @@ def make_refitter(network: keras.Model, info: DatasetInfo, evidence: EvidenceOpt
     return EvidenceRefitter(network, cfg, variables=variables,
                             tag_class_ids=list(info.tag_class_ids),
                             semantic_key=family.semantic_output, tags_key=family.tags_output)
+
+
+def recommended_steps(kind: str, evidence: EvidenceOptions) -> int:
+    """The steps a kind refits for: the early-stopping cap for es, else the step count."""
+    return evidence.es_steps if kind == "es" else evidence.steps
+
+
+# ------------------------------------------------------------------ tuned settings
+TUNED_FILE = "evidence_tuned.json"
+KINDS = ("l2", "es", "latent")  # refit kinds: bp_l2, bp_es, latent rows of the table
+
+
+def load_tuned(checkpoint_dir: str | os.PathLike) -> dict | None:
+    """What ``tools.tune_evidence`` wrote into the run directory, or None."""
+    path = pathlib.Path(checkpoint_dir) / TUNED_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_tuned(checkpoint_dir: str | os.PathLike, payload: dict) -> pathlib.Path:
+    from deeplab_ext.run.rundir import atomic_write
+
+    return atomic_write(pathlib.Path(checkpoint_dir) / TUNED_FILE,
+                        json.dumps(payload, indent=2, default=list))
+
+
+def evidence_by_kind(checkpoint_dir: str | os.PathLike, evidence: EvidenceOptions,
+                     explicit: Collection[str] = (), *, use_tuned: bool = True,
+                     printer: Callable[[str], None] = print) -> dict[str, EvidenceOptions]:
+    """The refit settings of each kind for a run: its tuned ones where it has them (the
+    fields in ``explicit``, i.e. flags given, taken from ``evidence``), else ``evidence``."""
+    tuned = load_tuned(checkpoint_dir) if use_tuned else None
+    if not tuned:
+        return {kind: evidence for kind in KINDS}
+    out = {}
+    for kind in KINDS:
+        entry = tuned["kinds"].get(kind)
+        base = EvidenceOptions(**entry["evidence"]) if entry else evidence
+        out[kind] = dataclasses.replace(base, **{f: getattr(evidence, f) for f in explicit})
+    given = f"; flags given win: {', '.join(sorted(explicit))}" if explicit else ""
+    printer(f"Refit settings tuned on {tuned['dataset_dir']}:{tuned['tune_split']} "
+            f"({tuned['num_images']} images) for {', '.join(tuned['kinds'])} from "
+            f"{pathlib.Path(checkpoint_dir) / TUNED_FILE}{given}")
+    return out

@@ -8,7 +8,8 @@ Signatures (usable from `tf.saved_model.load` without importing this project):
     output under its own name (float32).
   * `segment_with_evidence(images, tags float32 [B,T], steps int32 [])` -> the same
     after refitting trunk + tag branch to the tags (plus `tag_probabilities_before`,
-    `steps_taken`).
+    `steps_taken`, `fell_back`: the images that kept the plain prediction because the
+    refit did not help their evidence).
 Only the network is exported: training-only heads and loss terms live in the
 MultiTaskModel and never reach it. `assets/deeplab_export.json` holds class names, tag
 class ids, the colormap and the model family so clients can decode outputs. The export
@@ -29,7 +30,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import cv2
@@ -41,11 +42,17 @@ from deeplab_ext.data.colormap import label_to_color_image
 from deeplab_ext.data.datasets import DatasetInfo, info_from_dict, info_to_dict
 from deeplab_ext.data.input_pipeline import tags_from_names
 from deeplab_ext.models.registry import family_of
-from deeplab_ext.run.evidence import keep_classes, make_refitter
+from deeplab_ext.run.evidence import (
+    evidence_by_kind,
+    keep_classes,
+    load_tuned,
+    make_refitter,
+    recommended_steps,
+)
 from deeplab_ext.run.options import EvidenceOptions, ExportOptions, PredictOptions
-from deeplab_ext.run.rundir import restore_network
+from deeplab_ext.run.rundir import input_alignment, restore_network
 from tf_mtl.evidence import EvidenceRefitter, prune_probabilities, validate_evidence
-from tf_mtl.inference import multi_scale_probabilities, network_logits_fn
+from tf_mtl.inference import InputAlignment, multi_scale_probabilities, network_logits_fn
 
 __all__ = [
     "CheckpointSegmenter",
@@ -64,11 +71,13 @@ class SegmenterServing(tf.Module):
     """tf.Module with the serving functions; tracks the network's variables.
 
     ``refitter``: the evidence refitter behind ``segment_with_evidence`` (None: no tag
-    head, no such function).
+    head, no such function). ``alignment``: inputs are padded onto the training grid and
+    outputs cropped back inside both functions.
     """
 
     def __init__(self, network: keras.Model, refitter: EvidenceRefitter | None = None,
-                 inference_scales: Sequence[float] = (1.0,), add_flipped_images: bool = False):
+                 inference_scales: Sequence[float] = (1.0,), add_flipped_images: bool = False,
+                 alignment: InputAlignment | None = None):
         super().__init__(name="deeplab_serving")
         family = family_of(network)
         self.network = network
@@ -92,7 +101,8 @@ class SegmenterServing(tf.Module):
                         tf.sigmoid(value) if key == tags_key else value)
             return out
 
-        self.serve = tf.function(serve, input_signature=[images_spec])
+        self.alignment = alignment or InputAlignment()
+        self.serve = tf.function(self.alignment.wrap(serve), input_signature=[images_spec])
         self.refitter = refitter if self.has_tags else None
         if self.refitter is not None:
             num_tags = self.refitter.num_tags
@@ -104,9 +114,10 @@ class SegmenterServing(tf.Module):
                         "semantic_predictions": r["predictions"],
                         "tag_probabilities": r["tag_probabilities_after"],
                         "tag_probabilities_before": r["tag_probabilities_before"],
-                        "steps_taken": r["steps_taken"]}
+                        "steps_taken": r["steps_taken"], "fell_back": r["fell_back"]}
 
-            self.segment_with_evidence = tf.function(with_evidence, input_signature=[
+            self.segment_with_evidence = tf.function(self.alignment.wrap(with_evidence),
+                                                     input_signature=[
                 images_spec, tf.TensorSpec([None, num_tags], tf.float32, name="tags"),
                 tf.TensorSpec([], tf.int32, name="steps")])
 
@@ -120,24 +131,39 @@ class SegmenterServing(tf.Module):
 
 def serving_module(network: keras.Model, info: DatasetInfo, evidence: EvidenceOptions,
                    inference_scales: Sequence[float] = (1.0,),
-                   add_flipped_images: bool = False) -> SegmenterServing:
-    """The serving functions of a network; evidence refits with the L2 kind (bp_l2)."""
+                   add_flipped_images: bool = False,
+                   alignment: InputAlignment | None = None, kind: str = "l2"
+                   ) -> SegmenterServing:
+    """The serving functions of a network; evidence refits with ``kind`` (l2 | es | latent)."""
     has_tags = family_of(network).tags_output in network.output
-    refitter = (make_refitter(network, info, evidence, "l2", False, inference_scales,
+    refitter = (make_refitter(network, info, evidence, kind, False, inference_scales,
                               add_flipped_images) if has_tags else None)
-    return SegmenterServing(network, refitter, inference_scales, add_flipped_images)
+    return SegmenterServing(network, refitter, inference_scales, add_flipped_images, alignment)
+
+
+def serving_evidence(checkpoint_dir: str | os.PathLike, evidence: EvidenceOptions,
+                     explicit: Collection[str] = (), use_tuned: bool = True,
+                     printer: Callable[[str], None] = print) -> tuple[str, EvidenceOptions]:
+    """(kind, settings) the run is served with: the kind tuning found best, with its tuned
+    settings (flags given win), or the L2 refit with ``evidence``."""
+    tuned = load_tuned(checkpoint_dir) if use_tuned else None
+    kind = tuned["serving_kind"] if tuned else "l2"
+    return kind, evidence_by_kind(checkpoint_dir, evidence, explicit, use_tuned=use_tuned,
+                                  printer=printer)[kind]
 
 
 def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str | os.PathLike,
                        *, evidence: EvidenceOptions | None = None,
                        inference_scales: Sequence[float] = (1.0,),
-                       add_flipped_images: bool = False, model_config: dict | None = None
+                       add_flipped_images: bool = False, model_config: dict | None = None,
+                       alignment: InputAlignment | None = None, kind: str = "l2"
                        ) -> pathlib.Path:
     """Write the SavedModel atomically (temp dir + rename); returns the export path."""
     export_path = pathlib.Path(export_path)
     export_path.parent.mkdir(parents=True, exist_ok=True)
-    module = serving_module(network, info, evidence or EvidenceOptions(), inference_scales,
-                            add_flipped_images)
+    evidence = evidence or EvidenceOptions()
+    module = serving_module(network, info, evidence, inference_scales, add_flipped_images,
+                            alignment, kind)
     signatures = module.signatures
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{export_path.name}.tmp-", dir=export_path.parent))
     try:
@@ -146,7 +172,9 @@ def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str
                 "model": model_config or {},
                 "inference_scales": list(inference_scales),
                 "add_flipped_images": add_flipped_images,
+                "input_alignment": dataclasses.asdict(module.alignment),
                 "evidence": dataclasses.asdict(module.refitter.config) if module.refitter else None,
+                "evidence_kind": kind, "evidence_steps": recommended_steps(kind, evidence),
                 "signatures": sorted(signatures)}
         (tmp / "assets").mkdir(exist_ok=True)
         (tmp / "assets" / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=list))
@@ -168,13 +196,18 @@ def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str
     return export_path
 
 
-def export_checkpoint(options: ExportOptions) -> pathlib.Path:
-    """``tools.export_model``: restore a run's network and export it."""
+def export_checkpoint(options: ExportOptions, explicit: Collection[str] = (),
+                      printer: Callable[[str], None] = print) -> pathlib.Path:
+    """``tools.export_model``: restore a run's network and export it, refitting with the
+    run's tuned settings when it has them (``explicit``: evidence flags given, they win)."""
     network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
-    return export_saved_model(network, info, options.export_path, evidence=options.evidence,
+    alignment = input_alignment(network, meta) if options.align_inputs else None
+    kind, evidence = serving_evidence(options.checkpoint_dir, options.evidence, explicit,
+                                      options.use_tuned_evidence, printer)
+    return export_saved_model(network, info, options.export_path, evidence=evidence,
                               inference_scales=options.inference_scales,
                               add_flipped_images=options.add_flipped_images,
-                              model_config=meta["model"])
+                              model_config=meta["model"], alignment=alignment, kind=kind)
 
 
 def read_export_metadata(export_path: str | os.PathLike) -> dict:
@@ -192,6 +225,7 @@ class _Segmenter:
 
     info: DatasetInfo
     num_tags: int
+    default_steps: int  # the refit steps (or early-stopping cap) it was set up with
 
     def _call(self, name: str, **inputs: tf.Tensor) -> dict[str, tf.Tensor]:
         raise NotImplementedError
@@ -212,10 +246,11 @@ class _Segmenter:
         out = self._call("serving_default", images=self._images(images))
         return {k: v.numpy() for k, v in out.items()}
 
-    def predict_with_evidence(self, images: Any, tags: Any, steps: int,
+    def predict_with_evidence(self, images: Any, tags: Any, steps: int | None = None,
                               steps_name: str = "steps") -> dict[str, np.ndarray]:
         if not self.has("segment_with_evidence"):
             raise ValueError("this model has no tag head, so no segment_with_evidence")
+        steps = self.default_steps if steps is None else steps
         x = self._images(images)
         t = validate_evidence(tags, self.num_tags, batch_size=int(x.shape[0]), steps=steps,
                               steps_name=steps_name)
@@ -232,6 +267,8 @@ class LoadedSegmenter(_Segmenter):
         self.module = tf.saved_model.load(str(export_path))
         self.info = info_from_dict(self.meta["dataset"])
         self.num_tags = len(self.meta["dataset"]["tag_class_ids"])
+        ev = self.meta.get("evidence") or {}
+        self.default_steps = int(self.meta.get("evidence_steps", ev.get("steps", 0)))
 
     def has(self, name: str) -> bool:
         return name in self.module.signatures
@@ -244,9 +281,16 @@ class CheckpointSegmenter(_Segmenter):
     """A run directory served in-process through the export's serving functions."""
 
     def __init__(self, checkpoint_dir: str | os.PathLike, evidence: EvidenceOptions | None = None,
-                 checkpoint_path: str | None = None):
+                 checkpoint_path: str | None = None, align_inputs: bool = True,
+                 explicit: Collection[str] = (), use_tuned: bool = True,
+                 printer: Callable[[str], None] = print):
         network, self.info, self.meta = restore_network(checkpoint_dir, checkpoint_path)
-        self.module = serving_module(network, self.info, evidence or EvidenceOptions())
+        alignment = input_alignment(network, self.meta) if align_inputs else None
+        kind, evidence = serving_evidence(checkpoint_dir, evidence or EvidenceOptions(),
+                                          explicit, use_tuned, printer)
+        self.module = serving_module(network, self.info, evidence, alignment=alignment,
+                                     kind=kind)
+        self.default_steps = recommended_steps(kind, evidence)
         self.num_tags = self.module.refitter.num_tags if self.module.refitter else 0
 
     def has(self, name: str) -> bool:
@@ -264,17 +308,23 @@ def read_image(path: str | os.PathLike, flag: str = "--image") -> np.ndarray:
     return img[..., ::-1].astype(np.float32)
 
 
-def predict_image(options: PredictOptions) -> dict[str, Any]:
+def predict_image(options: PredictOptions, explicit: Collection[str] = (),
+                  printer: Callable[[str], None] = print) -> dict[str, Any]:
     """``tools.predict``: segment one image (with its tags as evidence, if given), write
-    the colour (and raw) PNG; returns the report printed as JSON."""
+    the colour (and raw) PNG; returns the report printed as JSON. The refit steps are
+    the export's or run's own unless ``steps`` is in ``explicit`` (--evidence_steps given)."""
     if bool(options.saved_model) == bool(options.checkpoint_dir):
         raise ValueError("give exactly one of --saved_model or --checkpoint_dir")
     image = read_image(options.image)
-    steps = options.evidence.steps
-    if steps < 0:
+    steps = options.evidence.steps if "steps" in explicit else None
+    if steps is not None and steps < 0:
         raise ValueError(f"--evidence_steps must be >= 0, got {steps}")
     seg: _Segmenter = (LoadedSegmenter(options.saved_model) if options.saved_model
-                       else CheckpointSegmenter(options.checkpoint_dir, options.evidence))
+                       else CheckpointSegmenter(options.checkpoint_dir, options.evidence,
+                                                align_inputs=options.align_inputs,
+                                                explicit=explicit,
+                                                use_tuned=options.use_tuned_evidence,
+                                                printer=printer))
     info = seg.info
     tags = tags_from_names(options.tags, info) if options.tags else None
     if options.prune and tags is None:
@@ -294,6 +344,10 @@ def predict_image(options: PredictOptions) -> dict[str, Any]:
         cv2.imwrite(options.raw_output, pred)
     report: dict[str, Any] = {"output": str(out_path),
                               "classes_predicted": [info.class_names[c] for c in np.unique(pred)]}
+    if tags is not None:
+        report["refit_steps"] = seg.default_steps if steps is None else steps
+        report["steps_taken"] = int(out["steps_taken"][0])
+        report["fell_back"] = bool(out["fell_back"][0]) if "fell_back" in out else False
     if "tag_probabilities" in plain:
         names = list(info.tag_names)
         report["tag_probabilities_before"] = dict(

@@ -22,6 +22,7 @@ __all__ = [
     "ExportOptions",
     "PredictOptions",
     "TrainOptions",
+    "TuneOptions",
     "VisOptions",
 ]
 
@@ -36,6 +37,12 @@ def opt(default: Any = None, help: str = "", **meta: Any) -> Any:  # noqa: A002
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple or default_factory for mutable defaults")
     return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+def align_field() -> Any:
+    return opt(True, "Pad each input onto the size grid the model was trained on (its output "
+               "stride and training crop, as the original pads to eval_crop_size) and crop "
+               "the outputs back.")
 
 
 def group(factory: Any, prefix: str, help: str = "") -> Any:  # noqa: A002
@@ -58,6 +65,9 @@ class EvidenceOptions:
                            "0 = plain agreement.")
     clip_norm: float = opt(0.0, "Clip each refit step's gradient to this global norm per image "
                            "(0 = off).")
+    safeguard: bool = opt(True, "Per image, keep the unrefitted prediction when refitting "
+                          "did not lower the tags' loss against the evidence or flipped a tag "
+                          "that agreed with it.")
     refit: str | None = opt(None, "Variable groups refitted, e.g. backbone,aspp,tag_head "
                             "(default: the model family's refit set; DeepLab: backbone, aspp, "
                             "tag_head).")
@@ -70,6 +80,7 @@ class EvidenceOptions:
 
         common = dict(learning_rate=self.learning_rate, optimizer=self.optimizer,
                       threshold=self.threshold, jit_compile=self.jit_compile,
+                      safeguard=self.safeguard,
                       clip_norm=self.clip_norm, eval_scales=tuple(scales),
                       add_flipped_images=flip, prune=prune, keep_classes=tuple(keep_classes))
         if kind == "l2":
@@ -147,6 +158,9 @@ class TrainOptions:
     max_checkpoints_to_keep: int = opt(5, "Checkpoints kept in --train_logdir.")
     log_every_n_steps: int = opt(10, "Progress line every N steps.")
     seed: int | None = opt(None, "Random seed.")
+    deterministic: bool = opt(False, "Repeat a run bit for bit on one machine: TF op "
+                              "determinism and seeds everywhere (--seed, default 0). Slower; "
+                              "another CPU still trains another model.")
 
 
 @dataclasses.dataclass
@@ -161,15 +175,43 @@ class EvalOptions:
     eval_scales: tuple[float, ...] = opt((1.0,), "Scales for multi-scale inference, e.g. "
                                          "0.5,0.75,1.0,1.25,1.5,1.75.")
     add_flipped_images: bool = opt(False, "Also average left-right flipped predictions.")
+    align_inputs: bool = align_field()
     evidence_modes: tuple[str, ...] = opt(("none",), "Rows: none,prune,bp_l2,bp_es,bp_l2_prune,"
                                           "bp_es_prune,latent,latent_prune.")
     evidence: EvidenceOptions = group(EvidenceOptions, "evidence_")
+    use_tuned_evidence: bool = opt(True, "Refit with the settings tools.tune_evidence chose "
+                                   "for this run, when it has them (--evidence_* flags given "
+                                   "still win).")
     max_examples: int | None = opt(None, "Evaluate only the first N images.",
                                    flag="max_number_of_examples")
     num_vis_examples: int = opt(4, "Images in comparison.png.")
     checkpoint_path: str | None = opt(None, "A specific checkpoint (default: the latest).")
     bootstrap_samples: int = opt(1000, "Resamples of the images for the 95% interval of each "
                                  "row's difference to DL-MT and DL-MT-Pr (0 = off).")
+
+
+@dataclasses.dataclass
+class TuneOptions:
+    """Refit settings tuned for one trained model (``tools.tune_evidence``)."""
+
+    checkpoint_dir: str = opt(None, "A --train_logdir of tools.train.", required=True)
+    dataset_dir: str = opt(None, "Folder with the TFRecord shards.", required=True)
+    tune_split: str = opt("test", "Split to tune on: not the one you report (the built-in "
+                          "dataset's generator writes a 'test' split for this).")
+    eval_crop_size: tuple[int, int] | None = opt(None, "Pad/crop to h,w (default: full "
+                                                 "images, padded onto the training grid).")
+    align_inputs: bool = align_field()
+    max_examples: int | None = opt(None, "Tune on the first N images only.",
+                                   flag="max_number_of_examples")
+    kinds: tuple[str, ...] = opt(("l2", "es"), "Refit kinds to tune: l2 (DL-BP-L2), es "
+                                 "(DL-BP-ES), latent (DL-LAT).")
+    learning_rates: tuple[float, ...] = opt((0.01, 0.03, 0.1), "Learning rates tried.")
+    clip_norms: tuple[float, ...] = opt((0.0, 0.5), "Gradient clip norms tried (0 = off).")
+    max_candidates: int = opt(12, "Evaluations per kind at most, no refit included.")
+    bootstrap_samples: int = opt(1000, "Resamples for the chosen setting's interval against "
+                                 "no refit (0 = off).")
+    evidence: EvidenceOptions = group(EvidenceOptions, "evidence_",
+                                      "The search's start point.")
 
 
 @dataclasses.dataclass
@@ -186,6 +228,7 @@ class VisOptions:
     max_number_of_images: int | None = opt(None, "Visualise only the first N images.")
     eval_scales: tuple[float, ...] = opt((1.0,), "Scales for multi-scale inference.")
     add_flipped_images: bool = opt(False, "Also average left-right flipped predictions.")
+    align_inputs: bool = align_field()
     checkpoint_path: str | None = opt(None, "A specific checkpoint (default: the latest).")
 
 
@@ -199,7 +242,11 @@ class ExportOptions:
     checkpoint_path: str | None = opt(None, "A specific checkpoint (default: the latest).")
     inference_scales: tuple[float, ...] = opt((1.0,), "Scales for multi-scale inference.")
     add_flipped_images: bool = opt(False, "Average left-right flipped predictions.")
+    align_inputs: bool = align_field()
     evidence: EvidenceOptions = group(EvidenceOptions, "evidence_")
+    use_tuned_evidence: bool = opt(True, "Serve the refit kind and settings tools.tune_evidence "
+                                   "chose for this run, when it has them (--evidence_* flags "
+                                   "given still win).")
 
 
 @dataclasses.dataclass
@@ -213,7 +260,11 @@ class PredictOptions:
     prune: bool = opt(False, "Zero the probability of classes absent from --tags.")
     output: str = opt("prediction.png", "Colour segmentation PNG to write.")
     raw_output: str | None = opt(None, "Optional raw class-index PNG.")
+    align_inputs: bool = opt(True, "--checkpoint_dir: pad onto the training grid (see "
+                             "tools.eval); an export does what it was exported with.")
     evidence: EvidenceOptions = group(EvidenceOptions, "evidence_")
+    use_tuned_evidence: bool = opt(True, "--checkpoint_dir: refit with the run's tuned "
+                                   "settings when it has them (flags given still win).")
 
 
 def _demo_evidence() -> EvidenceOptions:
@@ -236,9 +287,14 @@ class DemoOptions:
     num_train: int = opt(2000, "Built-in dataset: training images.")
     num_val: int = opt(100, "Built-in dataset: validation images.")
     image_size: int = opt(64, "Built-in dataset: image side in pixels.")
+    num_tune: int = opt(50, "Images the refit settings are tuned on, 0 = no tuning (the "
+                        "built-in dataset generates a 'test' split of this size; a user "
+                        "folder lends 'train').")
+    tune_candidates: int = opt(8, "Refit settings tried per kind while tuning.")
     max_eval_images: int | None = opt(None, "Evaluate only the first N val images.")
     evidence_modes: tuple[str, ...] = opt(
         ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune"),
         "Rows of the evidence table.")
     evidence: EvidenceOptions = group(_demo_evidence, "evidence_")
-    seed: int = opt(0, "Seed of the built-in dataset and of training.")
+    seed: int = opt(0, "Seed of the built-in dataset (and of training, unless --train_seed).")
+    train_seed: int | None = opt(None, "Seed of training only: another model on the same data.")

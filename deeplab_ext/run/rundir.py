@@ -18,9 +18,17 @@ import keras
 import tensorflow as tf
 
 from deeplab_ext.data.datasets import DatasetInfo, info_from_dict, info_to_dict
-from deeplab_ext.models.registry import ModelFamily, build_network, get_family
+from deeplab_ext.data.preprocess import MEAN_PIXEL_INCEPTION
+from deeplab_ext.models.registry import ModelFamily, build_network, family_of, get_family
+from tf_mtl.inference import InputAlignment
 
-__all__ = ["MODEL_CONFIG_FILE", "load_run_config", "restore_network", "save_run_config"]
+__all__ = [
+    "MODEL_CONFIG_FILE",
+    "input_alignment",
+    "load_run_config",
+    "restore_network",
+    "save_run_config",
+]
 
 MODEL_CONFIG_FILE = "model_config.json"
 _LEGACY_FAMILY = "deeplab"
@@ -101,3 +109,13 @@ def restore_network(checkpoint_dir: str | os.PathLike, checkpoint_path: str | No
             f"--model_variant or dataset?): {problem[:300]}"
         )
     return network, info, meta
+
+
+def input_alignment(network: keras.Model, meta: dict) -> InputAlignment:
+    """The size grid of a restored run: its family's stride and its training crop, padded
+    with the pixel the input pipeline pads crops with. No crop recorded: no alignment."""
+    stride_of = family_of(network).input_stride
+    crop = meta.get("train_crop_size")
+    if stride_of is None or not crop:
+        return InputAlignment()
+    return InputAlignment.from_crop(crop, stride_of(network.model_config), MEAN_PIXEL_INCEPTION)

@@ -210,8 +210,13 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print,
             num_examples(options.dataset_dir, options.train_split) / options.train_batch_size)
         printer(f"DWA: task weights from the average losses of windows of {window} steps")
     logdir.mkdir(parents=True, exist_ok=True)
-    if options.seed is not None:
-        keras.utils.set_random_seed(options.seed)
+    seed = options.seed
+    if options.deterministic:
+        seed = 0 if seed is None else seed
+        tf.config.experimental.enable_op_determinism()
+        printer(f"--deterministic: op determinism on, seed {seed}")
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     precision.set_policy(options.mixed_precision)
     strategy = distribute.get_strategy(options.distribution_strategy, options.num_gpus)
 
@@ -257,7 +262,7 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print,
         min_scale_factor=options.min_scale_factor, max_scale_factor=options.max_scale_factor,
         scale_factor_step_size=options.scale_factor_step_size,
         min_resize_value=options.min_resize_value, max_resize_value=options.max_resize_value,
-        seed=options.seed, targets=tuple(dict.fromkeys(targets)),
+        seed=seed, targets=tuple(dict.fromkeys(targets)),
     )
     remaining = total - resumed_from
     chunk = max(1, min(options.save_interval_steps, remaining))

@@ -83,8 +83,8 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
     import tensorflow as tf
 
     from deeplab_ext.models.registry import family_of
-    from deeplab_ext.run.rundir import restore_network
-    from tf_mtl.inference import predict_segmentation, validate_scales
+    from deeplab_ext.run.rundir import input_alignment, restore_network
+    from tf_mtl.inference import InputAlignment, predict_segmentation, validate_scales
 
     scales = validate_scales(options.eval_scales)
     if options.max_number_of_images is not None and options.max_number_of_images < 1:
@@ -109,10 +109,12 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
     if info.name == "cityscapes" and options.also_save_raw_predictions:
         printer("Cityscapes: raw predictions are written as labelIds (trainId -> labelId).")
 
-    @tf.function(reduce_retracing=True)
-    def predict(images):
+    def plain(images):
         return predict_segmentation(network, images, scales, options.add_flipped_images,
                                     key=family_of(network).semantic_output)
+
+    alignment = input_alignment(network, meta) if options.align_inputs else InputAlignment()
+    predict = tf.function(alignment.wrap(plain), reduce_retracing=True)
 
     printer(f"Visualising {meta['model']['name']} on {info.name}:{options.vis_split} "
             f"-> {save_dir}")

@@ -29,4 +29,6 @@ register_family(ModelFamily(
     # The trunk and the tag branch; the decoder and logits stay as trained.
     refit_groups=("backbone", "aspp", "tag_head"),
     feature_names=FEATURE_NAMES, describe=_describe,
+    # Beyond the output stride the backbone is atrous: no layer samples a coarser grid.
+    input_stride=lambda cfg: cfg.output_stride,
 ), variants=MODEL_VARIANTS)

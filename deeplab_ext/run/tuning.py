@@ -1,0 +1,173 @@
+"""Refit settings tuned per trained model (``tools.tune_evidence``).
+
+Why: the settings that make prediction-time refitting help are a property of a trained
+model, not of the method (the same command on another CPU trains another model, and the
+fixed settings that helped one model hurt the next). For each refit kind (L2, early
+stopping, latent) a small budgeted coordinate search over the learning rate, clipping,
+steps / early-stopping cap and margin, L2 weight, the refitted variable groups and the
+safeguard runs on a split that is not the reported one. Its candidates include "no
+refit" (plain inference), and a refit is chosen only when it beats it, so the choice is
+never worse than plain inference on the tuning split. The choice is written into the run
+directory; evaluation, export and predict use it (flags given still win).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from deeplab_ext.models.registry import family_of
+from deeplab_ext.run.evaluation import ModeRun, load_split, run_modes
+from deeplab_ext.run.evidence import KINDS, TUNED_FILE, save_tuned
+from deeplab_ext.run.options import EvidenceOptions, TuneOptions
+from deeplab_ext.run.rundir import restore_network
+from tf_mtl.metrics import paired_bootstrap_miou
+
+__all__ = ["candidate_dimensions", "choose", "tune_evidence"]
+
+MODE_OF_KIND = {"l2": "bp_l2", "es": "bp_es", "latent": "latent"}
+
+
+def candidate_dimensions(kind: str, options: TuneOptions, refit_groups: tuple[str, ...]
+                         ) -> list[tuple[str, tuple]]:
+    """The coordinates searched for one kind, in order, each with its values."""
+    dims: list[tuple[str, tuple]] = [("learning_rate", tuple(options.learning_rates)),
+                                     ("clip_norm", tuple(options.clip_norms))]
+    if kind == "es":
+        dims += [("es_steps", (10, 30)), ("es_margin", (0.0, 0.2))]
+    else:
+        dims += [("steps", (5, 10, 20)), ("alpha", (1e-3, 0.1))]
+    if kind != "latent" and len(refit_groups) > 1:
+        # The family's refit set, and the same without its first (deepest) group.
+        dims.append(("refit", (None, ",".join(refit_groups[1:]))))
+    dims.append(("safeguard", (True, False)))
+    return dims
+
+
+def _label(candidate: EvidenceOptions, base: EvidenceOptions) -> str:
+    changed = [f"{f.name}={getattr(candidate, f.name)}" for f in dataclasses.fields(candidate)
+               if getattr(candidate, f.name) != getattr(base, f.name)]
+    return ", ".join(changed) or "start point"
+
+
+def choose(no_refit: float, refits: list[tuple[float, Any]]) -> Any | None:
+    """The best refit if it beats no refit (ties keep no refit: simpler, and never worse);
+    None means no refit."""
+    if not refits:
+        return None
+    miou, best = max(refits, key=lambda r: r[0])
+    return best if miou > no_refit else None
+
+
+def tune_evidence(options: TuneOptions, printer: Callable[[str], None] = print) -> dict:
+    """Search each kind's refit settings on the tuning split; write and return the choice."""
+    bad = [k for k in options.kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"--kinds: unknown refit kind(s) {bad}; valid: {', '.join(KINDS)}")
+    if options.max_candidates < 2:
+        raise ValueError(f"--max_candidates must be >= 2 (no refit and one refit), got "
+                         f"{options.max_candidates}")
+    network, info, meta = restore_network(options.checkpoint_dir)
+    family = family_of(network)
+    if family.tags_output not in network.output:
+        raise ValueError(f"{meta['model']['name']} has no tag head: nothing to refit")
+    if options.tune_split == "val":
+        printer("warning: tuning on 'val'; report results on another split, or they are "
+                "tuned on what they report")
+    batches, alignment = load_split(network, info, meta, options.dataset_dir,
+                                    options.tune_split, crop=options.eval_crop_size,
+                                    max_examples=options.max_examples,
+                                    align=options.align_inputs, printer=printer)
+    printer(f"Tuning refit settings of {meta['model']['name']} on {info.name}:"
+            f"{options.tune_split} ({len(batches)} images), kinds {', '.join(options.kinds)}, "
+            f"at most {options.max_candidates} candidates each")
+
+    def run(mode: str, evidence: EvidenceOptions) -> ModeRun:
+        return run_modes(network, info, batches, [mode], {None: evidence}, alignment=alignment,
+                         errors=False)[mode]
+
+    t0 = time.time()
+    plain = run("none", options.evidence)
+    table = [{"kind": "-", "candidate": "no refit (plain inference)", "miou": plain.miou,
+              "vs_no_refit": 0.0, "seconds": plain.seconds}]
+    printer(f"  no refit: mIoU {100 * plain.miou:.2f}")
+    kinds: dict[str, dict] = {}
+    for kind in options.kinds:
+        mode = MODE_OF_KIND[kind]
+        seen: dict[str, ModeRun] = {}
+
+        def evaluate(candidate: EvidenceOptions, kind: str = kind, mode: str = mode,
+                     seen: dict = seen) -> float | None:
+            key = repr(dataclasses.asdict(candidate))
+            if key not in seen:
+                if len(seen) + 1 >= options.max_candidates:  # + the shared no refit
+                    return None
+                seen[key] = result = run(mode, candidate)
+                table.append({"kind": kind, "candidate": _label(candidate, options.evidence),
+                              "miou": result.miou, "vs_no_refit": result.miou - plain.miou,
+                              "seconds": result.seconds})
+                printer(f"  {kind}: {table[-1]['candidate']}: mIoU {100 * result.miou:.2f} "
+                        f"({100 * (result.miou - plain.miou):+.2f} vs no refit, "
+                        f"{result.seconds:.0f}s)")
+            return seen[key].miou
+
+        best, best_miou = options.evidence, evaluate(options.evidence)
+        for name, values in candidate_dimensions(kind, options, family.refit_groups):
+            for value in values:
+                candidate = dataclasses.replace(best, **{name: value})
+                miou = evaluate(candidate)
+                if miou is not None and miou > best_miou:
+                    best, best_miou = candidate, miou
+        chosen = choose(plain.miou, [(best_miou, best)])
+        no_refit = dataclasses.replace(best, steps=0, es_steps=0)
+        final = chosen or no_refit
+        entry = {"evidence": dataclasses.asdict(final), "refit": chosen is not None,
+                 "miou": best_miou if chosen else plain.miou, "no_refit_miou": plain.miou,
+                 "candidates": len(seen) + 1}
+        if chosen is not None and options.bootstrap_samples > 0:
+            counts = {"none": np.stack(plain.counts),
+                      mode: np.stack(seen[repr(dataclasses.asdict(chosen))].counts)}
+            entry["vs_no_refit"] = paired_bootstrap_miou(
+                counts, [(mode, "none")], num_samples=options.bootstrap_samples)[(mode, "none")]
+        kinds[kind] = entry
+    serving_kind = max(kinds, key=lambda k: (kinds[k]["miou"], -options.kinds.index(k)))
+    payload = {"tune_split": options.tune_split, "dataset_dir": str(options.dataset_dir),
+               "num_images": len(batches), "model": meta["model"]["name"],
+               "kinds": kinds, "serving_kind": serving_kind, "table": table,
+               "seconds": round(time.time() - t0, 1)}
+    payload["report"] = format_tuning(payload)
+    path = save_tuned(options.checkpoint_dir, payload)
+    printer(payload["report"])
+    printer(f"Wrote {path}: evaluation, export and predict of this run now refit with these "
+            f"settings (flags given still win; --nouse_tuned_evidence ignores them)")
+    return payload
+
+
+def format_tuning(payload: dict) -> str:
+    """The search table and the choice per kind (markdown)."""
+    lines = [f"Refit settings tuned on {payload['tune_split']} ({payload['num_images']} "
+             f"images; written to {TUNED_FILE}):", "",
+             "| kind | candidate | mIoU (%) | vs no refit |", "|---|---|---|---|"]
+    for row in payload["table"]:
+        lines.append(f"| {row['kind']} | {row['candidate']} | {100 * row['miou']:.2f} | "
+                     f"{100 * row['vs_no_refit']:+.2f} |")
+    lines.append("")
+    for kind, entry in payload["kinds"].items():
+        ev = entry["evidence"]
+        if not entry["refit"]:
+            what = "no refit (no candidate beat plain inference)"
+        else:
+            keys = ("learning_rate", "clip_norm", "es_steps", "es_margin") if kind == "es" \
+                else ("learning_rate", "clip_norm", "steps", "alpha")
+            what = ", ".join(f"{k}={ev[k]}" for k in (*keys, "refit", "safeguard"))
+            vs = entry.get("vs_no_refit")
+            if vs:
+                what += (f"; {100 * vs['diff']:+.2f} [{100 * vs['low']:+.2f}, "
+                         f"{100 * vs['high']:+.2f}] vs no refit")
+        lines.append(f"- {kind}: {what}")
+    lines.append(f"- served (segment_with_evidence): {payload['serving_kind']}")
+    return "\n".join(lines)

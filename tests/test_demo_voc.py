@@ -1,0 +1,31 @@
+"""`make demo DEMO_ARGS=--data=<VOC folder>` end to end on a tiny budget (its own file:
+pytest-xdist runs files on different workers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+
+from tests.conftest import REPO
+
+
+def test_demo_dataset_override_voc_folder(tmp_path, shared_data):
+    """`make demo DEMO_ARGS=--data=<VOC folder>`: converts, trains, evaluates full-size images."""
+    work = tmp_path / "demo_voc"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.demo", f"--workdir={work}",
+         f"--data={shared_data / 'coco128-voc'}", "--train_steps=4", "--train_batch_size=2",
+         "--num_tune=0",
+         "--max_eval_images=3", "--evidence_steps=1", "--evidence_modes=none,prune,bp_l2_prune"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((work / "eval" / "eval_results.json").read_text())
+    assert results["dataset"] == "pascal_voc_seg" and results["num_images"] == 3
+    # Full-size photos of different sizes still make one comparison figure.
+    assert cv2.imread(str(work / "eval" / "comparison.png")) is not None
+    assert (work / "report.html").is_file()

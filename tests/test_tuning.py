@@ -1,0 +1,107 @@
+"""Refit settings tuned per trained model: tools.tune_evidence, and the tools that use
+what it writes into the run directory (tools.eval, tools.export_model, tools.predict)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import cv2
+import numpy as np
+import pytest
+
+from deeplab_ext.data import synthetic
+from tests.conftest import run_tool
+
+
+# ------------------------------------------------------------ tuned refit settings
+def test_choose_never_picks_a_refit_that_does_not_beat_no_refit():
+    from deeplab_ext.run.tuning import choose
+
+    assert choose(0.5, []) is None
+    assert choose(0.5, [(0.4, "a")]) is None
+    assert choose(0.5, [(0.5, "a")]) is None  # a tie keeps plain inference
+    assert choose(0.5, [(0.6, "a"), (0.55, "b")]) == "a"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("shapes")
+    synthetic.write_tfrecords(out, 4, 2, size=48, seed=0, splits=("train", "val", "test"),
+                              num_test=3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tuned_run(data_dir, tmp_path_factory) -> dict:
+    """A short training run, tuned by tools.tune_evidence on the generated test split."""
+    from deeplab_ext.run.options import TrainOptions
+    from deeplab_ext.run.trainer import train
+
+    run = tmp_path_factory.mktemp("tuned") / "run"
+    train(TrainOptions(
+        train_logdir=str(run), dataset_dir=str(data_dir), dataset="shapes_evidence",
+        model_variant="deeplabv3plus_mobilenetv2_tiny_mt", train_crop_size=(33, 33),
+        train_batch_size=2, training_number_of_steps=3, save_interval_steps=3,
+        save_summaries_images=False, seed=0), printer=lambda line: None)
+    proc = run_tool("tune_evidence", f"--checkpoint_dir={run}", f"--dataset_dir={data_dir}",
+                    "--tune_split=test", "--max_candidates=3", "--learning_rates=0.01,0.3",
+                    "--clip_norms=0", "--evidence_steps=1", "--evidence_es_steps=2",
+                    "--bootstrap_samples=100")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"run": run, "proc": proc, "tuned": json.loads((run / "evidence_tuned.json").read_text())}
+
+
+def test_tuning_includes_no_refit_and_never_returns_worse(tuned_run):
+    tuned, out = tuned_run["tuned"], tuned_run["proc"].stdout
+    assert "| kind | candidate | mIoU (%) | vs no refit |" in out
+    rows = tuned["table"]
+    assert rows[0]["candidate"] == "no refit (plain inference)"
+    plain = rows[0]["miou"]
+    assert set(tuned["kinds"]) == {"l2", "es"} and tuned["tune_split"] == "test"
+    for kind, entry in tuned["kinds"].items():
+        tried = [r["miou"] for r in rows if r["kind"] == kind]
+        assert 1 <= len(tried) <= 2  # --max_candidates=3, no refit included
+        assert entry["miou"] == max([plain, *tried]) >= plain
+        if entry["refit"]:
+            assert entry["miou"] > plain
+        else:  # no refit: zero steps, the plain prediction
+            assert entry["evidence"]["steps"] == entry["evidence"]["es_steps"] == 0
+            assert entry["miou"] == plain
+    assert tuned["serving_kind"] in tuned["kinds"]
+
+
+def test_tuned_settings_reach_eval_export_and_a_fresh_predict(tuned_run, data_dir, tmp_path):
+    run, tuned = tuned_run["run"], tuned_run["tuned"]
+    out = tmp_path / "eval"
+    proc = run_tool("eval", f"--checkpoint_dir={run}", f"--dataset_dir={data_dir}",
+                    f"--eval_logdir={out}", "--evidence_modes=none,bp_l2,bp_es",
+                    "--max_number_of_examples=1", "--bootstrap_samples=0",
+                    "--evidence_threshold=0.6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Refit settings tuned on" in proc.stdout and "flags given win: threshold" in proc.stdout
+    used = json.loads((out / "eval_results.json").read_text())["evidence_by_kind"]
+    for kind in ("l2", "es"):
+        want = {**tuned["kinds"][kind]["evidence"], "threshold": 0.6}  # the flag given wins
+        assert used[kind] == want, kind
+
+    export = tmp_path / "export"
+    proc = run_tool("export_model", f"--checkpoint_dir={run}", f"--export_path={export}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((export / "assets" / "deeplab_export.json").read_text())
+    kind = tuned["serving_kind"]
+    chosen = tuned["kinds"][kind]["evidence"]
+    steps = chosen["es_steps"] if kind == "es" else chosen["steps"]
+    assert meta["evidence_kind"] == kind and meta["evidence_steps"] == steps
+    for key in ("learning_rate", "clip_norm", "safeguard"):
+        assert meta["evidence"][key] == chosen[key], key
+    assert meta["evidence"]["early_stopping"] == (kind == "es")
+
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.full((48, 48, 3), 90, np.uint8))
+    proc = run_tool("predict", f"--saved_model={export}", f"--image={image}", "--tags=disk_h",
+                    f"--output={tmp_path / 'pred.png'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert report["refit_steps"] == steps  # the export's own, in a fresh process
+    assert report["steps_taken"] <= steps
