@@ -61,10 +61,11 @@ def test_readme_cli_snippets_run(tmp_path, shared_data):
         ran.append((cmd, proc.stdout))
     tools = {re.search(r"-m (tools\.\w+)", c).group(1) for c, _ in ran if "-m tools." in c}
     assert {"tools.train", "tools.eval", "tools.export_model", "tools.predict", "tools.vis",
-            "tools.model_info", "tools.build_voc2012_data"} <= tools
+            "tools.model_info", "tools.build_voc2012_data", "tools.tune_evidence"} <= tools
     # The outputs the README promises.
     run = tmp_path / "run"
     assert (run / "eval" / "eval_results.json").is_file()
+    assert (run / "evidence_tuned.json").is_file()
     assert (run / "export" / "saved_model.pb").is_file()
     assert (run / "pred.png").is_file()
     assert (run / "vis" / "segmentation_results" / "000000_prediction.png").is_file()

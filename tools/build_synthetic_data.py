@@ -14,6 +14,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "./data/shapes_evidence", "Where to write the shards.")
 flags.DEFINE_integer("num_train", None, "Training examples (default: the registry's size).")
 flags.DEFINE_integer("num_val", None, "Validation examples (default: the registry's size).")
+flags.DEFINE_integer("num_test", 0, "Examples of a 'test' split of its own, to tune "
+                     "prediction-time settings on without touching val (0 = none).")
 flags.DEFINE_integer("size", 64, "Image side in pixels.")
 flags.DEFINE_integer("seed", 0, "Generator seed: the same seed gives the same dataset.")
 flags.DEFINE_integer("num_shards", 4, "Shards per split.")
@@ -47,6 +49,8 @@ def main() -> None:
         p_small=FLAGS.p_small,
         p_faint=FLAGS.p_faint,
         faint_alpha=_faint_alpha(FLAGS.faint_alpha),
+        splits=("train", "val", "test") if FLAGS.num_test else ("train", "val"),
+        num_test=FLAGS.num_test or None,
     )
     print(f"wrote {counts} to {FLAGS.output_dir}")
 
