@@ -79,7 +79,7 @@ def main() -> None:
     if not (logdir / "checkpoint").exists():
         train(TrainOptions(
             train_logdir=str(logdir), dataset_dir=str(data), dataset="shapes_evidence",
-            model_variant=d.model_variant, train_crop_size=crop, train_batch_size=d.batch_size,
+            model_variant=d.model_variant, train_crop_size=crop, train_batch_size=d.train_batch_size,
             optimizer="adam", base_learning_rate=d.base_learning_rate,
             training_number_of_steps=a.train_steps, save_interval_steps=a.train_steps,
             log_every_n_steps=max(1, a.train_steps // 4), min_scale_factor=0.75,
@@ -96,7 +96,7 @@ def main() -> None:
                                  threshold=a.evidence_threshold,
                                  es_margin=a.evidence_es_margin, alpha=a.evidence_alpha,
                                  es_steps=a.evidence_es_steps),
-        max_examples=a.num_val, num_vis_examples=0,
+        max_examples=a.num_val, num_vis_examples=0, use_tuned_evidence=False,
     ))
 
 

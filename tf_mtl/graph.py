@@ -188,6 +188,13 @@ class FeatureTaps:
         self._model = keras.Model(inputs, {"outputs": dict(network.output), "features": features},
                                   name=f"{network.name}_tapped")
 
+    def symbolic(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The (outputs, features) KerasTensors of a tapped functional network (to build
+        heads on before training), or None where there is no graph to read them from."""
+        if self._model is None:
+            return None
+        return dict(self._model.output["outputs"]), dict(self._model.output["features"])
+
     def __call__(self, x: Any, training: bool | None = None
                  ) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
         if not self.names:

@@ -119,13 +119,15 @@ class MultiTaskModel(keras.Model):
 
     def _build_heads(self) -> None:
         """Create the heads' variables now (a symbolic pass), before any optimizer."""
-        if not self.heads:
+        if all(head.built for head in self.heads):
             return
-        model = self.taps._model
-        if model is None:
-            raise ValueError("training-only heads need a functional network (or one with "
-                             "call_with_features) to tap")
-        self._head_outputs(model.output["features"], dict(model.output["outputs"]), None)
+        symbolic = self.taps.symbolic()
+        if symbolic is None:
+            raise ValueError("training-only heads are built on a functional network's "
+                             "tapped features; build the heads yourself before training a "
+                             "network that taps through call_with_features")
+        outputs, features = symbolic
+        self._head_outputs(features, outputs, None)
 
     def _head_outputs(self, features: Mapping[str, Any], outputs: dict[str, Any],
                       training: bool | None) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def define_flags(cls: type, prefix: str = "", *, defaults: Any = None,
         FLAGS.register_key_flag_for_module(module, FLAGS[name])
 
 
-def _convert_tuple(values: list, tp: Any, flag: str) -> tuple:
+def _convert_tuple(values: list, tp: Any, flag: str, positive: bool = False) -> tuple:
     args = typing.get_args(tp)
     elem = args[0] if args else str
     fixed = len(args) if args and args[-1] is not Ellipsis else None
@@ -115,8 +115,8 @@ def _convert_tuple(values: list, tp: Any, flag: str) -> tuple:
             out = out * fixed  # --train_crop_size=513 means 513,513
         if len(out) != fixed:
             raise ValueError(f"--{flag} takes {fixed} values, got {','.join(map(str, values))}")
-    if elem is int and any(v < 1 for v in out) and flag.endswith("size"):
-        raise ValueError(f"--{flag} must be positive integers like 513,513, got {values}")
+    if positive and any(v <= 0 for v in out):
+        raise ValueError(f"--{flag} takes positive values, got {','.join(map(str, values))}")
     return out
 
 
@@ -131,7 +131,7 @@ def options_from_flags(cls: type, prefix: str = "") -> Any:
         name = prefix + meta.get("flag", f.name)
         value = FLAGS[name].value
         if value is not None and (meta.get("multi") or typing.get_origin(tp) is tuple):
-            value = _convert_tuple(list(value), tp, name)
+            value = _convert_tuple(list(value), tp, name, meta.get("positive", False))
         kwargs[f.name] = value
     return cls(**kwargs)
 

@@ -9,8 +9,8 @@ from deeplab_ext.models.registry import build_network, variant_field
 __all__ = ["ModelInfoOptions", "model_info"]
 
 
-def _field(default, help: str):  # noqa: A002
-    return dataclasses.field(default=default, metadata={"help": help})
+def _field(default, help: str, **meta):  # noqa: A002
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
 
 
 @dataclasses.dataclass
@@ -19,7 +19,7 @@ class ModelInfoOptions:
 
     model_variant: str = variant_field()
     crop_size: tuple[int, int] = _field((513, 513), "H[,W] of the input used to count "
-                                        "multiply-adds.")
+                                        "multiply-adds.", positive=True)
     output_stride: int | None = _field(None, "Output stride (8, 16, 32); default: the "
                                        "variant's.")
     num_classes: int | None = _field(None, "Number of classes; default: the variant's.")

@@ -2,9 +2,10 @@
 
 Field names follow the original's flags (train.py, eval.py, vis.py, export_model.py);
 each field's ``metadata`` carries its help text (and ``flag`` where the flag's name
-differs, ``choices`` for enums, ``required``, ``multi`` for repeated flags, ``prefix``
-for a nested group). ``tools.common_flags.define_flags(cls)`` defines the flags from
-these, ``options_from_flags(cls)`` reads them back, so a default lives here only.
+differs, ``choices`` for enums, ``required``, ``multi`` for repeated flags, ``positive``
+for list values that must be > 0, ``prefix`` for a nested group).
+``tools.common_flags.define_flags(cls)`` defines the flags from these,
+``options_from_flags(cls)`` reads them back, so a default lives here only.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class TrainOptions:
                        "camvid, coco128_voc, shapes_evidence, or one registered by "
                        "--extra_modules).")
     train_split: str = opt("train", "Split to train on.")
-    train_crop_size: tuple[int, int] = opt((513, 513), "Crop size h,w.")
+    train_crop_size: tuple[int, int] = opt((513, 513), "Crop size h,w.", positive=True)
     train_batch_size: int = opt(8, "Global batch size.")
     base_learning_rate: float = opt(1e-4, "Base learning rate.")
     learning_policy: str = opt("poly", "Learning rate policy.", choices=("poly", "step"))
@@ -171,9 +172,10 @@ class EvalOptions:
     dataset_dir: str = opt(None, "Folder with the TFRecord shards.", required=True)
     eval_logdir: str | None = opt(None, "Where eval_results.json and comparison.png go.")
     eval_split: str = opt("val", "Split to evaluate.")
-    eval_crop_size: tuple[int, int] | None = opt(None, "Pad/crop to h,w (default: full images).")
+    eval_crop_size: tuple[int, int] | None = opt(None, "Pad/crop to h,w (default: full images).",
+                                                 positive=True)
     eval_scales: tuple[float, ...] = opt((1.0,), "Scales for multi-scale inference, e.g. "
-                                         "0.5,0.75,1.0,1.25,1.5,1.75.")
+                                         "0.5,0.75,1.0,1.25,1.5,1.75.", positive=True)
     add_flipped_images: bool = opt(False, "Also average left-right flipped predictions.")
     align_inputs: bool = align_field()
     evidence_modes: tuple[str, ...] = opt(("none",), "Rows: none,prune,bp_l2,bp_es,bp_l2_prune,"
@@ -199,7 +201,8 @@ class TuneOptions:
     tune_split: str = opt("test", "Split to tune on: not the one you report (the built-in "
                           "dataset's generator writes a 'test' split for this).")
     eval_crop_size: tuple[int, int] | None = opt(None, "Pad/crop to h,w (default: full "
-                                                 "images, padded onto the training grid).")
+                                                 "images, padded onto the training grid).",
+                                                 positive=True)
     align_inputs: bool = align_field()
     max_examples: int | None = opt(None, "Tune on the first N images only.",
                                    flag="max_number_of_examples")
