@@ -110,6 +110,8 @@ class ModelFamily:
       input_stride: ``config -> int``, the total stride of the network: inputs of size
         ``k * stride + r`` with the training crop's ``r`` keep its sampling grid
         (prediction pads onto it, ``tf_mtl.inference.InputAlignment``); None = any size.
+      original_names: ``network -> {variable path: TF1 name or None}``, the names of
+        released weights of the family's original implementation (``tools.import_weights``).
       module: the module that registered the family (set by :func:`register_family`);
         a run directory records it so a new process can import it.
     """
@@ -125,6 +127,7 @@ class ModelFamily:
     latent_feature: str = "encoder"
     describe: Callable[[Any], dict] | None = None
     input_stride: Callable[[Any], int] | None = None
+    original_names: Callable[[keras.Model], dict[str, str | None]] | None = None
     module: str = ""
 
 

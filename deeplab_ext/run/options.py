@@ -21,6 +21,7 @@ __all__ = [
     "EvalOptions",
     "EvidenceOptions",
     "ExportOptions",
+    "ImportOptions",
     "PredictOptions",
     "TrainOptions",
     "TuneOptions",
@@ -162,6 +163,26 @@ class TrainOptions:
     deterministic: bool = opt(False, "Repeat a run bit for bit on one machine: TF op "
                               "determinism and seeds everywhere (--seed, default 0). Slower; "
                               "another CPU still trains another model.")
+
+
+@dataclasses.dataclass
+class ImportOptions:
+    """Released weights of the original into a run directory (``tools.import_weights``)."""
+
+    source: str = opt(None, "The released weights: a TFLite file of the original, or its TF1 "
+                      "checkpoint (model.ckpt-N prefix or its folder).", required=True)
+    model_variant: str = opt(None, "Zoo variant with the original's layout, e.g. "
+                             "deeplabv3_mobilenetv2_dm05 (its _mt twin adds a new tag head).",
+                             required=True)
+    output_dir: str = opt(None, "Run directory to write (every tool accepts it as "
+                          "--checkpoint_dir, tools.train as --tf_initial_checkpoint).",
+                          required=True)
+    dataset: str = opt("pascal_voc_seg", "The classes the weights were trained on.")
+    output_stride: int | None = opt(None, "8, 16 or 32 (default: the variant's); the "
+                                    "weights do not depend on it.")
+    train_crop_size: tuple[int, int] = opt((513, 513), "The crop the weights were trained on "
+                                           "(the original's 513): the input grid "
+                                           "predictions pad onto.", positive=True)
 
 
 @dataclasses.dataclass

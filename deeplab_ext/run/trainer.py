@@ -24,12 +24,12 @@ from deeplab_ext.data import colormap as cmap
 from deeplab_ext.data import input_pipeline
 from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info
 from deeplab_ext.models.registry import ModelFamily, build_network, get_variant
+from deeplab_ext.run.importing import initial_weights
 from deeplab_ext.run.options import TrainOptions
 from deeplab_ext.run.rundir import save_run_config
 from deeplab_ext.run.tasks import Branch, TaskContext, build_branches, build_tasks, targets_of
 from deeplab_ext.run.tasks import task_names as network_task_names
 from tf_mtl import distribute, precision
-from tf_mtl.checkpoint import load_initial_checkpoint
 from tf_mtl.model import MultiTaskModel
 from tf_mtl.schedules import get_learning_rate_schedule
 from tf_mtl.weighting import get_weighting
@@ -223,11 +223,17 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print,
     with strategy.scope():
         network = build_network(cfg, input_shape=(crop[0], crop[1], 3))
         if options.tf_initial_checkpoint:
-            report = load_initial_checkpoint(
+            report, folded = initial_weights(
                 network, options.tf_initial_checkpoint,
                 initialize_last_layer=options.initialize_last_layer,
             )
             printer(report.summary())
+            if folded and options.fine_tune_batch_norm:
+                raise ValueError(
+                    f"--tf_initial_checkpoint={options.tf_initial_checkpoint} carries BatchNorm "
+                    "folded into its convolutions (a TFLite export): its BatchNorm statistics "
+                    "are not those of any data, and training them would undo the fold. Add "
+                    "--fine_tune_batch_norm=false.")
         if not options.fine_tune_batch_norm:
             printer(f"--fine_tune_batch_norm=false: froze {freeze_batch_norm(network)} BN layers")
         ctx = TaskContext(network, family, info, options)

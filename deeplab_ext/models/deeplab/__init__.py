@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from deeplab_ext.models.deeplab.config import MODEL_VARIANTS, DeepLabConfig
 from deeplab_ext.models.deeplab.model import FAMILY, FEATURE_NAMES, GROUP_PREFIXES, DeepLab
+from deeplab_ext.models.deeplab.original import original_variable_names
 from deeplab_ext.models.registry import ModelFamily, register_family
 
 __all__ = ["DeepLab", "DeepLabConfig", "MODEL_VARIANTS"]
@@ -31,4 +32,5 @@ register_family(ModelFamily(
     feature_names=FEATURE_NAMES, describe=_describe,
     # Beyond the output stride the backbone is atrous: no layer samples a coarser grid.
     input_stride=lambda cfg: cfg.output_stride,
+    original_names=original_variable_names,
 ), variants=MODEL_VARIANTS)

@@ -28,6 +28,9 @@ class DeepLabConfig(ModelConfig):
 
     backbone: str = "mobilenet_v2"
     depth_multiplier: float = 1.0
+    # MobileNetV2 channel rounding: None = the original's rule (multiples of 8 at depth
+    # multiplier 1, plain rounding otherwise, as its feature_extractor calls slim).
+    depth_divisible_by: int | None = None
     output_stride: int = 16
     atrous_rates: tuple[int, ...] | None = None
     aspp_with_image_pooling: bool = True
@@ -92,6 +95,11 @@ class DeepLabConfig(ModelConfig):
         if not 0.0 <= self.aspp_dropout < 1.0:
             raise ValueError(f"aspp_dropout={self.aspp_dropout} must be in [0, 1).")
 
+    @classmethod
+    def from_dict(cls, d: dict) -> DeepLabConfig:
+        # Configs written before depth_divisible_by existed always rounded to multiples of 8.
+        return cls(**{"depth_divisible_by": 8, **d})
+
     def effective_atrous_rates(self) -> tuple[int, ...]:
         """ASPP rates at this config's output stride (given at OS16; x2 at OS8, /2 at OS32)."""
         if not self.atrous_rates:
@@ -143,8 +151,8 @@ def _resnet(depth: int, **kw) -> DeepLabConfig:
 
 
 # Tiny variants (tests, the demo): short trainings need faster BN statistics and no dropout.
-_TINY = dict(depth_multiplier=0.25, aspp_filters=32, decoder_filters=32, low_level_filters=16,
-             bn_momentum=0.99, aspp_dropout=0.0)
+_TINY = dict(depth_multiplier=0.25, depth_divisible_by=8, aspp_filters=32, decoder_filters=32,
+             low_level_filters=16, bn_momentum=0.99, aspp_dropout=0.0)
 
 _BASE_VARIANTS: dict[str, DeepLabConfig] = {
     "deeplabv3plus_xception65": _xception65(name="deeplabv3plus_xception65"),
@@ -156,6 +164,9 @@ _BASE_VARIANTS: dict[str, DeepLabConfig] = {
         name="deeplabv3plus_mobilenetv2_tiny", **_TINY
     ),
     "deeplabv3_mobilenetv2_tiny": _mobilenetv2_v3(name="deeplabv3_mobilenetv2_tiny", **_TINY),
+    # The original zoo's mobilenetv2_dm05_coco_voc_trainaug (70.19% VOC val, OS16).
+    "deeplabv3_mobilenetv2_dm05": _mobilenetv2_v3(name="deeplabv3_mobilenetv2_dm05",
+                                                  depth_multiplier=0.5),
 }
 
 

@@ -50,6 +50,7 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
         x,
         cfg.output_stride,
         depth_multiplier=cfg.depth_multiplier,
+        depth_divisible_by=cfg.depth_divisible_by,
         multi_grid=cfg.multi_grid,
         weight_decay=cfg.weight_decay,
         bn_momentum=cfg.bn_momentum,

@@ -15,13 +15,14 @@ from collections.abc import Callable
 
 import keras
 
-from deeplab_ext.models.deeplab.backbones.mobilenet_v2 import build_mobilenet_v2
+from deeplab_ext.models.deeplab.backbones.mobilenet_v2 import build_mobilenet_v2, mobilenet_v2_scope
 from deeplab_ext.models.deeplab.backbones.resnet_beta import (
     build_resnet_v1_50_beta,
     build_resnet_v1_101_beta,
+    resnet_v1_beta_scope,
 )
 from deeplab_ext.models.deeplab.backbones.stride import OutputStrideTracker, Tap, no_tap
-from deeplab_ext.models.deeplab.backbones.xception import build_xception_65
+from deeplab_ext.models.deeplab.backbones.xception import build_xception_65, xception_65_scope
 
 __all__ = ["BACKBONES", "BackboneSpec", "OutputStrideTracker", "Tap", "build_backbone", "no_tap"]
 
@@ -32,19 +33,23 @@ class BackboneSpec:
 
     ``preprocess``: the :class:`~deeplab_ext.models.layers.Preprocess` mode it was trained
     with; ``bn_epsilon``: the BatchNorm epsilon of the original's slim arg scope (the
-    heads use ``DeepLabConfig.bn_epsilon``).
+    heads use ``DeepLabConfig.bn_epsilon``); ``original_scope``: our layer name (without
+    ``backbone_``) -> the original's variable scope (importing its released weights).
     """
 
     build: Callable[..., dict]
     preprocess: str
     bn_epsilon: float
+    original_scope: Callable[[str], str] | None = None
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "xception_65": BackboneSpec(build_xception_65, "inception", 1e-3),
-    "mobilenet_v2": BackboneSpec(build_mobilenet_v2, "inception", 1e-3),
-    "resnet_v1_50_beta": BackboneSpec(build_resnet_v1_50_beta, "mean_subtraction", 1e-5),
-    "resnet_v1_101_beta": BackboneSpec(build_resnet_v1_101_beta, "mean_subtraction", 1e-5),
+    "xception_65": BackboneSpec(build_xception_65, "inception", 1e-3, xception_65_scope),
+    "mobilenet_v2": BackboneSpec(build_mobilenet_v2, "inception", 1e-3, mobilenet_v2_scope),
+    "resnet_v1_50_beta": BackboneSpec(build_resnet_v1_50_beta, "mean_subtraction", 1e-5,
+                                      resnet_v1_beta_scope(50)),
+    "resnet_v1_101_beta": BackboneSpec(build_resnet_v1_101_beta, "mean_subtraction", 1e-5,
+                                       resnet_v1_beta_scope(101)),
 }
 
 

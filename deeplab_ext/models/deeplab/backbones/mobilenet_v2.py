@@ -1,8 +1,12 @@
 """MobileNetV2 as used by the original DeepLab (slim ``mobilenet_v2`` up to ``layer_18``).
 
-Channels are scaled by ``depth_multiplier`` and rounded to multiples of 8 exactly like
-slim's ``_make_divisible``; expansion sizes are ``_make_divisible(6 * in_channels, 8)``.
-The final 1x1 conv to 1280 channels (``layer_19``) is not built, as in DeepLab.
+Channels are scaled by ``depth_multiplier`` and rounded like slim's ``_make_divisible``:
+to multiples of 8 at depth multiplier 1, to the nearest integer otherwise (the original's
+feature extractor passes ``divisible_by=8 if depth_multiplier == 1.0 else 1``; its
+released dm 0.5 model has 12 channels where multiples of 8 would give 16);
+``depth_divisible_by`` overrides the rule. Expansion sizes are
+``_make_divisible(6 * in_channels, 8)``. The final 1x1 conv to 1280 channels
+(``layer_19``) is not built, as in DeepLab.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import keras
 from deeplab_ext.models.deeplab.backbones.stride import OutputStrideTracker, Tap, no_tap
 from deeplab_ext.models.layers import ConvBN, DepthwiseConvBN
 
-__all__ = ["build_mobilenet_v2", "make_divisible", "MOBILENET_V2_DEF"]
+__all__ = ["build_mobilenet_v2", "make_divisible", "mobilenet_v2_scope", "MOBILENET_V2_DEF"]
 
 # (expansion t, output channels c, repeats n, first stride s) -- layers 2..18 of V2_DEF.
 MOBILENET_V2_DEF = (
@@ -41,6 +45,7 @@ def build_mobilenet_v2(
     output_stride: int = 16,
     *,
     depth_multiplier: float = 1.0,
+    depth_divisible_by: int | None = None,
     multi_grid: tuple[int, ...] | None = None,
     weight_decay: float,
     bn_momentum: float,
@@ -58,8 +63,10 @@ def build_mobilenet_v2(
         sync_batch_norm=sync_batch_norm,
     )
 
+    divisor = depth_divisible_by or (8 if depth_multiplier == 1.0 else 1)
+
     def depth(c: int) -> int:
-        return make_divisible(c * depth_multiplier, 8, 8)
+        return make_divisible(c * depth_multiplier, divisor, divisor)
 
     tap = tap or no_tap
     tracker = OutputStrideTracker(output_stride, tap)
@@ -96,3 +103,15 @@ def build_mobilenet_v2(
     feats = tracker.finish(x)
     feats["low_level"] = low_level
     return feats
+
+
+def mobilenet_v2_scope(layer: str) -> str:
+    """Our layer name (``layer_4_expand``) -> the original's scope
+    (``MobilenetV2/expanded_conv_2/expand``): slim names ``layer_1`` ``Conv`` and
+    ``layer_k`` ``expanded_conv[_{k-2}]``."""
+    index, _, part = layer.removeprefix("layer_").partition("_")
+    k = int(index)
+    if k == 1:
+        return "MobilenetV2/Conv"
+    block = "expanded_conv" if k == 2 else f"expanded_conv_{k - 2}"
+    return f"MobilenetV2/{block}/{part}"

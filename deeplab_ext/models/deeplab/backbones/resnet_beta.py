@@ -7,6 +7,8 @@ conv of the LAST unit of blocks 1-3; block4 uses ``multi_grid`` unit rates.
 
 from __future__ import annotations
 
+import re
+
 import keras
 
 from deeplab_ext.models.deeplab.backbones.stride import OutputStrideTracker, Tap, no_tap
@@ -49,6 +51,7 @@ def build_resnet_v1_beta(
     num_layers: int = 50,
     multi_grid: tuple[int, ...] | None = (1, 2, 4),
     depth_multiplier: float = 1.0,
+    depth_divisible_by: int | None = None,
     weight_decay: float,
     bn_momentum: float,
     bn_epsilon: float,
@@ -119,3 +122,18 @@ def build_resnet_v1_50_beta(x: keras.KerasTensor, output_stride: int = 16, **kwa
 def build_resnet_v1_101_beta(x: keras.KerasTensor, output_stride: int = 16, **kwargs) -> dict:
     """ResNet-v1-101-beta (3, 4, 23, 3 units)."""
     return build_resnet_v1_beta(x, output_stride, num_layers=101, **kwargs)
+
+
+def resnet_v1_beta_scope(num_layers: int):
+    """Our layer name -> the original's scope under ``resnet_v1_{50,101}`` (no ``_beta`` in
+    the scope): ``conv1_2`` -> ``resnet_v1_50/conv1_2``; ``block3_unit5_conv2`` ->
+    ``resnet_v1_50/block3/unit_5/bottleneck_v1/conv2``."""
+
+    def scope(layer: str) -> str:
+        match = re.fullmatch(r"block(\d+)_unit(\d+)_(.+)", layer)
+        if match is None:
+            return f"resnet_v1_{num_layers}/{layer}"
+        block, unit, part = match.groups()
+        return f"resnet_v1_{num_layers}/block{block}/unit_{unit}/bottleneck_v1/{part}"
+
+    return scope

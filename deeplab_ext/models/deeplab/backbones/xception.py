@@ -11,6 +11,8 @@ ReLU after each depthwise and pointwise BN.
 
 from __future__ import annotations
 
+import re
+
 import keras
 
 from deeplab_ext.models.deeplab.backbones.stride import OutputStrideTracker, Tap, no_tap
@@ -76,6 +78,7 @@ def build_xception_65(
     *,
     multi_grid: tuple[int, ...] | None = None,
     depth_multiplier: float = 1.0,
+    depth_divisible_by: int | None = None,
     weight_decay: float,
     bn_momentum: float,
     bn_epsilon: float,
@@ -132,3 +135,17 @@ def build_xception_65(
     feats = tracker.finish(x)
     feats["low_level"] = low_level
     return feats
+
+
+def xception_65_scope(layer: str) -> str:
+    """Our layer name -> the original's scope: ``entry_flow_conv1_1`` ->
+    ``xception_65/entry_flow/conv1_1``; ``middle_flow_block1_unit3_separable_conv2`` ->
+    ``xception_65/middle_flow/block1/unit_3/xception_module/separable_conv2``."""
+    match = re.fullmatch(r"(entry_flow|middle_flow|exit_flow)_(?:block(\d+)_unit(\d+)_)?(.+)",
+                         layer)
+    if match is None:
+        raise ValueError(f"not an xception_65 layer: {layer!r}")
+    flow, block, unit, part = match.groups()
+    if block is None:
+        return f"xception_65/{flow}/{part}"
+    return f"xception_65/{flow}/block{block}/unit_{unit}/xception_module/{part}"

@@ -1,0 +1,133 @@
+"""Released weights of the original implementation into a run directory (``tools.import_weights``).
+
+The source is read under the original's TF1 variable names (``tf_mtl.released``) and
+copied through the family's name map (``ModelFamily.original_names``); what was loaded,
+skipped, missing (e.g. a new tag head) and unused is reported. The run directory it
+writes is like one ``tools.train`` writes: every tool restores it, ``tools.train
+--tf_initial_checkpoint`` starts from it.
+
+A TFLite export has its BatchNorm folded into the convolutions: the import writes the
+folded kernel and bias into conv + BatchNorm (gamma 1, mean 0, a variance that divides
+by 1), so the Keras model computes the same function. Those BatchNorm statistics are not
+statistics of any data: fine-tuning from such an import must keep BatchNorm frozen
+(``--fine_tune_batch_norm=false``, which the original also asks for at small batches);
+``tools.train`` refuses otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from deeplab_ext.data.datasets import get_dataset_info
+from deeplab_ext.models.registry import build_network, family_of, get_variant
+from deeplab_ext.run.options import ImportOptions
+from deeplab_ext.run.rundir import MODEL_CONFIG_FILE, save_run_config
+from tf_mtl.checkpoint import LoadReport, load_initial_checkpoint
+from tf_mtl.released import load_named_weights, tf1_checkpoint_entries, tflite_entries
+
+__all__ = [
+    "import_original",
+    "import_weights",
+    "initial_weights",
+    "is_original_checkpoint",
+    "source_format",
+]
+
+TFLITE, TF1 = "tflite", "tf1_checkpoint"
+
+
+def source_format(path: str | os.PathLike) -> str:
+    """``tflite`` or ``tf1_checkpoint``; a clear error naming the flag otherwise."""
+    path = os.fspath(path)
+    if path.endswith(".tflite") and os.path.isfile(path):
+        return TFLITE
+    if is_original_checkpoint(path):
+        return TF1
+    raise FileNotFoundError(
+        f"--source={path}: not a TFLite file (*.tflite) nor a TF1 checkpoint of the original "
+        "(a model.ckpt-N prefix, or a folder with a 'checkpoint' file)")
+
+
+def is_original_checkpoint(path: str | os.PathLike) -> bool:
+    """A TF1 checkpoint (variables by name), not one of this zoo (an object graph)."""
+    path = os.fspath(path)
+    prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
+    if not prefix or not os.path.exists(prefix + ".index"):
+        return False
+    try:
+        keys = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    except Exception:  # noqa: BLE001 - TF raises several types for unreadable files
+        return False
+    return "_CHECKPOINTABLE_OBJECT_GRAPH" not in keys
+
+
+def import_original(network: keras.Model, source: str | os.PathLike, *,
+                    initialize_last_layer: bool = True) -> tuple[LoadReport, bool]:
+    """Load released weights into ``network``: (report, whether BatchNorm came folded)."""
+    family = family_of(network)
+    if family.original_names is None:
+        raise ValueError(f"model family {family.name!r} names no original weights to import")
+    fmt = source_format(source)
+    entries = tflite_entries(source) if fmt == TFLITE else tf1_checkpoint_entries(source)
+
+    def skip(path: str) -> str | None:
+        if not initialize_last_layer and path.split("/", 1)[0] == "logits":
+            return "last layer (initialize_last_layer=False)"
+        return None
+
+    report = load_named_weights(network, entries, family.original_names(network),
+                                source=os.fspath(source), fmt=fmt, skip=skip)
+    if not report.loaded:
+        raise ValueError(
+            f"--source={source}: no variable of {network.name} found in it (missing "
+            f"{len(report.missing)}, unused {len(report.unused)}): is it the original's "
+            "model with this backbone?")
+    return report, fmt == TFLITE
+
+
+def initial_weights(network: keras.Model, path: str | os.PathLike, *,
+                    initialize_last_layer: bool = True) -> tuple[LoadReport, bool]:
+    """``--tf_initial_checkpoint``: the original's released weights (TFLite, TF1) by name, or
+    a checkpoint of this zoo (a run directory, ``.weights.h5``, ``.keras``) by layer.
+
+    Returns (report, whether the weights carry folded BatchNorm: a TFLite file, or a run
+    directory imported from one).
+    """
+    path = os.fspath(path)
+    if (path.endswith(".tflite") and os.path.isfile(path)) or is_original_checkpoint(path):
+        return import_original(network, path, initialize_last_layer=initialize_last_layer)
+    report = load_initial_checkpoint(network, path, initialize_last_layer=initialize_last_layer)
+    run = pathlib.Path(path) if os.path.isdir(path) else pathlib.Path(path).parent
+    meta = run / MODEL_CONFIG_FILE
+    folded = meta.is_file() and json.loads(meta.read_text()).get("imported", {}).get(
+        "batch_norm_folded", False)
+    return report, bool(folded)
+
+
+def import_weights(options: ImportOptions, printer: Callable[[str], None] = print
+                   ) -> LoadReport:
+    """Build the variant, load the released weights, write the run directory."""
+    info = get_dataset_info(options.dataset)
+    family, cfg = get_variant(options.model_variant, output_stride=options.output_stride)
+    cfg = cfg.for_dataset(info.num_classes, info.num_tags)
+    network = build_network(cfg)
+    report, folded = import_original(network, options.source)
+    printer(report.summary())
+    out = pathlib.Path(options.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tf.train.CheckpointManager(tf.train.Checkpoint(network=network), str(out), 1).save(0)
+    save_run_config(out, family, cfg, info, {
+        "train_crop_size": list(options.train_crop_size),
+        "imported": {"source": os.path.abspath(options.source), "format": report.format,
+                     "batch_norm_folded": folded, "loaded": len(report.loaded),
+                     "missing": report.missing, "skipped": report.skipped,
+                     "unused": report.unused}})
+    printer(f"Wrote run directory {out} ({cfg.name}, {info.name}); BatchNorm "
+            f"{'folded (fine-tune with --fine_tune_batch_norm=false)' if folded else 'as released'}")
+    return report
