@@ -40,6 +40,7 @@ def test_readme_has_the_two_commands():
 
 def _localise(cmd: str, tmp: pathlib.Path) -> list[str]:
     cmd = cmd.replace("/tmp/", f"{tmp}/").replace("../shared/data", str(SHARED_DATA))
+    cmd = cmd.replace("../shared/models", str(SHARED_DATA.parent / "models"))
     args = shlex.split(cmd)
     if args[0] == "python":
         args[0] = sys.executable
@@ -61,7 +62,8 @@ def test_readme_cli_snippets_run(tmp_path, shared_data):
         ran.append((cmd, proc.stdout))
     tools = {re.search(r"-m (tools\.\w+)", c).group(1) for c, _ in ran if "-m tools." in c}
     assert {"tools.train", "tools.eval", "tools.export_model", "tools.predict", "tools.vis",
-            "tools.model_info", "tools.build_voc2012_data", "tools.tune_evidence"} <= tools
+            "tools.model_info", "tools.build_voc2012_data", "tools.tune_evidence",
+            "tools.import_weights"} <= tools
     # The outputs the README promises.
     run = tmp_path / "run"
     assert (run / "eval" / "eval_results.json").is_file()

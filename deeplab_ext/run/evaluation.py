@@ -264,9 +264,10 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
     network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
     family = family_of(network)
     has_tags = family.tags_output in network.output
-    if not has_tags and any(m != "none" for m in modes):
+    refits = [m for m in modes if EVIDENCE_MODES[m][1] is not None]
+    if not has_tags and refits:  # pruning needs the tags only, refitting needs a tag head
         raise ValueError(
-            f"--evidence_modes={','.join(modes)} needs a model with a tag head (a *_mt "
+            f"--evidence_modes={','.join(refits)} needs a model with a tag head (a *_mt "
             f"--model_variant); {meta['model']['name']} has none."
         )
     batches, alignment = load_split(
@@ -304,7 +305,7 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
     image_counts: dict[str, list[np.ndarray]] = {}
     runs = run_modes(network, info, batches, modes, {None: options.evidence, **evidence},
                      options.eval_scales, options.add_flipped_images, alignment,
-                     errors=has_tags, keep_predictions=len(vis_rows), printer=printer)
+                     keep_predictions=len(vis_rows), printer=printer)
     for mode, run in runs.items():
         image_counts[mode] = run.counts
         for row_vis, pred in zip(vis_rows, run.predictions, strict=True):
