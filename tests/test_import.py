@@ -254,3 +254,39 @@ def test_import_tool_writes_a_run_directory_every_tool_accepts(tmp_path, shared_
                            dataset="pascal_voc_seg", model_variant="deeplabv3_mobilenetv2_dm05_mt",
                            tf_initial_checkpoint=str(run), train_crop_size=(65, 65)),
               printer=lambda line: None)
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_keras_applications_imagenet_backbone_initialises_mobilenet_v2(tmp_path, legacy):
+    """keras.applications.MobileNetV2's ImageNet .h5 (the legacy Keras 2 file the
+    Applications download, or a Keras 3 one): every backbone variable loaded, the heads
+    left to train, its layer_19 (Conv_1, not in DeepLab) unused."""
+    import keras
+
+    from deeplab_ext.run.importing import import_original
+
+    keras.utils.set_random_seed(1)
+    app = keras.applications.MobileNetV2(weights=None, include_top=False)
+    for w in app.weights:  # distinct values everywhere (BatchNorm statistics included)
+        w.assign(np.random.default_rng(len(w.path)).uniform(0.1, 1.0, w.shape))
+    path = tmp_path / ("imagenet.h5" if legacy else "imagenet.weights.h5")
+    if legacy:
+        import h5py
+        from keras.src.legacy.saving import legacy_h5_format
+
+        with h5py.File(path, "w") as f:
+            legacy_h5_format.save_weights_to_hdf5_group(f, app)
+    else:
+        app.save_weights(path)
+    network = build_network("deeplabv3plus_mobilenetv2", num_classes=21,
+                            input_shape=(65, 65, 3))
+    report, folded = import_original(network, path)
+    backbone = [v.path for v in network.weights if v.path.startswith("backbone_")]
+    assert not folded and sorted(report.loaded) == sorted(backbone)
+    assert all(not m.startswith("backbone_") for m in report.missing) and report.missing
+    assert report.unused == sorted(["Conv_1/weights", "Conv_1_bn/gamma", "Conv_1_bn/beta",
+                                    "Conv_1_bn/moving_mean", "Conv_1_bn/moving_variance"])
+    got = network.get_layer("backbone_layer_4_expand").conv.kernel.numpy()
+    np.testing.assert_array_equal(got, app.get_layer("block_2_expand").kernel.numpy())
+    got = network.get_layer("backbone_layer_1").bn.moving_variance.numpy()
+    np.testing.assert_array_equal(got, app.get_layer("bn_Conv1").moving_variance.numpy())

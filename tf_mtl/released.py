@@ -4,6 +4,8 @@ Two readers give the same view, ``{TF1 variable name: (shape, read)}`` in TF1 la
 (conv kernels ``[h, w, in, out]``, depthwise kernels ``[h, w, in, multiplier]``):
 
 * :func:`tf1_checkpoint_entries`: a TF1 ``model.ckpt-*`` as the original trainers wrote it.
+* :func:`keras_model_entries`: a Keras model (e.g. ``keras.applications.MobileNetV2`` with
+  its ImageNet ``.h5`` loaded), its layers renamed to the original's scopes.
 * :func:`tflite_entries`: a TFLite flatbuffer converted from such a graph, read with the
   LiteRT interpreter (``ai_edge_litert``, the maintained successor of the deprecated
   ``tf.lite.Interpreter``). Its kernels are ``[out, h, w, in]`` and its BatchNorm is folded
@@ -26,7 +28,13 @@ import tensorflow as tf
 
 from tf_mtl.checkpoint import LoadReport
 
-__all__ = ["FOLDED_VARIANCE", "load_named_weights", "tf1_checkpoint_entries", "tflite_entries"]
+__all__ = [
+    "FOLDED_VARIANCE",
+    "keras_model_entries",
+    "load_named_weights",
+    "tf1_checkpoint_entries",
+    "tflite_entries",
+]
 
 Entry = tuple[tuple[int, ...], Callable[[], object]]
 
@@ -108,6 +116,25 @@ def tflite_entries(path: str | os.PathLike) -> Entries:
                 entries.group[f"{scope}/{alias}"] = name
     if not entries:
         raise ValueError(f"--source={path}: no named conv weights in this TFLite model")
+    return entries
+
+
+def keras_model_entries(model: keras.Model, scope_of: Callable[[str], str | None]) -> Entries:
+    """The weights of a Keras model under TF1 names: ``scope_of(layer name)`` gives the
+    original's scope (``.../BatchNorm`` for a BatchNorm layer); layers it has no scope for
+    keep their own name (they show as unused)."""
+    leaf = {keras.layers.DepthwiseConv2D: {"kernel": "depthwise_weights"},
+            keras.layers.Conv2D: {"kernel": "weights", "bias": "biases"}}
+    entries = Entries()
+    for layer in model._flatten_layers(include_self=False, recursive=True):  # noqa: SLF001
+        if not layer.weights:
+            continue
+        scope = scope_of(layer.name) or layer.name
+        names = next((v for k, v in leaf.items() if isinstance(layer, k)), {})
+        for w in layer.weights:
+            short = w.path.rsplit("/", 1)[-1]
+            entries[f"{scope}/{names.get(short, short)}"] = (
+                tuple(w.shape), lambda w=w: np.asarray(w.numpy()))
     return entries
 
 

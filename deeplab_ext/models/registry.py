@@ -112,6 +112,8 @@ class ModelFamily:
         (prediction pads onto it, ``tf_mtl.inference.InputAlignment``); None = any size.
       original_names: ``network -> {variable path: TF1 name or None}``, the names of
         released weights of the family's original implementation (``tools.import_weights``).
+      pretrained_backbone: ``(network, path) -> {TF1 name: (shape, read)}``, an ImageNet
+        backbone file (Keras Applications ``.h5``) under those names.
       module: the module that registered the family (set by :func:`register_family`);
         a run directory records it so a new process can import it.
     """
@@ -128,6 +130,7 @@ class ModelFamily:
     describe: Callable[[Any], dict] | None = None
     input_stride: Callable[[Any], int] | None = None
     original_names: Callable[[keras.Model], dict[str, str | None]] | None = None
+    pretrained_backbone: Callable[[keras.Model, str], Any] | None = None
     module: str = ""
 
 

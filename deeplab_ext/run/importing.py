@@ -39,7 +39,7 @@ __all__ = [
     "source_format",
 ]
 
-TFLITE, TF1 = "tflite", "tf1_checkpoint"
+TFLITE, TF1, KERAS_APPLICATIONS = "tflite", "tf1_checkpoint", "keras_applications_h5"
 
 
 def source_format(path: str | os.PathLike) -> str:
@@ -47,11 +47,14 @@ def source_format(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if path.endswith(".tflite") and os.path.isfile(path):
         return TFLITE
+    if path.endswith(".h5") and os.path.isfile(path):
+        return KERAS_APPLICATIONS
     if is_original_checkpoint(path):
         return TF1
     raise FileNotFoundError(
-        f"--source={path}: not a TFLite file (*.tflite) nor a TF1 checkpoint of the original "
-        "(a model.ckpt-N prefix, or a folder with a 'checkpoint' file)")
+        f"--source={path}: not a TFLite file (*.tflite), a TF1 checkpoint of the original "
+        "(a model.ckpt-N prefix, or a folder with a 'checkpoint' file) nor a Keras "
+        "Applications ImageNet backbone (*.h5)")
 
 
 def is_original_checkpoint(path: str | os.PathLike) -> bool:
@@ -74,7 +77,12 @@ def import_original(network: keras.Model, source: str | os.PathLike, *,
     if family.original_names is None:
         raise ValueError(f"model family {family.name!r} names no original weights to import")
     fmt = source_format(source)
-    entries = tflite_entries(source) if fmt == TFLITE else tf1_checkpoint_entries(source)
+    if fmt == KERAS_APPLICATIONS:
+        if family.pretrained_backbone is None:
+            raise ValueError(f"model family {family.name!r} takes no ImageNet backbone file")
+        entries = family.pretrained_backbone(network, os.fspath(source))
+    else:
+        entries = tflite_entries(source) if fmt == TFLITE else tf1_checkpoint_entries(source)
 
     def skip(path: str) -> str | None:
         if not initialize_last_layer and path.split("/", 1)[0] == "logits":
@@ -102,6 +110,8 @@ def initial_weights(network: keras.Model, path: str | os.PathLike, *,
     path = os.fspath(path)
     if (path.endswith(".tflite") and os.path.isfile(path)) or is_original_checkpoint(path):
         return import_original(network, path, initialize_last_layer=initialize_last_layer)
+    # .h5 here is a zoo checkpoint (model.save_weights); a Keras Applications ImageNet
+    # backbone goes through tools.import_weights first.
     report = load_initial_checkpoint(network, path, initialize_last_layer=initialize_last_layer)
     run = pathlib.Path(path) if os.path.isdir(path) else pathlib.Path(path).parent
     meta = run / MODEL_CONFIG_FILE

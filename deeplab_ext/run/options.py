@@ -169,8 +169,9 @@ class TrainOptions:
 class ImportOptions:
     """Released weights of the original into a run directory (``tools.import_weights``)."""
 
-    source: str = opt(None, "The released weights: a TFLite file of the original, or its TF1 "
-                      "checkpoint (model.ckpt-N prefix or its folder).", required=True)
+    source: str = opt(None, "The released weights: a TFLite file of the original, its TF1 "
+                      "checkpoint (model.ckpt-N prefix or its folder), or a Keras "
+                      "Applications ImageNet backbone .h5 (MobileNetV2).", required=True)
     model_variant: str = opt(None, "Zoo variant with the original's layout, e.g. "
                              "deeplabv3_mobilenetv2_dm05 (its _mt twin adds a new tag head).",
                              required=True)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from deeplab_ext.models.deeplab.config import MODEL_VARIANTS, DeepLabConfig
 from deeplab_ext.models.deeplab.model import FAMILY, FEATURE_NAMES, GROUP_PREFIXES, DeepLab
-from deeplab_ext.models.deeplab.original import original_variable_names
+from deeplab_ext.models.deeplab.original import (
+    keras_applications_weights,
+    original_variable_names,
+)
 from deeplab_ext.models.registry import ModelFamily, register_family
 
 __all__ = ["DeepLab", "DeepLabConfig", "MODEL_VARIANTS"]
@@ -33,4 +36,5 @@ register_family(ModelFamily(
     # Beyond the output stride the backbone is atrous: no layer samples a coarser grid.
     input_stride=lambda cfg: cfg.output_stride,
     original_names=original_variable_names,
+    pretrained_backbone=keras_applications_weights,
 ), variants=MODEL_VARIANTS)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import keras
 
 from deeplab_ext.models.deeplab.backbones import get_backbone
+from tf_mtl.released import Entries, keras_model_entries
 
-__all__ = ["original_variable_names"]
+__all__ = ["keras_applications_weights", "original_variable_names"]
 
 # Keras sub-path -> TF1 suffix, longest first (a separable conv's parts before plain ones).
 _LEAVES = (
@@ -59,3 +60,21 @@ def original_variable_names(network: keras.Model) -> dict[str, str | None]:
     """``{variable path: the original's TF1 name, or None}`` for a DeepLab network."""
     backbone = network.model_config.backbone
     return {v.path: _translate(v.path, backbone) for v in network.weights}
+
+
+def keras_applications_weights(network: keras.Model, path: str) -> Entries:
+    """A Keras Applications ImageNet ``.h5`` of the network's backbone, under the original's
+    names (backbone initialisation: the heads are not in it)."""
+    cfg = network.model_config
+    app = get_backbone(cfg.backbone).keras_application
+    if app is None:
+        raise ValueError(f"--source={path}: Keras Applications weights can initialise "
+                         f"mobilenet_v2 backbones; this model's is {cfg.backbone}")
+    build, scope_of = app
+    model = build(cfg.depth_multiplier)
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"--source={path}: not the weights of a Keras Applications "
+                         f"{model.name} at depth multiplier {cfg.depth_multiplier} ({e})") from e
+    return keras_model_entries(model, scope_of)

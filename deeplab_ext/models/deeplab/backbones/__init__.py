@@ -15,7 +15,11 @@ from collections.abc import Callable
 
 import keras
 
-from deeplab_ext.models.deeplab.backbones.mobilenet_v2 import build_mobilenet_v2, mobilenet_v2_scope
+from deeplab_ext.models.deeplab.backbones.mobilenet_v2 import (
+    build_mobilenet_v2,
+    keras_applications_scope,
+    mobilenet_v2_scope,
+)
 from deeplab_ext.models.deeplab.backbones.resnet_beta import (
     build_resnet_v1_50_beta,
     build_resnet_v1_101_beta,
@@ -34,18 +38,25 @@ class BackboneSpec:
     ``preprocess``: the :class:`~deeplab_ext.models.layers.Preprocess` mode it was trained
     with; ``bn_epsilon``: the BatchNorm epsilon of the original's slim arg scope (the
     heads use ``DeepLabConfig.bn_epsilon``); ``original_scope``: our layer name (without
-    ``backbone_``) -> the original's variable scope (importing its released weights).
+    ``backbone_``) -> the original's variable scope (importing its released weights);
+    ``keras_application``: ``(depth_multiplier -> the keras.applications model whose
+    ImageNet .h5 initialises this backbone, its layer name -> the original's scope)``.
     """
 
     build: Callable[..., dict]
     preprocess: str
     bn_epsilon: float
     original_scope: Callable[[str], str] | None = None
+    keras_application: tuple[Callable[[float], keras.Model], Callable[[str], str | None]] | None = (
+        None)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     "xception_65": BackboneSpec(build_xception_65, "inception", 1e-3, xception_65_scope),
-    "mobilenet_v2": BackboneSpec(build_mobilenet_v2, "inception", 1e-3, mobilenet_v2_scope),
+    "mobilenet_v2": BackboneSpec(
+        build_mobilenet_v2, "inception", 1e-3, mobilenet_v2_scope,
+        (lambda dm: keras.applications.MobileNetV2(weights=None, include_top=False, alpha=dm),
+         keras_applications_scope)),
     "resnet_v1_50_beta": BackboneSpec(build_resnet_v1_50_beta, "mean_subtraction", 1e-5,
                                       resnet_v1_beta_scope(50)),
     "resnet_v1_101_beta": BackboneSpec(build_resnet_v1_101_beta, "mean_subtraction", 1e-5,

@@ -16,7 +16,13 @@ import keras
 from deeplab_ext.models.deeplab.backbones.stride import OutputStrideTracker, Tap, no_tap
 from deeplab_ext.models.layers import ConvBN, DepthwiseConvBN
 
-__all__ = ["build_mobilenet_v2", "make_divisible", "mobilenet_v2_scope", "MOBILENET_V2_DEF"]
+__all__ = [
+    "MOBILENET_V2_DEF",
+    "build_mobilenet_v2",
+    "keras_applications_scope",
+    "make_divisible",
+    "mobilenet_v2_scope",
+]
 
 # (expansion t, output channels c, repeats n, first stride s) -- layers 2..18 of V2_DEF.
 MOBILENET_V2_DEF = (
@@ -115,3 +121,22 @@ def mobilenet_v2_scope(layer: str) -> str:
         return "MobilenetV2/Conv"
     block = "expanded_conv" if k == 2 else f"expanded_conv_{k - 2}"
     return f"MobilenetV2/{block}/{part}"
+
+
+def keras_applications_scope(layer: str) -> str | None:
+    """A ``keras.applications.MobileNetV2`` layer name -> the original's scope (BatchNorm
+    layers -> ``<scope>/BatchNorm``): ``Conv1`` -> ``MobilenetV2/Conv``,
+    ``block_3_expand_BN`` -> ``MobilenetV2/expanded_conv_3/expand/BatchNorm``. None for
+    layers DeepLab does not build (``Conv_1``, the 1280-channel layer_19)."""
+    if layer in ("Conv1", "bn_Conv1"):
+        return "MobilenetV2/Conv" + ("/BatchNorm" if layer == "bn_Conv1" else "")
+    batch_norm = layer.endswith("_BN")
+    base = layer.removesuffix("_BN")
+    if base.startswith("expanded_conv_"):
+        block, part = "expanded_conv", base.removeprefix("expanded_conv_")
+    elif base.startswith("block_"):
+        index, _, part = base.removeprefix("block_").partition("_")
+        block = f"expanded_conv_{index}"
+    else:
+        return None
+    return f"MobilenetV2/{block}/{part}" + ("/BatchNorm" if batch_norm else "")
