@@ -122,6 +122,10 @@ class TrainOptions:
     momentum: float = opt(0.9, "Momentum.")
     weight_decay: float | None = opt(None, "Weight decay (default: the variant's).")
     fine_tune_batch_norm: bool = opt(True, "Train BatchNorm (needs batch >= 12).")
+    train_groups: tuple[str, ...] | None = opt(None, "Train only these variable groups of the "
+                                               "model family (DeepLab: backbone, aspp, decoder, "
+                                               "logits, tag_head), freeze the rest; default: "
+                                               "all. E.g. tag_head on a pretrained import.")
     tf_initial_checkpoint: str | None = opt(None, "Local checkpoint to initialise from.")
     initialize_last_layer: bool = opt(True, "Also load the logits from the checkpoint.")
     output_stride: int | None = opt(None, "8, 16 or 32 (default: the variant's).")

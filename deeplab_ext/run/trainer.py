@@ -23,7 +23,7 @@ import tensorflow as tf
 from deeplab_ext.data import colormap as cmap
 from deeplab_ext.data import input_pipeline
 from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info
-from deeplab_ext.models.registry import ModelFamily, build_network, get_variant
+from deeplab_ext.models.registry import ModelFamily, build_network, get_variant, group_variables
 from deeplab_ext.run.importing import initial_weights
 from deeplab_ext.run.options import TrainOptions
 from deeplab_ext.run.rundir import save_run_config
@@ -106,6 +106,18 @@ def freeze_batch_norm(network: keras.Model) -> int:
 
 
 _PROGRESS_SUFFIXES = ("_loss", "_miou", "_f1", "_sigma", "learning_rate")
+
+
+def freeze_all_but(network: keras.Model, groups: tuple[str, ...]) -> int:
+    """--train_groups: every layer outside the named variable groups stops training
+    (BatchNorm in it then runs in inference mode, as Keras 3 does for frozen layers)."""
+    keep = {id(v) for v in group_variables(network, groups, flag="--train_groups")}
+    frozen = 0
+    for layer in network.layers:
+        if layer.trainable_weights and not any(id(v) in keep for v in layer.trainable_weights):
+            layer.trainable = False
+            frozen += 1
+    return frozen
 
 
 class _Progress(keras.callbacks.Callback):
@@ -236,6 +248,9 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print,
                     "--fine_tune_batch_norm=false.")
         if not options.fine_tune_batch_norm:
             printer(f"--fine_tune_batch_norm=false: froze {freeze_batch_norm(network)} BN layers")
+        if options.train_groups:
+            frozen = freeze_all_but(network, options.train_groups)
+            printer(f"--train_groups={','.join(options.train_groups)}: froze {frozen} layers")
         ctx = TaskContext(network, family, info, options)
         branch = build_branches(ctx, options.training_branches) + (branch or Branch())
         writer = tf.summary.create_file_writer(str(logdir / "train"))
