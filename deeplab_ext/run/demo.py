@@ -144,6 +144,10 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
         save_interval_steps=max(100, options.train_steps // 4), save_summaries_steps=25,
         log_every_n_steps=max(25, options.train_steps // 20),
         min_scale_factor=0.75 if builtin else 0.5, max_scale_factor=1.25 if builtin else 2.0,
+        tf_initial_checkpoint=options.tf_initial_checkpoint, train_groups=options.train_groups,
+        # Pretrained BatchNorm stays as it is: batches of 8 cannot estimate its statistics
+        # (the original's advice), and a TFLite import's is folded.
+        fine_tune_batch_norm=options.tf_initial_checkpoint is None,
         loss_weighting="uncertainty",
         seed=options.seed if options.train_seed is None else options.train_seed,
     ), printer=printer)

@@ -309,6 +309,12 @@ class DemoOptions:
     workdir: str = opt("demo_out", "Where data, checkpoints, export and report go.")
     data: str | None = opt(None, "A VOC- or CamVid-layout folder (default: built-in dataset).")
     model_variant: str = opt("deeplabv3plus_mobilenetv2_tiny_mt", "Zoo variant (*_mt).")
+    tf_initial_checkpoint: str | None = opt(None, "Start from these weights: a run directory "
+                                            "of tools.import_weights, the original's released "
+                                            "file (TFLite, TF1 checkpoint), or a zoo checkpoint. "
+                                            "BatchNorm then stays frozen.")
+    train_groups: tuple[str, ...] | None = opt(None, "Train only these variable groups (e.g. "
+                                               "tag_head on a pretrained model).")
     train_steps: int = opt(10000, "Training steps.")
     train_batch_size: int = opt(8, "Batch size.")
     crop_size: int = opt(65, "Training crop (built-in dataset: 65).")
