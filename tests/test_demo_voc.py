@@ -25,7 +25,7 @@ def test_demo_dataset_override_voc_folder(tmp_path, shared_data):
          f"--data={shared_data / 'coco128-voc'}", "--train_steps=4", "--train_batch_size=2",
          "--model_variant=deeplabv3_mobilenetv2_dm05_mt", f"--tf_initial_checkpoint={released}",
          "--train_groups=tag_head", "--num_tune=0",
-         "--max_eval_images=3", "--evidence_steps=1", "--evidence_modes=none,prune,bp_l2_prune"],
+         "--max_eval_images=3", "--evidence_steps=1", "--evidence_modes=none,prune"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((work / "eval" / "eval_results.json").read_text())
