@@ -19,7 +19,14 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-__all__ = ["LossTerm", "LossTermLike", "TrainingHead", "requested_features", "term_name"]
+__all__ = [
+    "LossTerm",
+    "LossTermLike",
+    "OutputLoss",
+    "TrainingHead",
+    "requested_features",
+    "term_name",
+]
 
 
 class LossTerm(keras.layers.Layer):
@@ -84,3 +91,18 @@ def requested_features(branches: Sequence[Any]) -> tuple[str, ...]:
         for name in getattr(branch, "features", ()):
             names[name] = None
     return tuple(names)
+
+
+class OutputLoss(LossTerm):
+    """``weight * loss(y[target], outputs[output])`` as a term outside the task weighting
+    (the same loss as a ``Task`` would be inside it): e.g. a training-only head's output
+    against a target the network's own task also reads."""
+
+    def __init__(self, output: str, target: str, loss: Callable[..., tf.Tensor],
+                 weight: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(weight=weight, **kwargs)
+        self.output_key, self.target_key, self.loss_fn = output, target, loss
+
+    def compute(self, x: Any, y: Any, outputs: Mapping[str, tf.Tensor],
+                training: bool) -> tf.Tensor:
+        return self.loss_fn(y[self.target_key], tf.cast(outputs[self.output_key], tf.float32))

@@ -182,13 +182,14 @@ class InputAlignment:
         return tuple(self.aligned_size(height, width)) == (height, width)
 
     def pad(self, images: tf.Tensor) -> tf.Tensor:
-        """``[B, H, W, 3]`` padded bottom/right with ``pad_value`` onto the grid."""
+        """``[B, H, W, C]`` padded bottom/right with ``pad_value`` (one value per channel,
+        or one for all) onto the grid."""
         images = tf.convert_to_tensor(images)
         if self.stride == 1:
             return images
         h, w = tf.shape(images)[1], tf.shape(images)[2]
         target_h, target_w = self.aligned_size(h, w)
-        value = tf.reshape(tf.constant(self.pad_value, images.dtype), [1, 1, 1, 3])
+        value = tf.reshape(tf.constant(self.pad_value, images.dtype), [1, 1, 1, -1])
         paddings = [[0, 0], [0, target_h - h], [0, target_w - w], [0, 0]]
         outside = 1.0 - tf.pad(tf.ones_like(images[..., :1]), paddings)  # 0 on the image
         return tf.pad(images, paddings) + outside * value  # image pixels stay bit-exact

@@ -22,6 +22,7 @@ __all__ = [
     "EvidenceOptions",
     "ExportOptions",
     "ImportOptions",
+    "LabelAutoencoderOptions",
     "PredictOptions",
     "TrainOptions",
     "TuneOptions",
@@ -150,6 +151,25 @@ class TrainOptions:
                                 "--train_split at --train_batch_size).")
     training_branches: tuple[str, ...] = opt((), "Training-only branches to add, by registered "
                                              "name (deeplab_ext.run.tasks.register_branch).")
+    label_decoder: str | None = opt(None, "Regularise with a frozen label-map decoder "
+                                    "(Mostajabi et al. 2018): a --train_logdir of "
+                                    "tools.train_label_autoencoder. Training only.")
+    label_decoder_weight: float = opt(0.5, "Weight of the label-decoder (or -encoder) loss.")
+    label_decoder_loss: str = opt("ce", "The decoder path's loss against the labels.",
+                                  choices=("ce", "mse"))
+    label_decoder_feature: str = opt("encoder", "The tapped feature at the bottleneck's "
+                                     "stride (16) the decoder path starts from.")
+    label_decoder_trainable: bool = opt(False, "Ablation: train the decoder too.")
+    label_decoder_init: str = opt("trained", "Ablation: random = an untrained decoder.",
+                                  choices=("trained", "random"))
+    label_decoder_as_task: bool = opt(False, "Make the decoder path one more task of "
+                                      "--loss_weighting (its weight a prior) instead of a "
+                                      "fixed-weight term.")
+    label_encoder: str | None = opt(None, "The paper's alternative: regress the frozen label "
+                                    "encoder's conv1 and conv3 activations (MSE) from "
+                                    "--label_encoder_feature. A phase-1 --train_logdir.")
+    label_encoder_feature: str = opt("decoder_output", "The tapped feature the encoder "
+                                     "regression starts from.")
     tag_loss_weight: float = opt(1.0, "Weight of the tag loss (fixed weighting), or its prior "
                                  "multiplier under uncertainty weighting.")
     mixed_precision: str = opt("float32", "Precision policy (mixed_float16 on GPU).",
@@ -167,6 +187,35 @@ class TrainOptions:
     deterministic: bool = opt(False, "Repeat a run bit for bit on one machine: TF op "
                               "determinism and seeds everywhere (--seed, default 0). Slower; "
                               "another CPU still trains another model.")
+
+
+@dataclasses.dataclass
+class LabelAutoencoderOptions:
+    """Phase 1 of the label-structure regulariser (``tools.train_label_autoencoder``):
+    an autoencoder trained on ground-truth label maps alone."""
+
+    train_logdir: str = opt(None, "Where its checkpoints, TensorBoard logs and "
+                            "model_config.json go (tools.train --label_decoder=THIS).",
+                            required=True)
+    dataset_dir: str = opt(None, "Folder with the TFRecord shards of --dataset (only the "
+                           "label maps are read).", required=True)
+    dataset: str = opt("shapes_evidence", "Dataset name (its classes and ignore label).")
+    train_split: str = opt("train", "Split to train on.")
+    eval_split: str = opt("val", "Split the reconstruction mIoU is reported on.")
+    variant: str = opt("128", "Channels, named by the bottleneck: 32 | 128 | 256.",
+                       choices=("32", "128", "256"))
+    train_crop_size: tuple[int, int] = opt((256, 256), "Crop size h,w (multiples of 16).",
+                                           positive=True)
+    train_batch_size: int = opt(8, "Batch size.")
+    training_number_of_steps: int = opt(3000, "Training steps.")
+    base_learning_rate: float = opt(1e-3, "Adam learning rate (poly decay).")
+    min_scale_factor: float = opt(0.5, "Augmentation: min scale.")
+    max_scale_factor: float = opt(2.0, "Augmentation: max scale.")
+    save_interval_steps: int = opt(500, "Checkpoint every N steps.")
+    save_summaries_steps: int = opt(50, "TensorBoard scalars every N steps.")
+    log_every_n_steps: int = opt(50, "Progress line every N steps.")
+    max_eval_examples: int | None = opt(None, "Report the mIoU on the first N label maps.")
+    seed: int | None = opt(0, "Random seed.")
 
 
 @dataclasses.dataclass

@@ -15,6 +15,7 @@ never exported. A new task or branch is a new file that calls :func:`register_ta
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -113,11 +114,17 @@ class Branch:
 
 @dataclasses.dataclass(frozen=True)
 class BranchSpec:
+    """A training-only branch by name; ``enabled(options)`` adds it without naming it in
+    ``--training_branches`` (a branch with flags of its own, e.g. ``--label_decoder``)."""
+
     name: str
     build: Callable[[TaskContext], Branch]
+    enabled: Callable[[Any], bool] | None = None
 
 
 _BRANCHES: dict[str, BranchSpec] = {}
+# Branches of this package, registered on first use (their modules import this one).
+_BUILTIN_BRANCH_MODULES = ("deeplab_ext.run.label_structure",)
 
 
 def register_branch(spec: BranchSpec) -> BranchSpec:
@@ -126,9 +133,12 @@ def register_branch(spec: BranchSpec) -> BranchSpec:
 
 
 def build_branches(ctx: TaskContext, names: Sequence[str]) -> Branch:
-    """The named branches, combined."""
+    """The named branches and those the options enable, combined."""
+    for module in _BUILTIN_BRANCH_MODULES:
+        importlib.import_module(module)
     total = Branch()
-    for name in names:
+    enabled = [s.name for s in _BRANCHES.values() if s.enabled and s.enabled(ctx.options)]
+    for name in dict.fromkeys([*names, *enabled]):
         if name not in _BRANCHES:
             raise ValueError(f"--training_branches: unknown branch {name!r}; registered: "
                              f"{sorted(_BRANCHES)} (a module given to --extra_modules may "

@@ -120,7 +120,7 @@ def freeze_all_but(network: keras.Model, groups: tuple[str, ...]) -> int:
     return frozen
 
 
-class _Progress(keras.callbacks.Callback):
+class ProgressCallback(keras.callbacks.Callback):
     """Prints a line every N steps (no silent minutes) and stops at the step budget."""
 
     def __init__(self, total: int, every: int, printer: Callable[[str], None]):
@@ -145,7 +145,7 @@ class _Progress(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class _Saver(keras.callbacks.Callback):
+class SaverCallback(keras.callbacks.Callback):
     def __init__(self, manager: tf.train.CheckpointManager, every: int):
         super().__init__()
         self.manager, self.every = manager, max(1, every)
@@ -302,8 +302,8 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print,
         shuffle=False,  # the tf.data pipeline shuffles
         verbose=0,
         callbacks=[
-            _Progress(total, options.log_every_n_steps, printer),
-            _Saver(manager, options.save_interval_steps),
+            ProgressCallback(total, options.log_every_n_steps, printer),
+            SaverCallback(manager, options.save_interval_steps),
         ],
     )
     writer.flush()

@@ -1,0 +1,147 @@
+"""Phase 2 of the label-structure regulariser (Mostajabi, Maire & Shakhnarovich, CVPR 2018):
+training-only branches that make the segmenter predict through a label autoencoder.
+
+* ``label_decoder`` (``--label_decoder=AE``): a 1x1 conv maps a tapped feature at the
+  bottleneck's stride (DeepLab: the OS16 ``encoder``) to the bottleneck's channels, the
+  autoencoder's **frozen** decoder turns it into a label map, and its cross-entropy (or
+  MSE on the probabilities) against the ground truth, ignore pixels masked, is added with
+  ``--label_decoder_weight`` (or as one more weighted task). Ablations:
+  ``--label_decoder_trainable``, ``--label_decoder_init=random``.
+* ``label_encoder`` (``--label_encoder=AE``): the paper's alternative; 1x1 convs on a
+  tapped feature regress the frozen encoder's conv1 and conv3 activations of the one-hot
+  ground truth (MSE).
+
+Both are ``tf_mtl`` training-only heads and terms: one forward pass, checkpointed with the
+model, never exported (the export and the evidence refitter see the plain network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from deeplab_ext.data.datasets import DatasetInfo
+from deeplab_ext.models.label_autoencoder import build_label_autoencoder, one_hot_labels
+from deeplab_ext.run.label_autoencoder import load_label_autoencoder
+from deeplab_ext.run.tasks import Branch, BranchSpec, TaskContext, register_branch
+from tf_mtl.branches import LossTerm, OutputLoss, TrainingHead
+from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore
+from tf_mtl.model import call_loss
+from tf_mtl.tasks import Task
+
+__all__ = ["LabelDecoderHead", "LabelEncoderTerm", "label_map_loss"]
+
+DECODER_OUTPUT = "label_decoder_semantic"
+
+
+def _resize(x: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    return tf.image.resize(x, size, method="bilinear")
+
+
+def label_map_loss(info: DatasetInfo, kind: str = "ce") -> Callable[[Any, tf.Tensor], tf.Tensor]:
+    """``(labels [B, H, W], logits [B, h, w, C]) -> scalar``: logits upsampled to the labels,
+    then softmax cross-entropy (``ce``) or the squared error of the probabilities against
+    the one-hot labels (``mse``); ignore pixels take no part in either."""
+    ce = SoftmaxCrossEntropyWithIgnore(info.num_classes, info.ignore_label)
+
+    def loss(labels: Any, logits: tf.Tensor) -> tf.Tensor:
+        labels = tf.cast(labels, tf.int32)
+        logits = _resize(logits, tf.shape(labels)[1:3])
+        if kind == "ce":
+            return call_loss(ce, labels, logits)
+        valid = tf.cast(tf.not_equal(labels, info.ignore_label), tf.float32)
+        err = tf.reduce_sum(tf.square(tf.nn.softmax(logits) - one_hot_labels(
+            labels, info.num_classes)), -1)
+        return tf.math.divide_no_nan(tf.reduce_sum(err * valid), tf.reduce_sum(valid))
+
+    return loss
+
+
+class LabelDecoderHead(TrainingHead):
+    """Tapped feature -> 1x1 conv to the bottleneck -> the (frozen) label decoder."""
+
+    def __init__(self, decoder: keras.Model, bottleneck: int, feature: str,
+                 trainable_decoder: bool = False, **kwargs: Any) -> None:
+        super().__init__(features=(feature,), **kwargs)
+        self.feature = feature
+        self.project = keras.layers.Conv2D(bottleneck, 1, name="to_bottleneck")
+        self.decoder = decoder
+        self.decoder.trainable = trainable_decoder  # frozen: BatchNorm in inference mode too
+
+    def call(self, features: dict, training: bool | None = None) -> dict:
+        code = self.project(features[self.feature])
+        return {DECODER_OUTPUT: self.decoder(code, training=training)}
+
+
+class LabelEncoderTerm(LossTerm):
+    """MSE between 1x1-conv regressions of a tapped feature and the frozen label
+    encoder's conv1 (full resolution) and conv3 (stride 4) activations of the labels."""
+
+    def __init__(self, encoder: keras.Model, feature: str, in_channels: int,
+                 info: DatasetInfo, weight: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(weight=weight, features=(feature,), **kwargs)
+        self.encoder, self.feature, self.num_classes = encoder, feature, info.num_classes
+        self.encoder.trainable = False
+        c1, c3 = encoder.output["conv1"].shape[-1], encoder.output["conv3"].shape[-1]
+        self.to_conv1 = keras.layers.Conv2D(c1, 1, name="to_conv1")
+        self.to_conv3 = keras.layers.Conv2D(c3, 1, name="to_conv3")
+        for conv in (self.to_conv1, self.to_conv3):  # weights before any optimizer sees them
+            conv.build((None, None, None, in_channels))
+
+    def compute(self, x: Any, y: Any, outputs: dict, training: bool) -> tf.Tensor:
+        targets = self.encoder(one_hot_labels(y["semantic"], self.num_classes), training=False)
+        feature = tf.cast(outputs[self.feature], tf.float32)
+        loss = 0.0
+        for conv, key in ((self.to_conv1, "conv1"), (self.to_conv3, "conv3")):
+            target = tf.stop_gradient(tf.cast(targets[key], tf.float32))
+            pred = _resize(conv(feature), tf.shape(target)[1:3])
+            loss += tf.reduce_mean(tf.square(pred - target))
+        return loss
+
+
+def _autoencoder(path: str, info: DatasetInfo, random: bool = False) -> keras.Model:
+    autoencoder, ae_info, meta = load_label_autoencoder(path)
+    if ae_info.num_classes != info.num_classes:
+        raise ValueError(f"--label_decoder={path} models {ae_info.num_classes} classes "
+                         f"({ae_info.name}); this run has {info.num_classes} ({info.name})")
+    if random:  # the ablation: the same architecture, never trained
+        autoencoder = build_label_autoencoder(info.num_classes, meta["variant"])
+    return autoencoder
+
+
+def _label_decoder(ctx: TaskContext) -> Branch:
+    o = ctx.options
+    ae = _autoencoder(o.label_decoder, ctx.info, random=o.label_decoder_init == "random")
+    bottleneck = ae.get_layer("label_encoder").output["bottleneck"].shape[-1]
+    head = LabelDecoderHead(ae.get_layer("label_decoder"), bottleneck, o.label_decoder_feature,
+                            o.label_decoder_trainable, name="label_decoder_head")
+    loss = label_map_loss(ctx.info, o.label_decoder_loss)
+    if o.label_decoder_as_task:
+        return Branch(heads=[head], targets=("semantic",), tasks=[Task(
+            "label_decoder", loss, output=DECODER_OUTPUT, target="semantic",
+            weight=o.label_decoder_weight)])
+    return Branch(heads=[head], targets=("semantic",), loss_terms=[OutputLoss(
+        DECODER_OUTPUT, "semantic", loss, o.label_decoder_weight, name="label_decoder_loss")])
+
+
+def _label_encoder(ctx: TaskContext) -> Branch:
+    o = ctx.options
+    ae = _autoencoder(o.label_encoder, ctx.info)
+    try:
+        feature = ctx.network.get_layer(o.label_encoder_feature).output
+    except ValueError as e:
+        raise ValueError(f"--label_encoder_feature={o.label_encoder_feature}: the model has no "
+                         f"such feature; its family's: {list(ctx.family.feature_names)}") from e
+    term = LabelEncoderTerm(ae.get_layer("label_encoder"), o.label_encoder_feature,
+                            feature.shape[-1], ctx.info, o.label_decoder_weight,
+                            name="label_encoder_loss")
+    return Branch(loss_terms=[term], targets=("semantic",))
+
+
+register_branch(BranchSpec("label_decoder", _label_decoder,
+                           enabled=lambda o: bool(getattr(o, "label_decoder", None))))
+register_branch(BranchSpec("label_encoder", _label_encoder,
+                           enabled=lambda o: bool(getattr(o, "label_encoder", None))))
