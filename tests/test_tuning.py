@@ -19,9 +19,12 @@ def test_choose_never_picks_a_refit_that_does_not_beat_no_refit():
     from deeplab_ext.run.tuning import choose
 
     assert choose(0.5, []) is None
-    assert choose(0.5, [(0.4, "a")]) is None
-    assert choose(0.5, [(0.5, "a")]) is None  # a tie keeps plain inference
-    assert choose(0.5, [(0.6, "a"), (0.55, "b")]) == "a"
+    assert choose(0.5, [(0.4, 1.0, "a")]) is None
+    assert choose(0.5, [(0.5, 1.0, "a")]) is None  # a tie keeps plain inference
+    assert choose(0.5, [(0.6, 1.0, "a"), (0.55, 1.0, "b")]) == "a"
+    # A lead that too few resamples of the tuning images confirm does not count.
+    assert choose(0.5, [(0.6, 0.7, "a"), (0.55, 0.95, "b")], min_confidence=0.9) == "b"
+    assert choose(0.5, [(0.6, 0.7, "a")], min_confidence=0.9) is None
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +63,10 @@ def test_tuning_includes_no_refit_and_never_returns_worse(tuned_run):
     plain = rows[0]["miou"]
     assert set(tuned["kinds"]) == {"l2", "es"} and tuned["tune_split"] == "test"
     for kind, entry in tuned["kinds"].items():
-        tried = [r["miou"] for r in rows if r["kind"] == kind]
+        tried = [r for r in rows if r["kind"] == kind]
         assert 1 <= len(tried) <= 2  # --max_candidates=3, no refit included
-        assert entry["miou"] == max([plain, *tried]) >= plain
+        confident = [r["miou"] for r in tried if r["p_greater"] >= entry["min_confidence"]]
+        assert entry["miou"] == max([plain, *confident]) >= plain
         if entry["refit"]:
             assert entry["miou"] > plain
         else:  # no refit: zero steps, the plain prediction

@@ -286,8 +286,11 @@ class TuneOptions:
     learning_rates: tuple[float, ...] = opt((0.01, 0.03, 0.1), "Learning rates tried.")
     clip_norms: tuple[float, ...] = opt((0.0, 0.5), "Gradient clip norms tried (0 = off).")
     max_candidates: int = opt(12, "Evaluations per kind at most, no refit included.")
-    bootstrap_samples: int = opt(1000, "Resamples for the chosen setting's interval against "
-                                 "no refit (0 = off).")
+    min_confidence: float = opt(0.9, "A refit is chosen only if it beats no refit in at least "
+                                "this fraction of bootstrap resamples of the tuning images "
+                                "(0 = the best mIoU, however thin its lead).")
+    bootstrap_samples: int = opt(1000, "Resamples of the tuning images (0 = off; then "
+                                 "--min_confidence must be 0).")
     evidence: EvidenceOptions = group(EvidenceOptions, "evidence_",
                                       "The search's start point.")
 
