@@ -180,3 +180,79 @@ def test_regularised_run_exports_the_plain_model_and_resumes_the_branch(
     assert not any("label" in v.name for v in loaded.model_variables)
     out = loaded.signatures["serving_default"](images=tf.zeros([1, 33, 33, 3]))
     assert set(out) == {"semantic_probabilities", "semantic_predictions", "tag_probabilities"}
+
+
+def test_decoder_path_miou_reads_the_trained_branch_back(autoencoder, data_dir, tmp_path):
+    """tools.eval --label_decoder_path_miou rebuilds the branch from what the run recorded
+    and restores its 1x1 conv: the same mIoU as the training model's own forward pass."""
+    from deeplab_ext.models.registry import family_of
+    from deeplab_ext.run.evaluation import evaluate, load_split
+    from deeplab_ext.run.label_structure import DECODER_OUTPUT, decoder_path
+    from deeplab_ext.run.options import EvalOptions, TrainOptions
+    from deeplab_ext.run.rundir import restore_network
+    from deeplab_ext.run.tasks import TaskContext, build_branches
+    from deeplab_ext.run.trainer import build_multitask_model
+    from tf_mtl.metrics import image_iou_counts, miou_from_counts
+
+    logdir, _ = _train(tmp_path, data_dir, autoencoder["run"], 4, label_decoder_weight=1.0)
+    record = json.loads((logdir / "model_config.json").read_text())["training_branches"]
+    assert record["label_decoder"]["label_decoder"] == str(autoencoder["run"])
+    lines: list[str] = []
+    results = evaluate(EvalOptions(checkpoint_dir=str(logdir), dataset_dir=str(data_dir),
+                                   eval_crop_size=(33, 33), bootstrap_samples=0,
+                                   num_vis_examples=0, label_decoder_path_miou=True),
+                       printer=lines.append)
+    got = results["label_decoder_path"]["miou"]
+    assert any("decoder path" in line for line in lines)
+
+    # The reference: the whole training model (network + heads) restored, one forward pass;
+    # the library's decoder path gives the same logits.
+    network, info, meta = restore_network(logdir)
+    options = TrainOptions(train_logdir=str(logdir), dataset_dir=str(data_dir),
+                           model_variant="toy_segmenter_mt", label_decoder=str(autoencoder["run"]))
+    family = family_of(network)
+    model = build_multitask_model(network, family, info, options, branch=build_branches(
+        TaskContext(network, family, info, options), ()))
+    model.make_checkpoint().read(meta["checkpoint_path"]).expect_partial()
+    batches, alignment = load_split(network, info, meta, str(data_dir), "val", crop=(33, 33))
+    predict = decoder_path(meta["checkpoint_path"], network, family, info, record, alignment,
+                           batches[0][0])
+    counts = []
+    for images, targets in batches:
+        want = model.forward(images, training=False)[DECODER_OUTPUT]
+        want = tf.image.resize(tf.cast(want, tf.float32), tf.shape(images)[1:3])
+        np.testing.assert_allclose(predict(images).numpy(), want.numpy(), atol=1e-5)
+        counts.append(image_iou_counts(targets["semantic"][0].numpy(),
+                                       tf.argmax(want, -1)[0].numpy(), info.num_classes,
+                                       info.ignore_label))
+    assert abs(got - float(miou_from_counts(np.sum(counts, axis=0)))) < 1e-6
+    # ... and not by luck: an untrained 1x1 conv gives other logits.
+    fresh = build_branches(TaskContext(network, family, info, options), ()).heads[0]
+    feats = {"encoder": network.get_layer("encoder").output}
+    untrained = keras.Model(network.inputs, fresh(feats)[DECODER_OUTPUT])(batches[0][0])
+    trained = model.forward(batches[0][0], training=False)[DECODER_OUTPUT]
+    assert not np.allclose(untrained.numpy(), trained.numpy(), atol=1e-3)
+
+    plain, _ = _train(tmp_path, data_dir, autoencoder["run"], 1, name="plain", label_decoder=None)
+    with pytest.raises(ValueError, match="not trained with --label_decoder"):
+        evaluate(EvalOptions(checkpoint_dir=str(plain), dataset_dir=str(data_dir),
+                             bootstrap_samples=0, num_vis_examples=0,
+                             label_decoder_path_miou=True), printer=lambda s: None)
+
+
+def test_tensorboard_shows_the_decoder_path_beside_the_prediction():
+    """The overlay image gains one panel per training-only label map, upsampled from the
+    head's own resolution to the input's."""
+    from deeplab_ext.run.trainer import overlay_fn
+
+    x = tf.zeros([2, 16, 20, 3])
+    y = {"semantic": tf.zeros([2, 16, 20], tf.int32)}
+    decoder = tf.one_hot(tf.fill([2, 8, 10], 2), INFO.num_classes)  # class 2 everywhere
+    outputs = {"semantic": tf.one_hot(tf.ones([2, 16, 20], tf.int32), INFO.num_classes),
+               "label_decoder_semantic": decoder}
+    plain = overlay_fn(INFO)(x, y, outputs)["overlay"]
+    shown = overlay_fn(INFO, label_maps=("label_decoder_semantic",))(x, y, outputs)["overlay"]
+    assert plain.shape == (2, 16, 60, 3) and shown.shape == (2, 16, 80, 3)
+    np.testing.assert_array_equal(shown[:, :, :60], plain)
+    colours = np.unique(shown[:, :, 60:].numpy().reshape(-1, 3), axis=0)
+    assert len(colours) == 1 and not np.array_equal(colours[0], plain[0, 0, 40].numpy())

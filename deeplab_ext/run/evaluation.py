@@ -24,6 +24,7 @@ from deeplab_ext.data import input_pipeline
 from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.registry import family_of
 from deeplab_ext.run.evidence import evidence_by_kind, keep_classes, make_refitter
+from deeplab_ext.run.label_structure import decoder_path
 from deeplab_ext.run.options import EvalOptions, EvidenceOptions
 from deeplab_ext.run.rundir import atomic_write, input_alignment, restore_network
 from tf_mtl.evidence import prune_probabilities
@@ -341,6 +342,16 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
         printer("    per-class IoU: " + ", ".join(
             f"{n} {'n/a' if v is None else f'{100 * v:.2f}'}"
             for n, v in row["per_class_iou"].items()))
+    if options.label_decoder_path_miou:
+        predict = decoder_path(meta["checkpoint_path"], network, family, info,
+                               meta.get("training_branches", {}), alignment, batches[0][0])
+        counts = [image_iou_counts(lab, pred, info.num_classes, info.ignore_label)
+                  for images, targets in batches
+                  for lab, pred in zip(targets["semantic"].numpy(),
+                                       tf.argmax(predict(images), -1).numpy(), strict=True)]
+        miou = float(miou_from_counts(np.sum(counts, axis=0)))
+        results["label_decoder_path"] = {"miou": miou}
+        printer(f"  decoder path (training-only, not served) mIoU {100 * miou:6.2f}%")
     if options.bootstrap_samples > 0:
         add_bootstrap(results, image_counts, options.bootstrap_samples)
     results["table"] = format_table(results)

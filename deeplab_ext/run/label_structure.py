@@ -25,14 +25,23 @@ import tensorflow as tf
 
 from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.label_autoencoder import build_label_autoencoder, one_hot_labels
+from deeplab_ext.models.registry import ModelFamily
 from deeplab_ext.run.label_autoencoder import load_label_autoencoder
-from deeplab_ext.run.tasks import Branch, BranchSpec, TaskContext, register_branch
+from deeplab_ext.run.tasks import (
+    Branch,
+    BranchSpec,
+    TaskContext,
+    branches_from_record,
+    register_branch,
+)
 from tf_mtl.branches import LossTerm, OutputLoss, TrainingHead
+from tf_mtl.graph import feature_model
+from tf_mtl.inference import InputAlignment
 from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore
 from tf_mtl.model import call_loss
 from tf_mtl.tasks import Task
 
-__all__ = ["LabelDecoderHead", "LabelEncoderTerm", "label_map_loss"]
+__all__ = ["LabelDecoderHead", "LabelEncoderTerm", "decoder_path", "label_map_loss"]
 
 DECODER_OUTPUT = "label_decoder_semantic"
 
@@ -119,11 +128,12 @@ def _label_decoder(ctx: TaskContext) -> Branch:
     head = LabelDecoderHead(ae.get_layer("label_decoder"), bottleneck, o.label_decoder_feature,
                             o.label_decoder_trainable, name="label_decoder_head")
     loss = label_map_loss(ctx.info, o.label_decoder_loss)
+    shown = {"heads": [head], "targets": ("semantic",), "label_maps": (DECODER_OUTPUT,)}
     if o.label_decoder_as_task:
-        return Branch(heads=[head], targets=("semantic",), tasks=[Task(
+        return Branch(**shown, tasks=[Task(
             "label_decoder", loss, output=DECODER_OUTPUT, target="semantic",
             weight=o.label_decoder_weight)])
-    return Branch(heads=[head], targets=("semantic",), loss_terms=[OutputLoss(
+    return Branch(**shown, loss_terms=[OutputLoss(
         DECODER_OUTPUT, "semantic", loss, o.label_decoder_weight, name="label_decoder_loss")])
 
 
@@ -141,7 +151,38 @@ def _label_encoder(ctx: TaskContext) -> Branch:
     return Branch(loss_terms=[term], targets=("semantic",))
 
 
+def decoder_path(checkpoint_path: str, network: keras.Model, family: ModelFamily,
+                 info: DatasetInfo, record: dict, alignment: InputAlignment,
+                 example: tf.Tensor) -> Callable[[tf.Tensor], tf.Tensor]:
+    """``images -> logits`` at the images' size of a trained run's decoder path (tapped
+    feature -> 1x1 conv -> decoder), the training-only branch rebuilt from what the run
+    recorded and read back from its checkpoint: the paper reports this path alone
+    segments "quite reasonably". ``example``: an input batch to build the head on."""
+    if "label_decoder" not in record:
+        raise ValueError("--label_decoder_path_miou: this run was not trained with "
+                         f"--label_decoder (its training branches: {sorted(record) or 'none'})")
+    branch = branches_from_record(network, family, info, record)
+    head = next(h for h in branch.heads if isinstance(h, LabelDecoderHead))
+    features = feature_model(network, head.features)
+    for h in branch.heads:  # variables exist before the checkpoint is read into them
+        h(features(alignment.pad(example), training=False), training=False)
+    tf.train.Checkpoint(heads=list(branch.heads)).read(checkpoint_path).expect_partial()
+
+    def logits(images: tf.Tensor) -> dict:
+        out = head(features(images, training=False), training=False)[DECODER_OUTPUT]
+        return {"logits": _resize(tf.cast(out, tf.float32), tf.shape(images)[1:3])}
+
+    aligned = tf.function(alignment.wrap(logits), reduce_retracing=True)
+    return lambda images: aligned(images)["logits"]
+
+
+_DECODER_OPTIONS = ("label_decoder", "label_decoder_weight", "label_decoder_loss",
+                    "label_decoder_feature", "label_decoder_trainable", "label_decoder_init",
+                    "label_decoder_as_task")
 register_branch(BranchSpec("label_decoder", _label_decoder,
-                           enabled=lambda o: bool(getattr(o, "label_decoder", None))))
+                           enabled=lambda o: bool(getattr(o, "label_decoder", None)),
+                           options=_DECODER_OPTIONS))
 register_branch(BranchSpec("label_encoder", _label_encoder,
-                           enabled=lambda o: bool(getattr(o, "label_encoder", None))))
+                           enabled=lambda o: bool(getattr(o, "label_encoder", None)),
+                           options=("label_encoder", "label_encoder_feature",
+                                    "label_decoder_weight")))

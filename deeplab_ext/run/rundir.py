@@ -88,7 +88,8 @@ def run_family(meta: dict) -> ModelFamily:
 
 def restore_network(checkpoint_dir: str | os.PathLike, checkpoint_path: str | None = None,
                     input_shape=(None, None, 3)) -> tuple[keras.Model, DatasetInfo, dict]:
-    """Rebuild the network a run trained and restore its weights: (network, info, meta).
+    """Rebuild the network a run trained and restore its weights: (network, info, meta);
+    ``meta["checkpoint_path"]`` names the checkpoint read.
 
     A checkpoint written for another model is refused with a clear error naming it.
     """
@@ -108,7 +109,7 @@ def restore_network(checkpoint_dir: str | os.PathLike, checkpoint_path: str | No
             f"Checkpoint {path} does not match model {config.name} (was it written for another "
             f"--model_variant or dataset?): {problem[:300]}"
         )
-    return network, info, meta
+    return network, info, {**meta, "checkpoint_path": path}
 
 
 def input_alignment(network: keras.Model, meta: dict) -> InputAlignment:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +34,8 @@ __all__ = [
     "BranchSpec",
     "TaskContext",
     "TaskSpec",
+    "branch_record",
+    "branches_from_record",
     "build_branches",
     "build_tasks",
     "register_branch",
@@ -100,26 +103,33 @@ def targets_of(names: Sequence[str]) -> tuple[str, ...]:
 @dataclasses.dataclass
 class Branch:
     """Training-only additions: heads, loss terms, the tasks reading the heads' outputs,
-    and the input-pipeline targets those need."""
+    the input-pipeline targets those need, and the head outputs that are per-pixel class
+    logits (``label_maps``: shown beside the prediction in TensorBoard)."""
 
     heads: list[TrainingHead] = dataclasses.field(default_factory=list)
     loss_terms: list[LossTerm] = dataclasses.field(default_factory=list)
     tasks: list[Task] = dataclasses.field(default_factory=list)
     targets: tuple[str, ...] = ()
+    label_maps: tuple[str, ...] = ()
 
     def __add__(self, other: Branch) -> Branch:
         return Branch(self.heads + other.heads, self.loss_terms + other.loss_terms,
-                      self.tasks + other.tasks, tuple(dict.fromkeys(self.targets + other.targets)))
+                      self.tasks + other.tasks, tuple(dict.fromkeys(self.targets + other.targets)),
+                      tuple(dict.fromkeys(self.label_maps + other.label_maps)))
 
 
 @dataclasses.dataclass(frozen=True)
 class BranchSpec:
     """A training-only branch by name; ``enabled(options)`` adds it without naming it in
-    ``--training_branches`` (a branch with flags of its own, e.g. ``--label_decoder``)."""
+    ``--training_branches`` (a branch with flags of its own, e.g. ``--label_decoder``).
+    ``options``: the option fields ``build`` reads; the run directory records them, so a
+    later tool can rebuild the branch and read its trained heads back
+    (:func:`branches_from_record`)."""
 
     name: str
     build: Callable[[TaskContext], Branch]
     enabled: Callable[[Any], bool] | None = None
+    options: tuple[str, ...] = ()
 
 
 _BRANCHES: dict[str, BranchSpec] = {}
@@ -132,17 +142,42 @@ def register_branch(spec: BranchSpec) -> BranchSpec:
     return spec
 
 
-def build_branches(ctx: TaskContext, names: Sequence[str]) -> Branch:
-    """The named branches and those the options enable, combined."""
+def _branch_names(options: Any, names: Sequence[str]) -> list[str]:
+    """The named branches and those the options enable, in build order."""
     for module in _BUILTIN_BRANCH_MODULES:
         importlib.import_module(module)
-    total = Branch()
-    enabled = [s.name for s in _BRANCHES.values() if s.enabled and s.enabled(ctx.options)]
-    for name in dict.fromkeys([*names, *enabled]):
+    enabled = [s.name for s in _BRANCHES.values() if s.enabled and s.enabled(options)]
+    names = list(dict.fromkeys([*names, *enabled]))
+    for name in names:
         if name not in _BRANCHES:
             raise ValueError(f"--training_branches: unknown branch {name!r}; registered: "
                              f"{sorted(_BRANCHES)} (a module given to --extra_modules may "
                              "register more)")
+    return names
+
+
+def build_branches(ctx: TaskContext, names: Sequence[str]) -> Branch:
+    """The named branches and those the options enable, combined."""
+    total = Branch()
+    for name in _branch_names(ctx.options, names):
+        total = total + _BRANCHES[name].build(ctx)
+    return total
+
+
+def branch_record(options: Any, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{branch: {option: value}}`` of the branches :func:`build_branches` builds, for the
+    run directory."""
+    return {name: {f: getattr(options, f) for f in _BRANCHES[name].options}
+            for name in _branch_names(options, names)}
+
+
+def branches_from_record(network: keras.Model, family: ModelFamily, info: DatasetInfo,
+                         record: dict[str, dict[str, Any]]) -> Branch:
+    """The branches a run recorded, rebuilt in the same order (so their heads line up with
+    the checkpoint's ``heads``), from the options recorded for each."""
+    total = Branch()
+    for name in _branch_names(types.SimpleNamespace(), list(record)):
+        ctx = TaskContext(network, family, info, types.SimpleNamespace(**record[name]))
         total = total + _BRANCHES[name].build(ctx)
     return total
 

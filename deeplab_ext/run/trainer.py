@@ -27,7 +27,14 @@ from deeplab_ext.models.registry import ModelFamily, build_network, get_variant,
 from deeplab_ext.run.importing import initial_weights
 from deeplab_ext.run.options import TrainOptions
 from deeplab_ext.run.rundir import save_run_config
-from deeplab_ext.run.tasks import Branch, TaskContext, build_branches, build_tasks, targets_of
+from deeplab_ext.run.tasks import (
+    Branch,
+    TaskContext,
+    branch_record,
+    build_branches,
+    build_tasks,
+    targets_of,
+)
 from deeplab_ext.run.tasks import task_names as network_task_names
 from tf_mtl import distribute, precision
 from tf_mtl.model import MultiTaskModel
@@ -54,8 +61,9 @@ def model_config_for(options: TrainOptions, info: DatasetInfo) -> tuple[ModelFam
 
 
 def overlay_fn(info: DatasetInfo, semantic_key: str = "semantic",
-               max_images: int = 3) -> Callable:
-    """Image summaries: input | ground truth | prediction, colourised."""
+               max_images: int = 3, label_maps: tuple[str, ...] = ()) -> Callable:
+    """Image summaries: input | ground truth | prediction (| each training-only head's label
+    map, e.g. the label-decoder path), colourised."""
     colors = tf.constant(cmap.create_label_colormap(info.colormap), tf.uint8)
 
     def colourise(labels: tf.Tensor) -> tf.Tensor:
@@ -64,9 +72,12 @@ def overlay_fn(info: DatasetInfo, semantic_key: str = "semantic",
 
     def fn(x, y, outputs):
         images = tf.cast(tf.clip_by_value(x[:max_images], 0, 255), tf.uint8)
-        pred = tf.argmax(outputs[semantic_key][:max_images], axis=-1)
-        gt = y["semantic"][:max_images]
-        return {"overlay": tf.concat([images, colourise(gt), colourise(pred)], axis=2)}
+        size = tf.shape(images)[1:3]
+        panels = [images, colourise(y["semantic"][:max_images])]
+        for key in (semantic_key, *label_maps):
+            logits = tf.image.resize(tf.cast(outputs[key][:max_images], tf.float32), size)
+            panels.append(colourise(tf.argmax(logits, axis=-1)))
+        return {"overlay": tf.concat(panels, axis=2)}
 
     return fn
 
@@ -256,7 +267,8 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print,
         writer = tf.summary.create_file_writer(str(logdir / "train"))
         model = build_multitask_model(
             network, family, info, options, branch=branch, summary_writer=writer,
-            image_summary_fn=(overlay_fn(info, family.semantic_output)
+            image_summary_fn=(overlay_fn(info, family.semantic_output,
+                                         label_maps=branch.label_maps)
                               if options.save_summaries_images else None),
             dwa_window_steps=window)
         model.optimizer.build(model.trainable_variables)
@@ -269,7 +281,9 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print,
             ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
             resumed_from = int(model.optimizer.iterations.numpy())
             printer(f"Resuming from {manager.latest_checkpoint} (step {resumed_from}).")
-    save_run_config(logdir, family, cfg, info, {"train_crop_size": list(crop)})
+    save_run_config(logdir, family, cfg, info, {
+        "train_crop_size": list(crop),
+        "training_branches": branch_record(options, options.training_branches)})
 
     total = options.training_number_of_steps
     if resumed_from >= total:
