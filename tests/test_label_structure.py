@@ -256,3 +256,20 @@ def test_tensorboard_shows_the_decoder_path_beside_the_prediction():
     np.testing.assert_array_equal(shown[:, :, :60], plain)
     colours = np.unique(shown[:, :, 60:].numpy().reshape(-1, 3), axis=0)
     assert len(colours) == 1 and not np.array_equal(colours[0], plain[0, 0, 40].numpy())
+
+
+def test_composes_with_uncertainty_weighting_mixed_precision_and_a_strategy(
+        autoencoder, data_dir, tmp_path):
+    """The decoder path as one more task of the uncertainty weighting, under
+    mixed_float16 and a MirroredStrategy (one CPU replica here; tests/
+    test_mtl_distributed.py covers two): it trains, logs its own sigma, stays finite."""
+    try:
+        _, result = _train(tmp_path, data_dir, autoencoder["run"], 2, label_decoder_as_task=True,
+                           loss_weighting="uncertainty", mixed_precision="mixed_float16",
+                           distribution_strategy="mirrored")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    logs = result.logs
+    assert {"label_decoder_loss", "semantic_loss", "tags_loss"} <= set(logs), sorted(logs)
+    assert any(k.startswith("label_decoder") and "sigma" in k for k in logs), sorted(logs)
+    assert all(np.isfinite(float(v)) for v in logs.values())
