@@ -274,6 +274,23 @@ def test_eval_pads_onto_the_training_grid(eval_run, resumed_run, data_dir, tmp_p
             assert "padded further to 49,49" in proc.stdout
 
 
+def test_eval_resizes_into_the_runs_training_range(data_dir):
+    """A run trained with --max_resize_value=32 is evaluated on 48px images shrunk to 32
+    (labels too, as the original's eval), unless the eval flag says otherwise."""
+    from deeplab_ext.data.datasets import get_dataset_info
+    from deeplab_ext.run.evaluation import load_split
+
+    info, lines = get_dataset_info("shapes_evidence"), []
+    for meta, given, side in (({}, None, 48), ({"max_resize_value": 32}, None, 32),
+                              ({"max_resize_value": 32}, 24, 24)):
+        batches, _ = load_split(None, info, meta, str(data_dir), "val", align=False,
+                                max_resize_value=given, printer=lines.append)
+        images, targets = batches[0]
+        assert images.shape[1:3] == (side, side) and targets["semantic"].shape[1:3] == (side,
+                                                                                       side)
+    assert sum("Resizing val into the range" in line for line in lines) == 2
+
+
 def test_error_breakdown_counts_by_hand():
     from deeplab_ext.run.evaluation import ErrorBreakdown
 

@@ -226,10 +226,20 @@ def comparison_figure(rows: list[dict], columns: Sequence[str], info: DatasetInf
 
 def load_split(network, info: DatasetInfo, meta: dict, dataset_dir: str, split: str, *,
                crop: tuple[int, int] | None = None, max_examples: int | None = None,
-               align: bool = True, printer: Callable[[str], None] = print
+               align: bool = True, min_resize_value: int | None = None,
+               max_resize_value: int | None = None, printer: Callable[[str], None] = print
                ) -> tuple[list, InputAlignment]:
     """The split's (images, targets) batches of one image each, checked against the
-    checkpoint's dataset, and the input alignment to predict them with."""
+    checkpoint's dataset, and the input alignment to predict them with. Images (and
+    labels, as the original's eval does) are resized into the run's training
+    ``min/max_resize_value`` range unless other values are given: a model trained on
+    frames shrunk to 241 pixels sees full-size frames at the wrong scale."""
+    min_resize_value = min_resize_value or meta.get("min_resize_value")
+    max_resize_value = max_resize_value or meta.get("max_resize_value")
+    if min_resize_value or max_resize_value:
+        printer(f"Resizing {split} into the range min_resize_value={min_resize_value}, "
+                f"max_resize_value={max_resize_value} (the run's training range unless "
+                "given), labels too")
     alignment = input_alignment(network, meta) if align else InputAlignment()
     if crop and not alignment.is_aligned(*crop):
         printer(f"warning: --eval_crop_size={crop[0]},{crop[1]} is off the grid the model was "
@@ -238,7 +248,9 @@ def load_split(network, info: DatasetInfo, meta: dict, dataset_dir: str, split: 
                 f"further to {','.join(map(str, alignment.aligned_size(*crop)))}: use that as "
                 "--eval_crop_size")
     dataset = input_pipeline.make_dataset(info, dataset_dir, split, crop_size=crop,
-                                          batch_size=1, is_training=False)
+                                          batch_size=1, is_training=False,
+                                          min_resize_value=min_resize_value,
+                                          max_resize_value=max_resize_value)
     if max_examples:
         dataset = dataset.take(max_examples)
     batches = list(dataset)
@@ -274,7 +286,8 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
     batches, alignment = load_split(
         network, info, meta, options.dataset_dir, options.eval_split,
         crop=options.eval_crop_size, max_examples=options.max_examples,
-        align=options.align_inputs, printer=printer)
+        align=options.align_inputs, min_resize_value=options.min_resize_value,
+        max_resize_value=options.max_resize_value, printer=printer)
     evidence = evidence_by_kind(options.checkpoint_dir, options.evidence, explicit,
                                 use_tuned=options.use_tuned_evidence, printer=printer)
     printer(f"Evaluating {meta['model']['name']} on {info.name}:{options.eval_split} "

@@ -265,6 +265,10 @@ class EvalOptions:
     checkpoint_path: str | None = opt(None, "A specific checkpoint (default: the latest).")
     bootstrap_samples: int = opt(1000, "Resamples of the images for the 95% interval of each "
                                  "row's difference to DL-MT and DL-MT-Pr (0 = off).")
+    min_resize_value: int | None = opt(None, "Resize the shorter side to at least this "
+                                       "(default: the run's training value).")
+    max_resize_value: int | None = opt(None, "Resize the longer side to at most this "
+                                       "(default: the run's training value).")
     label_decoder_path_miou: bool = opt(False, "Also report the mIoU of a --label_decoder run's "
                                         "training-only decoder path (feature -> 1x1 conv -> "
                                         "frozen label decoder), read back from the checkpoint.")

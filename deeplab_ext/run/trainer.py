@@ -282,7 +282,8 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print,
             resumed_from = int(model.optimizer.iterations.numpy())
             printer(f"Resuming from {manager.latest_checkpoint} (step {resumed_from}).")
     save_run_config(logdir, family, cfg, info, {
-        "train_crop_size": list(crop),
+        "train_crop_size": list(crop), "min_resize_value": options.min_resize_value,
+        "max_resize_value": options.max_resize_value,
         "training_branches": branch_record(options, options.training_branches)})
 
     total = options.training_number_of_steps
