@@ -19,22 +19,12 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from bench.common import REPO, append_run, finished_runs, run_tool
+
 MODES = ("none", "prune", "bp_l2", "bp_es")
-
-
-def _tool(module: str, args: list[str], env: dict, log: pathlib.Path) -> None:
-    with open(log, "a") as f:
-        f.write(f"$ python -m tools.{module} {' '.join(args)}\n")
-        f.flush()
-        proc = subprocess.run([sys.executable, "-m", f"tools.{module}", *args], cwd=REPO,
-                              env=env, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"tools.{module} failed (rc {proc.returncode}); see {log}")
 
 
 def _rows(results: dict) -> dict:
@@ -52,12 +42,12 @@ def run_one(name: str, workdir: pathlib.Path, holdout: pathlib.Path, train_steps
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "log.txt"
     t0 = time.time()
-    _tool("demo", [f"--workdir={run_dir}", f"--train_seed={seed}",
+    run_tool("demo", [f"--workdir={run_dir}", f"--train_seed={seed}",
                    f"--train_steps={train_steps}"], env, log)
     demo_s = time.time() - t0
     val = json.loads((run_dir / "eval" / "eval_results.json").read_text())
     tuned = json.loads((run_dir / "train" / "evidence_tuned.json").read_text())
-    _tool("eval", [f"--checkpoint_dir={run_dir / 'train'}", f"--dataset_dir={holdout}",
+    run_tool("eval", [f"--checkpoint_dir={run_dir / 'train'}", f"--dataset_dir={holdout}",
                    "--eval_split=holdout", "--eval_crop_size=65,65",
                    f"--evidence_modes={','.join(MODES)}",
                    f"--eval_logdir={run_dir / 'eval_holdout'}"], env, log)
@@ -84,8 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     workdir = pathlib.Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     out = pathlib.Path(args.out or workdir / "results.jsonl")
-    done = {json.loads(line)["run"] for line in out.read_text().splitlines()} \
-        if out.exists() else set()
+    done = finished_runs(out)
     holdout = workdir / "holdout"
     if not (holdout / "done").exists():
         sys.path.insert(0, str(REPO))
@@ -99,8 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: already in {out}", flush=True)
             continue
         result = run_one(name, workdir, holdout, args.train_steps)
-        with open(out, "a") as f:
-            f.write(json.dumps(result) + "\n")
+        append_run(out, result)
         print(json.dumps({k: result[k] for k in ("run", "tag_f1_val", "seconds")}), flush=True)
 
 
