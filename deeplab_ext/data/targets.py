@@ -20,6 +20,7 @@ entry per name. A task that needs a new target registers it in its own module::
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import zlib
 from collections.abc import Callable
 
@@ -72,6 +73,8 @@ class TargetSpec:
 
 
 _TARGETS: dict[str, TargetSpec] = {}
+# Targets of this package kept in modules of their own, registered on first lookup.
+_BUILTIN_TARGET_MODULES = ("deeplab_ext.data.self_supervised",)
 
 
 def register_target(name: str, stage: str) -> Callable:
@@ -86,11 +89,19 @@ def register_target(name: str, stage: str) -> Callable:
     return decorate
 
 
+def _load_builtin() -> None:
+    for module in _BUILTIN_TARGET_MODULES:
+        importlib.import_module(module)
+
+
 def target_names() -> list[str]:
+    _load_builtin()
     return sorted(_TARGETS)
 
 
 def get_target(name: str) -> TargetSpec:
+    if name not in _TARGETS:
+        _load_builtin()
     if name not in _TARGETS:
         raise ValueError(f"unknown target {name!r}; registered targets: {target_names()} "
                          "(deeplab_ext.data.targets.register_target adds one)")

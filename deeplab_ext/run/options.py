@@ -170,6 +170,11 @@ class TrainOptions:
                                     "--label_encoder_feature. A phase-1 --train_logdir.")
     label_encoder_feature: str = opt("decoder_output", "The tapped feature the encoder "
                                      "regression starts from.")
+    aux_tasks: tuple[str, ...] = opt((), "Self-supervised auxiliary tasks, training only: "
+                                     "edges (Canny edges of the crop).")
+    aux_feature: str = opt("decoder_output", "The tapped feature the --aux_tasks heads read.")
+    aux_task_weight: float = opt(1.0, "Each auxiliary task's weight (its prior under "
+                                 "uncertainty weighting).")
     tag_loss_weight: float = opt(1.0, "Weight of the tag loss (fixed weighting), or its prior "
                                  "multiplier under uncertainty weighting.")
     mixed_precision: str = opt("float32", "Precision policy (mixed_float16 on GPU).",

@@ -134,7 +134,7 @@ class BranchSpec:
 
 _BRANCHES: dict[str, BranchSpec] = {}
 # Branches of this package, registered on first use (their modules import this one).
-_BUILTIN_BRANCH_MODULES = ("deeplab_ext.run.label_structure",)
+_BUILTIN_BRANCH_MODULES = ("deeplab_ext.run.label_structure", "deeplab_ext.run.self_supervised")
 
 
 def register_branch(spec: BranchSpec) -> BranchSpec:
