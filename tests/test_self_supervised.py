@@ -65,3 +65,85 @@ def test_edges_branch_trains_is_recorded_and_is_not_exported(data_dir, tmp_path)
     with pytest.raises(ValueError, match="--aux_tasks: unknown"):
         train(TrainOptions(aux_tasks=("sharpness",), **{**opts, "train_logdir": str(
             tmp_path / "bad")}), printer=lambda s: None)
+
+
+def test_noisy_and_lab_targets(data_dir):
+    """lab is OpenCV's L*a*b* of the augmented crop; noisy is the crop plus seeded noise
+    of the stated std, the same for the same seed, other noise for another."""
+    from deeplab_ext.data.self_supervised import NOISE_STDDEV
+
+    def batch(seed):
+        ds = input_pipeline.make_dataset(INFO, str(data_dir), "train", crop_size=(33, 33),
+                                         batch_size=4, is_training=True, seed=seed,
+                                         targets=("semantic", "noisy", "lab"))
+        images, targets = next(iter(ds))
+        return images.numpy(), {k: v.numpy() for k, v in targets.items()}
+
+    images, targets = batch(5)
+    for image, lab in zip(images, targets["lab"], strict=True):
+        want = cv2.cvtColor(np.clip(image / 255.0, 0, 1).astype(np.float32), cv2.COLOR_RGB2LAB)
+        np.testing.assert_allclose(lab, want, atol=1e-4)
+    noise = targets["noisy"] - images
+    inside = (targets["noisy"] > 0) & (targets["noisy"] < 255)  # not clipped
+    assert abs(noise[inside].std() - NOISE_STDDEV) < 1.5 and abs(noise[inside].mean()) < 1.5
+    again_images, again = batch(5)
+    np.testing.assert_array_equal(again["noisy"], targets["noisy"])
+    other_images, other = batch(6)
+    assert not np.allclose(other["noisy"] - other_images, noise)
+
+
+def test_second_pass_leaves_batchnorm_statistics_and_passes_gradients():
+    """The trunk on another input: gradients reach the shared weights, BatchNorm's moving
+    statistics stay (a plain training-mode call would move them: the check can fail)."""
+    import tensorflow as tf
+
+    from tf_mtl.graph import SecondPass, feature_model
+    from tf_mtl.testing import build_toy_network
+
+    network = build_toy_network(5, 4, 8)
+    stats = lambda: [v.numpy().copy() for v in network.non_trainable_variables]  # noqa: E731
+    before = stats()
+    assert before, "the toy has BatchNorm"
+    x = tf.random.uniform([2, 33, 33, 3], 0, 255, seed=0)
+    with tf.GradientTape() as tape:
+        feature = SecondPass(network, ["encoder"])(x)["encoder"]
+        loss = tf.reduce_mean(tf.square(feature))
+    grads = tape.gradient(loss, network.trainable_variables)
+    trunk = [g for g, v in zip(grads, network.trainable_variables, strict=True)
+             if v.path.startswith("backbone_")]
+    assert trunk and all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in trunk)
+    for a, b in zip(before, stats(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    feature_model(network, ["encoder"])(x, training=True)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, stats(), strict=True))
+
+
+def test_denoise_and_colorize_train_without_moving_the_main_pass_statistics(data_dir, tmp_path):
+    """One step with the two second-pass tasks and one without: the same BatchNorm moving
+    statistics afterwards (only the main pass moves them), other weights; both losses
+    logged."""
+    from deeplab_ext.run.options import TrainOptions
+    from deeplab_ext.run.rundir import restore_network
+    from deeplab_ext.run.trainer import train
+
+    def run(name, **kw):
+        opts = TrainOptions(train_logdir=str(tmp_path / name), dataset_dir=str(data_dir),
+                            model_variant="toy_segmenter_mt", train_crop_size=(33, 33),
+                            train_batch_size=2, training_number_of_steps=1,
+                            save_interval_steps=1, save_summaries_images=False,
+                            optimizer="adam", base_learning_rate=0.01, seed=0,
+                            aux_feature="encoder", **kw)
+        result = train(opts, printer=lambda s: None)
+        network, _, _ = restore_network(tmp_path / name)
+        return result, network
+
+    aux, with_aux = run("aux", aux_tasks=("denoise", "colorize"))
+    _, plain = run("plain")
+    for key in ("denoise_loss", "colorize_loss"):
+        assert key in aux.logs and np.isfinite(float(aux.logs[key])), sorted(aux.logs)
+    for a, b in zip(with_aux.non_trainable_variables, plain.non_trainable_variables,
+                    strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    trunk = [(a, b) for a, b in zip(with_aux.trainable_variables, plain.trainable_variables,
+                                    strict=True) if a.path.startswith("backbone_")]
+    assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in trunk)

@@ -22,6 +22,7 @@ import tensorflow as tf
 __all__ = [
     "FeatureTaps",
     "NetworkSplit",
+    "SecondPass",
     "feature_model",
     "output_tensor",
     "split_at",
@@ -203,3 +204,26 @@ class FeatureTaps:
             return self.network.call_with_features(x, self.names, training=training)
         out = self._model(x, training=training)
         return dict(out["outputs"]), dict(out["features"])
+
+
+class SecondPass:
+    """``features(x) -> {name: tensor}``: the network's named features on *another* input
+    (a noisy or grey copy of the batch), in training mode but leaving BatchNorm's moving
+    statistics where the main pass put them.
+
+    Why: an auxiliary task whose input is not the batch's images (denoising,
+    colourisation) needs a second pass through the shared trunk. Run as a plain call it
+    would move BatchNorm's statistics towards corrupted images, which inference never
+    sees; through ``stateless_call`` it normalises with its own batch statistics, its
+    gradients reach the shared weights, and the state updates are dropped.
+    """
+
+    def __init__(self, network: keras.Model, names: Iterable[str]) -> None:
+        self.model = feature_model(network, names)
+
+    def __call__(self, x: Any) -> dict[str, tf.Tensor]:
+        m = self.model
+        trainable = [v.value for v in m.trainable_variables]
+        non_trainable = [v.value for v in m.non_trainable_variables]
+        out, _ = m.stateless_call(trainable, non_trainable, x, training=True)
+        return dict(out)

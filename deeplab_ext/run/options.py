@@ -171,7 +171,8 @@ class TrainOptions:
     label_encoder_feature: str = opt("decoder_output", "The tapped feature the encoder "
                                      "regression starts from.")
     aux_tasks: tuple[str, ...] = opt((), "Self-supervised auxiliary tasks, training only: "
-                                     "edges (Canny edges of the crop).")
+                                     "edges (Canny edges of the crop), denoise, colorize "
+                                     "(a second trunk pass on a noisy / grey input).")
     aux_feature: str = opt("decoder_output", "The tapped feature the --aux_tasks heads read.")
     aux_task_weight: float = opt(1.0, "Each auxiliary task's weight (its prior under "
                                  "uncertainty weighting).")
