@@ -38,7 +38,7 @@ def test_ignore_pixels_contribute_nothing(kind):
     """Changing the predictions at ignore pixels changes neither the loss nor any
     gradient; the one-hot input of an ignore pixel is all zeros."""
     from deeplab_ext.models.label_autoencoder import one_hot_labels
-    from deeplab_ext.run.label_structure import label_map_loss
+    from deeplab_ext.run.tasks import label_map_loss
     from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore
     from tf_mtl.model import call_loss
 

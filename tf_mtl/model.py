@@ -322,7 +322,17 @@ class MultiTaskModel(keras.Model):
         terms = [t for t in self.loss_terms if isinstance(t, LossTerm) and t.weights]
         if terms:
             items["loss_terms"] = terms
-        return tf.train.Checkpoint(**items, **extra)
+        ckpt = tf.train.Checkpoint(**items, **extra)
+        # A Keras 3 layer kept inside a list or dict attribute of a head is trained but not
+        # reachable by tf.train.Checkpoint: a resume would silently start it afresh.
+        reachable = {id(t) for t in tf.train.TrackableView(ckpt).descendants()}
+        lost = [w.path for branch in [*self.heads, *terms] for w in branch.weights
+                if id(w) not in reachable]
+        if lost:
+            raise ValueError(f"{len(lost)} variable(s) of training-only heads / loss terms "
+                             f"would not be checkpointed: {lost[:5]}. Keep sub-layers as "
+                             "attributes of the layer, not inside a list or dict attribute.")
+        return ckpt
 
     def get_config(self) -> dict:
         """Config of the wrapper; the network itself is what gets exported."""

@@ -32,41 +32,21 @@ from deeplab_ext.run.tasks import (
     BranchSpec,
     TaskContext,
     branches_from_record,
+    label_map_loss,
     register_branch,
 )
 from tf_mtl.branches import LossTerm, OutputLoss, TrainingHead
 from tf_mtl.graph import feature_model
 from tf_mtl.inference import InputAlignment
-from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore
-from tf_mtl.model import call_loss
 from tf_mtl.tasks import Task
 
-__all__ = ["LabelDecoderHead", "LabelEncoderTerm", "decoder_path", "label_map_loss"]
+__all__ = ["LabelDecoderHead", "LabelEncoderTerm", "decoder_path"]
 
 DECODER_OUTPUT = "label_decoder_semantic"
 
 
 def _resize(x: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
     return tf.image.resize(x, size, method="bilinear")
-
-
-def label_map_loss(info: DatasetInfo, kind: str = "ce") -> Callable[[Any, tf.Tensor], tf.Tensor]:
-    """``(labels [B, H, W], logits [B, h, w, C]) -> scalar``: logits upsampled to the labels,
-    then softmax cross-entropy (``ce``) or the squared error of the probabilities against
-    the one-hot labels (``mse``); ignore pixels take no part in either."""
-    ce = SoftmaxCrossEntropyWithIgnore(info.num_classes, info.ignore_label)
-
-    def loss(labels: Any, logits: tf.Tensor) -> tf.Tensor:
-        labels = tf.cast(labels, tf.int32)
-        logits = _resize(logits, tf.shape(labels)[1:3])
-        if kind == "ce":
-            return call_loss(ce, labels, logits)
-        valid = tf.cast(tf.not_equal(labels, info.ignore_label), tf.float32)
-        err = tf.reduce_sum(tf.square(tf.nn.softmax(logits) - one_hot_labels(
-            labels, info.num_classes)), -1)
-        return tf.math.divide_no_nan(tf.reduce_sum(err * valid), tf.reduce_sum(valid))
-
-    return loss
 
 
 class LabelDecoderHead(TrainingHead):

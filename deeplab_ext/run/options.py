@@ -15,6 +15,7 @@ from typing import Any
 
 from deeplab_ext.data.colormap import ADE20K, CAMVID, CITYSCAPES, PASCAL
 from deeplab_ext.models.registry import variant_field
+from tf_mtl.aux_modules import ADAPTORS, AGGREGATORS
 
 __all__ = [
     "DemoOptions",
@@ -176,6 +177,18 @@ class TrainOptions:
     aux_feature: str = opt("decoder_output", "The tapped feature the --aux_tasks heads read.")
     aux_task_weight: float = opt(1.0, "Each auxiliary task's weight (its prior under "
                                  "uncertainty weighting).")
+    aux_modules: tuple[str, ...] = opt((), "Auxiliary modules (Liu et al. 2019), training "
+                                       "only, for these tasks: semantic, edges.")
+    aux_module_taps: tuple[str, ...] = opt(("low_level", "stride8", "stride16"),
+                                           "Features the modules (and deep supervision) "
+                                           "read, shallowest first.")
+    aux_module_channels: int = opt(32, "Channels of each module's adaptors and state.")
+    aux_module_adaptor: str = opt("basic", "Adaptor per tap.", choices=ADAPTORS)
+    aux_module_aggregator: str = opt("sum", "How a tap joins the state.", choices=AGGREGATORS)
+    aux_module_weight: float = opt(1.0, "Weight of each module's loss.")
+    deep_supervision: tuple[str, ...] = opt((), "Deep supervision for these tasks (semantic, "
+                                            "edges): the task's loss at every tap.")
+    deep_supervision_weight: float = opt(0.1, "Scale of each deep-supervision loss.")
     tag_loss_weight: float = opt(1.0, "Weight of the tag loss (fixed weighting), or its prior "
                                  "multiplier under uncertainty weighting.")
     mixed_precision: str = opt("float32", "Precision policy (mixed_float16 on GPU).",

@@ -21,12 +21,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from deeplab_ext.data.datasets import DatasetInfo
+from deeplab_ext.models.label_autoencoder import one_hot_labels
 from deeplab_ext.models.registry import ModelFamily
 from tf_mtl.branches import LossTerm, TrainingHead
 from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore, TagBCE
 from tf_mtl.metrics import StreamingMeanIoU, TagPrecisionRecallF1
+from tf_mtl.model import call_loss
 from tf_mtl.tasks import Task
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "branch_record",
     "branches_from_record",
     "build_branches",
+    "label_map_loss",
     "build_tasks",
     "register_branch",
     "register_task",
@@ -134,7 +138,8 @@ class BranchSpec:
 
 _BRANCHES: dict[str, BranchSpec] = {}
 # Branches of this package, registered on first use (their modules import this one).
-_BUILTIN_BRANCH_MODULES = ("deeplab_ext.run.label_structure", "deeplab_ext.run.self_supervised")
+_BUILTIN_BRANCH_MODULES = ("deeplab_ext.run.label_structure", "deeplab_ext.run.self_supervised",
+                           "deeplab_ext.run.aux_modules")
 
 
 def register_branch(spec: BranchSpec) -> BranchSpec:
@@ -180,6 +185,25 @@ def branches_from_record(network: keras.Model, family: ModelFamily, info: Datase
         ctx = TaskContext(network, family, info, types.SimpleNamespace(**record[name]))
         total = total + _BRANCHES[name].build(ctx)
     return total
+
+
+def label_map_loss(info: DatasetInfo, kind: str = "ce") -> Callable[[Any, tf.Tensor], tf.Tensor]:
+    """``(labels [B, H, W], logits [B, h, w, C]) -> scalar``: logits upsampled to the labels,
+    then softmax cross-entropy (``ce``) or the squared error of the probabilities against
+    the one-hot labels (``mse``); ignore pixels take no part in either."""
+    ce = SoftmaxCrossEntropyWithIgnore(info.num_classes, info.ignore_label)
+
+    def loss(labels: Any, logits: tf.Tensor) -> tf.Tensor:
+        labels = tf.cast(labels, tf.int32)
+        logits = tf.image.resize(logits, tf.shape(labels)[1:3], method="bilinear")
+        if kind == "ce":
+            return call_loss(ce, labels, logits)
+        valid = tf.cast(tf.not_equal(labels, info.ignore_label), tf.float32)
+        err = tf.reduce_sum(tf.square(tf.nn.softmax(logits) - one_hot_labels(
+            labels, info.num_classes)), -1)
+        return tf.math.divide_no_nan(tf.reduce_sum(err * valid), tf.reduce_sum(valid))
+
+    return loss
 
 
 def _semantic(ctx: TaskContext) -> Task:
