@@ -173,3 +173,19 @@ def test_a_head_whose_layers_a_checkpoint_cannot_reach_is_refused():
     model.compile(optimizer="adam")
     with pytest.raises(ValueError, match="would not be checkpointed.*list_head/hidden"):
         model.make_checkpoint()
+
+
+def test_the_step_logs_the_gradient_norm_reaching_the_network(data_dir):
+    """network_grad_norm (TensorBoard: how hard the losses pull on the shared layers, with
+    and without modules) is the global norm of the gradient a tape gives by hand."""
+    network, _, plain, full, x, y = _setup(data_dir, aux_modules=("semantic",))
+    norms = {}
+    for name, model in (("plain", plain), ("modules", full)):
+        with tf.GradientTape() as tape:
+            total = _total(model, x, y)
+        grads = [g for g in tape.gradient(total, network.trainable_variables) if g is not None]
+        want = float(tf.linalg.global_norm(grads))
+        logs = model.train_step((x, y))
+        norms[name] = float(logs["network_grad_norm"])
+        assert norms[name] == pytest.approx(want, rel=1e-4), name
+    assert norms["modules"] != pytest.approx(norms["plain"], rel=1e-3)

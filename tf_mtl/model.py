@@ -277,6 +277,13 @@ class MultiTaskModel(keras.Model):
         pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
         if not pairs:
             raise ValueError("No gradients: no trainable variable depends on the loss.")
+        # How hard the losses pull on the network (what training-only modules add to it).
+        network = {id(v) for v in self.network.trainable_variables}
+        norm = tf.linalg.global_norm([tf.cast(g, tf.float32) for g, v in pairs
+                                      if id(v) in network])
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            norm = norm / tf.cast(self.optimizer.scale_loss(1.0), tf.float32)
+        logs["network_grad_norm"] = norm * replicas if replicas > 1 else norm
         self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
         results = self._update_and_log(y, outputs, total, losses, logs, self._batch_size(x))
         if self.summaries is not None:
