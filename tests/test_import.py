@@ -13,6 +13,7 @@ import json
 import pathlib
 
 import cv2
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -198,6 +199,37 @@ def _resnet_names(depth: int, units: tuple[int, ...]) -> list[str]:
     return names
 
 
+# The reference's facts for a stem computed by hand (REFERENCE.md; the original's
+# xception.py / resnet_v1_beta.py): inputs scaled to [-1, 1] (xception) or the mean RGB
+# subtracted (resnet), conv2d_same (3x3 stride 2: one pixel of zeros each side, VALID),
+# then 3x3 stride 1 SAME, each BatchNorm (eps 1e-3 / 1e-5) + ReLU.
+STEMS = {
+    "deeplabv3plus_xception65": (("xception_65/entry_flow/conv1_1",
+                                  "xception_65/entry_flow/conv1_2"),
+                                 lambda x: x / 127.5 - 1.0, 1e-3),
+    "deeplabv3plus_resnet50": (("resnet_v1_50/conv1_1", "resnet_v1_50/conv1_2"),
+                               lambda x: x - np.array([123.15, 115.90, 103.06], np.float32),
+                               1e-5),
+}
+
+
+def _stem_by_hand(image: np.ndarray, arrays: dict, variant: str) -> np.ndarray:
+    scopes, preprocess, eps = STEMS[variant]
+    x = tf.constant(preprocess(image), tf.float32)
+    for i, scope in enumerate(scopes):
+        w = arrays[f"{scope}/weights"]
+        if i == 0:
+            x = tf.nn.conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), w, 2, "VALID")
+        else:
+            x = tf.nn.conv2d(x, w, 1, "SAME")
+        bn = {k: arrays[f"{scope}/BatchNorm/{k}"]
+              for k in ("gamma", "beta", "moving_mean", "moving_variance")}
+        x = bn["gamma"] * (x - bn["moving_mean"]) / np.sqrt(bn["moving_variance"] + eps) \
+            + bn["beta"]
+        x = tf.nn.relu(x)
+    return x.numpy()
+
+
 @pytest.mark.parametrize("variant,names", [
     ("deeplabv3plus_xception65", _xception_65_names() + _heads(3)),
     ("deeplabv3plus_resnet50", _resnet_names(50, (3, 4, 6, 3)) + _heads(3)),
@@ -228,6 +260,14 @@ def test_tf1_checkpoint_with_the_original_names_imports_into_each_backbone(
         np.testing.assert_array_equal(v.numpy(), by_name[expected[v.path]])
     out = network(np.full((1, 33, 33, 3), 128.0, np.float32), training=False)["semantic"]
     assert np.isfinite(out.numpy()).all()
+    # A forward pass computed from the same arrays: the stem, by hand (STEMS).
+    image = rng.uniform(0, 255, (1, 33, 33, 3)).astype(np.float32)
+    layer = {v: k for k, v in expected.items()}[f"{STEMS[variant][0][-1]}/weights"]
+    stem = keras.Model(network.inputs, network.get_layer(layer.split("/")[0]).output)
+    want = _stem_by_hand(image, by_name, variant)
+    got = stem(image, training=False).numpy()
+    assert got.shape == want.shape == (1, 17, 17, want.shape[-1])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_import_tool_writes_a_run_directory_every_tool_accepts(tmp_path, shared_data):
