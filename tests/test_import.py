@@ -199,35 +199,69 @@ def _resnet_names(depth: int, units: tuple[int, ...]) -> list[str]:
     return names
 
 
-# The reference's facts for a stem computed by hand (REFERENCE.md; the original's
-# xception.py / resnet_v1_beta.py): inputs scaled to [-1, 1] (xception) or the mean RGB
-# subtracted (resnet), conv2d_same (3x3 stride 2: one pixel of zeros each side, VALID),
-# then 3x3 stride 1 SAME, each BatchNorm (eps 1e-3 / 1e-5) + ReLU.
-STEMS = {
-    "deeplabv3plus_xception65": (("xception_65/entry_flow/conv1_1",
-                                  "xception_65/entry_flow/conv1_2"),
-                                 lambda x: x / 127.5 - 1.0, 1e-3),
-    "deeplabv3plus_resnet50": (("resnet_v1_50/conv1_1", "resnet_v1_50/conv1_2"),
-                               lambda x: x - np.array([123.15, 115.90, 103.06], np.float32),
-                               1e-5),
-}
+# The first blocks computed by hand with the reference's facts (REFERENCE.md; the
+# original's xception.py, resnet_v1_beta.py, resnet_utils.py): inputs scaled to [-1, 1]
+# (xception) or the mean RGB subtracted (resnet); conv2d_same (stride 2: explicit zero
+# padding, VALID; stride 1: SAME); BatchNorm with the backbone's eps (1e-3 / 1e-5).
+# Xception's entry block 1: three (ReLU, depthwise + BN, pointwise + BN) with stride 2 on
+# the third, plus a 1x1 stride-2 conv + BN shortcut, summed. ResNet-beta: three 3x3
+# stem convs, a 3x3 stride-2 SAME max pool, then bottleneck unit 1 (stride 1: 1x1, 3x3,
+# 1x1 with BN, ReLU after the first two, a 1x1 + BN shortcut, ReLU of the sum).
+class _ByHand:
+    def __init__(self, arrays: dict, top: str, eps: float):
+        self.a, self.top, self.eps = arrays, top, eps
+
+    def bn(self, x, scope):
+        g, b, m, v = (self.a[f"{self.top}/{scope}/BatchNorm/{k}"]
+                      for k in ("gamma", "beta", "moving_mean", "moving_variance"))
+        return g * (x - m) / np.sqrt(v + self.eps) + b
+
+    @staticmethod
+    def _same(x, stride, size=3):
+        if stride == 1:
+            return x, "SAME"
+        lo = (size - 1) // 2
+        return tf.pad(x, [[0, 0], [lo, size - 1 - lo], [lo, size - 1 - lo], [0, 0]]), "VALID"
+
+    def conv(self, x, scope, stride=1, relu=True):
+        w = self.a[f"{self.top}/{scope}/weights"]
+        x, pad = self._same(x, stride, w.shape[0])
+        x = self.bn(tf.nn.conv2d(x, w, stride, pad), scope)
+        return tf.nn.relu(x) if relu else x
+
+    def separable(self, x, scope, stride=1):
+        w = self.a[f"{self.top}/{scope}_depthwise/depthwise_weights"]
+        x, pad = self._same(tf.nn.relu(x), stride)
+        x = self.bn(tf.nn.depthwise_conv2d(x, w, [1, stride, stride, 1], pad),
+                    f"{scope}_depthwise")
+        return self.conv(x, f"{scope}_pointwise", relu=False)
 
 
-def _stem_by_hand(image: np.ndarray, arrays: dict, variant: str) -> np.ndarray:
-    scopes, preprocess, eps = STEMS[variant]
-    x = tf.constant(preprocess(image), tf.float32)
-    for i, scope in enumerate(scopes):
-        w = arrays[f"{scope}/weights"]
-        if i == 0:
-            x = tf.nn.conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), w, 2, "VALID")
-        else:
-            x = tf.nn.conv2d(x, w, 1, "SAME")
-        bn = {k: arrays[f"{scope}/BatchNorm/{k}"]
-              for k in ("gamma", "beta", "moving_mean", "moving_variance")}
-        x = bn["gamma"] * (x - bn["moving_mean"]) / np.sqrt(bn["moving_variance"] + eps) \
-            + bn["beta"]
-        x = tf.nn.relu(x)
-    return x.numpy()
+def _xception_by_hand(image, arrays):
+    h = _ByHand(arrays, "xception_65", 1e-3)
+    x = tf.constant(image / 127.5 - 1.0, tf.float32)
+    x = h.conv(h.conv(x, "entry_flow/conv1_1", 2), "entry_flow/conv1_2")
+    unit = "entry_flow/block1/unit_1/xception_module"
+    r = h.separable(x, f"{unit}/separable_conv1")
+    r = h.separable(r, f"{unit}/separable_conv2")
+    r = h.separable(r, f"{unit}/separable_conv3", stride=2)
+    return (r + h.conv(x, f"{unit}/shortcut", 2, relu=False)).numpy()
+
+
+def _resnet_by_hand(image, arrays):
+    h = _ByHand(arrays, "resnet_v1_50", 1e-5)
+    x = tf.constant(image - np.array([123.15, 115.90, 103.06], np.float32), tf.float32)
+    x = h.conv(h.conv(h.conv(x, "conv1_1", 2), "conv1_2"), "conv1_3")
+    x = tf.nn.max_pool2d(x, 3, 2, "SAME")
+    unit = "block1/unit_1/bottleneck_v1"
+    r = h.conv(h.conv(h.conv(x, f"{unit}/conv1"), f"{unit}/conv2"), f"{unit}/conv3",
+               relu=False)
+    return tf.nn.relu(r + h.conv(x, f"{unit}/shortcut", relu=False)).numpy()
+
+
+BY_HAND = {"deeplabv3plus_xception65": ("backbone_entry_flow_block1_unit1_add",
+                                        _xception_by_hand),
+           "deeplabv3plus_resnet50": ("backbone_block1_unit1_relu", _resnet_by_hand)}
 
 
 @pytest.mark.parametrize("variant,names", [
@@ -260,13 +294,13 @@ def test_tf1_checkpoint_with_the_original_names_imports_into_each_backbone(
         np.testing.assert_array_equal(v.numpy(), by_name[expected[v.path]])
     out = network(np.full((1, 33, 33, 3), 128.0, np.float32), training=False)["semantic"]
     assert np.isfinite(out.numpy()).all()
-    # A forward pass computed from the same arrays: the stem, by hand (STEMS).
+    # A forward pass computed from the same arrays: the first blocks, by hand (BY_HAND).
     image = rng.uniform(0, 255, (1, 33, 33, 3)).astype(np.float32)
-    layer = {v: k for k, v in expected.items()}[f"{STEMS[variant][0][-1]}/weights"]
-    stem = keras.Model(network.inputs, network.get_layer(layer.split("/")[0]).output)
-    want = _stem_by_hand(image, by_name, variant)
-    got = stem(image, training=False).numpy()
-    assert got.shape == want.shape == (1, 17, 17, want.shape[-1])
+    layer, by_hand = BY_HAND[variant]
+    first = keras.Model(network.inputs, network.get_layer(layer).output)
+    want = by_hand(image, by_name)
+    got = first(image, training=False).numpy()
+    assert got.shape == want.shape == (1, 9, 9, want.shape[-1])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
