@@ -141,9 +141,12 @@ def test_denoise_and_colorize_train_without_moving_the_main_pass_statistics(data
     _, plain = run("plain")
     for key in ("denoise_loss", "colorize_loss"):
         assert key in aux.logs and np.isfinite(float(aux.logs[key])), sorted(aux.logs)
+    # Two step graphs (with / without the terms): equal within float32 rounding, 1e-6
+    # relative; a moved statistic would differ by the momentum's share of a batch of
+    # noisy images, orders of magnitude more.
     for a, b in zip(with_aux.non_trainable_variables, plain.non_trainable_variables,
                     strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
     trunk = [(a, b) for a, b in zip(with_aux.trainable_variables, plain.trainable_variables,
                                     strict=True) if a.path.startswith("backbone_")]
     assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in trunk)
