@@ -199,3 +199,24 @@ class TagBCE(keras.losses.Loss):
 
     def get_config(self) -> dict:
         return {"name": self.name}
+
+
+def image_class_ce(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Softmax cross-entropy of one class per image; images labelled < 0 (no object) take
+    no part; mean over the rest (0 when none)."""
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    logits = tf.cast(logits, tf.float32)
+    valid = labels >= 0
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(labels, 0),
+                                                        logits=logits)
+    w = tf.cast(valid, tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(ce * w), tf.reduce_sum(w))
+
+
+def box_mse(targets: tf.Tensor, boxes: tf.Tensor) -> tf.Tensor:
+    """Squared error of normalised boxes ``[B, 4]`` against targets ``[B, 5]`` =
+    ``[present, ymin, xmin, ymax, xmax]``; mean over coordinates of present boxes."""
+    targets = tf.cast(targets, tf.float32)
+    w = targets[:, 0]
+    err = tf.reduce_mean(tf.square(tf.cast(boxes, tf.float32) - targets[:, 1:]), axis=-1)
+    return tf.math.divide_no_nan(tf.reduce_sum(err * w), tf.reduce_sum(w))

@@ -324,3 +324,61 @@ def paired_bootstrap_miou(
                        "p_greater": float(np.mean(d > 0)), "level": level,
                        "num_samples": num_samples}
     return out
+
+
+@keras.saving.register_keras_serializable(package="tf_mtl")
+class ImageClassAccuracy(keras.metrics.Metric):
+    """Top-1 accuracy of one class per image; labels < 0 (no object) are skipped."""
+
+    def __init__(self, name: str = "accuracy", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.counts = self.add_variable(shape=(2,), initializer="zeros", dtype="float64",
+                                        name="correct_total")
+
+    def update_state(self, y_true: tf.Tensor, y_pred: tf.Tensor,
+                     sample_weight: tf.Tensor | None = None) -> None:
+        labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+        valid = tf.cast(labels >= 0, tf.float64)
+        hit = tf.cast(tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32), labels), tf.float64)
+        self.counts.assign_add(tf.stack([tf.reduce_sum(hit * valid), tf.reduce_sum(valid)]))
+
+    def result(self) -> tf.Tensor:
+        c = tf.convert_to_tensor(self.counts)
+        return tf.cast(tf.math.divide_no_nan(c[0], c[1]), tf.float32)
+
+    def get_config(self) -> dict:
+        return {"name": self.name}
+
+
+def box_iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """IoU of ``[..., 4]`` boxes ``[ymin, xmin, ymax, xmax]`` (0 where both are empty)."""
+    a, b = tf.cast(a, tf.float64), tf.cast(b, tf.float64)
+    area = lambda x: tf.maximum(x[..., 2] - x[..., 0], 0) * tf.maximum(x[..., 3] - x[..., 1], 0)  # noqa: E731
+    lo, hi = tf.maximum(a[..., :2], b[..., :2]), tf.minimum(a[..., 2:], b[..., 2:])
+    inter = tf.reduce_prod(tf.maximum(hi - lo, 0), axis=-1)
+    return tf.math.divide_no_nan(inter, area(a) + area(b) - inter)
+
+
+@keras.saving.register_keras_serializable(package="tf_mtl")
+class MeanBoxIoU(keras.metrics.Metric):
+    """Mean IoU between predicted boxes ``[B, 4]`` and targets ``[B, 5]`` (``[present,
+    ymin, xmin, ymax, xmax]``) over images with a box."""
+
+    def __init__(self, name: str = "box_iou", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.counts = self.add_variable(shape=(2,), initializer="zeros", dtype="float64",
+                                        name="iou_sum_count")
+
+    def update_state(self, y_true: tf.Tensor, y_pred: tf.Tensor,
+                     sample_weight: tf.Tensor | None = None) -> None:
+        y_true = tf.cast(y_true, tf.float64)
+        present = y_true[:, 0]
+        iou = box_iou(y_true[:, 1:], y_pred)
+        self.counts.assign_add(tf.stack([tf.reduce_sum(iou * present), tf.reduce_sum(present)]))
+
+    def result(self) -> tf.Tensor:
+        c = tf.convert_to_tensor(self.counts)
+        return tf.cast(tf.math.divide_no_nan(c[0], c[1]), tf.float32)
+
+    def get_config(self) -> dict:
+        return {"name": self.name}

@@ -24,6 +24,9 @@ class DatasetInfo:
     splits_to_sizes: Mapping[str, int]
     background_class: int | None = 0
     colormap: str = cmap.PASCAL
+    # Classes whose connected regions count as objects for the image-level class and box
+    # targets (the largest object's class and box); None = every tagged class.
+    object_classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.num_classes:
@@ -36,6 +39,12 @@ class DatasetInfo:
         if self.background_class is not None and not 0 <= self.background_class < self.num_classes:
             raise ValueError(f"dataset {self.name!r}: background_class out of range")
         object.__setattr__(self, "class_names", tuple(self.class_names))
+        if self.object_classes is not None:
+            unknown = sorted(set(self.object_classes) - set(self.class_names))
+            if unknown:
+                raise ValueError(f"dataset {self.name!r}: object_classes {unknown} are not "
+                                 f"among its class_names {list(self.class_names)}")
+            object.__setattr__(self, "object_classes", tuple(self.object_classes))
         object.__setattr__(self, "splits_to_sizes", dict(self.splits_to_sizes))
 
     @property
@@ -43,6 +52,13 @@ class DatasetInfo:
         """Class ids that get an image-level tag: all but background and the ignore label."""
         skip = {self.background_class, self.ignore_label}
         return tuple(c for c in range(self.num_classes) if c not in skip)
+
+    @property
+    def object_class_ids(self) -> tuple[int, ...]:
+        """Class ids of the objects the class / box targets pick the largest of."""
+        if self.object_classes is None:
+            return self.tag_class_ids
+        return tuple(self.class_names.index(c) for c in self.object_classes)
 
     @property
     def num_tags(self) -> int:
@@ -118,6 +134,7 @@ def register_custom_dataset(
     background_class: int | None = 0,
     splits_to_sizes: Mapping[str, int] | None = None,
     colormap: str = cmap.PASCAL,
+    object_classes: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> DatasetInfo:
     """Register a user's own dataset at run time (the original needed a code edit for this)."""
@@ -129,6 +146,7 @@ def register_custom_dataset(
         splits_to_sizes=dict(splits_to_sizes or {}),
         background_class=background_class,
         colormap=colormap,
+        object_classes=None if object_classes is None else tuple(object_classes),
     )
     return register_dataset(info, overwrite=overwrite)
 
@@ -164,6 +182,8 @@ register_dataset(DatasetInfo(
     name="camvid", num_classes=11, ignore_label=11, class_names=CAMVID_CLASSES,
     splits_to_sizes={"train": 367, "val": 101},
     background_class=None, colormap=cmap.CAMVID,
+    # Road scenes: the movable things are the objects (mostly the largest car).
+    object_classes=("Car", "Pedestrian", "Bicyclist"),
 ))  # fmt: skip
 register_dataset(DatasetInfo(
     name="coco128_voc", num_classes=21, ignore_label=255, class_names=VOC_CLASSES,
@@ -182,7 +202,8 @@ def info_to_dict(info: DatasetInfo) -> dict:
     return {"name": info.name, "num_classes": info.num_classes,
             "ignore_label": info.ignore_label, "class_names": list(info.class_names),
             "background_class": info.background_class, "colormap": info.colormap,
-            "tag_class_ids": list(info.tag_class_ids), "tag_names": list(info.tag_names)}
+            "tag_class_ids": list(info.tag_class_ids), "tag_names": list(info.tag_names),
+            "object_classes": None if info.object_classes is None else list(info.object_classes)}
 
 
 def info_from_dict(d: dict | str) -> DatasetInfo:
@@ -197,4 +218,5 @@ def info_from_dict(d: dict | str) -> DatasetInfo:
         return DATASETS[d["name"]]
     return register_custom_dataset(
         d["name"], class_names=d["class_names"], ignore_label=d["ignore_label"],
-        background_class=d["background_class"], colormap=d["colormap"])
+        background_class=d["background_class"], colormap=d["colormap"],
+        object_classes=d.get("object_classes"))

@@ -74,7 +74,7 @@ class TargetSpec:
 
 _TARGETS: dict[str, TargetSpec] = {}
 # Targets of this package kept in modules of their own, registered on first lookup.
-_BUILTIN_TARGET_MODULES = ("deeplab_ext.data.self_supervised",)
+_BUILTIN_TARGET_MODULES = ("deeplab_ext.data.self_supervised", "deeplab_ext.data.object_targets")
 
 
 def register_target(name: str, stage: str) -> Callable:

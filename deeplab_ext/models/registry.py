@@ -42,7 +42,7 @@ __all__ = [
 DEFAULT_VARIANT = "deeplabv3plus_mobilenetv2_mt"
 # Built-in families: imported on first use so the registry is complete without the caller
 # knowing which module registers what.
-_BUILTIN_MODULES = ("deeplab_ext.models.deeplab",)
+_BUILTIN_MODULES = ("deeplab_ext.models.deeplab", "deeplab_ext.models.segnet")
 
 
 def variant_field() -> Any:
@@ -203,6 +203,10 @@ def get_variant(variant: str, **overrides: Any) -> tuple[ModelFamily, Any]:
 
 def _family_of_config(config: Any) -> ModelFamily:
     _load_builtins()
+    # The exact class first: a family's config may subclass another's (MTAN of SegNet).
+    for family in _FAMILIES.values():
+        if type(config) is family.config_class:
+            return family
     for family in _FAMILIES.values():
         if isinstance(config, family.config_class):
             return family

@@ -189,6 +189,9 @@ class TrainOptions:
     deep_supervision: tuple[str, ...] = opt((), "Deep supervision for these tasks (semantic, "
                                             "edges): the task's loss at every tap.")
     deep_supervision_weight: float = opt(0.1, "Scale of each deep-supervision loss.")
+    task_weights: str = opt("", "Weights of the network's tasks by name, e.g. semantic=0.7,"
+                            "class=0.1,box=0.2 (fixed weighting), or their prior multipliers "
+                            "under uncertainty weighting; unnamed tasks keep theirs.")
     tag_loss_weight: float = opt(1.0, "Weight of the tag loss (fixed weighting), or its prior "
                                  "multiplier under uncertainty weighting.")
     mixed_precision: str = opt("float32", "Precision policy (mixed_float16 on GPU).",

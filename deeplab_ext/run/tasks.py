@@ -76,6 +76,8 @@ class TaskSpec:
 
 
 _TASKS: dict[str, TaskSpec] = {}
+# Tasks of this package kept in modules of their own, registered on first use.
+_BUILTIN_TASK_MODULES = ("deeplab_ext.run.object_tasks",)
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
@@ -83,7 +85,13 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
+def _load_builtin_tasks() -> None:
+    for module in _BUILTIN_TASK_MODULES:
+        importlib.import_module(module)
+
+
 def _spec(name: str) -> TaskSpec:
+    _load_builtin_tasks()
     if name not in _TASKS:
         raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)}")
     return _TASKS[name]
@@ -91,12 +99,39 @@ def _spec(name: str) -> TaskSpec:
 
 def task_names(network: keras.Model, family: ModelFamily) -> list[str]:
     """The tasks the network's outputs call for (every task whose output exists)."""
+    _load_builtin_tasks()
     outputs = set(network.output) if isinstance(network.output, dict) else set()
     return [s.name for s in _TASKS.values() if s.output(family) in outputs]
 
 
+def parse_task_weights(text: str, flag: str = "--task_weights") -> dict[str, float]:
+    """``"semantic=0.7,class=0.1"`` -> ``{"semantic": 0.7, "class": 0.1}``."""
+    weights = {}
+    for item in (i.strip() for i in (text or "").split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"{flag}={text!r}: write task=weight pairs separated by commas, "
+                             "e.g. semantic=0.7,class=0.1,box=0.2")
+    return weights
+
+
 def build_tasks(ctx: TaskContext) -> list[Task]:
-    return [_spec(n).build(ctx) for n in task_names(ctx.network, ctx.family)]
+    """The network's tasks; ``--task_weights`` replaces the weights of those it names."""
+    tasks = [_spec(n).build(ctx) for n in task_names(ctx.network, ctx.family)]
+    weights = parse_task_weights(getattr(ctx.options, "task_weights", "") or "")
+    unknown = sorted(set(weights) - {t.name for t in tasks})
+    if unknown:
+        raise ValueError(f"--task_weights: {unknown} are not tasks of this run; its tasks: "
+                         f"{[t.name for t in tasks]}")
+    for task in tasks:
+        task.weight = weights.get(task.name, task.weight)
+    return tasks
 
 
 def targets_of(names: Sequence[str]) -> tuple[str, ...]:
