@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import cv2
 import keras
 import numpy as np
 import pytest
@@ -271,3 +272,17 @@ def test_train_export_round_trip_in_fresh_process(variant, tmp_path, data_dir):
     np.testing.assert_allclose(got["box"], ref["box"].numpy(), atol=ATOL)
     np.testing.assert_allclose(got["semantic_probabilities"],
                                tf.nn.softmax(ref["semantic"]).numpy(), atol=ATOL)
+
+    # tools.predict from the export and from the run directory (inputs padded onto the
+    # training grid in both; a 40x50 image is off it): the same answers.
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), (images[0, :, :, ::-1]).astype(np.uint8).repeat(2, 0)[:40, :33])
+    reports = []
+    for source in (f"--saved_model={export}", f"--checkpoint_dir={logdir}"):
+        proc = run_tool("predict", source, f"--image={image}", "--tags=disk_h",
+                        "--evidence_steps=2", f"--output={tmp_path / 'pred.png'}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        reports.append(json.loads(proc.stdout[proc.stdout.index("{"):]))
+    for key in ("tag_probabilities_before", "tag_probabilities_after"):
+        np.testing.assert_allclose(list(reports[0][key].values()),
+                                   list(reports[1][key].values()), atol=1e-4)

@@ -15,6 +15,7 @@ pads any input onto the size grid the network was trained on and crops the outpu
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -199,6 +200,9 @@ class InputAlignment:
         if self.stride == 1:
             return fn
 
+        # wraps: keeps fn's parameter names, so a tf.function of it takes keywords
+        # (a SavedModel-style call ``serve(images=...)``).
+        @functools.wraps(fn)
         def aligned(images: tf.Tensor, *args: Any) -> Any:
             images = tf.convert_to_tensor(images)
             h, w = tf.shape(images)[1], tf.shape(images)[2]

@@ -105,7 +105,10 @@ class ModelFamily:
       feature_names: named intermediate features (identity layers) heads can tap.
       semantic_output / tags_output: output keys of the segmentation logits and the tag
         logits (serving, evaluation, evidence).
-      latent_feature: the feature the evidence ``latent`` mode offsets.
+      latent_feature: the feature the evidence ``latent`` mode offsets (None: no single
+        feature feeds every task, e.g. MTAN's per-task attention; no latent mode).
+      stage_features: ``config -> feature names``, the outputs of the downsampling stages,
+        shallowest first (the default taps of auxiliary modules and deep supervision).
       describe: ``config -> dict`` of facts ``tools.model_info`` prints.
       input_stride: ``config -> int``, the total stride of the network: inputs of size
         ``k * stride + r`` with the training crop's ``r`` keep its sampling grid
@@ -126,7 +129,8 @@ class ModelFamily:
     feature_names: tuple[str, ...] = ()
     semantic_output: str = "semantic"
     tags_output: str = "tags"
-    latent_feature: str = "encoder"
+    latent_feature: str | None = "encoder"
+    stage_features: Callable[[Any], tuple[str, ...]] | None = None
     describe: Callable[[Any], dict] | None = None
     input_stride: Callable[[Any], int] | None = None
     original_names: Callable[[keras.Model], dict[str, str | None]] | None = None

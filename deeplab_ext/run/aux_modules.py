@@ -43,12 +43,25 @@ def _tasks(names: tuple[str, ...], flag: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _taps(ctx: TaskContext) -> tuple[str, ...]:
+    """``--aux_module_taps``, or the family's downsampling stages."""
+    taps = tuple(ctx.options.aux_module_taps or ())
+    if taps:
+        return taps
+    stages = ctx.family.stage_features
+    if stages is None:
+        raise ValueError(f"--aux_module_taps: model family {ctx.family.name!r} declares no "
+                         f"downsampling stages; name the features to tap "
+                         f"({list(ctx.family.feature_names)})")
+    return tuple(stages(ctx.network.model_config))
+
+
 def _modules(ctx: TaskContext) -> Branch:
     o, total = ctx.options, Branch()
     for task in _tasks(o.aux_modules, "aux_modules"):
         channels, loss, target = MODULE_TASKS[task](ctx)
         output = f"aux_module_{task}"
-        head = AuxiliaryModule(o.aux_module_taps, o.aux_module_channels, channels, output,
+        head = AuxiliaryModule(_taps(ctx), o.aux_module_channels, channels, output,
                                o.aux_module_adaptor, o.aux_module_aggregator,
                                name=f"aux_module_{task}")
         total = total + Branch(heads=[head], targets=(target,), loss_terms=[OutputLoss(
@@ -60,9 +73,10 @@ def _deep_supervision(ctx: TaskContext) -> Branch:
     o, total = ctx.options, Branch()
     for task in _tasks(o.deep_supervision, "deep_supervision"):
         channels, loss, target = MODULE_TASKS[task](ctx)
-        head = StageHeads(o.aux_module_taps, channels, f"deep_{task}", name=f"deep_{task}")
+        taps = _taps(ctx)
+        head = StageHeads(taps, channels, f"deep_{task}", name=f"deep_{task}")
         terms = [OutputLoss(head.output_name(f), target, loss, o.deep_supervision_weight,
-                            name=f"deep_{task}_{f}_loss") for f in o.aux_module_taps]
+                            name=f"deep_{task}_{f}_loss") for f in taps]
         total = total + Branch(heads=[head], targets=(target,), loss_terms=terms)
     return total
 

@@ -43,6 +43,10 @@ def make_refitter(network: keras.Model, info: DatasetInfo, evidence: EvidenceOpt
     family = family_of(network)
     cfg = evidence.config(kind, prune, tuple(scales), flip, keep_classes(info))
     if kind == "latent":
+        if family.latent_feature is None:
+            raise ValueError(f"--evidence_modes: the latent mode needs one feature that alone "
+                             f"determines every output, and model family {family.name!r} has "
+                             "none; use bp_l2 / bp_es")
         cfg = dataclasses.replace(cfg, latent_layer=family.latent_feature)
     variables = None if kind == "latent" else group_variables(network, evidence.refit)
     return EvidenceRefitter(network, cfg, variables=variables,

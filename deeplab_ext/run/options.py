@@ -179,9 +179,10 @@ class TrainOptions:
                                  "uncertainty weighting).")
     aux_modules: tuple[str, ...] = opt((), "Auxiliary modules (Liu et al. 2019), training "
                                        "only, for these tasks: semantic, edges.")
-    aux_module_taps: tuple[str, ...] = opt(("low_level", "stride8", "stride16"),
-                                           "Features the modules (and deep supervision) "
-                                           "read, shallowest first.")
+    aux_module_taps: tuple[str, ...] = opt((), "Features the modules (and deep supervision) "
+                                           "read, shallowest first; default: the model "
+                                           "family's downsampling stages (DeepLab: "
+                                           "low_level, stride8, stride16).")
     aux_module_channels: int = opt(32, "Channels of each module's adaptors and state.")
     aux_module_adaptor: str = opt("basic", "Adaptor per tap.", choices=ADAPTORS)
     aux_module_aggregator: str = opt("sum", "How a tap joins the state.", choices=AGGREGATORS)

@@ -33,6 +33,7 @@ register_family(ModelFamily(
     # The trunk and the tag branch; the decoder and logits stay as trained.
     refit_groups=("backbone", "aspp", "tag_head"),
     feature_names=FEATURE_NAMES, describe=_describe,
+    stage_features=lambda cfg: ("low_level", "stride8", "stride16"),
     # Beyond the output stride the backbone is atrous: no layer samples a coarser grid.
     input_stride=lambda cfg: cfg.output_stride,
     original_names=original_variable_names,

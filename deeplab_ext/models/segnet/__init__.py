@@ -37,11 +37,16 @@ def _family(name: str, config_class: type, refit: tuple[str, ...]) -> ModelFamil
     return ModelFamily(
         name=name, config_class=config_class, build=_build, variable_groups=GROUP_PREFIXES,
         refit_groups=refit, feature_names=names, describe=_describe,
+        # Every pooled block output but the last (MTAN's tasks read attended ones there).
+        stage_features=lambda cfg: feature_names(cfg)[:len(cfg.encoder_channels) - 1],
         # Every block pools by 2 (SAME): inputs on a multiple of the total stride keep the
         # training crop's pooling windows.
-        input_stride=lambda cfg: cfg.stride)
+        input_stride=lambda cfg: cfg.stride, latent_feature=None)
 
 
 # Evidence refits the encoder and the tag branch (MTAN's tag branch includes its masks).
+# No latent evidence mode: SegNet's decoder also reads the encoder's pooling indices, and
+# MTAN's tasks each read their own attended encoder output, so no one feature determines
+# every output.
 register_family(_family("segnet", SegNetConfig, ("encoder", "tag_head")), MODEL_VARIANTS)
 register_family(_family("mtan", MTANConfig, ("encoder", "attention", "tag_head")), MTAN_VARIANTS)
