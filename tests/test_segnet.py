@@ -273,6 +273,24 @@ def test_train_export_round_trip_in_fresh_process(variant, tmp_path, data_dir):
     np.testing.assert_allclose(got["semantic_probabilities"],
                                tf.nn.softmax(ref["semantic"]).numpy(), atol=ATOL)
 
+    # tools.eval reports the class and box heads on whole val images: recomputed here.
+    proc = run_tool("eval", f"--checkpoint_dir={logdir}", f"--dataset_dir={data_dir}",
+                    f"--eval_logdir={tmp_path / 'eval'}", "--bootstrap_samples=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    hits, ious = [], []
+    for x, y in input_pipeline.make_dataset(INFO, data_dir, "val", crop_size=None, batch_size=1,
+                                            is_training=False):
+        out = network(x, training=False)
+        cls, box = largest_object(y["semantic"][0].numpy(), INFO.object_class_ids)
+        if cls >= 0:
+            h, w = y["semantic"].shape[1:3]
+            hits.append(int(np.argmax(out["class"][0])) == cls)
+            ious.append(float(box_iou(tf.constant(box / np.array([h, w, h, w])), out["box"][0])))
+    assert hits, "the val split should hold objects"
+    assert results["class"]["accuracy"] == pytest.approx(np.mean(hits), abs=1e-6)
+    assert results["box"]["box_iou"] == pytest.approx(np.mean(ious), abs=1e-5)
+
     # tools.predict from the export and from the run directory (inputs padded onto the
     # training grid in both; a 40x50 image is off it): the same answers.
     image = tmp_path / "image.png"

@@ -27,6 +27,7 @@ from deeplab_ext.run.evidence import evidence_by_kind, keep_classes, make_refitt
 from deeplab_ext.run.label_structure import decoder_path
 from deeplab_ext.run.options import EvalOptions, EvidenceOptions
 from deeplab_ext.run.rundir import atomic_write, input_alignment, restore_network
+from deeplab_ext.run.tasks import TaskContext, build_tasks, task_names
 from tf_mtl.evidence import prune_probabilities
 from tf_mtl.inference import InputAlignment, multi_scale_probabilities, network_logits_fn
 from tf_mtl.metrics import (
@@ -49,6 +50,11 @@ EVIDENCE_MODES: dict[str, tuple[str, str | None, bool]] = {
     "latent": ("DL-LAT", "latent", False),
     "latent_prune": ("DL-LAT-Pr", "latent", True),
 }
+
+
+# Tasks evaluated by the mode table (semantic) and the tag metrics (tags); the network's
+# other tasks report their own metrics.
+PIXEL_TASKS = ("semantic", "tags")
 
 
 def check_modes(modes: Sequence[str]) -> list[str]:
@@ -227,7 +233,8 @@ def comparison_figure(rows: list[dict], columns: Sequence[str], info: DatasetInf
 def load_split(network, info: DatasetInfo, meta: dict, dataset_dir: str, split: str, *,
                crop: tuple[int, int] | None = None, max_examples: int | None = None,
                align: bool = True, min_resize_value: int | None = None,
-               max_resize_value: int | None = None, printer: Callable[[str], None] = print
+               max_resize_value: int | None = None, printer: Callable[[str], None] = print,
+               targets: Sequence[str] = input_pipeline.DEFAULT_TARGETS
                ) -> tuple[list, InputAlignment]:
     """The split's (images, targets) batches of one image each, checked against the
     checkpoint's dataset, and the input alignment to predict them with. Images (and
@@ -250,7 +257,9 @@ def load_split(network, info: DatasetInfo, meta: dict, dataset_dir: str, split: 
     dataset = input_pipeline.make_dataset(info, dataset_dir, split, crop_size=crop,
                                           batch_size=1, is_training=False,
                                           min_resize_value=min_resize_value,
-                                          max_resize_value=max_resize_value)
+                                          max_resize_value=max_resize_value,
+                                          targets=tuple(dict.fromkeys(
+                                              (*input_pipeline.DEFAULT_TARGETS, *targets))))
     if max_examples:
         dataset = dataset.take(max_examples)
     batches = list(dataset)
@@ -283,11 +292,14 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
             f"--evidence_modes={','.join(refits)} needs a model with a tag head (a *_mt "
             f"--model_variant); {meta['model']['name']} has none."
         )
+    image_tasks = build_tasks(TaskContext(network, family, info, None),
+                              [n for n in task_names(network, family) if n not in PIXEL_TASKS])
     batches, alignment = load_split(
         network, info, meta, options.dataset_dir, options.eval_split,
         crop=options.eval_crop_size, max_examples=options.max_examples,
         align=options.align_inputs, min_resize_value=options.min_resize_value,
-        max_resize_value=options.max_resize_value, printer=printer)
+        max_resize_value=options.max_resize_value, printer=printer,
+        targets=[t.target_key for t in image_tasks])
     evidence = evidence_by_kind(options.checkpoint_dir, options.evidence, explicit,
                                 use_tuned=options.use_tuned_evidence, printer=printer)
     printer(f"Evaluating {meta['model']['name']} on {info.name}:{options.eval_split} "
@@ -316,6 +328,13 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
         printer(f"tags: precision {results['tags']['precision']:.4f} recall "
                 f"{results['tags']['recall']:.4f} F1 {results['tags']['f1']:.4f} "
                 f"mAP {results['tags']['mAP']:.4f}")
+    for task in image_tasks:  # e.g. SegNet's class and box heads, on the whole image
+        for images, targets in batches:
+            out = network(images, training=False)[task.output_key]
+            for metric in task.metrics:
+                metric.update_state(targets[task.target_key], out)
+        results[task.name] = {m.name: float(m.result()) for m in task.metrics}
+        printer(f"{task.name}: " + " ".join(f"{k} {v:.4f}" for k, v in results[task.name].items()))
     image_counts: dict[str, list[np.ndarray]] = {}
     runs = run_modes(network, info, batches, modes, {None: options.evidence, **evidence},
                      options.eval_scales, options.add_flipped_images, alignment,

@@ -121,9 +121,11 @@ def parse_task_weights(text: str, flag: str = "--task_weights") -> dict[str, flo
     return weights
 
 
-def build_tasks(ctx: TaskContext) -> list[Task]:
-    """The network's tasks; ``--task_weights`` replaces the weights of those it names."""
-    tasks = [_spec(n).build(ctx) for n in task_names(ctx.network, ctx.family)]
+def build_tasks(ctx: TaskContext, names: Sequence[str] | None = None) -> list[Task]:
+    """The network's tasks (or the ``names`` of them); ``--task_weights`` replaces the
+    weights of those it names."""
+    names = task_names(ctx.network, ctx.family) if names is None else names
+    tasks = [_spec(n).build(ctx) for n in names]
     weights = parse_task_weights(getattr(ctx.options, "task_weights", "") or "")
     unknown = sorted(set(weights) - {t.name for t in tasks})
     if unknown:

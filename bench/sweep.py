@@ -1,0 +1,159 @@
+"""Arms x seeds on CamVid from scratch, the way the seed-system experiments are run: the
+same network, schedule and budget in every arm, ``tools.train`` then ``tools.eval`` on
+val, one JSON line per finished run (a stopped sweep resumes), then mean +- std per arm
+and the seed-paired differences to the first arm with 95% t intervals.
+
+A bench script names its arms (extra ``tools.train`` flags, optionally another
+variant and extra ``tools.eval`` flags) and calls :func:`main_for`; seeds run outermost,
+so a stopped sweep leaves complete seed columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from collections.abc import Callable, Sequence
+
+from bench.common import REPO, append_run, finished_runs, mean_std, paired_interval, run_tool
+
+__all__ = ["Arm", "SweepSettings", "camvid_shards", "main_for", "run_arm", "summary"]
+
+DEFAULT_VARIANT = "deeplabv3plus_mobilenetv2_tiny_mt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One arm: flags added to the base ``tools.train`` command (``{workdir}`` is replaced
+    by the sweep's folder), its variant (None: the sweep's) and extra eval flags."""
+
+    name: str
+    train_flags: tuple[str, ...] = ()
+    variant: str | None = None
+    eval_flags: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+    """The schedule every arm shares (CamVid frames shrunk to ``max_resize_value``)."""
+
+    variant: str = DEFAULT_VARIANT
+    train_steps: int = 900
+    base_learning_rate: float = 3e-3
+    crop: str = "177,241"
+    max_resize_value: int = 241
+    batch_size: int = 8
+
+
+def camvid_shards(workdir: pathlib.Path, camvid_dir: str, env: dict,
+                  list_files: Sequence[str] = ()) -> str:
+    """CamVid TFRecords in ``workdir/tfrecord`` (built once)."""
+    shards = workdir / "tfrecord"
+    if not (shards / "done").exists():
+        run_tool("build_camvid_data", [f"--camvid_dir={camvid_dir}", f"--output_dir={shards}",
+                                       *[f"--list_files={f}" for f in list_files]],
+                 env, workdir / "prepare.log")
+        (shards / "done").write_text("ok")
+    return str(shards)
+
+
+def run_arm(arm: Arm, seed: int, settings: SweepSettings, workdir: pathlib.Path, shards: str,
+            env: dict, extract: Callable[[dict], dict] | None = None) -> dict:
+    """Train and evaluate one (arm, seed); the result row (``extract(eval_results)`` adds
+    arm-specific numbers)."""
+    run = workdir / f"{arm.name}_seed{seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    log = run / "log.txt"
+    s = settings
+    train = [f"--train_logdir={run / 'train'}", "--dataset=camvid", f"--dataset_dir={shards}",
+             f"--model_variant={arm.variant or s.variant}",
+             f"--train_crop_size={s.crop}", f"--max_resize_value={s.max_resize_value}",
+             f"--train_batch_size={s.batch_size}", f"--training_number_of_steps={s.train_steps}",
+             "--optimizer=adam", f"--base_learning_rate={s.base_learning_rate}",
+             f"--save_interval_steps={s.train_steps}", "--save_summaries_images=false",
+             f"--seed={seed}", *[f.format(workdir=workdir) for f in arm.train_flags]]
+    t0 = time.time()
+    run_tool("train", train, env, log)
+    train_s = time.time() - t0
+    evaluate = [f"--checkpoint_dir={run / 'train'}", f"--dataset_dir={shards}",
+                "--eval_split=val", f"--eval_logdir={run / 'eval'}", "--bootstrap_samples=0",
+                "--num_vis_examples=0", *arm.eval_flags]
+    run_tool("eval", evaluate, env, log)
+    res = json.loads((run / "eval" / "eval_results.json").read_text())
+    return {"run": f"{arm.name}_seed{seed}", "arm": arm.name, "seed": seed,
+            "miou": res["modes"]["none"]["miou"], "tag_f1": res.get("tags", {}).get("f1"),
+            **(extract(res) if extract else {}),
+            "train_command": "python -m tools.train " + " ".join(train),
+            "eval_command": "python -m tools.eval " + " ".join(evaluate),
+            "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
+
+
+def summary(rows: dict[str, dict], arms: Sequence[str], baseline: str | None = None) -> str:
+    """Mean +- std of val mIoU per arm and the seed-paired difference to ``baseline``
+    (default: the first arm), in points."""
+    baseline = baseline or arms[0]
+    by_arm = {a: {r["seed"]: r["miou"] for r in rows.values() if r.get("arm") == a}
+              for a in arms}
+    lines = ["| arm | runs | val mIoU (%) mean +- std | vs "
+             f"{baseline}, seed-paired (95% t) |", "|---|---|---|---|"]
+    base = by_arm.get(baseline, {})
+    for arm in arms:
+        values = by_arm[arm]
+        if not values:
+            continue
+        mean, std = mean_std([100 * v for v in values.values()])
+        cell = ""
+        common = sorted(set(values) & set(base))
+        if arm != baseline and common:
+            d, lo, hi = paired_interval([100 * (values[s] - base[s]) for s in common])
+            cell = f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}] ({len(common)} seeds)"
+        lines.append(f"| {arm} | {len(values)} | {mean:.2f} +- {std:.2f} | {cell} |")
+    return "\n".join(lines)
+
+
+def main_for(description: str, arms: Sequence[Arm], argv: list[str] | None = None, *,
+             settings: SweepSettings = SweepSettings(),
+             prepare: Callable[[argparse.Namespace, pathlib.Path, dict], dict] | None = None,
+             add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+             extract: Callable[[dict], dict] | None = None) -> dict[str, dict]:
+    """The command line of a sweep: ``--workdir``, ``--arms``, ``--seeds``, the schedule
+    flags; ``prepare(args, workdir, env)`` runs once first (its dict is printed)."""
+    known = {a.name: a for a in arms}
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--camvid_dir", default=str(REPO.parent / "shared" / "data" / "camvid"))
+    p.add_argument("--arms", default=",".join(known))
+    p.add_argument("--seeds", default="0,1,2")
+    for field in dataclasses.fields(SweepSettings):
+        p.add_argument(f"--{field.name}", type=type(getattr(settings, field.name)),
+                       default=getattr(settings, field.name))
+    if add_arguments:
+        add_arguments(p)
+    args = p.parse_args(argv)
+    chosen = args.arms.split(",")
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        p.error(f"--arms: unknown {unknown}; known: {sorted(known)}")
+    settings = SweepSettings(**{f.name: getattr(args, f.name)
+                                for f in dataclasses.fields(SweepSettings)})
+    workdir = pathlib.Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+    shards = camvid_shards(workdir, args.camvid_dir, env)
+    if prepare:
+        print(json.dumps(prepare(args, workdir, env)), flush=True)
+    out = workdir / "results.jsonl"
+    done = finished_runs(out)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for name in chosen:
+            run = f"{name}_seed{seed}"
+            if run in done:
+                continue
+            done[run] = row = run_arm(known[name], seed, settings, workdir, shards, env, extract)
+            append_run(out, row)
+            print(json.dumps({k: row[k] for k in ("run", "miou", "seconds")}), flush=True)
+    print(summary(done, chosen))
+    return done
