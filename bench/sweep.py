@@ -118,14 +118,18 @@ def main_for(description: str, arms: Sequence[Arm], argv: list[str] | None = Non
              settings: SweepSettings = SweepSettings(),
              prepare: Callable[[argparse.Namespace, pathlib.Path, dict], dict] | None = None,
              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-             extract: Callable[[dict], dict] | None = None) -> dict[str, dict]:
+             extract: Callable[[dict], dict] | None = None,
+             late_arms: Callable[[argparse.Namespace, pathlib.Path], list[Arm]] | None = None
+             ) -> dict[str, dict]:
     """The command line of a sweep: ``--workdir``, ``--arms``, ``--seeds``, the schedule
-    flags; ``prepare(args, workdir, env)`` runs once first (its dict is printed)."""
+    flags; ``prepare(args, workdir, env)`` runs once first (its dict is printed);
+    ``late_arms(args, workdir)`` adds arms that exist only after it (a search's winner)."""
     known = {a.name: a for a in arms}
+    late_names = list(getattr(late_arms, "names", ()))
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--workdir", required=True)
     p.add_argument("--camvid_dir", default=str(REPO.parent / "shared" / "data" / "camvid"))
-    p.add_argument("--arms", default=",".join(known))
+    p.add_argument("--arms", default=",".join([*known, *late_names]))
     p.add_argument("--seeds", default="0,1,2")
     for field in dataclasses.fields(SweepSettings):
         p.add_argument(f"--{field.name}", type=type(getattr(settings, field.name)),
@@ -134,7 +138,7 @@ def main_for(description: str, arms: Sequence[Arm], argv: list[str] | None = Non
         add_arguments(p)
     args = p.parse_args(argv)
     chosen = args.arms.split(",")
-    unknown = sorted(set(chosen) - set(known))
+    unknown = sorted(set(chosen) - set(known) - set(late_names))
     if unknown:
         p.error(f"--arms: unknown {unknown}; known: {sorted(known)}")
     settings = SweepSettings(**{f.name: getattr(args, f.name)
@@ -145,6 +149,8 @@ def main_for(description: str, arms: Sequence[Arm], argv: list[str] | None = Non
     shards = camvid_shards(workdir, args.camvid_dir, env)
     if prepare:
         print(json.dumps(prepare(args, workdir, env)), flush=True)
+    if late_arms and set(chosen) & set(late_names):
+        known.update({a.name: a for a in late_arms(args, workdir)})
     out = workdir / "results.jsonl"
     done = finished_runs(out)
     for seed in (int(s) for s in args.seeds.split(",")):
