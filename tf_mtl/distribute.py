@@ -22,6 +22,10 @@ def get_strategy(name: str = "default", num_gpus: int | None = None) -> tf.distr
     devices (useful for tests that split the CPU with
     tf.config.set_logical_device_configuration). "one_device": GPU 0 if any, else CPU.
     """
+    if name == "multi_worker_mirrored":
+        # Before anything initialises the runtime (listing devices does): the strategy
+        # configures collective ops, which TensorFlow accepts only at startup.
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if num_gpus is not None and num_gpus > len(gpus):
         raise ValueError(
@@ -35,13 +39,25 @@ def get_strategy(name: str = "default", num_gpus: int | None = None) -> tf.distr
         else:
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multi_worker_mirrored":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus and num_gpus != 0 else "/cpu:0")
     raise ValueError(
         f"--distribution_strategy={name!r} is not known; valid names: {', '.join(STRATEGIES)}."
     )
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files: always, except for the non-chief
+    workers of a multi-worker cluster (the chief is task ``chief``, or worker 0 when the
+    cluster has no chief)."""
+    resolver = getattr(strategy.extended, "_cluster_resolver", None) or getattr(
+        strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def batch_norm(sync: bool = False, **kwargs: Any) -> keras.layers.BatchNormalization:

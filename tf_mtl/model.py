@@ -289,18 +289,40 @@ class MultiTaskModel(keras.Model):
         if self.summaries is not None:
             scalars = {k: v for k, v in results.items() if tf.convert_to_tensor(v).shape.rank == 0}
             self.summaries.write(step, scalars, x, y, outputs, prefix="train/")
-        return results
+        return self._reducible(results)
 
     def test_step(self, data: Any) -> dict[str, Any]:
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         y = self._targets(y)
         outputs = self.forward(x, training=False)
         total, losses, logs = self.compute_total_loss(x, y, outputs, False, None)
-        return self._update_and_log(y, outputs, total, losses, logs, self._batch_size(x))
+        return self._reducible(self._update_and_log(y, outputs, total, losses, logs,
+                                                    self._batch_size(x)))
+
+    @staticmethod
+    def _reducible(logs: dict[str, Any]) -> dict[str, Any]:
+        """Across workers Keras reduces each log with a mean over axis 0, which a scalar
+        does not have (Keras 3.x): under a multi-worker strategy logs are ``[1]``, and the
+        reduction returns the scalar (their mean over workers)."""
+        strategy = tf.distribute.get_strategy()
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return logs
+        return {k: tf.reshape(v, [1]) if tf.convert_to_tensor(v).shape.rank == 0 else v
+                for k, v in logs.items()}
 
     def predict_step(self, data: Any) -> Any:
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self.network(x, training=False)
+
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        """Keras' fit reduces one batch over the replicas only to build unbuilt layers;
+        under MultiWorkerMirroredStrategy that reduce fails on a dict of targets (Keras
+        3.x). Nothing is left to build when the network and optimizer are built (the
+        trainer builds both before fit), so the reduce is skipped then."""
+        if all(layer.built for layer in self._flatten_layers()) and (
+                self.optimizer is None or self.optimizer.built):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def fit(self, *args: Any, **kwargs: Any) -> keras.callbacks.History:
         """keras fit, then flushes the in-step summary writer."""

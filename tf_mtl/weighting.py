@@ -152,6 +152,9 @@ class UncertaintyWeighting(LossWeighting):
                 trainable=True,
                 name=f"log_var_{n}",
             )
+            # Also an attribute: tf.train.Checkpoint does not follow Keras' dict wrapper,
+            # so without it the checkpoint held these only through the optimizer.
+            setattr(self, f"log_var_{n}", self.log_vars[n])
         self.built = True
 
     def sigma(self, name: str) -> tf.Tensor:

@@ -160,7 +160,12 @@ def make_dataset(
     else:
         ds = ds.map(lambda s: _process(s, None), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    return ds.prefetch(AUTOTUNE)
+    # Across workers (MultiWorkerMirroredStrategy) every worker runs this same seeded
+    # stream and keeps its part of each global batch: the workers together train on
+    # exactly the batches one process would (sharding by file would change them).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(AUTOTUNE)
 
 
 def foreign_label_values(labels: np.ndarray, info: DatasetInfo) -> list[int]:

@@ -186,6 +186,7 @@ def write_tfrecords(
     p_faint: float = P_FAINT,
     faint_alpha: tuple[float, float] = FAINT_ALPHA,
     split_sizes: dict[str, int] | None = None,
+    ignore_band: bool = True,
 ) -> dict[str, int]:
     """Generate and write the train/val shards (same format and reader path as real data).
 
@@ -194,6 +195,8 @@ def write_tfrecords(
     it is where prediction-time settings are tuned without touching val. `split_sizes`
     sizes any further split by name (e.g. ``{"holdout": 1000}``, its own rng stream): a
     large split narrows the interval on differences between prediction modes.
+    ``ignore_band=False``: no void pixels (every batch then has the same number of
+    labelled pixels, which per-replica loss normalisation needs to equal one process's).
     """
     sizes = dict(get_dataset_info(NAME).splits_to_sizes)
     wanted = {"train": num_train, "val": num_val, "test": num_test, **(split_sizes or {})}
@@ -209,6 +212,7 @@ def write_tfrecords(
                 image, label = generate_example(
                     example_rng(seed, split, i), size, max_objects=max_objects,
                     p_small=p_small, p_faint=p_faint, faint_alpha=faint_alpha,
+                    ignore_band=ignore_band,
                 )
                 writer.write(i // per_shard, encode_example(image, label, f"{split}_{i:06d}"))
             writer.commit()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -219,8 +221,28 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print,
     ``branch`` adds training-only heads / loss terms / tasks to those named by
     ``options.training_branches``.
     """
+    # First: a multi-worker strategy configures collective ops, which must happen before
+    # TensorFlow runs anything (reading the shards does).
+    strategy = distribute.get_strategy(options.distribution_strategy, options.num_gpus)
+    # Every worker saves (saving may need collectives), only the chief into the run
+    # directory; the others into a folder of their own, removed at the end. All restore
+    # from the run directory.
+    chief = distribute.is_chief(strategy)
+    save_dir = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="worker-"))
+    try:
+        return _train(options, printer, branch, strategy, save_dir)
+    finally:
+        if save_dir is not None:
+            shutil.rmtree(save_dir, ignore_errors=True)
+
+
+def _train(options: TrainOptions, printer: Callable[[str], None], branch: Branch | None,
+           strategy: tf.distribute.Strategy, save_dir: pathlib.Path | None) -> TrainResult:
+    """:func:`train` under ``strategy``; ``save_dir``: a non-chief worker's own folder."""
+    chief = save_dir is None
     info = get_dataset_info(options.dataset)
     logdir = pathlib.Path(options.train_logdir)
+    save_dir = save_dir or logdir
     family, cfg = model_config_for(options, info)
     crop = tuple(int(c) for c in options.train_crop_size)
     # Shards of another dataset would train silently wrong: refuse before building anything.
@@ -241,7 +263,6 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print,
     if seed is not None:
         keras.utils.set_random_seed(seed)
     precision.set_policy(options.mixed_precision)
-    strategy = distribute.get_strategy(options.distribution_strategy, options.num_gpus)
 
     with strategy.scope():
         network = build_network(cfg, input_shape=(crop[0], crop[1], 3))
@@ -264,7 +285,7 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print,
             printer(f"--train_groups={','.join(options.train_groups)}: froze {frozen} layers")
         ctx = TaskContext(network, family, info, options)
         branch = build_branches(ctx, options.training_branches) + (branch or Branch())
-        writer = tf.summary.create_file_writer(str(logdir / "train"))
+        writer = tf.summary.create_file_writer(str(save_dir / "train"))
         model = build_multitask_model(
             network, family, info, options, branch=branch, summary_writer=writer,
             image_summary_fn=(overlay_fn(info, family.semantic_output,
@@ -274,17 +295,19 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print,
         model.optimizer.build(model.trainable_variables)
         ckpt = model.make_checkpoint()
         manager = tf.train.CheckpointManager(
-            ckpt, str(logdir), max_to_keep=options.max_checkpoints_to_keep
+            ckpt, str(save_dir), max_to_keep=options.max_checkpoints_to_keep
         )
         resumed_from = 0
-        if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        latest = tf.train.latest_checkpoint(str(logdir))
+        if latest:
+            ckpt.restore(latest).assert_existing_objects_matched()
             resumed_from = int(model.optimizer.iterations.numpy())
-            printer(f"Resuming from {manager.latest_checkpoint} (step {resumed_from}).")
-    save_run_config(logdir, family, cfg, info, {
-        "train_crop_size": list(crop), "min_resize_value": options.min_resize_value,
-        "max_resize_value": options.max_resize_value,
-        "training_branches": branch_record(options, options.training_branches)})
+            printer(f"Resuming from {latest} (step {resumed_from}).")
+    if chief:
+        save_run_config(logdir, family, cfg, info, {
+            "train_crop_size": list(crop), "min_resize_value": options.min_resize_value,
+            "max_resize_value": options.max_resize_value,
+            "training_branches": branch_record(options, options.training_branches)})
 
     total = options.training_number_of_steps
     if resumed_from >= total:
