@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# GPU and mixed-precision checks of the evidence refitter, on a machine with an NVIDIA
-# GPU (after `make venv`, which installs tensorflow[and-cuda] there):
+# GPU and mixed-precision checks, on a machine with an NVIDIA GPU (after `make venv`,
+# which installs tensorflow[and-cuda] there), in one go:
 #   bash bench/gpu_checks.sh [bench|tests|all]      (PY=python to use another interpreter)
+#   bash bench/gpu_checks.sh --tiny                 (the same checks CPU-sized: the suite
+#                                                    runs this, so the script is known to work)
+# gpu:   bench_gpu: Xception-65 DeepLabv3+ 513 train step in float32 / mixed_float16 /
+#        mixed_bfloat16 at the largest batch that fits, OS8 vs OS16 memory, the refit
+#        step per image, the imported released model's inference;
 # bench: bench_refit_speed at 513 (refit step / train step, latent vs weights) in
 #        float32, mixed_float16, and mixed_float16 with the refit loop XLA-compiled;
 # tests: the refitter's exactness, steps=0, mixed-precision and jit tests, the
@@ -9,6 +14,9 @@
 set -u
 PY=${PY:-.venv/bin/python}
 what=${1:-all}
+if [ "$what" = --tiny ]; then
+  exec $PY -m bench.bench_gpu --tiny
+fi
 $PY - <<'PYEOF'
 import tensorflow as tf
 gpus = tf.config.list_physical_devices("GPU")
@@ -19,6 +27,8 @@ if gpus:
         print("matmul ok:", float(tf.reduce_sum(tf.matmul(tf.ones((64, 64)), tf.ones((64, 64))))))
 PYEOF
 if [ "$what" = bench ] || [ "$what" = all ]; then
+  echo "== bench_gpu"
+  $PY -m bench.bench_gpu
   for args in "" "--precision mixed_float16"; do
     echo "== bench_refit_speed --size 513 $args"
     $PY -m bench.bench_refit_speed --size 513 --rounds 5 --steps 5 --compare_rounds 3 $args
