@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     x, y = synthetic_batch(args.batch, args.size, cfg.num_classes, 0, ignore_label=255)
     ours_train = build_train_model(ours, cfg, "fixed")
     theirs.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   metrics=[])  # its default accuracy expects one-hot labels
     labels = tf.where(y["semantic"] == 255, 0, y["semantic"])  # theirs has no ignore label
     fwd_ours = tf.function(lambda v: ours(v, training=False)["semantic"])
     fwd_theirs = tf.function(lambda v: theirs(v, training=False))
