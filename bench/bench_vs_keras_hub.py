@@ -51,18 +51,21 @@ RESNET50 = dict(input_conv_filters=[64], input_conv_kernel_sizes=[7],
                 stackwise_num_strides=[1, 2, 2, 2], block_type="bottleneck_block")
 
 
-def keras_hub_deeplab(num_classes: int, level: str, size: int) -> keras.Model:
-    """keras-hub's DeepLabV3 segmenter with a ResNet-50 backbone, from config."""
+def keras_hub_deeplab(num_classes: int, level: str, size: int
+                      ) -> tuple[keras.Model, keras.Model]:
+    """keras-hub's DeepLabV3 segmenter with a ResNet-50 backbone, from config, and that
+    backbone up to ``level``."""
     import keras_hub
 
     encoder = keras_hub.models.ResNetBackbone(**RESNET50, image_shape=(size, size, 3))
+    trunk = keras.Model(encoder.inputs, encoder.pyramid_outputs[level])
     stride = 2 ** int(level[-1])
     backbone = keras_hub.models.DeepLabV3Backbone(
         image_encoder=encoder, spatial_pyramid_pooling_key=level,
         upsampling_size=stride // 4, dilation_rates=[6, 12, 18], low_level_feature_key="P2",
         image_shape=(size, size, 3))
     return keras_hub.models.DeepLabV3ImageSegmenter(backbone=backbone, num_classes=num_classes,
-                                                    preprocessor=None)
+                                                    preprocessor=None), trunk
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -80,9 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
     ours = build_network("deeplabv3plus_resnet50", output_stride=args.output_stride,
                          input_shape=(args.size, args.size, 3))
     cfg = ours.model_config
-    theirs = keras_hub_deeplab(cfg.num_classes, args.keras_hub_level, args.size)
+    theirs, their_trunk = keras_hub_deeplab(cfg.num_classes, args.keras_hub_level, args.size)
+    our_trunk = keras.Model(ours.input, ours.get_layer("backbone_output").output)
     shape = (1, args.size, args.size, 3)
-    macs = {"ours": count_macs(ours, shape), "keras_hub": count_macs(theirs, shape)}
+    macs = {"ours": count_macs(ours, shape), "keras_hub": count_macs(theirs, shape),
+            "ours_backbone": count_macs(our_trunk, shape),
+            "keras_hub_backbone": count_macs(their_trunk, shape)}
 
     x, y = synthetic_batch(args.batch, args.size, cfg.num_classes, 0, ignore_label=255)
     ours_train = build_train_model(ours, cfg, "fixed")
@@ -92,11 +98,16 @@ def main(argv: list[str] | None = None) -> dict:
     labels = tf.where(y["semantic"] == 255, 0, y["semantic"])  # theirs has no ignore label
     fwd_ours = tf.function(lambda v: ours(v, training=False)["semantic"])
     fwd_theirs = tf.function(lambda v: theirs(v, training=False))
+    trunk_ours = tf.function(lambda v: our_trunk(v, training=False))
+    trunk_theirs = tf.function(lambda v: their_trunk(v, training=False))
     fns = {
         "train_ours": step_fn(ours_train, x, y),
         "train_keras_hub": lambda: theirs.train_on_batch(x, labels, return_dict=True),
         "infer_ours": lambda: fwd_ours(x).numpy(),
         "infer_keras_hub": lambda: fwd_theirs(x).numpy(),
+        # Where the gap is: the backbones alone (inference).
+        "backbone_ours": lambda: trunk_ours(x).numpy(),
+        "backbone_keras_hub": lambda: trunk_theirs(x).numpy(),
     }
     times = interleaved_times(fns, args.rounds, warmup=1)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -113,6 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
                                      * per_mac, 3),
         "infer_ratio_per_mac": round(median_ratio(times["infer_ours"], times["infer_keras_hub"])
                                      * per_mac, 3),
+        "backbone_infer_ratio_per_mac": round(
+            median_ratio(times["backbone_ours"], times["backbone_keras_hub"])
+            * macs["keras_hub_backbone"] / macs["ours_backbone"], 3),
         "goal": "<= 1.0", "cpu_cores": os.cpu_count(),
         "load_avg_1min_before_after": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "bench_wall_s": round(time.perf_counter() - t0, 1),
