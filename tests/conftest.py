@@ -65,3 +65,22 @@ def assert_user_error(proc, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[-1], (needle, lines[-1])
     return lines[-1]
+
+
+def predict_from_export_and_run(export, logdir, image, tmp_path, *flags: str) -> list[dict]:
+    """``tools.predict`` on the export and on the run directory: the two JSON reports,
+    whose tag probabilities before and after refitting must agree (one serving code)."""
+    import json
+
+    import numpy as np
+
+    reports = []
+    for source in (f"--saved_model={export}", f"--checkpoint_dir={logdir}"):
+        proc = run_tool("predict", source, f"--image={image}", *flags,
+                        f"--output={tmp_path / 'pred.png'}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        reports.append(json.loads(proc.stdout[proc.stdout.index("{"):]))
+    for key in ("tag_probabilities_before", "tag_probabilities_after"):
+        np.testing.assert_allclose(list(reports[0][key].values()),
+                                   list(reports[1][key].values()), atol=1e-4)
+    return reports

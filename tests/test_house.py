@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from deeplab_ext.models import ModelConfig, ModelFamily, build_network, register_family
 from deeplab_ext.run.tasks import Branch, BranchSpec, TaskContext, register_branch
-from tests.conftest import run_tool
+from tests.conftest import predict_from_export_and_run, run_tool
 from tf_mtl.branches import TrainingHead
 from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore
 from tf_mtl.tasks import Task
@@ -129,16 +129,9 @@ def test_toy_family_runs_through_every_tool(tmp_path, data_dir):
 
     image = tmp_path / "image.png"
     cv2.imwrite(str(image), np.full((32, 32, 3), 90, np.uint8))
-    reports = []
-    for source in (f"--saved_model={export}", f"--checkpoint_dir={logdir}"):
-        proc = run_tool("predict", source, f"--image={image}", "--tags=disk_h",
-                        "--evidence_steps=2", f"--output={tmp_path / 'pred.png'}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        reports.append(json.loads(proc.stdout[proc.stdout.index("{"):]))
     # The export and the checkpoint are served by the same functions: the same answers.
-    for key in ("tag_probabilities_before", "tag_probabilities_after"):
-        np.testing.assert_allclose(list(reports[0][key].values()),
-                                   list(reports[1][key].values()), atol=1e-4)
+    reports = predict_from_export_and_run(export, logdir, image, tmp_path, "--tags=disk_h",
+                                          "--evidence_steps=2")
     assert reports[0]["tag_probabilities_after"]["disk_h"] > \
         reports[0]["tag_probabilities_before"]["disk_h"]
 

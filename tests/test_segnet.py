@@ -23,7 +23,7 @@ from deeplab_ext.models.info import ModelInfoOptions, model_info
 from deeplab_ext.models.segnet.layers import MaxPoolWithArgmax, MaxUnpool
 from deeplab_ext.run.rundir import restore_network
 from deeplab_ext.run.tasks import TaskContext, build_tasks
-from tests.conftest import run_tool, tool_env
+from tests.conftest import predict_from_export_and_run, run_tool, tool_env
 from tf_mtl.losses import box_mse, image_class_ce
 from tf_mtl.metrics import box_iou
 
@@ -295,12 +295,5 @@ def test_train_export_round_trip_in_fresh_process(variant, tmp_path, data_dir):
     # training grid in both; a 40x50 image is off it): the same answers.
     image = tmp_path / "image.png"
     cv2.imwrite(str(image), (images[0, :, :, ::-1]).astype(np.uint8).repeat(2, 0)[:40, :33])
-    reports = []
-    for source in (f"--saved_model={export}", f"--checkpoint_dir={logdir}"):
-        proc = run_tool("predict", source, f"--image={image}", "--tags=disk_h",
-                        "--evidence_steps=2", f"--output={tmp_path / 'pred.png'}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        reports.append(json.loads(proc.stdout[proc.stdout.index("{"):]))
-    for key in ("tag_probabilities_before", "tag_probabilities_after"):
-        np.testing.assert_allclose(list(reports[0][key].values()),
-                                   list(reports[1][key].values()), atol=1e-4)
+    predict_from_export_and_run(export, logdir, image, tmp_path, "--tags=disk_h",
+                                "--evidence_steps=2")

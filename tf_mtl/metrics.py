@@ -326,21 +326,23 @@ def paired_bootstrap_miou(
     return out
 
 
-@keras.saving.register_keras_serializable(package="tf_mtl")
-class ImageClassAccuracy(keras.metrics.Metric):
-    """Top-1 accuracy of one class per image; labels < 0 (no object) are skipped."""
+class _MeanOverImages(keras.metrics.Metric):
+    """Mean of a per-image value over the images that have a target (sum and count kept
+    as float64 metric state); subclasses give ``(values, weights)`` per image."""
 
-    def __init__(self, name: str = "accuracy", **kwargs: Any) -> None:
+    def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.counts = self.add_variable(shape=(2,), initializer="zeros", dtype="float64",
-                                        name="correct_total")
+                                        name="sum_count")
+
+    def values(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        raise NotImplementedError
 
     def update_state(self, y_true: tf.Tensor, y_pred: tf.Tensor,
                      sample_weight: tf.Tensor | None = None) -> None:
-        labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
-        valid = tf.cast(labels >= 0, tf.float64)
-        hit = tf.cast(tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32), labels), tf.float64)
-        self.counts.assign_add(tf.stack([tf.reduce_sum(hit * valid), tf.reduce_sum(valid)]))
+        values, weights = self.values(y_true, y_pred)
+        self.counts.assign_add(tf.stack([tf.reduce_sum(values * weights),
+                                         tf.reduce_sum(weights)]))
 
     def result(self) -> tf.Tensor:
         c = tf.convert_to_tensor(self.counts)
@@ -348,6 +350,19 @@ class ImageClassAccuracy(keras.metrics.Metric):
 
     def get_config(self) -> dict:
         return {"name": self.name}
+
+
+@keras.saving.register_keras_serializable(package="tf_mtl")
+class ImageClassAccuracy(_MeanOverImages):
+    """Top-1 accuracy of one class per image; labels < 0 (no object) are skipped."""
+
+    def __init__(self, name: str = "accuracy", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+
+    def values(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+        hit = tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32), labels)
+        return tf.cast(hit, tf.float64), tf.cast(labels >= 0, tf.float64)
 
 
 def box_iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -360,25 +375,13 @@ def box_iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="tf_mtl")
-class MeanBoxIoU(keras.metrics.Metric):
+class MeanBoxIoU(_MeanOverImages):
     """Mean IoU between predicted boxes ``[B, 4]`` and targets ``[B, 5]`` (``[present,
     ymin, xmin, ymax, xmax]``) over images with a box."""
 
     def __init__(self, name: str = "box_iou", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
-        self.counts = self.add_variable(shape=(2,), initializer="zeros", dtype="float64",
-                                        name="iou_sum_count")
 
-    def update_state(self, y_true: tf.Tensor, y_pred: tf.Tensor,
-                     sample_weight: tf.Tensor | None = None) -> None:
+    def values(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         y_true = tf.cast(y_true, tf.float64)
-        present = y_true[:, 0]
-        iou = box_iou(y_true[:, 1:], y_pred)
-        self.counts.assign_add(tf.stack([tf.reduce_sum(iou * present), tf.reduce_sum(present)]))
-
-    def result(self) -> tf.Tensor:
-        c = tf.convert_to_tensor(self.counts)
-        return tf.cast(tf.math.divide_no_nan(c[0], c[1]), tf.float32)
-
-    def get_config(self) -> dict:
-        return {"name": self.name}
+        return box_iou(y_true[:, 1:], y_pred), y_true[:, 0]
