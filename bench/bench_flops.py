@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import statistics
 import time
 
@@ -50,6 +51,31 @@ def peak_kernels(n: int = 2048, conv: tuple[int, int, int] = (8, 64, 256)
     conv2d = tf.function(lambda: tf.nn.conv2d(x, w, 1, "SAME"))
     return {"peak_matmul": (lambda: matmul().numpy(), n ** 3),
             "peak_conv3x3": (lambda: conv2d().numpy(), b_ * hw * hw * 9 * c * c)}
+
+
+def op_table(profile_dir: str, top: int = 15) -> list[tuple[str, float, float]]:
+    """(op type, ms, % of op time) from the profiler trace's TF compute threads, largest
+    first (executor "Process" events contain the ops: left out, not counted twice)."""
+    import collections
+    import glob
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    path = sorted(glob.glob(f"{profile_dir}/plugins/profile/*/*.xplane.pb"))[-1]
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(pathlib.Path(path).read_bytes())
+    total: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for ev in line.events:
+                op = plane.event_metadata[ev.metadata_id].name.split(":")[-1]
+                if op != "Process":
+                    total[op] += ev.duration_ps
+    all_ps = sum(total.values())
+    return [(op, round(ps / 1e9, 1), round(100 * ps / all_ps, 1))
+            for op, ps in total.most_common(top)]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -97,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
             train()
         tf.profiler.experimental.stop()
         res["profile_dir"] = args.profile_dir
+        res["op_table_3_train_steps"] = op_table(args.profile_dir)
     res.update(cpu_cores=os.cpu_count(), bench_wall_s=round(time.perf_counter() - t0, 1),
                load_avg_1min_before_after=[round(load0, 2), round(os.getloadavg()[0], 2)])
     print(json.dumps(res, indent=1))
