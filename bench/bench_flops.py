@@ -18,6 +18,7 @@ table, where the time goes)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -26,11 +27,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.bench_weighting import (  # noqa: E402
     build_train_model,
     interleaved_times,
+    median_ratio,
     step_fn,
     synthetic_batch,
     trainer_network,
@@ -78,6 +81,21 @@ def op_table(profile_dir: str, top: int = 15) -> list[tuple[str, float, float]]:
             for op, ps in total.most_common(top)]
 
 
+@contextlib.contextmanager
+def keras_batch_norm():
+    """Networks built inside use Keras' own (unfused) BatchNormalization: the "before" of
+    the fused-BN fix, measured beside it."""
+    from deeplab_ext.models import layers
+
+    fused = layers._bn
+    layers._bn = lambda name, momentum, epsilon, sync: keras.layers.BatchNormalization(
+        momentum=momentum, epsilon=epsilon, synchronized=sync, name=name)
+    try:
+        yield
+    finally:
+        layers._bn = fused
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -85,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--profile_dir", default=None)
+    p.add_argument("--bn_compare", action="store_true",
+                   help="also each variant's train step with Keras' unfused BatchNorm")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
@@ -102,6 +122,12 @@ def main(argv: list[str] | None = None) -> dict:
         fns[f"{v}:infer"] = lambda f=infer, x_=x: f(x_).numpy()
         macs[f"{v}:train"], macs[f"{v}:infer"] = 3 * forward, forward
         models[v] = (fns[f"{v}:train"], forward)
+        if args.bn_compare:
+            with keras_batch_norm():
+                net_k, cfg_k = trainer_network(v)
+            fns[f"{v}:train_keras_bn"] = step_fn(build_train_model(net_k, cfg_k, "uncertainty"),
+                                                 x, y)
+            macs[f"{v}:train_keras_bn"] = 3 * forward
     times = interleaved_times(fns, args.rounds, warmup=1)
     rate = {k: macs[k] / statistics.median(t) for k, t in times.items()}
     peak = max(rate["peak_matmul"], rate["peak_conv3x3"])
@@ -116,6 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
             **{f"{k}_gmacs_per_s": round(rate[f"{v}:{k}"] / 1e9, 1) for k in ("train", "infer")},
             **{f"{k}_fraction_of_peak": round(rate[f"{v}:{k}"] / peak, 3)
                for k in ("train", "infer")}}
+        if args.bn_compare:
+            res["variants"][v]["train_keras_bn_s"] = round(
+                statistics.median(times[f"{v}:train_keras_bn"]), 4)
+            res["variants"][v]["train_speedup_fused_bn"] = round(
+                median_ratio(times[f"{v}:train_keras_bn"], times[f"{v}:train"]), 3)
     if args.profile_dir:
         train, _ = next(iter(models.values()))
         tf.profiler.experimental.start(args.profile_dir)

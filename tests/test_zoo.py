@@ -283,3 +283,44 @@ def test_tag_head_pooling_modes_share_weights_and_pool_location_scores():
         get_config("deeplabv3plus_mobilenetv2_tiny_mt", tag_head_pooling="sum")
     cfg = get_config("deeplabv3plus_mobilenetv2_tiny_mt", tag_head_pooling="max")
     assert build_network(cfg, input_shape=(33, 33, 3)).get_layer("tag_head").pooling == "max"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_matches_keras_batch_norm(dtype, training):
+    """The fused kernel computes what Keras' BatchNormalization computes (outputs, the
+    gradients to inputs, gamma and beta, the moving statistics), up to rounding: two
+    different op graphs, so a tolerance."""
+    import tensorflow as tf
+
+    from deeplab_ext.models.layers import FusedBatchNorm
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2, 3, (4, 9, 7, 5)), dtype)
+    gamma, beta = rng.uniform(0.5, 2, 5), rng.normal(0, 1, 5)
+    results = []
+    for cls in (keras.layers.BatchNormalization, FusedBatchNorm):
+        layer = cls(momentum=0.9, epsilon=1e-5, dtype=dtype if dtype == "float32" else
+                    "mixed_float16")
+        layer.build(x.shape)
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            s = tf.reduce_sum(tf.cast(y, tf.float32) * tf.sin(tf.cast(x, tf.float32)))
+        grads = tape.gradient(s, [x, layer.gamma, layer.beta])
+        results.append((y, grads, layer.moving_mean, layer.moving_variance))
+    (y0, g0, m0, v0), (y1, g1, m1, v1) = results
+    tol = dict(rtol=1e-5, atol=2e-5) if dtype == "float32" else dict(rtol=2e-3, atol=4e-3)
+    assert y1.dtype == y0.dtype
+    np.testing.assert_allclose(np.float32(y1), np.float32(y0), **tol)
+    for a, b in zip(g1, g0, strict=True):
+        scale = float(np.abs(np.float32(b)).max())
+        np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=tol["rtol"],
+                                   atol=tol["atol"] * max(scale, 1.0))
+    np.testing.assert_allclose(m1.numpy(), m0.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(v1.numpy(), v0.numpy(), rtol=1e-5, atol=1e-6)
+    if training:  # the statistics moved, and by the biased batch variance (Keras' rule)
+        var = np.float32(x).reshape(-1, 5).var(axis=0)
+        np.testing.assert_allclose(v1.numpy(), 0.9 + 0.1 * var, rtol=1e-4)
