@@ -29,7 +29,7 @@ from deeplab_ext.run.rundir import MODEL_CONFIG_FILE, atomic_write
 from deeplab_ext.run.trainer import ProgressCallback, SaverCallback
 from tf_mtl.inference import InputAlignment
 from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore
-from tf_mtl.metrics import StreamingMeanIoU, image_iou_counts, miou_from_counts
+from tf_mtl.metrics import StreamingMeanIoU, image_iou_counts, iou_from_counts
 from tf_mtl.model import MultiTaskModel
 from tf_mtl.schedules import get_learning_rate_schedule
 from tf_mtl.tasks import Task
@@ -50,6 +50,13 @@ def reconstruction_miou(autoencoder: keras.Model, info: DatasetInfo, dataset_dir
                         split: str, max_examples: int | None = None) -> float:
     """mIoU of the reconstructed label maps of a split (full size, padded to the stride
     with ignore pixels, i.e. all-zero one-hot vectors, and cropped back)."""
+    return float(np.nanmean(reconstruction_iou(autoencoder, info, dataset_dir, split,
+                                               max_examples)))
+
+
+def reconstruction_iou(autoencoder: keras.Model, info: DatasetInfo, dataset_dir: str,
+                       split: str, max_examples: int | None = None) -> np.ndarray:
+    """Per-class IoU of the reconstructed label maps (NaN for classes absent from both)."""
     ds = input_pipeline.make_dataset(info, dataset_dir, split, crop_size=None, batch_size=1,
                                      is_training=False, targets=("semantic",))
     if max_examples:
@@ -66,7 +73,7 @@ def reconstruction_miou(autoencoder: keras.Model, info: DatasetInfo, dataset_dir
                                        info.ignore_label))
     if not counts:
         raise ValueError(f"split {split!r} in {dataset_dir} is empty")
-    return float(miou_from_counts(np.sum(counts, axis=0)))
+    return iou_from_counts(np.sum(counts, axis=0))
 
 
 def train_label_autoencoder(options: LabelAutoencoderOptions,
@@ -118,13 +125,16 @@ def train_label_autoencoder(options: LabelAutoencoderOptions,
                                                          printer),
                                         SaverCallback(manager, options.save_interval_steps)])
         writer.flush()
-    miou = reconstruction_miou(network, info, options.dataset_dir, options.eval_split,
-                               options.max_eval_examples)
+    per_class = reconstruction_iou(network, info, options.dataset_dir, options.eval_split,
+                                   options.max_eval_examples)
+    miou = float(np.nanmean(per_class))
     with writer.as_default():
         tf.summary.scalar("eval/reconstruction_miou", miou, step=model.optimizer.iterations)
     writer.flush()
     printer(f"Reconstruction mIoU on {info.name}:{options.eval_split}: {100 * miou:.2f}%")
-    return {"reconstruction_miou": miou, "checkpoint": manager.latest_checkpoint,
+    printer("  per-class IoU: " + ", ".join(f"{n} {100 * v:.2f}" for n, v in
+                                           zip(info.class_names, per_class, strict=True)))
+    return {"reconstruction_miou": miou, "per_class_iou": [float(v) for v in per_class], "checkpoint": manager.latest_checkpoint,
             "step": int(model.optimizer.iterations.numpy())}
 
 
