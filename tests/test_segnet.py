@@ -297,3 +297,21 @@ def test_train_export_round_trip_in_fresh_process(variant, tmp_path, data_dir):
     cv2.imwrite(str(image), (images[0, :, :, ::-1]).astype(np.uint8).repeat(2, 0)[:40, :33])
     predict_from_export_and_run(export, logdir, image, tmp_path, "--tags=disk_h",
                                 "--evidence_steps=2")
+
+
+def test_seed_systems_compose_with_mtan(tmp_path, data_dir):
+    """MTAN takes the other seed systems unchanged: self-supervised tasks (a head and a
+    second pass), auxiliary modules and deep supervision on its stages, DWA."""
+    proc = run_tool("train", f"--train_logdir={tmp_path / 'run'}", f"--dataset_dir={data_dir}",
+                    "--dataset=shapes_evidence", "--model_variant=mtan_tiny",
+                    "--train_crop_size=33,33", "--train_batch_size=2", "--seed=0",
+                    "--training_number_of_steps=1", "--save_summaries_images=false",
+                    "--aux_tasks=edges,denoise", "--aux_modules=semantic",
+                    "--deep_supervision=semantic", "--loss_weighting=dwa")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for log in ("edges_loss=", "denoise_loss=", "aux_module_semantic_loss=",
+                "deep_semantic_stride2_loss=", "deep_semantic_stride8_loss=", "class_loss=",
+                "box_loss="):
+        assert log in proc.stdout, log
+    # The family's stages (every pooled block output but MTAN's last) are the taps.
+    assert "deep_semantic_stride16_loss" not in proc.stdout
