@@ -12,7 +12,7 @@ from tests.conftest import REPO, tool_env
 def test_gpu_checks_tiny_runs_every_check_on_cpu():
     env = {**tool_env(), "PY": str(REPO / ".venv" / "bin" / "python")}
     proc = subprocess.run(["bash", "bench/gpu_checks.sh", "--tiny"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=400)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert res["tiny"] is True and res["device"] == "CPU"
