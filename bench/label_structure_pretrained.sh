@@ -10,20 +10,11 @@ set -euo pipefail
 W=${1:?usage: bash bench/label_structure_pretrained.sh WORKDIR [STEPS] [AE_STEPS]}
 STEPS=${2:-300}
 AE_STEPS=${3:-800}
-PY=${PY:-.venv/bin/python}
-SHARED=$(cd "$(dirname "$0")/../.." && pwd)/shared
-export TF_CPP_MIN_LOG_LEVEL=2
-mkdir -p "$W"
-run() { echo "\$ $*" | tee -a "$W/log.txt"; "$@" 2>&1 | tee -a "$W/log.txt"; }
-[ -f "$W/coco/done" ] || { run $PY -m tools.build_voc2012_data \
-  --image_folder="$SHARED/data/coco128-voc/JPEGImages" \
-  --semantic_segmentation_folder="$SHARED/data/coco128-voc/SegmentationClass" \
-  --list_folder="$SHARED/data/coco128-voc/ImageSets/Segmentation" --dataset=coco128_voc \
-  --output_dir="$W/coco" && touch "$W/coco/done"; }
+source "$(dirname "$0")/coco128.sh"
 run $PY -m tools.train_label_autoencoder --train_logdir="$W/ae128" --dataset=pascal_voc_seg \
   --dataset_dir="$W/coco" --train_split=train --eval_split=val --variant=128 \
   --train_crop_size=128,128 --training_number_of_steps="$AE_STEPS" --log_every_n_steps=100
-run $PY -m tools.import_weights --source="$SHARED/models/deeplabv3_mnv2_dm05_pascal_257.tflite" \
+run $PY -m tools.import_weights --source="$TFLITE" \
   --model_variant=deeplabv3_mobilenetv2_dm05 --output_dir="$W/import"
 for arm in baseline decoder; do
   extra=()

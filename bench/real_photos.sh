@@ -9,18 +9,9 @@
 set -euo pipefail
 W=${1:?usage: bash bench/real_photos.sh WORKDIR [TAG_STEPS]}
 STEPS=${2:-1500}
-PY=${PY:-.venv/bin/python}
-SHARED=$(cd "$(dirname "$0")/../.." && pwd)/shared
-export TF_CPP_MIN_LOG_LEVEL=2
-mkdir -p "$W"
+source "$(dirname "$0")/coco128.sh"
 MODES=none,prune,bp_l2,bp_es,bp_l2_prune,bp_es_prune
-run() { echo "\$ $*" | tee -a "$W/log.txt"; "$@" 2>&1 | tee -a "$W/log.txt"; }
-[ -f "$W/coco/done" ] || { run $PY -m tools.build_voc2012_data \
-  --image_folder="$SHARED/data/coco128-voc/JPEGImages" \
-  --semantic_segmentation_folder="$SHARED/data/coco128-voc/SegmentationClass" \
-  --list_folder="$SHARED/data/coco128-voc/ImageSets/Segmentation" --dataset=coco128_voc \
-  --output_dir="$W/coco" && touch "$W/coco/done"; }
-run $PY -m tools.import_weights --source="$SHARED/models/deeplabv3_mnv2_dm05_pascal_257.tflite" \
+run $PY -m tools.import_weights --source="$TFLITE" \
   --model_variant=deeplabv3_mobilenetv2_dm05_mt --output_dir="$W/import"
 run $PY -m tools.train --model_variant=deeplabv3_mobilenetv2_dm05_mt --dataset=pascal_voc_seg \
   --dataset_dir="$W/coco" --train_split=train --train_logdir="$W/train" \
