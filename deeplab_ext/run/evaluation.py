@@ -317,22 +317,25 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
                                "modes": {}}
     vis_rows = [{"image": b[0][0].numpy(), "label": b[1]["semantic"][0].numpy(), "pred": {}}
                 for b in batches[: options.num_vis_examples]]
-    if has_tags:
-        f1, tag_map = TagPrecisionRecallF1(len(info.tag_class_ids)), TagMAP(len(info.tag_class_ids))
+    # One plain pass serves the tag metrics and the image-level tasks (SegNet's class and
+    # box heads, on the whole image).
+    f1, tag_map = TagPrecisionRecallF1(len(info.tag_class_ids)), TagMAP(len(info.tag_class_ids))
+    if has_tags or image_tasks:
         for images, targets in batches:
-            logits = network(images, training=False)[family.tags_output]
-            f1.update_state(targets["tags"], logits)
-            tag_map.update_state(targets["tags"], logits)
+            out = network(images, training=False)
+            if has_tags:
+                f1.update_state(targets["tags"], out[family.tags_output])
+                tag_map.update_state(targets["tags"], out[family.tags_output])
+            for task in image_tasks:
+                for metric in task.metrics:
+                    metric.update_state(targets[task.target_key], out[task.output_key])
+    if has_tags:
         results["tags"] = {k: float(v) for k, v in f1.results().items()}
         results["tags"]["mAP"] = float(tag_map.result())
         printer(f"tags: precision {results['tags']['precision']:.4f} recall "
                 f"{results['tags']['recall']:.4f} F1 {results['tags']['f1']:.4f} "
                 f"mAP {results['tags']['mAP']:.4f}")
-    for task in image_tasks:  # e.g. SegNet's class and box heads, on the whole image
-        for images, targets in batches:
-            out = network(images, training=False)[task.output_key]
-            for metric in task.metrics:
-                metric.update_state(targets[task.target_key], out)
+    for task in image_tasks:
         results[task.name] = {m.name: float(m.result()) for m in task.metrics}
         printer(f"{task.name}: " + " ".join(f"{k} {v:.4f}" for k, v in results[task.name].items()))
     image_counts: dict[str, list[np.ndarray]] = {}
