@@ -176,6 +176,29 @@ def test_pipeline_targets_are_those_of_the_augmented_crop(tmp_path):
     assert present >= 3
 
 
+def test_class_and_box_targets_share_one_components_pass():
+    """Both targets of one example come from a single numpy_function call (the memo of
+    ``compute_targets``), and asking for one alone still works."""
+    from deeplab_ext.data.targets import DENSE, compute_targets
+
+    label = tf.constant(np.pad(np.full((4, 5, 1), INFO.object_class_ids[0]), ((2, 3), (1, 2), (0, 0))),
+                        tf.int32)
+    image = tf.zeros([9, 8, 3])
+
+    def py_funcs(names):
+        fn = tf.function(lambda: compute_targets(names, DENSE, image, label, INFO, None, False))
+        graph = fn.get_concrete_function().graph
+        return fn(), sum(op.type in ("PyFunc", "PyFuncStateless") for op in graph.get_operations())
+
+    both, calls = py_funcs(("object_class", "object_box"))
+    assert calls == 1
+    np.testing.assert_allclose(both["object_box"], [1, 2 / 9, 1 / 8, 6 / 9, 6 / 8], rtol=1e-7)
+    alone, calls = py_funcs(("object_box",))
+    assert calls == 1
+    np.testing.assert_array_equal(alone["object_box"], both["object_box"])
+    assert int(both["object_class"]) == INFO.object_class_ids[0]
+
+
 def test_class_and_box_losses_skip_images_without_an_object():
     logits = tf.constant([[2.0, 0.0, -1.0], [0.0, 5.0, 0.0]])
     ce = float(image_class_ce(tf.constant([0, -1]), logits))

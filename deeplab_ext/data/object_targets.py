@@ -53,10 +53,14 @@ def _object(label: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _object_targets(ctx: TargetContext) -> tuple[tf.Tensor, tf.Tensor]:
-    ids = tf.constant(ctx.info.object_class_ids, tf.int64)
-    cls, box = tf.numpy_function(_object, [tf.cast(ctx.label, tf.int32), ids],
-                                 (tf.int32, tf.float32), stateful=False)
-    return tf.reshape(cls, []), tf.reshape(box, [5])
+    """The class and the box, from one connected-components pass per example."""
+    def build() -> tuple[tf.Tensor, tf.Tensor]:
+        ids = tf.constant(ctx.info.object_class_ids, tf.int64)
+        cls, box = tf.numpy_function(_object, [tf.cast(ctx.label, tf.int32), ids],
+                                     (tf.int32, tf.float32), stateful=False)
+        return tf.reshape(cls, []), tf.reshape(box, [5])
+
+    return ctx.shared("largest_object", build)
 
 
 @register_target("object_class", stage=DENSE)

@@ -56,6 +56,9 @@ class TargetContext:
     ``label``: ``[H, W, 1]`` (uint8 decoded / int32 augmented; padding is the ignore label).
     ``seed``: an int64 ``[2]`` seed of this example and target for stateless random ops in
     training, None in evaluation (where targets must be deterministic).
+    ``memo``: shared by every target of one example and stage, so targets built on the
+    same intermediate (the largest object's class and box) compute it once: use
+    :meth:`shared`.
     """
 
     image: tf.Tensor
@@ -63,6 +66,13 @@ class TargetContext:
     info: DatasetInfo
     seed: tf.Tensor | None
     is_training: bool
+    memo: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def shared(self, key: str, build: Callable[[], object]) -> object:
+        """``build()`` once per example and stage, whichever target asks first."""
+        if key not in self.memo:
+            self.memo[key] = build()
+        return self.memo[key]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,12 +130,12 @@ def compute_targets(names: tuple[str, ...], stage: str, image: tf.Tensor, label:
                     info: DatasetInfo, seed: tf.Tensor | None, is_training: bool
                     ) -> dict[str, tf.Tensor]:
     """The targets of ``names`` that belong to ``stage``, by name."""
-    out = {}
+    out, memo = {}, {}
     for name in names:
         spec = get_target(name)
         if spec.stage == stage:
             out[name] = spec.fn(TargetContext(image, label, info, _seed_for(seed, name),
-                                              is_training))
+                                              is_training, memo))
     return out
 
 
