@@ -11,9 +11,17 @@ cores) and ``mtan_tiny`` (the same SegNet with per-task encoder attention); fram
 to 241 px, 177x241 crops, batch 8, Adam, the same steps and seed per column::
 
     .venv/bin/python -m bench.bench_segnet_mtan --workdir=/tmp/segnet --seeds=0,1,2
+
+It first prints the heads' floor (``trivial_reference``): train's most frequent class and
+train's mean box, scored on val.
 """
 
 from __future__ import annotations
+
+import argparse
+import pathlib
+
+import numpy as np
 
 from bench.sweep import Arm, SweepSettings, main_for
 
@@ -33,8 +41,46 @@ def _heads(res: dict) -> dict:
             "box_iou": res.get("box", {}).get("box_iou")}
 
 
+def _targets(shards: str, split: str, max_resize_value: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class ids and boxes of every frame of ``split`` as ``tools.eval`` sees them (whole
+    frames at the sweep's scale, no crop)."""
+    from deeplab_ext.data import input_pipeline
+    from deeplab_ext.data.datasets import get_dataset_info
+
+    ds = input_pipeline.make_dataset(get_dataset_info("camvid"), shards, split, crop_size=None,
+                                     batch_size=1, is_training=False,
+                                     max_resize_value=max_resize_value,
+                                     targets=("semantic", "object_class", "object_box"))
+    ys = [y for _, y in ds]
+    return (np.array([int(y["object_class"][0]) for y in ys]),
+            np.stack([y["object_box"][0].numpy() for y in ys]))
+
+
+def trivial_reference(shards: str, max_resize_value: int) -> dict:
+    """What the class and box heads score without looking at the image: train's most
+    frequent class, and train's mean box, on val (the floor the heads must beat)."""
+    from tf_mtl.metrics import box_iou
+
+    train_cls, train_box = _targets(shards, "train", max_resize_value)
+    val_cls, val_box = _targets(shards, "val", max_resize_value)
+    present = train_cls >= 0
+    majority = int(np.bincount(train_cls[present]).argmax())
+    mean_box = train_box[train_box[:, 0] > 0, 1:].mean(axis=0)
+    has = val_box[:, 0] > 0
+    ious = box_iou(val_box[has, 1:], np.broadcast_to(mean_box, (int(has.sum()), 4))).numpy()
+    return {"majority_class": majority,
+            "class_accuracy": float(np.mean(val_cls[val_cls >= 0] == majority)),
+            "mean_train_box": [round(float(v), 4) for v in mean_box],
+            "box_iou": float(ious.mean()), "val_frames_with_object": int(has.sum())}
+
+
+def _prepare(args: argparse.Namespace, workdir: pathlib.Path, env: dict) -> dict:
+    return {"trivial_reference": trivial_reference(str(workdir / "tfrecord"),
+                                                   args.max_resize_value)}
+
+
 def main(argv: list[str] | None = None) -> None:
-    main_for(__doc__.splitlines()[0], ARMS, argv, extract=_heads,
+    main_for(__doc__.splitlines()[0], ARMS, argv, extract=_heads, prepare=_prepare,
              settings=SweepSettings(variant="segnet_tiny", train_steps=900))
 
 

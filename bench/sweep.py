@@ -91,17 +91,24 @@ def run_arm(arm: Arm, seed: int, settings: SweepSettings, workdir: pathlib.Path,
             "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
 
 
-def summary(rows: dict[str, dict], arms: Sequence[str], baseline: str | None = None) -> str:
+def summary(rows: dict[str, dict], arms: Sequence[str], baseline: str | None = None,
+            fields: Sequence[str] = ()) -> str:
     """Mean +- std of val mIoU per arm and the seed-paired difference to ``baseline``
-    (default: the first arm), in points."""
+    (default: the first arm), in points; then mean +- std of each of ``fields`` (other
+    fractions the rows carry: a decoder path's mIoU, a head's accuracy) over the rows
+    that have it."""
     baseline = baseline or arms[0]
-    by_arm = {a: {r["seed"]: r["miou"] for r in rows.values() if r.get("arm") == a}
-              for a in arms}
+
+    def by_seed(arm: str, key: str) -> dict[int, float]:
+        return {r["seed"]: r[key] for r in rows.values()
+                if r.get("arm") == arm and r.get(key) is not None}
+
     lines = ["| arm | runs | val mIoU (%) mean +- std | vs "
-             f"{baseline}, seed-paired (95% t) |", "|---|---|---|---|"]
-    base = by_arm.get(baseline, {})
+             f"{baseline}, seed-paired (95% t) |" + "".join(f" {f} (%) |" for f in fields),
+             "|---|---|---|---|" + "---|" * len(fields)]
+    base = by_seed(baseline, "miou")
     for arm in arms:
-        values = by_arm[arm]
+        values = by_seed(arm, "miou")
         if not values:
             continue
         mean, std = mean_std([100 * v for v in values.values()])
@@ -110,7 +117,15 @@ def summary(rows: dict[str, dict], arms: Sequence[str], baseline: str | None = N
         if arm != baseline and common:
             d, lo, hi = paired_interval([100 * (values[s] - base[s]) for s in common])
             cell = f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}] ({len(common)} seeds)"
-        lines.append(f"| {arm} | {len(values)} | {mean:.2f} +- {std:.2f} | {cell} |")
+        extra = ""
+        for f in fields:
+            got = by_seed(arm, f)
+            if got:
+                m, sd = mean_std([100 * v for v in got.values()])
+                extra += f" {m:.2f} +- {sd:.2f} ({len(got)}) |"
+            else:
+                extra += " |"
+        lines.append(f"| {arm} | {len(values)} | {mean:.2f} +- {std:.2f} | {cell} |{extra}")
     return "\n".join(lines)
 
 
@@ -163,3 +178,20 @@ def main_for(description: str, arms: Sequence[Arm], argv: list[str] | None = Non
             print(json.dumps({k: row[k] for k in ("run", "miou", "seconds")}), flush=True)
     print(summary(done, chosen))
     return done
+
+
+def _summarize(argv: list[str] | None = None) -> None:
+    """``python -m bench.sweep RESULTS.jsonl``: the table of a (committed) results file."""
+    p = argparse.ArgumentParser(description=_summarize.__doc__)
+    p.add_argument("results")
+    p.add_argument("--arms", default="", help="order (default: as the rows first appear)")
+    p.add_argument("--baseline", default=None)
+    p.add_argument("--fields", default="", help="more per-run fractions to average")
+    args = p.parse_args(argv)
+    rows = finished_runs(pathlib.Path(args.results))
+    arms = args.arms.split(",") if args.arms else list(dict.fromkeys(r["arm"] for r in rows.values()))
+    print(summary(rows, arms, args.baseline, [f for f in args.fields.split(",") if f]))
+
+
+if __name__ == "__main__":
+    _summarize()
