@@ -8,7 +8,8 @@ the study's fixed weights (semantic 0.7, class 0.1, box 0.2) and with uncertaint
 weighting. Network: ``segnet_tiny`` (SegNet-Basic's layout: four blocks, argmax pooling,
 unpooling by index, decoder without ReLU; 32 3x3 filters instead of 64 7x7 to fit 2
 cores) and ``mtan_tiny`` (the same SegNet with per-task encoder attention); frames shrunk
-to 241 px, 177x241 crops, batch 8, Adam, the same steps and seed per column::
+to 161 px, 121x161 crops, batch 8, 600 Adam steps (an MTAN run fits ~10 minutes on 2
+cores), the same seed per column (BENCHMARKS 17)::
 
     .venv/bin/python -m bench.bench_segnet_mtan --workdir=/tmp/segnet --seeds=0,1,2
 
@@ -81,7 +82,8 @@ def _prepare(args: argparse.Namespace, workdir: pathlib.Path, env: dict) -> dict
 
 def main(argv: list[str] | None = None) -> None:
     main_for(__doc__.splitlines()[0], ARMS, argv, extract=_heads, prepare=_prepare,
-             settings=SweepSettings(variant="segnet_tiny", train_steps=900))
+             settings=SweepSettings(variant="segnet_tiny", train_steps=600, crop="121,161",
+                                   max_resize_value=161))
 
 
 if __name__ == "__main__":
