@@ -89,11 +89,15 @@ def camvid_subset(shared_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("camvid_subset")
     lines = (shared_data / "camvid" / "train.txt").read_text().splitlines()
     (tmp / "train_small.txt").write_text("\n".join(lines[:6]) + "\n")
+    (tmp / "held.txt").write_text("\n".join(lines[6:8]) + "\n")
     out = tmp / "out"
+    # Two splits given as two flags: both must be written (a repeated DEFINE_list kept
+    # only the last one).
     _run_tool(
         "tools.build_camvid_data",
         f"--camvid_dir={shared_data / 'camvid'}",
         f"--list_files=train={tmp / 'train_small.txt'}",
+        f"--list_files=held={tmp / 'held.txt'}",
         "--num_shards=2",
         f"--output_dir={out}",
     )
@@ -111,6 +115,7 @@ def test_camvid_cli_subset_roundtrip(camvid_subset, shared_data):
     ]
     examples = tfrecord.read_examples(shards)
     assert len(examples) == 6
+    assert len(tfrecord.read_examples(_shards(out, "held"))) == 2
     for ex, line in zip(examples, lines, strict=True):
         image_rel, label_rel = line.split()
         assert ex["image/encoded"] == (camvid / image_rel).read_bytes()

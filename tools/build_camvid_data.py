@@ -17,8 +17,12 @@ flags.DEFINE_string("camvid_dir", "./CamVid", "Folder holding train.txt, val.txt
 flags.DEFINE_string("output_dir", "./tfrecord", "Where to write the TFRecord shards.")
 flags.DEFINE_integer("num_shards", 4, "Shards per split.")
 flags.DEFINE_string("dataset", "camvid", "Dataset descriptor used to validate labels.")
-flags.DEFINE_list(
-    "list_files", None, "Optional split=path pairs instead of <camvid_dir>/<split>.txt."
+# multi_string, not list: absl keeps only the last of repeated DEFINE_list flags, which
+# silently dropped every split but the last (--list_files=a=x --list_files=b=y).
+flags.DEFINE_multi_string(
+    "list_files", None,
+    "Optional split=path pairs instead of <camvid_dir>/<split>.txt; repeat the flag or "
+    "separate pairs with commas.",
 )
 flags.DEFINE_bool(
     "skip_bad_examples", False, "Skip unreadable/inconsistent examples and report them."
@@ -29,7 +33,7 @@ def main() -> int:
     list_files = None
     if FLAGS.list_files:
         list_files = {}
-        for item in FLAGS.list_files:
+        for item in (i for value in FLAGS.list_files for i in value.split(",") if i):
             if "=" not in item:
                 raise app.UsageError(f"--list_files entries must be split=path, got {item!r}")
             split, path = item.split("=", 1)
