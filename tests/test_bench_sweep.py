@@ -31,3 +31,32 @@ def test_summarize_cli_reads_a_results_file_in_first_seen_order(tmp_path, capsys
     _summarize([str(path), "--baseline=base"])
     out = capsys.readouterr().out.splitlines()
     assert out[2].startswith("| dec | 3 |") and "vs base" in out[0]
+
+
+def test_segnet_trivial_reference_scores_train_majority_and_mean_box_on_val(monkeypatch):
+    """The heads' floor in BENCHMARKS 17: train's most frequent class and train's mean box
+    (frames without an object excluded from both), scored on val by hand."""
+    import numpy as np
+
+    from bench import bench_segnet_mtan
+
+    data = {
+        # Classes: 2 is the majority among frames with an object (-1 = none).
+        "train": (np.array([2, 0, 2, -1, -1, -1]),
+                  np.array([[1, 0.0, 0.0, 0.5, 0.5], [1, 0.2, 0.2, 0.6, 0.6],
+                            [1, 0.1, 0.0, 0.4, 0.5], [0, 0.9, 0.9, 1.0, 1.0],
+                            [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]])),
+        "val": (np.array([2, 1, -1, 2, 0]),
+                np.array([[1, 0.1, 0.0666, 0.5, 0.5333], [1, 0.6, 0.6, 1.0, 1.0],
+                          [0, 0, 0, 0, 0], [1, 0.1, 0.0666, 0.5, 0.5333],
+                          [1, 0.1, 0.0666, 0.3, 0.5333]])),
+    }
+    monkeypatch.setattr(bench_segnet_mtan, "_targets", lambda shards, split, size: data[split])
+    ref = bench_segnet_mtan.trivial_reference("unused", 161)
+    assert ref["majority_class"] == 2
+    assert ref["class_accuracy"] == 0.5  # val frames with an object: 2, 1, 2, 0
+    # Mean of the three train boxes present: [0.1, 0.0667, 0.5, 0.5333].
+    np.testing.assert_allclose(ref["mean_train_box"], [0.1, 0.0667, 0.5, 0.5333], atol=1e-4)
+    # Val IoUs with that box: ~1, 0 (disjoint), ~1, 0.5 (half its height); mean 0.625.
+    assert abs(ref["box_iou"] - 0.625) < 1e-3
+    assert ref["val_frames_with_object"] == 4
