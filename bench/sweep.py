@@ -181,14 +181,17 @@ def main_for(description: str, arms: Sequence[Arm], argv: list[str] | None = Non
 
 
 def _summarize(argv: list[str] | None = None) -> None:
-    """``python -m bench.sweep RESULTS.jsonl``: the table of a (committed) results file."""
+    """``python -m bench.sweep RESULTS.jsonl [MORE.jsonl ...]``: the table of (committed)
+    results files; several files when one sweep's baseline ran in another's workdir."""
     p = argparse.ArgumentParser(description=_summarize.__doc__)
-    p.add_argument("results")
+    p.add_argument("results", nargs="+")
     p.add_argument("--arms", default="", help="order (default: as the rows first appear)")
     p.add_argument("--baseline", default=None)
     p.add_argument("--fields", default="", help="more per-run fractions to average")
     args = p.parse_args(argv)
-    rows = finished_runs(pathlib.Path(args.results))
+    rows = {}
+    for path in args.results:
+        rows.update(finished_runs(pathlib.Path(path)))
     arms = args.arms.split(",") if args.arms else list(dict.fromkeys(r["arm"] for r in rows.values()))
     print(summary(rows, arms, args.baseline, [f for f in args.fields.split(",") if f]))
 

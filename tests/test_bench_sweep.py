@@ -31,6 +31,13 @@ def test_summarize_cli_reads_a_results_file_in_first_seen_order(tmp_path, capsys
     _summarize([str(path), "--baseline=base"])
     out = capsys.readouterr().out.splitlines()
     assert out[2].startswith("| dec | 3 |") and "vs base" in out[0]
+    # The baseline's rows in one file, the other arm's in another: one paired table.
+    rows = list(_rows().values())
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[3:]))
+    _summarize([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--baseline=base"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].startswith("| base | 3 |") and "+1.00 [-1.48, +3.48] (3 seeds)" in out[3]
 
 
 def test_segnet_trivial_reference_scores_train_majority_and_mean_box_on_val(monkeypatch):
