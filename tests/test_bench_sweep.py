@@ -67,3 +67,27 @@ def test_segnet_trivial_reference_scores_train_majority_and_mean_box_on_val(monk
     # Val IoUs with that box: ~1, 0 (disjoint), ~1, 0.5 (half its height); mean 0.625.
     assert abs(ref["box_iou"] - 0.625) < 1e-3
     assert ref["val_frames_with_object"] == 4
+
+
+def test_train_scalars_averages_each_finished_runs_steps_then_over_seeds(tmp_path):
+    import tensorflow as tf
+
+    from bench import train_scalars
+
+    def run(name, values, finished=True):
+        train = tmp_path / name / "train" / "train"
+        with tf.summary.create_file_writer(str(train)).as_default():
+            for step, v in enumerate(values):
+                tf.summary.scalar("train/network_grad_norm", v, step=50 * step)
+        if finished:
+            (tmp_path / name / "eval").mkdir()
+            (tmp_path / name / "eval" / "eval_results.json").write_text("{}")
+
+    run("edges_seed0", [4.0, 2.0, 1.0, 1.0])  # mean 2, halves 3 and 1
+    run("edges_seed1", [2.0, 2.0, 1.0, 3.0])  # mean 2, halves 2 and 2
+    run("aux_seed0", [9.0, 9.0], finished=False)  # still training: left out
+    means = train_scalars.run_means([tmp_path], "train/network_grad_norm")
+    assert set(means) == {"edges"}
+    assert means["edges"] == {0: (2.0, 3.0, 1.0), 1: (2.0, 2.0, 2.0)}
+    line = train_scalars.table(means, ["edges", "aux"], "t").splitlines()[2]
+    assert line == "| edges | 2 | 2.000 +- 0.000 | 2.500 +- 0.707 | 1.500 +- 0.707 |"
