@@ -11,6 +11,20 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# `make test` runs files whole on two workers (`-n auto --dist loadfile`), in collection
+# order. Started last, a long file runs alone for minutes, so the longest files go first
+# (longest-first scheduling). Their order: `pytest --durations=60` summed per file,
+# 2026-12-02 (test_readme.py alone was a sixth of the suite). Other files keep their order.
+LONGEST_FILES = ("test_readme.py", "test_segnet.py", "test_export.py", "test_tools.py",
+                 "test_multi_worker.py", "test_house.py", "test_tuning.py",
+                 "test_gpu_checks.py", "test_label_structure.py", "test_evidence.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
@@ -23,8 +37,11 @@ def tool_env() -> dict[str, str]:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
 
 
-def run_tool(module: str, *args: str, timeout: float = 240):
-    """`python -m tools.<module> args...` from the repo root; output captured as text."""
+def run_tool(module: str, *args: str, timeout: float = 600):
+    """`python -m tools.<module> args...` from the repo root; output captured as text.
+
+    The timeout only catches a hung tool: on a loaded 2-core machine a tool that takes
+    30 s alone took over 240 s."""
     import subprocess
     import sys
 

@@ -134,7 +134,7 @@ def test_export_signatures_match_library_in_fresh_process(export_dir, library, v
     env.pop("PYTHONPATH")
     proc = subprocess.run([sys.executable, "-c", FRESH_SCRIPT, str(inputs), str(export_dir),
                            str(outputs)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=240)
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = dict(np.load(outputs))
     assert sorted(got["signatures"]) == ["segment_with_evidence", "serving_default"]

@@ -59,7 +59,7 @@ def _start_workers(logdir: pathlib.Path, data_dir: pathlib.Path, tmp: pathlib.Pa
     return procs
 
 
-def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[int]:
+def _wait(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
     return [p.wait(timeout=timeout) for p in procs]
 
 
@@ -85,7 +85,7 @@ def test_two_workers_equal_one_process_and_only_the_chief_writes(tmp_path, data_
     single = tmp_path / "single"
     proc = subprocess.run([sys.executable, "-m", "tools.train", f"--train_logdir={single}",
                            f"--dataset_dir={data_dir}", *TRAIN, *steps], cwd=REPO,
-                          env=tool_env(), capture_output=True, text=True, timeout=240)
+                          env=tool_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     multi, tmp = tmp_path / "multi", tmp_path / "worker_tmp"

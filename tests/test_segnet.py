@@ -285,7 +285,7 @@ def test_train_export_round_trip_in_fresh_process(variant, tmp_path, data_dir):
     env.pop("PYTHONPATH")
     proc = subprocess.run([sys.executable, "-c", FRESH_SCRIPT, str(tmp_path / "images.npy"),
                            str(export), str(tmp_path / "out.npz")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = dict(np.load(tmp_path / "out.npz"))
     assert got["project_modules"].size == 0

@@ -96,7 +96,7 @@ def resumed_run(tmp_path_factory, data_dir) -> dict:
     assert killed_at < TOTAL_STEPS
     t_first = time.time() - t0
     second = subprocess.run(args, cwd=REPO, env=tool_env(), capture_output=True, text=True,
-                            timeout=240)
+                            timeout=600)
     return {"logdir": logdir, "killed_at": killed_at, "first_output": first_output,
             "second": second, "seconds": (t_first, time.time() - t0 - t_first)}
 

@@ -92,7 +92,7 @@ def test_tools_vis_cli_writes_original_layout(tmp_path, data_dir, val_images):
          f"--dataset_dir={data_dir}", f"--vis_logdir={out}", "--vis_split=val",
          "--also_save_raw_predictions", "--max_number_of_images=2",
          "--eval_scales=0.75,1.0", "--add_flipped_images"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seg, raw_dir = out / "segmentation_results", out / "raw_segmentation_results"
     assert sorted(p.name for p in seg.iterdir()) == [
