@@ -52,7 +52,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_mtl.functional_optimizers import OPTIMIZERS, FunctionalOptimizer
-from tf_mtl.graph import output_tensor, split_at, upstream_layers
+from tf_mtl.graph import frozen_prefix, output_tensor, split_at, upstream_layers
 from tf_mtl.inference import multi_scale_probabilities, network_logits_fn, validate_scales
 
 # Which variables to refit: variables | layer names | predicate(variable path) | None.
@@ -371,7 +371,12 @@ class EvidenceRefitter:
             self.refit_variables = [v for v in chosen if id(v) in in_tags]
             if not self.refit_variables:
                 raise ValueError("none of the selected variables feeds the tags output")
-            self.split = None
+            # Layers before the first refitted one run once per image, not once per step.
+            self.split = frozen_prefix(network, self.refit_variables)
+            if self.split is not None:
+                self.tags_head = keras.Model(
+                    self.split.head.inputs, self.split.head.output[tags_key],
+                    name=f"{network.name}_tags_head")
         else:
             self.refit_variables = []
             self.split = split_at(network, self.config.latent_layer)
@@ -472,10 +477,13 @@ class EvidenceRefitter:
             x, y = image[None], tag[None]
             anchors = [tf.convert_to_tensor(v.value) for v in self.refit_variables]
             ids = [id(v) for v in self.refit_variables]
+            # The frozen trunk's features, once (inputs of the refitted head).
+            tags_model = self.tags_model if self.split is None else self.tags_head
+            tags_input = x if self.split is None else list(self.split.trunk(x, training=False))
 
             def tag_logits(params: list[tf.Tensor]) -> tf.Tensor:
-                tv, ntv = self._values(self.tags_model, dict(zip(ids, params, strict=True)))
-                out, _ = self.tags_model.stateless_call(tv, ntv, x, training=False)
+                tv, ntv = self._values(tags_model, dict(zip(ids, params, strict=True)))
+                out, _ = tags_model.stateless_call(tv, ntv, tags_input, training=False)
                 return tf.cast(out, tf.float32)
 
             def cond(i, taken, params, state, scale, before, done):
@@ -524,8 +532,13 @@ class EvidenceRefitter:
             overrides = dict(zip(ids, params, strict=True))
 
             def logits_fn(inp: tf.Tensor) -> tf.Tensor:
-                tv, ntv = self._values(self.network, overrides)
-                out, _ = self.network.stateless_call(tv, ntv, inp, training=False)
+                if self.split is not None and inp is x:  # the trunk's features are known
+                    tv, ntv = self._values(self.split.head, overrides)
+                    out, _ = self.split.head.stateless_call(tv, ntv, tags_input,
+                                                            training=False)
+                else:
+                    tv, ntv = self._values(self.network, overrides)
+                    out, _ = self.network.stateless_call(tv, ntv, inp, training=False)
                 return out[self.semantic_key]
 
             probs = multi_scale_probabilities(

@@ -24,6 +24,7 @@ __all__ = [
     "NetworkSplit",
     "SecondPass",
     "feature_model",
+    "frozen_prefix",
     "output_tensor",
     "split_at",
     "upstream_layers",
@@ -142,6 +143,32 @@ def split_at(network: keras.Model, layer_name: str) -> NetworkSplit:
     head = keras.Model([latent, *side_tensors], outputs, name=f"{network.name}_head")
     names = [_history(t)[0].name for t in side_tensors]
     return NetworkSplit(trunk=trunk, head=head, side_names=names)
+
+
+def frozen_prefix(network: keras.Model, variables: Iterable[Any]) -> NetworkSplit | None:
+    """The deepest cut of ``network`` at a named feature (an identity layer) whose trunk
+    holds none of ``variables``, or None.
+
+    Why: a prediction-time refit of the layers after the cut (ASPP, logits) sees the same
+    trunk output at every step, so the trunk runs once per image instead of once per
+    step (the backbone is most of the cost). The trunk includes every side input the
+    head needs (DeepLab v3+'s ``low_level`` skip), so nothing it computes can change.
+    """
+    ids = {id(v) for v in variables}
+    best, best_size = None, 0
+    for layer in network.layers:
+        if not isinstance(layer, keras.layers.Identity):
+            continue
+        try:
+            split = split_at(network, layer.name)
+        except ValueError:
+            continue
+        if any(id(v) in ids for v in split.trunk.variables):
+            continue
+        size = len(split.trunk.layers)
+        if size > best_size:
+            best, best_size = split, size
+    return best
 
 
 def _layer_output(network: keras.Model, name: str) -> Any:

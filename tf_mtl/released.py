@@ -19,8 +19,10 @@ name}`` and reports what was loaded, skipped, missing and left unused.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -30,6 +32,11 @@ from tf_mtl.checkpoint import LoadReport
 
 __all__ = [
     "FOLDED_VARIANCE",
+    "WeightOp",
+    "dequantize",
+    "expected_scopes",
+    "structural_entries",
+    "tflite_weight_ops",
     "keras_model_entries",
     "load_named_weights",
     "tf1_checkpoint_entries",
@@ -76,25 +83,52 @@ def tf1_checkpoint_entries(path: str | os.PathLike) -> Entries:
                     for name, shape in shapes.items() if name != "global_step"})
 
 
-def tflite_entries(path: str | os.PathLike) -> Entries:
-    """The constant tensors of a TFLite model, renamed and laid out as TF1 variables."""
+def _interpreter(path: str) -> Any:
+    """The LiteRT interpreter of ``path`` without default delegates (the graph as stored:
+    XNNPACK would merge ops into delegate nodes), tensors allocated."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError as e:  # pragma: no cover - a pinned requirement
         raise ImportError("reading a TFLite model needs ai-edge-litert (pip install "
                           "ai-edge-litert)") from e
-    path = os.fspath(path)
     try:
-        interpreter = Interpreter(model_path=path)
+        interpreter = Interpreter(
+            model_path=path,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise ValueError(f"--source={path}: cannot read it as a TFLite model ({e})") from e
+    return interpreter
+
+
+def dequantize(values: np.ndarray, quantization: Mapping[str, Any]) -> np.ndarray:
+    """A stored tensor as float32: ``(q - zero_point) * scale`` per tensor or per axis
+    (``quantized_dimension``), the TFLite rule for int8 / uint8 weights and int32 biases;
+    float tensors unchanged."""
+    values = np.asarray(values)
+    scales = np.asarray(quantization.get("scales", ()), np.float32)
+    if values.dtype.kind == "f" or scales.size == 0:
+        return values.astype(np.float32)
+    zero = np.asarray(quantization.get("zero_points", ()), np.float32)
+    zero = np.zeros_like(scales) if zero.size == 0 else zero
+    shape = [1] * values.ndim
+    if scales.size > 1:
+        shape[int(quantization.get("quantized_dimension", 0))] = -1
+    return (values.astype(np.float32) - zero.reshape(shape)) * scales.reshape(shape)
+
+
+def tflite_entries(path: str | os.PathLike, require_names: bool = True) -> Entries:
+    """The constant tensors of a TFLite model, renamed and laid out as TF1 variables
+    (by the tensor names the original's converter kept; stripped names: use
+    :func:`tflite_weight_ops` and :func:`structural_entries`)."""
+    path = os.fspath(path)
+    interpreter = _interpreter(path)
     entries = Entries()
     for detail in interpreter.get_tensor_details():
         name, index, shape = detail["name"], detail["index"], tuple(detail["shape"])
 
-        def read(i: int = index) -> np.ndarray:
-            return np.array(interpreter.get_tensor(i))
+        def read(i: int = index, q: Mapping = detail["quantization_parameters"]) -> np.ndarray:
+            return dequantize(np.array(interpreter.get_tensor(i)), q)
 
         if name.endswith("/depthwise_weights") and len(shape) == 4:  # [1, h, w, c]
             entries[name] = ((shape[1], shape[2], shape[3], shape[0]),
@@ -114,9 +148,168 @@ def tflite_entries(path: str | os.PathLike) -> Entries:
             for alias in ("biases", "BatchNorm/beta", "BatchNorm/gamma", "BatchNorm/moving_mean",
                           "BatchNorm/moving_variance"):
                 entries.group[f"{scope}/{alias}"] = name
-    if not entries:
+    if not entries and require_names:
         raise ValueError(f"--source={path}: no named conv weights in this TFLite model")
     return entries
+
+
+# ------------------------------------------------------- TFLite graphs read by structure
+@dataclasses.dataclass
+class WeightOp:
+    """One convolution of a TFLite graph, weights dequantised, in TF1 layout.
+
+    ``scale`` / ``offset``: a per-channel MUL / ADD the converter left after it (BatchNorm
+    that could not be folded into an atrous convolution's SPACE_TO_BATCH_ND wrapper).
+    ``pooled``: its input is a global average (DeepLab's image pooling branch).
+    """
+
+    kind: str  # "conv" | "depthwise"
+    kernel: np.ndarray
+    bias: np.ndarray
+    scale: np.ndarray | None = None
+    offset: np.ndarray | None = None
+    pooled: bool = False
+    quantized: bool = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.kernel.shape)
+
+
+_PASS_THROUGH = ("RESHAPE", "QUANTIZE", "DEQUANTIZE", "SQUEEZE")
+_GLOBAL_POOLS = ("MEAN", "AVERAGE_POOL_2D")
+
+
+def tflite_weight_ops(path: str | os.PathLike) -> list[WeightOp]:
+    """Every CONV_2D / DEPTHWISE_CONV_2D of a TFLite model in graph order, its weights
+    dequantised (float, dynamic-range int8 with per-tensor scales, or full-integer int8 /
+    uint8 with zero points, per-axis scales and int32 biases), read by the graph's structure
+    alone: exports with stripped tensor names import through :func:`structural_entries`."""
+    path = os.fspath(path)
+    interpreter = _interpreter(path)
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()  # noqa: SLF001 - the only graph view LiteRT offers
+    producer = {int(t): op for op in ops for t in op["outputs"]}
+    consumers: dict[int, list] = {}
+    for op in ops:
+        for t in op["inputs"]:
+            consumers.setdefault(int(t), []).append(op)
+
+    def constant(t: int) -> tuple[np.ndarray, bool] | None:
+        """A constant's float value (through a DEQUANTIZE op) and whether it was quantised."""
+        op = producer.get(t)
+        if op is not None:
+            if op["op_name"] != "DEQUANTIZE" or int(op["inputs"][0]) in producer:
+                return None
+            t = int(op["inputs"][0])
+        raw = np.array(interpreter.get_tensor(t))
+        return dequantize(raw, details[t]["quantization_parameters"]), raw.dtype.kind != "f"
+
+    def source(t: int) -> Any:
+        op = producer.get(t)
+        while op is not None and op["op_name"] in _PASS_THROUGH:
+            op = producer.get(int(op["inputs"][0]))
+        return op
+
+    def only_consumer(t: int, name: str) -> Any:
+        users = consumers.get(t, [])
+        return users[0] if len(users) == 1 and users[0]["op_name"] == name else None
+
+    def per_channel(op: Any, channels: int) -> np.ndarray | None:
+        for t in op["inputs"]:
+            c = constant(int(t)) if int(t) >= 0 else None
+            if c is not None and c[0].shape == (channels,):
+                return c[0]
+        return None
+
+    found = []
+    for op in ops:
+        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            continue
+        ins = [int(t) for t in op["inputs"]]
+        kernel = constant(ins[1])
+        if kernel is None:
+            continue
+        kernel, quantized = kernel
+        bias = constant(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
+        channels = kernel.shape[0] if op["op_name"] == "CONV_2D" else kernel.shape[-1]
+        bias = np.zeros([channels], np.float32) if bias is None else bias[0]
+        # [out, h, w, in] (conv) / [1, h, w, channels] (depthwise) -> TF1 [h, w, in, out|1]
+        item = WeightOp("conv" if op["op_name"] == "CONV_2D" else "depthwise",
+                        np.transpose(kernel, (1, 2, 3, 0)), bias, quantized=quantized)
+        src = source(ins[0])
+        item.pooled = src is not None and src["op_name"] in _GLOBAL_POOLS
+        out = int(op["outputs"][0])
+        follow = only_consumer(out, "BATCH_TO_SPACE_ND")
+        out = int(follow["outputs"][0]) if follow is not None else out
+        mul = only_consumer(out, "MUL")
+        scale = per_channel(mul, channels) if mul is not None else None
+        if scale is not None:
+            add = only_consumer(int(mul["outputs"][0]), "ADD")
+            offset = per_channel(add, channels) if add is not None else None
+            if offset is not None:
+                item.scale, item.offset = scale, offset
+        found.append(item)
+    if not found:
+        raise ValueError(f"--source={path}: no convolution with constant weights in this "
+                         "TFLite model")
+    return found
+
+
+def structural_entries(ops: Sequence[WeightOp],
+                       expected: Sequence[tuple[str, str, tuple[int, ...], bool]]) -> Entries:
+    """Name a TFLite graph's convolutions by matching them to the scopes a network expects.
+
+    ``expected``: ``(TF1 scope, kind, kernel shape, pooled)`` in the network's graph order.
+    Each takes the first unmatched op of the same kind, shape and pooling: both lists are
+    in graph order, so runs of identical blocks pair up in order, and a parallel branch of
+    the same shape (DeepLab's image pooling beside aspp0) is told apart by its pooled
+    input. The entries are those a TFLite export with names gives (folded BatchNorm: the
+    bias, or ``scale`` / ``offset``, as gamma and beta of a BatchNorm dividing by one).
+    """
+    entries = Entries()
+    taken: set[int] = set()
+    for scope, kind, shape, pooled in expected:
+        index = next((i for i, op in enumerate(ops) if i not in taken and op.kind == kind
+                      and op.shape == tuple(shape) and op.pooled == pooled), None)
+        if index is None:
+            continue
+        taken.add(index)
+        op = ops[index]
+        leaf = "depthwise_weights" if kind == "depthwise" else "weights"
+        entries[f"{scope}/{leaf}"] = (op.shape, lambda k=op.kernel: k)
+        gamma = np.ones_like(op.bias) if op.scale is None else op.scale
+        beta = op.bias if op.scale is None else op.bias * op.scale + op.offset
+        n = op.bias.shape
+        for alias, value in (("biases", op.bias), ("BatchNorm/beta", beta),
+                             ("BatchNorm/gamma", gamma),
+                             ("BatchNorm/moving_mean", np.zeros_like(op.bias))):
+            entries[f"{scope}/{alias}"] = (n, lambda v=value: v)
+            entries.group[f"{scope}/{alias}"] = f"{scope}/{leaf}"
+        entries[f"{scope}/BatchNorm/moving_variance"] = (n, lambda: FOLDED_VARIANCE)
+        entries.group[f"{scope}/BatchNorm/moving_variance"] = f"{scope}/{leaf}"
+        entries.group[f"{scope}/{leaf}"] = f"{scope}/{leaf}"
+    for i in sorted(set(range(len(ops))) - taken):
+        entries[f"<unmatched op {i}: {ops[i].kind} {ops[i].shape}>"] = (ops[i].shape,
+                                                                         lambda: None)
+    return entries
+
+
+def expected_scopes(model: keras.Model, names: Mapping[str, str | None],
+                    pooled_scopes: Sequence[str] = ()) -> list[tuple[str, str, tuple, bool]]:
+    """``(TF1 scope, kind, kernel shape, pooled)`` of every convolution of ``model`` that
+    ``names`` maps to the original, in the model's order (what :func:`structural_entries`
+    matches a stripped graph against)."""
+    out = []
+    for var in model.weights:
+        name = names.get(var.path)
+        if not name:
+            continue
+        scope, _, leaf = name.rpartition("/")
+        if leaf in ("weights", "depthwise_weights") and len(var.shape) == 4:
+            out.append((scope, "depthwise" if leaf == "depthwise_weights" else "conv",
+                        tuple(var.shape), scope in pooled_scopes))
+    return out
 
 
 def keras_model_entries(model: keras.Model, scope_of: Callable[[str], str | None]) -> Entries:

@@ -72,14 +72,26 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown {type(self).__name__} field(s) {unknown}; valid fields: "
                              f"{sorted(names)}")
-        if self.num_tags > 0 and "num_classes" in overrides and "num_tags" not in overrides:
-            overrides["num_tags"] = max(int(overrides["num_classes"]) - 1, 1)
-        return dataclasses.replace(self, **overrides)
+        # A segmentation tag head asked of a variant without tags brings the tags along.
+        wants_tags = self.num_tags > 0 or overrides.get("tag_head") == "segmentation"
+        if wants_tags and "num_tags" not in overrides and (
+                "num_classes" in overrides or self.num_tags == 0):
+            classes = int(overrides.get("num_classes", self.num_classes))
+            overrides["num_tags"] = max(classes - 1, 1)
+        if "num_tags" in overrides and "tag_class_ids" not in overrides:
+            overrides["tag_class_ids"] = None  # the old record would not fit the new count
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items()
+                                            if k in names})
 
-    def for_dataset(self, num_classes: int, num_tags: int) -> Any:
-        """This config for a dataset with ``num_classes`` classes and ``num_tags`` tags."""
-        return self.replace(num_classes=num_classes,
-                            num_tags=num_tags if self.num_tags > 0 else None)
+    def for_dataset(self, num_classes: int, num_tags: int,
+                    tag_class_ids: Sequence[int] | None = None) -> Any:
+        """This config for a dataset with ``num_classes`` classes and ``num_tags`` tags (tag
+        ``i`` of class ``tag_class_ids[i]``, recorded when given)."""
+        cfg = self.replace(num_classes=num_classes,
+                           num_tags=num_tags if self.num_tags > 0 else None)
+        if tag_class_ids is not None and cfg.num_tags > 0:
+            cfg = dataclasses.replace(cfg, tag_class_ids=tuple(int(c) for c in tag_class_ids))
+        return cfg
 
     def to_dict(self) -> dict:
         """JSON-friendly dict (tuples become lists)."""
@@ -101,7 +113,12 @@ class ModelFamily:
       build: ``(config, input_shape) -> keras.Model``; the network takes raw RGB
         ``images`` ``[B, H, W, 3]`` in 0..255 and returns a dict of named outputs.
       variable_groups: group name -> layer-name prefix (evidence refit sets, reports).
-      refit_groups: groups refitted by default at prediction time.
+      refit_groups: groups refitted by default at prediction time (the trained encoder
+        tag head's).
+      refit_sets: tag head -> the refit sets worth trying for it, each a
+        ``--evidence_refit`` value (``group[:bn]``, comma-separated; ``:bn`` = the group's
+        BatchNorm scale and offset only, Tent's choice); the first is that head's default.
+        A head without an entry: ``refit_groups`` and the same without its first group.
       feature_names: named intermediate features (identity layers) heads can tap.
       semantic_output / tags_output: output keys of the segmentation logits and the tag
         logits (serving, evaluation, evidence).
@@ -115,6 +132,9 @@ class ModelFamily:
         (prediction pads onto it, ``tf_mtl.inference.InputAlignment``); None = any size.
       original_names: ``network -> {variable path: TF1 name or None}``, the names of
         released weights of the family's original implementation (``tools.import_weights``).
+      original_pooled_scopes: scopes of the original whose input is a global average
+        (DeepLab's ``image_pooling``): what tells them from a parallel branch of the same
+        shape when a TFLite export with stripped names is read by its structure.
       pretrained_backbone: ``(network, path) -> {TF1 name: (shape, read)}``, an ImageNet
         backbone file (Keras Applications ``.h5``) under those names.
       module: the module that registered the family (set by :func:`register_family`);
@@ -126,6 +146,7 @@ class ModelFamily:
     build: Callable[[Any, tuple], keras.Model]
     variable_groups: Mapping[str, str] = dataclasses.field(default_factory=dict)
     refit_groups: tuple[str, ...] = ()
+    refit_sets: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     feature_names: tuple[str, ...] = ()
     semantic_output: str = "semantic"
     tags_output: str = "tags"
@@ -134,8 +155,19 @@ class ModelFamily:
     describe: Callable[[Any], dict] | None = None
     input_stride: Callable[[Any], int] | None = None
     original_names: Callable[[keras.Model], dict[str, str | None]] | None = None
+    original_pooled_scopes: tuple[str, ...] = ()
     pretrained_backbone: Callable[[keras.Model, str], Any] | None = None
     module: str = ""
+
+    def refit_choices(self, config: Any) -> tuple[str, ...]:
+        """The refit sets for ``config``'s tag head, its default first."""
+        head = getattr(config, "tag_head", "encoder")
+        if self.refit_sets.get(head):
+            return tuple(self.refit_sets[head])
+        sets = [",".join(self.refit_groups)]
+        if len(self.refit_groups) > 1:
+            sets.append(",".join(self.refit_groups[1:]))
+        return tuple(sets)
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
@@ -260,19 +292,38 @@ def variable_groups(network: keras.Model, trainable_only: bool = True) -> dict[s
     return groups
 
 
+BATCH_NORM_ONLY = ":bn"
+
+
+def _batch_norm_variables(network: keras.Model) -> set[int]:
+    """ids of every BatchNorm scale and offset in the network (nested layers included)."""
+    return {id(v) for layer in network._flatten_layers(include_self=False)  # noqa: SLF001
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for v in layer.trainable_weights}
+
+
 def group_variables(network: keras.Model, groups: str | Iterable[str] | None = None,
                     flag: str = "--evidence_refit") -> list:
-    """Trainable variables of the named groups ("backbone,aspp,tag_head"); None = the
-    family's default refit set. Unknown names raise a ValueError naming ``flag``."""
+    """Trainable variables of the named groups ("backbone,aspp,tag_head"; ``group:bn``
+    keeps the group's BatchNorm scale and offset only); None = the family's default refit
+    set for the network's tag head. Unknown names raise a ValueError naming ``flag``."""
     family = family_of(network)
     if groups is None:
-        groups = family.refit_groups
+        groups = family.refit_choices(network.model_config)[0]
     if isinstance(groups, str):
         groups = [g.strip() for g in groups.split(",") if g.strip()]
     names = list(groups)
     all_groups = variable_groups(network)
-    bad = [g for g in names if g not in all_groups]
+    bad = [g for g in names if g.removesuffix(BATCH_NORM_ONLY) not in all_groups]
     if bad:
         raise ValueError(f"{flag}: unknown group(s) {bad} for model family {family.name!r}; "
-                         f"valid: {sorted(all_groups)}")
-    return [v for g in names for v in all_groups[g]]
+                         f"valid: {sorted(all_groups)}, each optionally with "
+                         f"{BATCH_NORM_ONLY} (its BatchNorm scale and offset only)")
+    bn = _batch_norm_variables(network) if any(g.endswith(BATCH_NORM_ONLY) for g in names) \
+        else set()
+    out = []
+    for g in names:
+        variables = all_groups[g.removesuffix(BATCH_NORM_ONLY)]
+        out += [v for v in variables if id(v) in bn] if g.endswith(BATCH_NORM_ONLY) \
+            else variables
+    return out

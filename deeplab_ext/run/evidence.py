@@ -27,6 +27,7 @@ __all__ = [
     "load_tuned",
     "make_refitter",
     "recommended_steps",
+    "save_json",
     "save_tuned",
 ]
 
@@ -70,11 +71,15 @@ def load_tuned(checkpoint_dir: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def save_tuned(checkpoint_dir: str | os.PathLike, payload: dict) -> pathlib.Path:
+def save_json(checkpoint_dir: str | os.PathLike, name: str, payload: dict) -> pathlib.Path:
     from deeplab_ext.run.rundir import atomic_write
 
-    return atomic_write(pathlib.Path(checkpoint_dir) / TUNED_FILE,
+    return atomic_write(pathlib.Path(checkpoint_dir) / name,
                         json.dumps(payload, indent=2, default=list))
+
+
+def save_tuned(checkpoint_dir: str | os.PathLike, payload: dict) -> pathlib.Path:
+    return save_json(checkpoint_dir, TUNED_FILE, payload)
 
 
 def evidence_by_kind(checkpoint_dir: str | os.PathLike, evidence: EvidenceOptions,

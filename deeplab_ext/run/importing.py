@@ -29,7 +29,14 @@ from deeplab_ext.models.registry import build_network, family_of, get_variant
 from deeplab_ext.run.options import ImportOptions
 from deeplab_ext.run.rundir import MODEL_CONFIG_FILE, save_run_config
 from tf_mtl.checkpoint import LoadReport, load_initial_checkpoint
-from tf_mtl.released import load_named_weights, tf1_checkpoint_entries, tflite_entries
+from tf_mtl.released import (
+    expected_scopes,
+    load_named_weights,
+    structural_entries,
+    tf1_checkpoint_entries,
+    tflite_entries,
+    tflite_weight_ops,
+)
 
 __all__ = [
     "import_original",
@@ -40,6 +47,7 @@ __all__ = [
 ]
 
 TFLITE, TF1, KERAS_APPLICATIONS = "tflite", "tf1_checkpoint", "keras_applications_h5"
+TFLITE_STRUCTURE = "tflite, matched by graph structure"
 
 
 def source_format(path: str | os.PathLike) -> str:
@@ -81,8 +89,18 @@ def import_original(network: keras.Model, source: str | os.PathLike, *,
         if family.pretrained_backbone is None:
             raise ValueError(f"model family {family.name!r} takes no ImageNet backbone file")
         entries = family.pretrained_backbone(network, os.fspath(source))
+    elif fmt == TFLITE:
+        entries = tflite_entries(source, require_names=False)
+        expected = expected_scopes(network, family.original_names(network),
+                                   family.original_pooled_scopes)
+        kernels = [f"{scope}/{'depthwise_weights' if kind == 'depthwise' else 'weights'}"
+                   for scope, kind, _, _ in expected]
+        if not all(k in entries for k in kernels):
+            # Tensor names stripped (or another converter's): match by graph structure.
+            entries = structural_entries(tflite_weight_ops(source), expected)
+            fmt = TFLITE_STRUCTURE
     else:
-        entries = tflite_entries(source) if fmt == TFLITE else tf1_checkpoint_entries(source)
+        entries = tf1_checkpoint_entries(source)
 
     def skip(path: str) -> str | None:
         if not initialize_last_layer and path.split("/", 1)[0] == "logits":
@@ -96,7 +114,7 @@ def import_original(network: keras.Model, source: str | os.PathLike, *,
             f"--source={source}: no variable of {network.name} found in it (missing "
             f"{len(report.missing)}, unused {len(report.unused)}): is it the original's "
             "model with this backbone?")
-    return report, fmt == TFLITE
+    return report, fmt in (TFLITE, TFLITE_STRUCTURE)
 
 
 def initial_weights(network: keras.Model, path: str | os.PathLike, *,
@@ -124,8 +142,10 @@ def import_weights(options: ImportOptions, printer: Callable[[str], None] = prin
                    ) -> LoadReport:
     """Build the variant, load the released weights, write the run directory."""
     info = get_dataset_info(options.dataset)
-    family, cfg = get_variant(options.model_variant, output_stride=options.output_stride)
-    cfg = cfg.for_dataset(info.num_classes, info.num_tags)
+    family, cfg = get_variant(options.model_variant, output_stride=options.output_stride,
+                              tag_head=options.tag_head, seg_tag_pooling=options.seg_tag_pooling,
+                              seg_tag_temperature=options.seg_tag_temperature)
+    cfg = cfg.for_dataset(info.num_classes, info.num_tags, info.tag_class_ids)
     network = build_network(cfg)
     report, folded = import_original(network, options.source)
     printer(report.summary())

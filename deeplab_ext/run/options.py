@@ -15,7 +15,9 @@ from typing import Any
 
 from deeplab_ext.data.colormap import ADE20K, CAMVID, CITYSCAPES, PASCAL
 from deeplab_ext.models.registry import variant_field
+from deeplab_ext.models.tag_heads import TAG_HEADS
 from tf_mtl.aux_modules import ADAPTORS, AGGREGATORS
+from tf_mtl.segmentation_tags import SEGMENTATION_TAG_POOLINGS
 
 __all__ = [
     "DemoOptions",
@@ -34,6 +36,7 @@ WEIGHTINGS = ("fixed", "uncertainty", "dwa")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored")
 COLORMAP_TYPES = (PASCAL, CITYSCAPES, ADE20K, CAMVID)
+OBJECTIVES = ("plain", "pruned")  # the evidence table row tools.tune_evidence maximises
 
 
 def opt(default: Any = None, help: str = "", **meta: Any) -> Any:  # noqa: A002
@@ -47,6 +50,24 @@ def align_field() -> Any:
     return opt(True, "Pad each input onto the size grid the model was trained on (its output "
                "stride and training crop, as the original pads to eval_crop_size) and crop "
                "the outputs back.")
+
+
+def tag_head_opt() -> Any:
+    return opt(None, "The tag head: encoder (a trained head on the encoder features, the "
+               "*_mt variants' default) or segmentation (tags pooled from the network's own "
+               "segmentation: no parameters, nothing to train; gives a released model tags).",
+               choices=TAG_HEADS)
+
+
+def seg_tag_pooling_opt() -> Any:
+    return opt(None, "--tag_head=segmentation: how each class's pixel probabilities are "
+               "pooled into its tag (default: the variant's, lse).",
+               choices=SEGMENTATION_TAG_POOLINGS)
+
+
+def seg_tag_temperature_opt() -> Any:
+    return opt(None, "--tag_head=segmentation with lse pooling: the temperature r of "
+               "log(mean(exp(r * p))) / r (default: the variant's).")
 
 
 def group(factory: Any, prefix: str, help: str = "") -> Any:  # noqa: A002
@@ -139,6 +160,9 @@ class TrainOptions:
     tag_head_pooling: str | None = opt(None, "*_mt: pool features then classify (avg), or "
                                        "classify every location then pool (max / lse); "
                                        "default: the variant's.", choices=("avg", "max", "lse"))
+    tag_head: str | None = tag_head_opt()
+    seg_tag_pooling: str | None = seg_tag_pooling_opt()
+    seg_tag_temperature: float | None = seg_tag_temperature_opt()
     min_scale_factor: float = opt(0.5, "Augmentation: min scale.")
     max_scale_factor: float = opt(2.0, "Augmentation: max scale.")
     scale_factor_step_size: float = opt(0.25, "Augmentation: scale step.")
@@ -255,6 +279,9 @@ class ImportOptions:
                           "--checkpoint_dir, tools.train as --tf_initial_checkpoint).",
                           required=True)
     dataset: str = opt("pascal_voc_seg", "The classes the weights were trained on.")
+    tag_head: str | None = tag_head_opt()
+    seg_tag_pooling: str | None = seg_tag_pooling_opt()
+    seg_tag_temperature: float | None = seg_tag_temperature_opt()
     output_stride: int | None = opt(None, "8, 16 or 32 (default: the variant's); the "
                                     "weights do not depend on it.")
     train_crop_size: tuple[int, int] = opt((513, 513), "The crop the weights were trained on "
@@ -321,6 +348,19 @@ class TuneOptions:
                                 "(0 = the best mIoU, however thin its lead).")
     bootstrap_samples: int = opt(1000, "Resamples of the tuning images (0 = off; then "
                                  "--min_confidence must be 0).")
+    objective: str = opt("plain", "The row the search maximises: plain (DL-BP-* against "
+                         "DL-MT) or pruned (DL-BP-*-Pr against DL-MT-Pr: the refit that adds "
+                         "most to pruning, for users who prune whenever they have tags).",
+                         choices=OBJECTIVES)
+    folds: int = opt(0, "Cross-fitting: cut the split into K interleaved folds, score each "
+                     "with the settings tuned on the others, and write the held-out table "
+                     "over every image to evidence_crossfit.json (0 = tune on the whole "
+                     "split and write evidence_tuned.json).")
+    eval_scales: tuple[float, ...] = opt((1.0,), "--folds: also score the held-out folds at "
+                                         "these scales (the search runs at one scale, as "
+                                         "the refit does).", positive=True)
+    add_flipped_images: bool = opt(False, "--folds: with --eval_scales, also average flipped "
+                                   "predictions.")
     evidence: EvidenceOptions = group(EvidenceOptions, "evidence_",
                                       "The search's start point.")
 

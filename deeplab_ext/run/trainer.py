@@ -56,9 +56,11 @@ def model_config_for(options: TrainOptions, info: DatasetInfo) -> tuple[ModelFam
         sync_batch_norm=options.sync_batch_norm or None,
         tag_head_hidden=options.tag_head_hidden,
         tag_head_pooling=options.tag_head_pooling,
+        tag_head=options.tag_head, seg_tag_pooling=options.seg_tag_pooling,
+        seg_tag_temperature=options.seg_tag_temperature,
         atrous_rates=None if options.atrous_rates is None else tuple(options.atrous_rates),
     )
-    cfg = cfg.for_dataset(info.num_classes, info.num_tags)
+    cfg = cfg.for_dataset(info.num_classes, info.num_tags, info.tag_class_ids)
     return family, cfg.replace(num_tags=options.num_tags)
 
 

@@ -21,29 +21,36 @@ from typing import Any
 import numpy as np
 
 from deeplab_ext.models.registry import family_of
+from deeplab_ext.models.tag_heads import SEGMENTATION
 from deeplab_ext.run.evaluation import ModeRun, load_split, run_modes
-from deeplab_ext.run.evidence import KINDS, TUNED_FILE, save_tuned
-from deeplab_ext.run.options import EvidenceOptions, TuneOptions
+from deeplab_ext.run.evidence import KINDS, TUNED_FILE, save_json, save_tuned
+from deeplab_ext.run.options import OBJECTIVES, EvidenceOptions, TuneOptions
 from deeplab_ext.run.rundir import restore_network
-from tf_mtl.metrics import paired_bootstrap_miou
+from tf_mtl.metrics import miou_from_counts, paired_bootstrap_miou
 
-__all__ = ["candidate_dimensions", "choose", "tune_evidence"]
+__all__ = ["candidate_dimensions", "choose", "cross_fit", "search", "tune_evidence"]
 
 MODE_OF_KIND = {"l2": "bp_l2", "es": "bp_es", "latent": "latent"}
+# The rows of a cross-fitted table (those of the tuned kinds).
+CROSSFIT_MODES = ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune", "latent",
+                  "latent_prune")
 
 
-def candidate_dimensions(kind: str, options: TuneOptions, refit_groups: tuple[str, ...]
-                         ) -> list[tuple[str, tuple]]:
-    """The coordinates searched for one kind, in order, each with its values."""
+def candidate_dimensions(kind: str, options: TuneOptions, refit_sets: tuple[str, ...],
+                         refit_first: bool = False) -> list[tuple[str, tuple]]:
+    """The coordinates searched for one kind, in order, each with its values
+    (``refit_sets``: the family's for the network's tag head, its default first;
+    ``refit_first``: search them before the rest, as for tags pooled from the
+    segmentation, where which layers move matters most)."""
     dims: list[tuple[str, tuple]] = [("learning_rate", tuple(options.learning_rates)),
                                      ("clip_norm", tuple(options.clip_norms))]
     if kind == "es":
         dims += [("es_steps", (10, 30)), ("es_margin", (0.0, 0.2))]
     else:
-        dims += [("steps", (5, 10, 20)), ("alpha", (1e-3, 0.1))]
-    if kind != "latent" and len(refit_groups) > 1:
-        # The family's refit set, and the same without its first (deepest) group.
-        dims.append(("refit", (None, ",".join(refit_groups[1:]))))
+        dims += [("steps", (5, 10, 20)), ("alpha", (1e-3, 0.1, 0.0))]
+    if kind != "latent" and len(refit_sets) > 1:
+        refit = ("refit", (None, *refit_sets[1:]))
+        dims = [refit, *dims] if refit_first else [*dims, refit]
     dims.append(("safeguard", (True, False)))
     return dims
 
@@ -65,8 +72,7 @@ def choose(no_refit: float, refits: list[tuple[float, float, Any]],
     return max(eligible, key=lambda r: r[0])[1] if eligible else None
 
 
-def tune_evidence(options: TuneOptions, printer: Callable[[str], None] = print) -> dict:
-    """Search each kind's refit settings on the tuning split; write and return the choice."""
+def _check(options: TuneOptions) -> None:
     bad = [k for k in options.kinds if k not in KINDS]
     if bad:
         raise ValueError(f"--kinds: unknown refit kind(s) {bad}; valid: {', '.join(KINDS)}")
@@ -77,6 +83,21 @@ def tune_evidence(options: TuneOptions, printer: Callable[[str], None] = print) 
         raise ValueError(f"--min_confidence must be in [0, 1), got {options.min_confidence}")
     if options.min_confidence > 0 and options.bootstrap_samples < 1:
         raise ValueError("--min_confidence needs --bootstrap_samples >= 1")
+    if options.objective not in OBJECTIVES:
+        raise ValueError(f"--objective={options.objective!r}: use one of {', '.join(OBJECTIVES)}")
+    if options.folds == 1 or options.folds < 0:
+        raise ValueError(f"--folds={options.folds}: 0 (tune on the whole split) or >= 2 "
+                         "(cross-fitting: tune on the other folds, score each fold held out)")
+
+
+def tune_evidence(options: TuneOptions, printer: Callable[[str], None] = print) -> dict:
+    """Search each kind's refit settings on the tuning split; write and return the choice.
+
+    With ``--folds=K`` the split is cut into K interleaved folds instead: each fold is
+    scored with the settings tuned on the others, and the held-out table over every image
+    is written (``evidence_crossfit.json``); ``evidence_tuned.json`` is left as it is.
+    """
+    _check(options)
     network, info, meta = restore_network(options.checkpoint_dir)
     family = family_of(network)
     if family.tags_output not in network.output:
@@ -88,22 +109,42 @@ def tune_evidence(options: TuneOptions, printer: Callable[[str], None] = print) 
                                     options.tune_split, crop=options.eval_crop_size,
                                     max_examples=options.max_examples,
                                     align=options.align_inputs, printer=printer)
+    if options.folds:
+        return cross_fit(network, info, meta, batches, alignment, options, printer)
     printer(f"Tuning refit settings of {meta['model']['name']} on {info.name}:"
             f"{options.tune_split} ({len(batches)} images), kinds {', '.join(options.kinds)}, "
-            f"at most {options.max_candidates} candidates each")
+            f"objective {options.objective}, at most {options.max_candidates} candidates each")
+    payload = {"tune_split": options.tune_split, "dataset_dir": str(options.dataset_dir),
+               "num_images": len(batches), "model": meta["model"]["name"],
+               **search(network, info, batches, alignment, options, printer)}
+    payload["report"] = format_tuning(payload)
+    path = save_tuned(options.checkpoint_dir, payload)
+    printer(payload["report"])
+    printer(f"Wrote {path}: evaluation, export and predict of this run now refit with these "
+            f"settings (flags given still win; --nouse_tuned_evidence ignores them)")
+    return payload
+
+
+def search(network, info, batches: list, alignment, options: TuneOptions,
+           printer: Callable[[str], None] = print) -> dict:
+    """The budgeted search of every kind on ``batches``: ``{"kinds", "serving_kind",
+    "table", "seconds", "objective"}`` (what ``evidence_tuned.json`` holds)."""
+    family = family_of(network)
+    pruned = options.objective == "pruned"
+    baseline = "prune" if pruned else "none"
 
     def run(mode: str, evidence: EvidenceOptions) -> ModeRun:
         return run_modes(network, info, batches, [mode], {None: evidence}, alignment=alignment,
                          errors=False)[mode]
 
     t0 = time.time()
-    plain = run("none", options.evidence)
-    table = [{"kind": "-", "candidate": "no refit (plain inference)", "miou": plain.miou,
-              "vs_no_refit": 0.0, "seconds": plain.seconds}]
+    plain = run(baseline, options.evidence)
+    table = [{"kind": "-", "candidate": f"no refit ({'pruned' if pruned else 'plain'} "
+              "inference)", "miou": plain.miou, "vs_no_refit": 0.0, "seconds": plain.seconds}]
     printer(f"  no refit: mIoU {100 * plain.miou:.2f}")
     kinds: dict[str, dict] = {}
     for kind in options.kinds:
-        mode = MODE_OF_KIND[kind]
+        mode = MODE_OF_KIND[kind] + ("_prune" if pruned else "")
         seen: dict[str, ModeRun] = {}
         candidates: dict[str, EvidenceOptions] = {}
 
@@ -124,7 +165,10 @@ def tune_evidence(options: TuneOptions, printer: Callable[[str], None] = print) 
             return seen[key].miou
 
         best, best_miou = options.evidence, evaluate(options.evidence)
-        for name, values in candidate_dimensions(kind, options, family.refit_groups):
+        dims = candidate_dimensions(kind, options, family.refit_choices(network.model_config),
+                                    refit_first=getattr(network.model_config, "tag_head",
+                                                        None) == SEGMENTATION)
+        for name, values in dims:
             for value in values:
                 candidate = dataclasses.replace(best, **{name: value})
                 miou = evaluate(candidate)
@@ -134,10 +178,10 @@ def tune_evidence(options: TuneOptions, printer: Callable[[str], None] = print) 
         for key, result in seen.items():
             p_greater = 1.0
             if options.bootstrap_samples > 0:
-                counts = {"none": np.stack(plain.counts), mode: np.stack(result.counts)}
+                counts = {baseline: np.stack(plain.counts), mode: np.stack(result.counts)}
                 vs_no_refit[key] = paired_bootstrap_miou(
-                    counts, [(mode, "none")], num_samples=options.bootstrap_samples)[
-                        (mode, "none")]
+                    counts, [(mode, baseline)], num_samples=options.bootstrap_samples)[
+                        (mode, baseline)]
                 p_greater = vs_no_refit[key]["p_greater"]
             refits.append((result.miou, p_greater, key))
             row = next(r for r in table if r.get("key") == key and r["kind"] == kind)
@@ -155,15 +199,80 @@ def tune_evidence(options: TuneOptions, printer: Callable[[str], None] = print) 
     serving_kind = max(kinds, key=lambda k: (kinds[k]["miou"], -options.kinds.index(k)))
     for row in table:
         row.pop("key", None)
-    payload = {"tune_split": options.tune_split, "dataset_dir": str(options.dataset_dir),
-               "num_images": len(batches), "model": meta["model"]["name"],
-               "kinds": kinds, "serving_kind": serving_kind, "table": table,
+    return {"kinds": kinds, "serving_kind": serving_kind, "table": table,
+            "objective": options.objective, "seconds": round(time.time() - t0, 1)}
+
+
+CROSSFIT_FILE = "evidence_crossfit.json"
+
+
+def cross_fit(network, info, meta: dict, batches: list, alignment, options: TuneOptions,
+              printer: Callable[[str], None] = print) -> dict:
+    """Every image scored held out: fold ``k`` (images ``k, k + K, ...``) with the settings
+    :func:`search` chose on the other folds. Why: where nothing is trained (a released
+    model with tags pooled from its segmentation) every image can serve both roles, but
+    never at once; the table over all images is then held out and twice as large as one
+    split's. Written to ``RUN/evidence_crossfit.json``."""
+    from deeplab_ext.run.evaluation import EVIDENCE_MODES, add_bootstrap, format_table
+
+    k = options.folds
+    if len(batches) < 2 * k:
+        raise ValueError(f"--folds={k}: {len(batches)} images give folds of fewer than 2")
+    modes = [m for m in EVIDENCE_MODES if m in CROSSFIT_MODES
+             and (EVIDENCE_MODES[m][1] is None or EVIDENCE_MODES[m][1] in options.kinds)]
+    protocols = [((1.0,), False)]
+    if tuple(options.eval_scales) != (1.0,) or options.add_flipped_images:
+        protocols.append((tuple(options.eval_scales), options.add_flipped_images))
+    printer(f"Cross-fitting refit settings of {meta['model']['name']} on {info.name}:"
+            f"{options.tune_split} ({len(batches)} images, {k} folds), kinds "
+            f"{', '.join(options.kinds)}, objective {options.objective}")
+    counts = {p: {m: [] for m in modes} for p in protocols}
+    seconds = {p: dict.fromkeys(modes, 0.0) for p in protocols}
+    steps = {p: {m: [] for m in modes} for p in protocols}
+    folds = []
+    t0 = time.time()
+    for i in range(k):
+        held = batches[i::k]
+        rest = [b for j, b in enumerate(batches) if j % k != i]
+        printer(f"fold {i + 1}/{k}: tuning on {len(rest)} images, scoring {len(held)}")
+        found = search(network, info, rest, alignment, options, printer)
+        evidence = {kind: EvidenceOptions(**entry["evidence"])
+                    for kind, entry in found["kinds"].items()}
+        folds.append({"images": len(held), "tuned_on": len(rest),
+                      "kinds": {kk: {"refit": e["refit"], "evidence": e["evidence"]}
+                                for kk, e in found["kinds"].items()}})
+        for scales, flip in protocols:
+            runs = run_modes(network, info, held, modes, {None: options.evidence, **evidence},
+                             scales, flip, alignment, errors=False)
+            for m, r in runs.items():
+                counts[(scales, flip)][m] += r.counts
+                seconds[(scales, flip)][m] += r.seconds
+                if r.steps is not None:
+                    steps[(scales, flip)][m].append(r.steps)
+    tables = []
+    for scales, flip in protocols:
+        results = {"eval_scales": list(scales), "add_flipped_images": flip,
+                   "num_images": len(batches), "modes": {}}
+        for m in modes:
+            row = {"name": EVIDENCE_MODES[m][0],
+                   "miou": float(miou_from_counts(np.sum(counts[(scales, flip)][m], axis=0))),
+                   "seconds_per_image": seconds[(scales, flip)][m] / len(batches)}
+            if steps[(scales, flip)][m]:
+                row["refit_steps_mean"] = float(np.concatenate(steps[(scales, flip)][m]).mean())
+            results["modes"][m] = row
+        if options.bootstrap_samples > 0:
+            add_bootstrap(results, counts[(scales, flip)], options.bootstrap_samples)
+        results["table"] = format_table(results)
+        tables.append(results)
+        printer(f"Held out over {len(batches)} images ({k} folds), scales {list(scales)}"
+                f"{' + flip' if flip else ''}:")
+        printer(results["table"])
+    payload = {"split": options.tune_split, "dataset_dir": str(options.dataset_dir),
+               "num_images": len(batches), "folds": folds, "model": meta["model"]["name"],
+               "objective": options.objective, "tables": tables,
                "seconds": round(time.time() - t0, 1)}
-    payload["report"] = format_tuning(payload)
-    path = save_tuned(options.checkpoint_dir, payload)
-    printer(payload["report"])
-    printer(f"Wrote {path}: evaluation, export and predict of this run now refit with these "
-            f"settings (flags given still win; --nouse_tuned_evidence ignores them)")
+    path = save_json(options.checkpoint_dir, CROSSFIT_FILE, payload)
+    printer(f"Wrote {path}")
     return payload
 
 

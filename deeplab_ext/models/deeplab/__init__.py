@@ -32,10 +32,19 @@ register_family(ModelFamily(
     variable_groups=GROUP_PREFIXES,
     # The trunk and the tag branch; the decoder and logits stay as trained.
     refit_groups=("backbone", "aspp", "tag_head"),
+    # Tuning's candidates per tag head, the default first. Tags pooled from the
+    # segmentation depend on every layer: refitting the encoder's ASPP (and the logits)
+    # moves the segmentation directly; the whole trunk, or only its BatchNorm affines
+    # (Tent), are the wider choices (BENCHMARKS 19).
+    refit_sets={
+        "encoder": ("backbone,aspp,tag_head", "aspp,tag_head",
+                    "backbone:bn,aspp:bn,tag_head"),
+        "segmentation": ("aspp", "aspp,logits", "backbone,aspp", "backbone:bn,aspp:bn"),
+    },
     feature_names=FEATURE_NAMES, describe=_describe,
     stage_features=lambda cfg: ("low_level", "stride8", "stride16"),
     # Beyond the output stride the backbone is atrous: no layer samples a coarser grid.
     input_stride=lambda cfg: cfg.output_stride,
-    original_names=original_variable_names,
+    original_names=original_variable_names, original_pooled_scopes=("image_pooling",),
     pretrained_backbone=keras_applications_weights,
 ), variants=MODEL_VARIANTS)

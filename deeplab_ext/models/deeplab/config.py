@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from deeplab_ext.models.deeplab.backbones import BACKBONES
 from deeplab_ext.models.registry import ModelConfig
+from deeplab_ext.models.tag_heads import DEFAULT_POOLING, DEFAULT_TEMPERATURE, validate_tag_head
 
 TAG_POOLINGS = ("avg", "max", "lse")
 VALID_OUTPUT_STRIDES = (8, 16, 32)
@@ -49,6 +50,12 @@ class DeepLabConfig(ModelConfig):
     # encoder location, then pool the scores (max, or log-mean-exp): small objects are not
     # averaged away and the tag gradient lands where the class is seen.
     tag_head_pooling: str = "avg"
+    # "encoder": the trained head above. "segmentation": tags pooled from the segmentation
+    # (deeplab_ext.models.tag_heads), no parameters: a released model gets tags untrained.
+    tag_head: str = "encoder"
+    seg_tag_pooling: str = DEFAULT_POOLING
+    seg_tag_temperature: float = DEFAULT_TEMPERATURE
+    tag_class_ids: tuple[int, ...] | None = None  # None: the last num_tags classes
     weight_decay: float = 4e-5
     bn_momentum: float = 0.9997
     bn_epsilon: float = 1e-5
@@ -94,6 +101,7 @@ class DeepLabConfig(ModelConfig):
             raise ValueError(f"depth_multiplier={self.depth_multiplier} must be > 0.")
         if not 0.0 <= self.aspp_dropout < 1.0:
             raise ValueError(f"aspp_dropout={self.aspp_dropout} must be in [0, 1).")
+        validate_tag_head(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> DeepLabConfig:

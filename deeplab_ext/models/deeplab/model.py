@@ -23,6 +23,7 @@ from deeplab_ext.models.layers import (
     TagHead,
     l2_regularizer,
 )
+from deeplab_ext.models.tag_heads import SEGMENTATION, segmentation_tags
 
 __all__ = ["DeepLab", "FEATURE_NAMES", "GROUP_PREFIXES"]
 
@@ -103,7 +104,9 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
     outputs = {
         "semantic": keras.layers.Activation("linear", dtype="float32", name="semantic")(logits)
     }
-    if cfg.num_tags > 0:
+    if cfg.num_tags > 0 and cfg.tag_head == SEGMENTATION:
+        outputs["tags"] = segmentation_tags(cfg, outputs["semantic"])
+    elif cfg.num_tags > 0:
         tags = TagHead(
             cfg.num_tags,
             cfg.tag_head_hidden,

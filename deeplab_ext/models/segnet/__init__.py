@@ -34,9 +34,12 @@ def _describe(cfg: SegNetConfig) -> dict:
 
 def _family(name: str, config_class: type, refit: tuple[str, ...]) -> ModelFamily:
     names = feature_names(config_class(num_tags=1, class_head=True, box_head=True))
+    # Tags pooled from the segmentation: the decoder and logits move it directly.
+    segmentation = ("decoder,logits", "encoder,decoder,logits", "encoder:bn,decoder:bn")
     return ModelFamily(
         name=name, config_class=config_class, build=_build, variable_groups=GROUP_PREFIXES,
-        refit_groups=refit, feature_names=names, describe=_describe,
+        refit_groups=refit, refit_sets={"segmentation": segmentation},
+        feature_names=names, describe=_describe,
         # Every pooled block output but the last (MTAN's tasks read attended ones there).
         stage_features=lambda cfg: feature_names(cfg)[:len(cfg.encoder_channels) - 1],
         # Every block pools by 2 (SAME): inputs on a multiple of the total stride keep the

@@ -19,6 +19,12 @@ import dataclasses
 from dataclasses import dataclass
 
 from deeplab_ext.models.registry import ModelConfig
+from deeplab_ext.models.tag_heads import (
+    DEFAULT_POOLING,
+    DEFAULT_TEMPERATURE,
+    SEGMENTATION,
+    validate_tag_head,
+)
 
 __all__ = ["MODEL_VARIANTS", "MTANConfig", "SegNetConfig"]
 
@@ -39,6 +45,10 @@ class SegNetConfig(ModelConfig):
     box_head: bool = False
     tag_head_hidden: int = 0
     tag_head_pooling: str = "avg"
+    tag_head: str = "encoder"  # or "segmentation" (deeplab_ext.models.tag_heads)
+    seg_tag_pooling: str = DEFAULT_POOLING
+    seg_tag_temperature: float = DEFAULT_TEMPERATURE
+    tag_class_ids: tuple[int, ...] | None = None
     weight_decay: float = 5e-4
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
@@ -54,6 +64,7 @@ class SegNetConfig(ModelConfig):
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"{type(self).__name__}.kernel_size={self.kernel_size}: use an "
                              "odd size (3, 7)")
+        validate_tag_head(self)
 
     @property
     def stride(self) -> int:
@@ -62,7 +73,8 @@ class SegNetConfig(ModelConfig):
 
     def head_tasks(self) -> tuple[str, ...]:
         """The tasks of this network, each with its own attention in MTAN."""
-        return ("semantic", *(("tags",) if self.num_tags > 0 else ()),
+        trained_tags = self.num_tags > 0 and self.tag_head != SEGMENTATION
+        return ("semantic", *(("tags",) if trained_tags else ()),
                 *(("class",) if self.class_head else ()), *(("box",) if self.box_head else ()))
 
 

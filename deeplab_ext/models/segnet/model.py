@@ -25,6 +25,7 @@ import keras
 from deeplab_ext.models.layers import ConvBN, Preprocess, ResizeBilinear, TagHead
 from deeplab_ext.models.segnet.config import MTANConfig, SegNetConfig
 from deeplab_ext.models.segnet.layers import AttentionMask, MaxPoolWithArgmax, MaxUnpool
+from deeplab_ext.models.tag_heads import SEGMENTATION, segmentation_tags
 
 __all__ = ["GROUP_PREFIXES", "SegNet", "feature_names"]
 
@@ -142,6 +143,8 @@ def _build_graph(cfg: SegNetConfig, input_shape: Sequence[int | None]):
         # Boxes are fractions of the image: sigmoid outputs, MSE against the target.
         outputs[t] = keras.layers.Activation("sigmoid" if t == "box" else "linear",
                                              dtype="float32", name=t)(head)
+    if cfg.num_tags > 0 and cfg.tag_head == SEGMENTATION:
+        outputs["tags"] = segmentation_tags(cfg, outputs["semantic"])
     return images, outputs
 
 
