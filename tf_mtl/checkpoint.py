@@ -23,7 +23,8 @@ import io
 import os
 import zipfile
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -162,15 +163,46 @@ def _read_tf_source(path: str):
         shapes = reader.get_variable_to_shape_map()
     except Exception as e:  # noqa: BLE001 - TF raises several types here
         raise ValueError(f"{FLAG}={path}: cannot read the TF checkpoint ({e})") from e
-    entries = {}
-    for key, shape in shapes.items():
-        if not key.endswith(_VALUE_SUFFIX):
-            continue
-        entries[key[: -len(_VALUE_SUFFIX)]] = (
-            tuple(shape),
-            lambda k=key: np.asarray(reader.get_tensor(k)),
-        )
-    return entries
+    entries, stored = {}, {}
+    for path_key, key in _object_paths(reader, shapes).items():
+        entries[path_key] = (tuple(shapes[key]), lambda k=key: np.asarray(reader.get_tensor(k)))
+        stored[path_key] = key[: -len(_VALUE_SUFFIX)]
+    return entries, stored
+
+
+def _object_paths(reader: Any, shapes: Mapping[str, Any]) -> dict[str, str]:
+    """{object path: stored key} for every variable of a TF object-graph checkpoint, under
+    *every* path that reaches it.
+
+    Why: TF stores each variable once, under the first path its saver met. In a training
+    checkpoint that is the optimizer's list (``optimizer/_trainable_variables/7``), not the
+    network's ``network/_operations/12/conv/kernel``: reading stored keys alone finds only
+    the BatchNorm statistics under ``network/`` (the optimizer does not track them), so a
+    fine-tune from a run directory kept every kernel at its initial value. The object graph
+    (``_CHECKPOINTABLE_OBJECT_GRAPH``) names every edge, so every alias is recovered.
+    """
+    keys = {k[: -len(_VALUE_SUFFIX)]: k for k in shapes if k.endswith(_VALUE_SUFFIX)}
+    if "_CHECKPOINTABLE_OBJECT_GRAPH" not in shapes:
+        return keys
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    value = {i: a.checkpoint_key for i, node in enumerate(graph.nodes)
+             for a in node.attributes if a.name == "VARIABLE_VALUE"}
+    paths = dict(keys)
+    queue, expanded = deque([(0, "")]), {0}
+    while queue:
+        node, path = queue.popleft()
+        for child in graph.nodes[node].children:
+            name = _escape(child.local_name)
+            child_path = f"{path}/{name}" if path else name
+            if child.node_id in value:
+                paths.setdefault(child_path, value[child.node_id])
+            if child.node_id not in expanded:
+                expanded.add(child.node_id)
+                queue.append((child.node_id, child_path))
+    return {p: k for p, k in paths.items() if k in shapes}
 
 
 # ----------------------------------------------------------------------------- targets
@@ -247,10 +279,11 @@ def load_initial_checkpoint(
     fmt = checkpoint_format(path)
     h5 = None
     if fmt == "tf_checkpoint":
-        source = _read_tf_source(path)
+        source, stored = _read_tf_source(path)  # several paths may name one stored value
         targets = _tf_targets(model)
     else:
         h5, source = _read_h5_source(path, fmt)
+        stored = {k: k for k in source}
         targets = _h5_targets(model)
     try:
         prefix = _align(source, set(targets))
@@ -275,7 +308,8 @@ def load_initial_checkpoint(
             var.assign(read().astype(var.dtype))
             report.loaded.append(name)
             report._num_values += int(np.prod(var.shape))
-        report.unused = sorted(k for k in source if k not in used)
+        read = {stored[k] for k in used}
+        report.unused = sorted({stored[k] for k in source} - read)
     finally:
         if h5 is not None:
             h5.close()

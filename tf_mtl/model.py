@@ -288,6 +288,11 @@ class MultiTaskModel(keras.Model):
         results = self._update_and_log(y, outputs, total, losses, logs, self._batch_size(x))
         if self.summaries is not None:
             scalars = {k: v for k, v in results.items() if tf.convert_to_tensor(v).shape.rank == 0}
+            # Losses as this step's values: Keras' trackers are running means that restart
+            # at every fit() epoch (each checkpoint chunk), which drew steps into the curves.
+            scalars["loss"] = total
+            for task, tracker in zip(self.tasks, self.task_loss_trackers, strict=True):
+                scalars[tracker.name] = losses[task.name]
             self.summaries.write(step, scalars, x, y, outputs, prefix="train/")
         return self._reducible(results)
 

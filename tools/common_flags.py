@@ -199,6 +199,13 @@ def run(main: Callable[[], Any]) -> None:
     def _main(argv: list[str]) -> int:
         if len(argv) > 1:
             return fail(f"unexpected arguments {argv[1:]}: every option is a --flag=value")
+        from absl import logging as absl_logging
+
+        if not FLAGS["verbosity"].present:
+            # INFO lines of TensorFlow's Python side (a 15 kB one from SavedModel signature
+            # serialisation, checkpoint sharding timings) drown the tool's own output;
+            # warnings stay. --verbosity=0 brings them back.
+            absl_logging.set_verbosity(absl_logging.WARNING)
         try:
             for module in FLAGS.extra_modules:
                 importlib.import_module(module)

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_ext.data import tfrecord
-from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info
+from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info, info_to_dict
 
 try:  # Pillow is installed with matplotlib (requirements.txt); keep a fallback anyway.
     from PIL import Image as _PILImage
@@ -246,11 +246,14 @@ def convert_split(
     """
     info = get_dataset_info(info)
     where = list_file or split
+    if num_shards < 1:
+        raise ValueError(f"--num_shards must be >= 1, got {num_shards}")
     if not pairs:
         raise BadExampleError(where, f"split {split!r} is empty: no examples listed")
     num_per_shard = math.ceil(len(pairs) / num_shards)
     skipped: list[tuple[str, str]] = []
-    with tfrecord.AtomicShardWriter(output_dir, split, num_shards) as writer:
+    with tfrecord.AtomicShardWriter(output_dir, split, num_shards,
+                                    record=info_to_dict(info)) as writer:
         for shard_id in range(num_shards):
             for i in range(
                 shard_id * num_per_shard, min((shard_id + 1) * num_per_shard, len(pairs))

@@ -12,7 +12,9 @@ targets hook's "image" stage); dense targets follow the augmentation ("dense" st
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -90,6 +92,7 @@ def make_dataset(
     drop_remainder: bool | None = None,
     mean_pixel: Sequence[float] = preprocess.MEAN_PIXEL_INCEPTION,
     targets: Sequence[str] = DEFAULT_TARGETS,
+    skip_examples: int = 0,
 ) -> tf.data.Dataset:
     """Batched `(images float32 [B,h,w,3] in 0..255, {target name: tensor})` for one split.
 
@@ -98,6 +101,9 @@ def make_dataset(
     stream (file order, shuffle, augmentation) is reproducible. `crop_size=None` keeps full
     images (eval only, `batch_size` must be 1). `targets` names registered targets
     (`deeplab_ext.data.targets`; default semantic labels and image tags).
+    `skip_examples` (training): start the stream that many examples in, where a resumed run
+    stopped; the records and their augmentation seeds are skipped before any decoding, so a
+    seeded stream continues exactly (a resumed --deterministic run is the same run).
     """
     info = get_dataset_info(dataset)
     targets = tuple(targets)
@@ -156,6 +162,8 @@ def make_dataset(
     if is_training:
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds))
+        if skip_examples:
+            ds = ds.skip(int(skip_examples))
         ds = ds.map(_process, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     else:
         ds = ds.map(lambda s: _process(s, None), num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -193,10 +201,52 @@ def check_labels_match(labels: np.ndarray, info: DatasetInfo, dataset_dir: str |
         )
 
 
+def check_dataset_record(info: DatasetInfo, dataset_dir: str | os.PathLike, split: str,
+                         whose: str = "--dataset") -> None:
+    """Refuse shards whose converter recorded another dataset: other classes (by name and
+    count) or another ignore label. Shards of a dataset with the same classes under another
+    name (coco128_voc for pascal_voc_seg) are the same task and pass. Shards without a
+    record (older converters) are checked by their label values only."""
+    path = tfrecord.record_path(dataset_dir, split)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        names, ignore = list(record["class_names"]), int(record["ignore_label"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable record of the shards' dataset ({e}); convert the "
+                         f"split again ({CONVERTERS})") from e
+    if names != list(info.class_names) or ignore != info.ignore_label:
+        raise ValueError(
+            f"--dataset_dir={dataset_dir} split {split!r} holds {record.get('name')!r} "
+            f"({len(names)} classes {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; "
+            f"ignore label {ignore}), not {whose} {info.name!r} ({info.num_classes} classes "
+            f"{', '.join(info.class_names[:4])}{', ...' if info.num_classes > 4 else ''}; "
+            f"ignore label {info.ignore_label}), as {path} records. Use shards of "
+            f"{info.name!r}, or a model / --dataset made for these shards.")
+
+
 def check_shards_match(info: DatasetInfo, dataset_dir: str | os.PathLike, split: str,
                        num_examples: int = 16, whose: str = "--dataset") -> None:
-    """:func:`check_labels_match` on the first ``num_examples`` label maps of the split."""
-    ds = tf.data.TFRecordDataset(list_shards(dataset_dir, split)).take(num_examples)
-    labels = [decode_example(s)[1].numpy().ravel() for s in ds]
+    """:func:`check_dataset_record`, every shard read through (a corrupt or truncated
+    one is named), then :func:`check_labels_match` on the first ``num_examples`` labels."""
+    check_dataset_record(info, dataset_dir, split, whose)
+    labels = []
+    for path in list_shards(dataset_dir, split):
+        for record in read_checked(path):
+            if len(labels) < num_examples:
+                labels.append(decode_example(record)[1].numpy().ravel())
     if labels:
         check_labels_match(np.concatenate(labels), info, dataset_dir, split, whose)
+
+
+def read_checked(path: str) -> list:
+    """Every record of one shard; a corrupt or truncated shard is an error naming it."""
+    try:
+        return list(tf.data.TFRecordDataset(path))
+    except tf.errors.OpError as e:
+        why = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(e)).splitlines()[0]
+        raise ValueError(f"TFRecord shard {path} is corrupt or truncated "
+                         f"({why.split(chr(39))[0].split(' (')[0][:80]}); convert the split "
+                         f"again ({CONVERTERS})") from e

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from deeplab_ext.data import tfrecord
-from deeplab_ext.data.datasets import get_dataset_info
+from deeplab_ext.data.datasets import get_dataset_info, info_to_dict
 
 NAME = "shapes_evidence"
 IGNORE_LABEL = 255
@@ -198,6 +198,8 @@ def write_tfrecords(
     ``ignore_band=False``: no void pixels (every batch then has the same number of
     labelled pixels, which per-replica loss normalisation needs to equal one process's).
     """
+    if num_shards < 1:
+        raise ValueError(f"--num_shards must be >= 1, got {num_shards}")
     sizes = dict(get_dataset_info(NAME).splits_to_sizes)
     wanted = {"train": num_train, "val": num_val, "test": num_test, **(split_sizes or {})}
     counts = {}
@@ -207,7 +209,8 @@ def write_tfrecords(
         if n < 1:
             raise ValueError(f"number of {split} examples must be >= 1, got {n}")
         per_shard = -(-n // num_shards)
-        with tfrecord.AtomicShardWriter(output_dir, split, num_shards) as writer:
+        with tfrecord.AtomicShardWriter(output_dir, split, num_shards,
+                                        record=info_to_dict(get_dataset_info(NAME))) as writer:
             for i in range(n):
                 image, label = generate_example(
                     example_rng(seed, split, i), size, max_objects=max_objects,

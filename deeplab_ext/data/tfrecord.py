@@ -8,6 +8,7 @@ so a reader never sees a half-written shard set.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import uuid
@@ -45,6 +46,11 @@ def shard_filename(
 ) -> str:
     """Path of one shard, `<dir>/<split>-<id:05d>-of-<n:05d>.tfrecord` as in the original."""
     return os.path.join(str(output_dir), SHARD_PATTERN % (split, shard_id, num_shards))
+
+
+def record_path(dataset_dir: str | os.PathLike, split: str) -> str:
+    """The JSON record of the dataset a split's shards hold (written with the shards)."""
+    return os.path.join(str(dataset_dir), f"{split}.dataset.json")
 
 
 def shard_glob(dataset_dir: str | os.PathLike, split: str) -> str:
@@ -112,7 +118,9 @@ class AtomicShardWriter:
     another shard count are removed so readers never mix two conversions.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, split: str, num_shards: int) -> None:
+    def __init__(self, output_dir: str | os.PathLike, split: str, num_shards: int,
+                 record: dict | None = None) -> None:
+        self.record = record  # what dataset the shards hold (record_path), written on commit
         if num_shards < 1:
             raise ValueError(f"--num_shards must be >= 1, got {num_shards}")
         self.output_dir = pathlib.Path(output_dir)
@@ -154,6 +162,15 @@ class AtomicShardWriter:
                 os.remove(old)
         for tmp, final in zip(self.temp_paths, self.final_paths, strict=True):
             os.replace(tmp, final)
+        record = record_path(self.output_dir, self.split)
+        if self.record is not None:
+            tmp = f"{record}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "w") as f:
+                json.dump({**self.record, "split": self.split,
+                           "examples": int(sum(self.counts))}, f, indent=2)
+            os.replace(tmp, record)
+        elif os.path.exists(record):  # these shards replace those the record described
+            os.remove(record)
         self._done = True
         return list(self.final_paths)
 

@@ -113,6 +113,9 @@ class ModelFamily:
       build: ``(config, input_shape) -> keras.Model``; the network takes raw RGB
         ``images`` ``[B, H, W, 3]`` in 0..255 and returns a dict of named outputs.
       variable_groups: group name -> layer-name prefix (evidence refit sets, reports).
+      backbone_groups: the groups pretrained weights must cover for a fine-tune to make
+        sense (``tools.import_weights`` and ``--tf_initial_checkpoint`` refuse a source
+        that loads too little of them).
       refit_groups: groups refitted by default at prediction time (the trained encoder
         tag head's).
       refit_sets: tag head -> the refit sets worth trying for it, each a
@@ -145,6 +148,7 @@ class ModelFamily:
     config_class: type
     build: Callable[[Any, tuple], keras.Model]
     variable_groups: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    backbone_groups: tuple[str, ...] = ()
     refit_groups: tuple[str, ...] = ()
     refit_sets: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     feature_names: tuple[str, ...] = ()

@@ -184,9 +184,9 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
     sample = out / "sample.png"
     tags = _sample_image(dataset, data_dir, sample)
     pred_png = out / "sample_prediction.png"
+    # What the export serves: its own (tuned) refit steps, not the demo's start point.
     cmd = [sys.executable, "-m", "tools.predict", f"--saved_model={export_dir}",
-           f"--image={sample}", f"--output={pred_png}",
-           f"--evidence_steps={options.evidence.steps}"]
+           f"--image={sample}", f"--output={pred_png}"]
     if tags:
         cmd.append(f"--tags={','.join(tags)}")
     printer("$ " + " ".join(cmd[1:]))
@@ -215,7 +215,10 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
         "Task losses": [k for k in scalars if k.endswith("_loss") or k == "train/loss"],
         "Uncertainty weighting: sigma and effective weight": [
             k for k in scalars if k.endswith("_sigma") or k.endswith("_weight")],
-        "Training mIoU and tag F1": [k for k in scalars if k.endswith(("miou", "f1"))],
+        # Streaming metrics: running values over each checkpoint interval (they restart at
+        # every save_interval_steps); the losses above are each step's own.
+        "Training mIoU and tag F1 (running over each checkpoint interval)": [
+            k for k in scalars if k.endswith(("miou", "f1"))],
         "Learning rate": [k for k in scalars if k.endswith("learning_rate")],
     }
     images = []

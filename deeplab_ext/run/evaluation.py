@@ -23,7 +23,12 @@ from deeplab_ext.data import colormap as cmap
 from deeplab_ext.data import input_pipeline
 from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.registry import family_of
-from deeplab_ext.run.evidence import evidence_by_kind, keep_classes, make_refitter
+from deeplab_ext.run.evidence import (
+    evidence_by_kind,
+    keep_classes,
+    make_refitter,
+    recommended_steps,
+)
 from deeplab_ext.run.label_structure import decoder_path
 from deeplab_ext.run.options import EvalOptions, EvidenceOptions
 from deeplab_ext.run.rundir import atomic_write, input_alignment, restore_network
@@ -81,7 +86,10 @@ def make_predictor(network, info: DatasetInfo, kind: str | None, evidence: Evide
             del tags
             return {"probabilities": multi_scale_probabilities(logits_fn, images, scales, flip)}
 
-        return tf.function(alignment.wrap(plain), reduce_retracing=True)
+        # One trace for every image size (a split's photos differ in size).
+        return tf.function(alignment.wrap(plain), input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.float32),
+            tf.TensorSpec([None, len(info.tag_class_ids)], tf.float32)])
     refitter = make_refitter(network, info, evidence, kind, False, scales, flip)
     return alignment.wrap(lambda images, tags: refitter(images, tags))
 
@@ -120,7 +128,10 @@ def run_modes(network, info: DatasetInfo, batches: Sequence, modes: Sequence[str
     for kind in kinds:
         group = [m for m in modes if EVIDENCE_MODES[m][1] == kind]
         t0 = time.time()
-        predict = make_predictor(network, info, kind, evidence.get(kind, evidence.get(None)),
+        settings = evidence.get(kind, evidence.get(None))
+        # A kind tuned to no refit (zero steps) is plain inference: no refit graph to build.
+        no_refit = kind is not None and recommended_steps(kind, settings) == 0
+        predict = make_predictor(network, info, None if no_refit else kind, settings,
                                  scales, flip, alignment)
         breakdown = {m: ErrorBreakdown(info) for m in group} if errors else {}
         counts: dict[str, list] = {m: [] for m in group}
@@ -143,6 +154,9 @@ def run_modes(network, info: DatasetInfo, batches: Sequence, modes: Sequence[str
             if "steps_taken" in out:
                 taken.append(out["steps_taken"].numpy().reshape(-1))
                 back.append(out["fell_back"].numpy().reshape(-1))
+            elif no_refit:
+                taken.append(np.zeros([len(labels)], np.int32))
+                back.append(np.zeros([len(labels)], bool))
         seconds = round(time.time() - t0, 2)
         if printer is not None:
             printer(f"  predicted {', '.join(EVIDENCE_MODES[m][0] for m in group)} "
@@ -254,6 +268,9 @@ def load_split(network, info: DatasetInfo, meta: dict, dataset_dir: str, split: 
                 f"{meta['train_crop_size'][0]}x{meta['train_crop_size'][1]}); inputs are padded "
                 f"further to {','.join(map(str, alignment.aligned_size(*crop)))}: use that as "
                 "--eval_crop_size")
+    # Shards of another dataset, or corrupt ones, are refused before anything is scored.
+    input_pipeline.check_shards_match(info, dataset_dir, split, num_examples=0,
+                                      whose="the checkpoint's dataset")
     dataset = input_pipeline.make_dataset(info, dataset_dir, split, crop_size=crop,
                                           batch_size=1, is_training=False,
                                           min_resize_value=min_resize_value,

@@ -66,9 +66,30 @@ KINDS = ("l2", "es", "latent")  # refit kinds: bp_l2, bp_es, latent rows of the 
 
 
 def load_tuned(checkpoint_dir: str | os.PathLike) -> dict | None:
-    """What ``tools.tune_evidence`` wrote into the run directory, or None."""
+    """What ``tools.tune_evidence`` wrote into the run directory, or None; a file of
+    another shape is an error naming it (not a KeyError deep in a tool)."""
     path = pathlib.Path(checkpoint_dir) / TUNED_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    fix = ("run tools.tune_evidence on this run again, or pass --nouse_tuned_evidence to "
+           "ignore the file")
+    try:
+        tuned = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e}); {fix}") from e
+    try:
+        kinds = tuned["kinds"]
+        ok = isinstance(kinds, dict) and tuned["serving_kind"] in kinds and all(
+            isinstance(e, dict) and isinstance(e["evidence"], dict) for e in kinds.values())
+        for entry in kinds.values():
+            EvidenceOptions(**entry["evidence"])
+    except (KeyError, TypeError, AttributeError) as e:
+        ok, why = False, e
+    else:
+        why = "kinds / serving_kind / evidence missing"
+    if not ok:
+        raise ValueError(f"{path} is not what tools.tune_evidence writes ({why!r}); {fix}")
+    return tuned
 
 
 def save_json(checkpoint_dir: str | os.PathLike, name: str, payload: dict) -> pathlib.Path:

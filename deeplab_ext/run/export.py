@@ -49,10 +49,16 @@ from deeplab_ext.run.evidence import (
     make_refitter,
     recommended_steps,
 )
+from deeplab_ext.run.locking import directory_lock
 from deeplab_ext.run.options import EvidenceOptions, ExportOptions, PredictOptions
 from deeplab_ext.run.rundir import input_alignment, restore_network
 from tf_mtl.evidence import EvidenceRefitter, prune_probabilities, validate_evidence
-from tf_mtl.inference import InputAlignment, multi_scale_probabilities, network_logits_fn
+from tf_mtl.inference import (
+    InputAlignment,
+    multi_scale_probabilities,
+    network_logits_fn,
+    validate_scales,
+)
 
 __all__ = [
     "CheckpointSegmenter",
@@ -143,24 +149,104 @@ def serving_module(network: keras.Model, info: DatasetInfo, evidence: EvidenceOp
 
 def serving_evidence(checkpoint_dir: str | os.PathLike, evidence: EvidenceOptions,
                      explicit: Collection[str] = (), use_tuned: bool = True,
-                     printer: Callable[[str], None] = print) -> tuple[str, EvidenceOptions]:
-    """(kind, settings) the run is served with: the kind tuning found best, with its tuned
-    settings (flags given win), or the L2 refit with ``evidence``."""
+                     printer: Callable[[str], None] = print
+                     ) -> tuple[str, EvidenceOptions, bool]:
+    """(kind, settings, prune) the run is served with: the kind tuning found best, with its
+    tuned settings (flags given win) and whether they were tuned for pruned rows (then
+    clients prune after the refit); or the L2 refit with ``evidence``, unpruned."""
     tuned = load_tuned(checkpoint_dir) if use_tuned else None
     kind = tuned["serving_kind"] if tuned else "l2"
+    prune = bool(tuned) and tuned.get("objective") == "pruned"
     return kind, evidence_by_kind(checkpoint_dir, evidence, explicit, use_tuned=use_tuned,
-                                  printer=printer)[kind]
+                                  printer=printer)[kind], prune
 
 
 def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str | os.PathLike,
                        *, evidence: EvidenceOptions | None = None,
                        inference_scales: Sequence[float] = (1.0,),
                        add_flipped_images: bool = False, model_config: dict | None = None,
-                       alignment: InputAlignment | None = None, kind: str = "l2"
-                       ) -> pathlib.Path:
-    """Write the SavedModel atomically (temp dir + rename); returns the export path."""
+                       alignment: InputAlignment | None = None, kind: str = "l2",
+                       prune: bool = False, printer: Callable[[str], None] = print,
+                       input_range: dict | None = None) -> pathlib.Path:
+    """Write the SavedModel atomically (temp dir + rename); returns the export path.
+
+    The path must be absent, empty, or an earlier export (its ``assets`` marker and only
+    the files a SavedModel has): anything else is refused before anything is written, so
+    an export never deletes what it did not write. One export per path at a time (a
+    lock beside it); leftovers of a killed export of this path are removed first.
+    """
     export_path = pathlib.Path(export_path)
+    check_export_path(export_path)
     export_path.parent.mkdir(parents=True, exist_ok=True)
+    with directory_lock(export_path.parent, "--export_path",
+                        lock_name=f".{export_path.name}.lock", printer=printer):
+        check_export_path(export_path)  # again, now that no other export can write it
+        for stale in export_path.parent.glob(f".{export_path.name}.*-*"):
+            if stale.is_dir() and stale.name.split(".")[-1].startswith(("tmp-", "old-")):
+                printer(f"note: removing {stale}, left by an export that did not finish")
+                shutil.rmtree(stale, ignore_errors=True)
+        return _write_export(network, info, export_path, evidence=evidence,
+                             inference_scales=inference_scales,
+                             add_flipped_images=add_flipped_images, model_config=model_config,
+                             alignment=alignment, kind=kind, prune=prune,
+                             input_range=input_range)
+
+
+# What tf.saved_model.save writes: an earlier export holds these and nothing else.
+SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "variables", "assets", "fingerprint.pb"})
+
+
+def input_range(meta: dict) -> dict:
+    """The sizes a run trained on (its crop, its resize range): what prediction resizes
+    a much larger image into."""
+    return {k: meta.get(k) for k in ("train_crop_size", "min_resize_value", "max_resize_value")}
+
+
+def predict_size(height: int, width: int, trained: dict, requested: int | None
+                 ) -> tuple[int, int] | None:
+    """The size to predict an image at, or None for its own. A photo far larger than what
+    the model was trained on costs memory and time quadratically and is seen at a scale the
+    model never saw: the run's ``max_resize_value``, else twice its training crop's longer
+    side, bounds the longer side (``requested``: the flag; 0 = full size)."""
+    if requested == 0:
+        return None
+    limit = requested or trained.get("max_resize_value")
+    if not limit and trained.get("train_crop_size"):
+        limit = 2 * max(int(c) for c in trained["train_crop_size"])
+    if not limit or max(height, width) <= limit:
+        return None
+    scale = limit / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def check_export_path(export_path: pathlib.Path) -> None:
+    """Refuse an ``--export_path`` that holds anything but an earlier export."""
+    if not export_path.exists() and not export_path.is_symlink():
+        return
+    if not export_path.is_dir():
+        raise ValueError(f"--export_path={export_path} is a file, not a directory; nothing "
+                         "was written. Choose a new or empty directory.")
+    names = sorted(p.name for p in export_path.iterdir())
+    if not names:
+        return
+    marker = export_path / "assets" / METADATA_FILE
+    foreign = [n for n in names if n not in SAVED_MODEL_ENTRIES]
+    if marker.is_file() and not foreign:
+        return
+    what = (f"files an export does not write ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''})" if foreign
+            else f"no export marker (assets/{METADATA_FILE})")
+    raise ValueError(f"--export_path={export_path} is not empty and not an earlier export of "
+                     f"tools.export_model: it holds {what}; nothing was written or removed. "
+                     "Choose a new or empty directory (e.g. a subdirectory of the run "
+                     "directory).")
+
+
+def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.Path, *,
+                  evidence: EvidenceOptions | None, inference_scales: Sequence[float],
+                  add_flipped_images: bool, model_config: dict | None,
+                  alignment: InputAlignment | None, kind: str, prune: bool,
+                  input_range: dict | None) -> pathlib.Path:
     evidence = evidence or EvidenceOptions()
     module = serving_module(network, info, evidence, inference_scales, add_flipped_images,
                             alignment, kind)
@@ -175,6 +261,9 @@ def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str
                 "input_alignment": dataclasses.asdict(module.alignment),
                 "evidence": dataclasses.asdict(module.refitter.config) if module.refitter else None,
                 "evidence_kind": kind, "evidence_steps": recommended_steps(kind, evidence),
+                # Tuned for pruned rows: clients prune after the refit unless told not to.
+                "evidence_prune": bool(prune),
+                "input_range": input_range or {},
                 "signatures": sorted(signatures)}
         (tmp / "assets").mkdir(exist_ok=True)
         (tmp / "assets" / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=list))
@@ -200,14 +289,17 @@ def export_checkpoint(options: ExportOptions, explicit: Collection[str] = (),
                       printer: Callable[[str], None] = print) -> pathlib.Path:
     """``tools.export_model``: restore a run's network and export it, refitting with the
     run's tuned settings when it has them (``explicit``: evidence flags given, they win)."""
+    validate_scales(options.inference_scales, "--inference_scales")
     network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
     alignment = input_alignment(network, meta) if options.align_inputs else None
-    kind, evidence = serving_evidence(options.checkpoint_dir, options.evidence, explicit,
-                                      options.use_tuned_evidence, printer)
+    kind, evidence, prune = serving_evidence(options.checkpoint_dir, options.evidence,
+                                             explicit, options.use_tuned_evidence, printer)
     return export_saved_model(network, info, options.export_path, evidence=evidence,
                               inference_scales=options.inference_scales,
                               add_flipped_images=options.add_flipped_images,
-                              model_config=meta["model"], alignment=alignment, kind=kind)
+                              model_config=meta["model"], alignment=alignment, kind=kind,
+                              prune=prune, printer=printer,
+                              input_range=input_range(meta))
 
 
 def read_export_metadata(export_path: str | os.PathLike) -> dict:
@@ -226,6 +318,8 @@ class _Segmenter:
     info: DatasetInfo
     num_tags: int
     default_steps: int  # the refit steps (or early-stopping cap) it was set up with
+    prune: bool = False  # its refit settings were tuned for pruned predictions
+    input_range: dict = {}  # the sizes the model was trained on (train_crop_size, ...)
 
     def _call(self, name: str, **inputs: tf.Tensor) -> dict[str, tf.Tensor]:
         raise NotImplementedError
@@ -269,6 +363,8 @@ class LoadedSegmenter(_Segmenter):
         self.num_tags = len(self.meta["dataset"]["tag_class_ids"])
         ev = self.meta.get("evidence") or {}
         self.default_steps = int(self.meta.get("evidence_steps", ev.get("steps", 0)))
+        self.prune = bool(self.meta.get("evidence_prune", False))
+        self.input_range = dict(self.meta.get("input_range") or {})
 
     def has(self, name: str) -> bool:
         return name in self.module.signatures
@@ -286,12 +382,13 @@ class CheckpointSegmenter(_Segmenter):
                  printer: Callable[[str], None] = print):
         network, self.info, self.meta = restore_network(checkpoint_dir, checkpoint_path)
         alignment = input_alignment(network, self.meta) if align_inputs else None
-        kind, evidence = serving_evidence(checkpoint_dir, evidence or EvidenceOptions(),
-                                          explicit, use_tuned, printer)
+        kind, evidence, self.prune = serving_evidence(
+            checkpoint_dir, evidence or EvidenceOptions(), explicit, use_tuned, printer)
         self.module = serving_module(network, self.info, evidence, alignment=alignment,
                                      kind=kind)
         self.default_steps = recommended_steps(kind, evidence)
         self.num_tags = self.module.refitter.num_tags if self.module.refitter else 0
+        self.input_range = input_range(self.meta)
 
     def has(self, name: str) -> bool:
         return name in self.module.signatures
@@ -315,7 +412,15 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
     the export's or run's own unless ``steps`` is in ``explicit`` (--evidence_steps given)."""
     if bool(options.saved_model) == bool(options.checkpoint_dir):
         raise ValueError("give exactly one of --saved_model or --checkpoint_dir")
+    if pathlib.Path(options.output).suffix.lower() != ".png" or (
+            options.raw_output and pathlib.Path(options.raw_output).suffix.lower() != ".png"):
+        bad = options.output if pathlib.Path(options.output).suffix.lower() != ".png" \
+            else options.raw_output
+        flag = "--output" if bad == options.output else "--raw_output"
+        raise ValueError(f"{flag}={bad}: predictions are written as PNG images (class ids "
+                         "and colours stay exact); give a file name ending in .png")
     image = read_image(options.image)
+    full_size = image.shape[:2]
     steps = options.evidence.steps if "steps" in explicit else None
     if steps is not None and steps < 0:
         raise ValueError(f"--evidence_steps must be >= 0, got {steps}")
@@ -326,23 +431,36 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
                                                 use_tuned=options.use_tuned_evidence,
                                                 printer=printer))
     info = seg.info
+    size = predict_size(*full_size, seg.input_range, options.max_resize_value)
+    if size is not None:
+        printer(f"Resizing {options.image} from {full_size[1]}x{full_size[0]} to "
+                f"{size[1]}x{size[0]} to predict (the model was trained on "
+                f"{'x'.join(map(str, seg.input_range.get('train_crop_size') or []))} crops; "
+                "the class map is resized back; --max_resize_value=0 keeps the full size)")
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     tags = tags_from_names(options.tags, info) if options.tags else None
     if options.prune and tags is None:
         raise ValueError("--prune needs --tags")
+    prune = options.prune if options.prune is not None else (tags is not None and seg.prune)
+    if prune and options.prune is None:
+        printer("Pruning classes absent from --tags after the refit: the refit settings "
+                "were tuned for pruned predictions (--noprune turns it off)")
     plain = seg.predict(image)
     out = (seg.predict_with_evidence(image, tags, steps, steps_name="--evidence_steps")
            if tags is not None else plain)
     probs = out["semantic_probabilities"]
-    if options.prune:
+    if prune:
         probs = prune_probabilities(probs, tags[None], list(info.tag_class_ids),
                                     keep_classes(info)).numpy()
     pred = probs[0].argmax(-1).astype(np.uint8)
+    if pred.shape != tuple(full_size):
+        pred = cv2.resize(pred, (full_size[1], full_size[0]), interpolation=cv2.INTER_NEAREST)
     out_path = pathlib.Path(options.output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out_path), label_to_color_image(pred, info.colormap)[..., ::-1])
     if options.raw_output:
         cv2.imwrite(options.raw_output, pred)
-    report: dict[str, Any] = {"output": str(out_path),
+    report: dict[str, Any] = {"output": str(out_path), "pruned": bool(prune),
                               "classes_predicted": [info.class_names[c] for c in np.unique(pred)]}
     if tags is not None:
         report["refit_steps"] = seg.default_steps if steps is None else steps

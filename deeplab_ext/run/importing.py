@@ -22,10 +22,11 @@ import pathlib
 from collections.abc import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from deeplab_ext.data.datasets import get_dataset_info
-from deeplab_ext.models.registry import build_network, family_of, get_variant
+from deeplab_ext.models.registry import build_network, family_of, get_variant, group_variables
 from deeplab_ext.run.options import ImportOptions
 from deeplab_ext.run.rundir import MODEL_CONFIG_FILE, save_run_config
 from tf_mtl.checkpoint import LoadReport, load_initial_checkpoint
@@ -39,6 +40,7 @@ from tf_mtl.released import (
 )
 
 __all__ = [
+    "check_coverage",
     "import_original",
     "import_weights",
     "initial_weights",
@@ -138,6 +140,37 @@ def initial_weights(network: keras.Model, path: str | os.PathLike, *,
     return report, bool(folded)
 
 
+MIN_COVERAGE = 0.9  # of the backbone's (and the frozen groups') values a source must load
+
+
+def check_coverage(network: keras.Model, report: LoadReport, flag: str, *,
+                   frozen: tuple[str, ...] = (), allow_partial: bool = False,
+                   printer: Callable[[str], None] = print) -> float:
+    """Refuse weights that cover less than :data:`MIN_COVERAGE` of the network's backbone
+    and of the groups that will not train (``frozen``: outside ``--train_groups``): they
+    were written for another variant, and training or evaluating on would go on silently
+    from random weights. Returns the share loaded."""
+    family = family_of(network)
+    groups = tuple(dict.fromkeys((*family.backbone_groups, *frozen)))
+    variables = group_variables(network, groups, flag="--train_groups") if groups else []
+    total = sum(int(np.prod(v.shape)) for v in variables)
+    if not total:
+        return 1.0
+    loaded = set(report.loaded)
+    got = sum(int(np.prod(v.shape)) for v in variables if v.path in loaded)
+    share = got / total
+    if share < MIN_COVERAGE:
+        message = (f"{flag}={report.path} covers {100 * share:.1f}% of {network.name}'s "
+                   f"{', '.join(groups)} ({got:,} of {total:,} values; {len(report.loaded)} "
+                   f"variables loaded, {len(report.skipped)} skipped, {len(report.missing)} "
+                   f"missing): it was written for another model. Choose the --model_variant "
+                   f"it was trained as, or pass --allow_partial_init to start from it anyway")
+        if not allow_partial:
+            raise ValueError(message)
+        printer(f"warning: {message} (--allow_partial_init: going on)")
+    return share
+
+
 def import_weights(options: ImportOptions, printer: Callable[[str], None] = print
                    ) -> LoadReport:
     """Build the variant, load the released weights, write the run directory."""
@@ -149,6 +182,8 @@ def import_weights(options: ImportOptions, printer: Callable[[str], None] = prin
     network = build_network(cfg)
     report, folded = import_original(network, options.source)
     printer(report.summary())
+    check_coverage(network, report, "--source", allow_partial=options.allow_partial_init,
+                   printer=printer)
     out = pathlib.Path(options.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tf.train.CheckpointManager(tf.train.Checkpoint(network=network), str(out), 1).save(0)

@@ -70,6 +70,12 @@ def seg_tag_temperature_opt() -> Any:
                "log(mean(exp(r * p))) / r (default: the variant's).")
 
 
+def allow_partial_opt() -> Any:
+    return opt(False, "Start from weights that cover less than 90% of the backbone (and of "
+               "the groups --train_groups leaves frozen); by default such a source, written "
+               "for another variant, is refused.")
+
+
 def group(factory: Any, prefix: str, help: str = "") -> Any:  # noqa: A002
     """A nested options group whose flags are ``<prefix><field>``."""
     return dataclasses.field(default_factory=factory, metadata={"prefix": prefix, "help": help})
@@ -151,6 +157,7 @@ class TrainOptions:
                                                "all. E.g. tag_head on a pretrained import.")
     tf_initial_checkpoint: str | None = opt(None, "Local checkpoint to initialise from.")
     initialize_last_layer: bool = opt(True, "Also load the logits from the checkpoint.")
+    allow_partial_init: bool = allow_partial_opt()
     output_stride: int | None = opt(None, "8, 16 or 32 (default: the variant's).")
     atrous_rates: tuple[int, ...] | None = opt(None, "ASPP rates at OS16 (repeat the flag).",
                                                multi=True)
@@ -284,6 +291,7 @@ class ImportOptions:
     seg_tag_temperature: float | None = seg_tag_temperature_opt()
     output_stride: int | None = opt(None, "8, 16 or 32 (default: the variant's); the "
                                     "weights do not depend on it.")
+    allow_partial_init: bool = allow_partial_opt()
     train_crop_size: tuple[int, int] = opt((513, 513), "The crop the weights were trained on "
                                            "(the original's 513): the input grid "
                                            "predictions pad onto.", positive=True)
@@ -408,9 +416,15 @@ class PredictOptions:
     saved_model: str | None = opt(None, "A SavedModel from tools.export_model.")
     checkpoint_dir: str | None = opt(None, "Or: a --train_logdir of tools.train.")
     tags: tuple[str, ...] | None = opt(None, "Class names present in the image (the evidence).")
-    prune: bool = opt(False, "Zero the probability of classes absent from --tags.")
+    prune: bool | None = opt(None, "Zero the probability of classes absent from --tags "
+                             "(default: when the refit settings were tuned for pruned "
+                             "predictions, tools.tune_evidence --objective=pruned).")
     output: str = opt("prediction.png", "Colour segmentation PNG to write.")
     raw_output: str | None = opt(None, "Optional raw class-index PNG.")
+    max_resize_value: int | None = opt(None, "Predict an image whose longer side exceeds this "
+                                       "at this size (the class map is resized back); "
+                                       "default: the run's training max_resize_value, else "
+                                       "twice its training crop; 0 = always full size.")
     align_inputs: bool = opt(True, "--checkpoint_dir: pad onto the training grid (see "
                              "tools.eval); an export does what it was exported with.")
     evidence: EvidenceOptions = group(EvidenceOptions, "evidence_")

@@ -25,6 +25,7 @@ from tf_mtl.inference import InputAlignment
 __all__ = [
     "MODEL_CONFIG_FILE",
     "input_alignment",
+    "latest_checkpoint",
     "load_run_config",
     "restore_network",
     "save_run_config",
@@ -63,9 +64,42 @@ def load_run_config(checkpoint_dir: str | os.PathLike) -> dict:
             f"{path} not found: --checkpoint_dir must be a --train_logdir written by "
             "tools.train (it holds the checkpoints and model_config.json)."
         )
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e}): the run directory's record is "
+                         "damaged; restore it from a copy, or train again into a new "
+                         "--train_logdir") from e
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict) \
+            or not isinstance(meta.get("dataset"), (dict, str)):
+        raise ValueError(f"{path} is not a run record of tools.train (expected an object with "
+                         f"'model' and 'dataset', got {type(meta).__name__}"
+                         f"{' with keys ' + str(sorted(meta))[:120] if isinstance(meta, dict) else ''}"
+                         "); restore it from a copy, or train again into a new --train_logdir")
     meta.setdefault("family", _LEGACY_FAMILY)
     return meta
+
+
+def latest_checkpoint(checkpoint_dir: str | os.PathLike, flag: str = "--checkpoint_dir"
+                      ) -> str | None:
+    """The newest checkpoint of a run directory, or None when it has none at all. A
+    ``checkpoint`` file naming a checkpoint that is gone, while others are there, is an
+    error naming them (never silently "no checkpoint": a trainer would start afresh over
+    them)."""
+    path = tf.train.latest_checkpoint(str(checkpoint_dir))
+    if path is not None:
+        return path
+    found = sorted(pathlib.Path(checkpoint_dir).glob("ckpt-*.index"),
+                   key=lambda p: int(p.stem.split("-")[-1]) if p.stem.split("-")[-1].isdigit()
+                   else -1)
+    if not found:
+        return None
+    index = pathlib.Path(checkpoint_dir) / "checkpoint"
+    named = index.read_text().strip().splitlines()[:1] if index.is_file() else []
+    raise ValueError(f"{flag}={checkpoint_dir}: its 'checkpoint' file "
+                     f"{'names ' + named[0] if named else 'is missing or empty'}, which is not "
+                     f"there, but {found[-1].with_suffix('').name} is: pass "
+                     f"--checkpoint_path={found[-1].with_suffix('')} (or fix {index})")
 
 
 def _restore_problem(network: keras.Model, path: str) -> str | None:
@@ -79,6 +113,11 @@ def _restore_problem(network: keras.Model, path: str) -> str | None:
             .assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:
         return str(e)
+    except Exception as e:  # noqa: BLE001 - a damaged file raises DataLoss, IndexError, ...
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e) else 'damaged'}): its files "
+                         "are damaged or truncated. Use another with --checkpoint_path, or "
+                         "train again") from e
     return None
 
 
@@ -98,7 +137,10 @@ def restore_network(checkpoint_dir: str | os.PathLike, checkpoint_path: str | No
     family = run_family(meta)
     config = family.config_class.from_dict(meta["model"])
     network = build_network(config, input_shape=input_shape)
-    path = checkpoint_path or tf.train.latest_checkpoint(str(checkpoint_dir))
+    path = checkpoint_path or latest_checkpoint(checkpoint_dir)
+    if checkpoint_path and not tf.io.gfile.exists(f"{checkpoint_path}.index"):
+        raise FileNotFoundError(f"--checkpoint_path={checkpoint_path}: no such checkpoint "
+                                f"({checkpoint_path}.index is missing)")
     if path is None:
         raise FileNotFoundError(
             f"No checkpoint in {checkpoint_dir}: run tools.train with --train_logdir there first."

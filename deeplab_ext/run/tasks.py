@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import types
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -118,7 +119,17 @@ def parse_task_weights(text: str, flag: str = "--task_weights") -> dict[str, flo
         if not sep or not name.strip():
             raise ValueError(f"{flag}={text!r}: write task=weight pairs separated by commas, "
                              "e.g. semantic=0.7,class=0.1,box=0.2")
+        check_task_weight(weights[name.strip()], f"{flag}={text} ({name.strip()})")
     return weights
+
+
+def check_task_weight(value: float, flag: str) -> float:
+    """A task weight is finite and >= 0 (0 turns the task off): a negative one maximises
+    its loss, a NaN one trains NaN weights into the checkpoint."""
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{flag}: a task weight must be a finite number >= 0 (0 disables "
+                         f"the task), got {value}")
+    return value
 
 
 def build_tasks(ctx: TaskContext, names: Sequence[str] | None = None) -> list[Task]:
@@ -132,7 +143,8 @@ def build_tasks(ctx: TaskContext, names: Sequence[str] | None = None) -> list[Ta
         raise ValueError(f"--task_weights: {unknown} are not tasks of this run; its tasks: "
                          f"{[t.name for t in tasks]}")
     for task in tasks:
-        task.weight = weights.get(task.name, task.weight)
+        task.weight = check_task_weight(weights.get(task.name, task.weight),
+                                        f"the weight of task {task.name!r}")
     return tasks
 
 
@@ -259,7 +271,8 @@ def _semantic(ctx: TaskContext) -> Task:
 
 def _tags(ctx: TaskContext) -> Task:
     num_tags = ctx.output_size(ctx.family.tags_output)
-    return Task("tags", TagBCE(), kind="classification", weight=ctx.options.tag_loss_weight,
+    weight = check_task_weight(ctx.options.tag_loss_weight, "--tag_loss_weight")
+    return Task("tags", TagBCE(), kind="classification", weight=weight,
                 output=ctx.family.tags_output,
                 metrics=[TagPrecisionRecallF1(num_tags, name="tag_f1")])
 

@@ -9,6 +9,7 @@ training resumes from (training-only heads and terms included).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import pathlib
@@ -26,9 +27,10 @@ from deeplab_ext.data import colormap as cmap
 from deeplab_ext.data import input_pipeline
 from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info
 from deeplab_ext.models.registry import ModelFamily, build_network, get_variant, group_variables
-from deeplab_ext.run.importing import initial_weights
+from deeplab_ext.run.importing import check_coverage, initial_weights
+from deeplab_ext.run.locking import directory_lock
 from deeplab_ext.run.options import TrainOptions
-from deeplab_ext.run.rundir import save_run_config
+from deeplab_ext.run.rundir import latest_checkpoint, save_run_config
 from deeplab_ext.run.tasks import (
     Branch,
     TaskContext,
@@ -216,6 +218,18 @@ def build_multitask_model(
     return model
 
 
+def restore_training(ckpt: tf.train.Checkpoint, path: str) -> None:
+    """Resume from ``path``: another run's checkpoint, or a damaged one, is an error
+    naming it (never a traceback, never training on from half-restored state)."""
+    try:
+        ckpt.restore(path).assert_existing_objects_matched()
+    except Exception as e:  # noqa: BLE001 - TF raises several types for damaged files
+        raise ValueError(f"cannot resume from {path} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else 'damaged'}): it was "
+                         "written by another model or run setup, or is damaged. Use a new "
+                         "--train_logdir, or remove the damaged checkpoint") from e
+
+
 def train(options: TrainOptions, printer: Callable[[str], None] = print,
           branch: Branch | None = None) -> TrainResult:
     """Train (or resume) a network; checkpoints + TensorBoard in `train_logdir`.
@@ -232,16 +246,22 @@ def train(options: TrainOptions, printer: Callable[[str], None] = print,
     chief = distribute.is_chief(strategy)
     save_dir = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="worker-"))
     try:
-        return _train(options, printer, branch, strategy, save_dir)
+        with contextlib.ExitStack() as stack:
+            return _train(options, printer, branch, strategy, save_dir, stack)
     finally:
         if save_dir is not None:
             shutil.rmtree(save_dir, ignore_errors=True)
 
 
 def _train(options: TrainOptions, printer: Callable[[str], None], branch: Branch | None,
-           strategy: tf.distribute.Strategy, save_dir: pathlib.Path | None) -> TrainResult:
-    """:func:`train` under ``strategy``; ``save_dir``: a non-chief worker's own folder."""
+           strategy: tf.distribute.Strategy, save_dir: pathlib.Path | None,
+           stack: contextlib.ExitStack) -> TrainResult:
+    """:func:`train` under ``strategy``; ``save_dir``: a non-chief worker's own folder;
+    ``stack`` holds the run directory's lock until training ends."""
     chief = save_dir is None
+    if options.training_number_of_steps < 1:
+        raise ValueError(f"--training_number_of_steps must be >= 1, got "
+                         f"{options.training_number_of_steps}")
     info = get_dataset_info(options.dataset)
     logdir = pathlib.Path(options.train_logdir)
     save_dir = save_dir or logdir
@@ -256,6 +276,8 @@ def _train(options: TrainOptions, printer: Callable[[str], None], branch: Branch
         window = options.dwa_window_steps or math.ceil(
             num_examples(options.dataset_dir, options.train_split) / options.train_batch_size)
         printer(f"DWA: task weights from the average losses of windows of {window} steps")
+    if chief:  # one writer per run directory (the chief: the others write elsewhere)
+        stack.enter_context(directory_lock(logdir, "--train_logdir", printer=printer))
     logdir.mkdir(parents=True, exist_ok=True)
     seed = options.seed
     if options.deterministic:
@@ -274,6 +296,10 @@ def _train(options: TrainOptions, printer: Callable[[str], None], branch: Branch
                 initialize_last_layer=options.initialize_last_layer,
             )
             printer(report.summary())
+            frozen = () if not options.train_groups else tuple(
+                g for g in family.variable_groups if g not in options.train_groups)
+            check_coverage(network, report, "--tf_initial_checkpoint", frozen=frozen,
+                           allow_partial=options.allow_partial_init, printer=printer)
             if folded and options.fine_tune_batch_norm:
                 raise ValueError(
                     f"--tf_initial_checkpoint={options.tf_initial_checkpoint} carries BatchNorm "
@@ -300,9 +326,9 @@ def _train(options: TrainOptions, printer: Callable[[str], None], branch: Branch
             ckpt, str(save_dir), max_to_keep=options.max_checkpoints_to_keep
         )
         resumed_from = 0
-        latest = tf.train.latest_checkpoint(str(logdir))
+        latest = latest_checkpoint(logdir, "--train_logdir")
         if latest:
-            ckpt.restore(latest).assert_existing_objects_matched()
+            restore_training(ckpt, latest)
             resumed_from = int(model.optimizer.iterations.numpy())
             printer(f"Resuming from {latest} (step {resumed_from}).")
     if chief:
@@ -324,6 +350,9 @@ def _train(options: TrainOptions, printer: Callable[[str], None], branch: Branch
         scale_factor_step_size=options.scale_factor_step_size,
         min_resize_value=options.min_resize_value, max_resize_value=options.max_resize_value,
         seed=seed, targets=tuple(dict.fromkeys(targets)),
+        # A seeded stream continues where the checkpoint stopped (an unseeded one is random
+        # either way, and skipping reads every record it skips).
+        skip_examples=resumed_from * options.train_batch_size if seed is not None else 0,
     )
     remaining = total - resumed_from
     chunk = max(1, min(options.save_interval_steps, remaining))

@@ -24,8 +24,9 @@ from deeplab_ext.models.registry import family_of
 from deeplab_ext.models.tag_heads import SEGMENTATION
 from deeplab_ext.run.evaluation import ModeRun, load_split, run_modes
 from deeplab_ext.run.evidence import KINDS, TUNED_FILE, save_json, save_tuned
+from deeplab_ext.run.locking import directory_lock
 from deeplab_ext.run.options import OBJECTIVES, EvidenceOptions, TuneOptions
-from deeplab_ext.run.rundir import restore_network
+from deeplab_ext.run.rundir import load_run_config, restore_network
 from tf_mtl.metrics import miou_from_counts, paired_bootstrap_miou
 
 __all__ = ["candidate_dimensions", "choose", "cross_fit", "search", "tune_evidence"]
@@ -98,6 +99,13 @@ def tune_evidence(options: TuneOptions, printer: Callable[[str], None] = print) 
     is written (``evidence_crossfit.json``); ``evidence_tuned.json`` is left as it is.
     """
     _check(options)
+    load_run_config(options.checkpoint_dir)  # a clear error before the lock is taken
+    # The run directory is written at the end: no training may move its checkpoint meanwhile.
+    with directory_lock(options.checkpoint_dir, "--checkpoint_dir", printer=printer):
+        return _tune(options, printer)
+
+
+def _tune(options: TuneOptions, printer: Callable[[str], None]) -> dict:
     network, info, meta = restore_network(options.checkpoint_dir)
     family = family_of(network)
     if family.tags_output not in network.output:

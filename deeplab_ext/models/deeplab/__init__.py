@@ -29,7 +29,7 @@ def _describe(cfg: DeepLabConfig) -> dict:
 
 register_family(ModelFamily(
     name=FAMILY, config_class=DeepLabConfig, build=_build,
-    variable_groups=GROUP_PREFIXES,
+    variable_groups=GROUP_PREFIXES, backbone_groups=("backbone",),
     # The trunk and the tag branch; the decoder and logits stay as trained.
     refit_groups=("backbone", "aspp", "tag_head"),
     # Tuning's candidates per tag head, the default first. Tags pooled from the

@@ -38,6 +38,7 @@ def _family(name: str, config_class: type, refit: tuple[str, ...]) -> ModelFamil
     segmentation = ("decoder,logits", "encoder,decoder,logits", "encoder:bn,decoder:bn")
     return ModelFamily(
         name=name, config_class=config_class, build=_build, variable_groups=GROUP_PREFIXES,
+        backbone_groups=("encoder",),
         refit_groups=refit, refit_sets={"segmentation": segmentation},
         feature_names=names, describe=_describe,
         # Every pooled block output but the last (MTAN's tasks read attended ones there).
