@@ -323,6 +323,7 @@ def test_import_tool_writes_a_run_directory_every_tool_accepts(tmp_path, shared_
     from deeplab_ext.data import synthetic
 
     synthetic.write_tfrecords(tmp_path / "data", 2, 1, size=32)  # classes 0..8: VOC ids too
+    (tmp_path / "data" / "train.dataset.json").unlink()  # shards without a dataset record
     with pytest.raises(ValueError, match="--fine_tune_batch_norm=false"):
         train(TrainOptions(train_logdir=str(tmp_path / "ft"), dataset_dir=str(tmp_path / "data"),
                            dataset="pascal_voc_seg", model_variant="deeplabv3_mobilenetv2_dm05_mt",

@@ -90,6 +90,10 @@ class EvidenceConfig:
     # Per image, fall back to the unrefitted prediction when the refit did not lower the
     # evidence loss or flipped a tag that agreed with the evidence (refit_hurt).
     safeguard: bool = False
+    # Weights mode: weight of a term that keeps what pruning already gets right, the mean
+    # per-pixel cross-entropy of the refitted softmax to the unrefitted one pruned to the
+    # tagged (and kept) classes. 0 = off. Needs tag_class_ids.
+    anchor: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ValueError:
@@ -115,6 +119,10 @@ class EvidenceConfig:
             raise bad("mode", f"must be one of {_MODES}")
         if not self.loss_scale > 0:
             raise bad("loss_scale", "must be > 0")
+        if self.anchor < 0:
+            raise bad("anchor", "must be >= 0 (0 = off)")
+        if self.anchor > 0 and self.mode != "weights":
+            raise bad("anchor", "is a term of the weights mode only")
         object.__setattr__(self, "eval_scales", validate_scales(self.eval_scales))
         object.__setattr__(self, "keep_classes", tuple(int(c) for c in self.keep_classes))
 
@@ -349,9 +357,10 @@ class EvidenceRefitter:
         tags_out = output_tensor(network, tags_key)
         output_tensor(network, semantic_key)
         self.num_tags = int(tags_out.shape[-1])
-        if self.config.prune:
+        if self.config.prune or self.config.anchor > 0:
             if self.tag_class_ids is None:
-                raise ValueError("EvidenceConfig.prune=True needs tag_class_ids")
+                what = "prune=True" if self.config.prune else "anchor > 0"
+                raise ValueError(f"EvidenceConfig.{what} needs tag_class_ids")
             if len(self.tag_class_ids) != self.num_tags:
                 raise ValueError(
                     f"tag_class_ids has {len(self.tag_class_ids)} entries, the tag head "
@@ -373,10 +382,12 @@ class EvidenceRefitter:
                 raise ValueError("none of the selected variables feeds the tags output")
             # Layers before the first refitted one run once per image, not once per step.
             self.split = frozen_prefix(network, self.refit_variables)
-            if self.split is not None:
-                self.tags_head = keras.Model(
-                    self.split.head.inputs, self.split.head.output[tags_key],
-                    name=f"{network.name}_tags_head")
+            inputs = network.input if self.split is None else self.split.head.inputs
+            outputs = network.output if self.split is None else self.split.head.output
+            # What the loop runs: the tags, and the segmentation when the anchor needs it.
+            keys = [tags_key, semantic_key] if self.config.anchor > 0 else [tags_key]
+            self.loop_model = keras.Model(inputs, [outputs[k] for k in keys],
+                                          name=f"{network.name}_refit_loop")
         else:
             self.refit_variables = []
             self.split = split_at(network, self.config.latent_layer)
@@ -478,13 +489,22 @@ class EvidenceRefitter:
             anchors = [tf.convert_to_tensor(v.value) for v in self.refit_variables]
             ids = [id(v) for v in self.refit_variables]
             # The frozen trunk's features, once (inputs of the refitted head).
-            tags_model = self.tags_model if self.split is None else self.tags_head
+            loop = self.loop_model
             tags_input = x if self.split is None else list(self.split.trunk(x, training=False))
 
+            def forward(params: list[tf.Tensor]) -> list[tf.Tensor]:
+                tv, ntv = self._values(loop, dict(zip(ids, params, strict=True)))
+                out, _ = loop.stateless_call(tv, ntv, tags_input, training=False)
+                out = out if isinstance(out, (list, tuple)) else [out]  # one output: a tensor
+                return [tf.cast(o, tf.float32) for o in out]
+
             def tag_logits(params: list[tf.Tensor]) -> tf.Tensor:
-                tv, ntv = self._values(tags_model, dict(zip(ids, params, strict=True)))
-                out, _ = tags_model.stateless_call(tv, ntv, tags_input, training=False)
-                return tf.cast(out, tf.float32)
+                return forward(params)[0]
+
+            if cfg.anchor > 0:  # the unrefitted segmentation, pruned to the evidence
+                target = tf.stop_gradient(prune_probabilities(
+                    tf.nn.softmax(forward(anchors)[1], -1), y, self.tag_class_ids,
+                    cfg.keep_classes))
 
             def cond(i, taken, params, state, scale, before, done):
                 return tf.logical_and(i < steps, tf.logical_not(done))
@@ -492,8 +512,12 @@ class EvidenceRefitter:
             def body(i, taken, params, state, scale, before, done):
                 with tf.GradientTape() as tape:
                     tape.watch(params)
-                    logits = tag_logits(params)
+                    out = forward(params)
+                    logits = out[0]
                     loss = _bce(y, logits)[0]
+                    if cfg.anchor > 0:
+                        loss += cfg.anchor * tf.reduce_mean(tf.reduce_sum(
+                            -target * tf.nn.log_softmax(out[1], -1), -1))
                     if cfg.alpha > 0:
                         loss += cfg.alpha * tf.add_n(
                             [tf.reduce_sum(tf.square(p - a)) for p, a in zip(params, anchors, strict=True)]

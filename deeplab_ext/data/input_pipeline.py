@@ -223,7 +223,8 @@ def check_dataset_record(info: DatasetInfo, dataset_dir: str | os.PathLike, spli
             f"({len(names)} classes {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; "
             f"ignore label {ignore}), not {whose} {info.name!r} ({info.num_classes} classes "
             f"{', '.join(info.class_names[:4])}{', ...' if info.num_classes > 4 else ''}; "
-            f"ignore label {info.ignore_label}), as {path} records. Use shards of "
+            f"ignore label {info.ignore_label}), as {path} records: they were written for "
+            f"another dataset. Use shards of "
             f"{info.name!r}, or a model / --dataset made for these shards.")
 
 

@@ -26,6 +26,7 @@ import keras
 __all__ = [
     "DEFAULT_VARIANT",
     "ModelConfig",
+    "all_families",
     "ModelFamily",
     "build_network",
     "family_of",
@@ -89,7 +90,7 @@ class ModelConfig:
         ``i`` of class ``tag_class_ids[i]``, recorded when given)."""
         cfg = self.replace(num_classes=num_classes,
                            num_tags=num_tags if self.num_tags > 0 else None)
-        if tag_class_ids is not None and cfg.num_tags > 0:
+        if tag_class_ids is not None and cfg.num_tags > 0 and hasattr(cfg, "tag_class_ids"):
             cfg = dataclasses.replace(cfg, tag_class_ids=tuple(int(c) for c in tag_class_ids))
         return cfg
 
@@ -138,6 +139,8 @@ class ModelFamily:
       original_pooled_scopes: scopes of the original whose input is a global average
         (DeepLab's ``image_pooling``): what tells them from a parallel branch of the same
         shape when a TFLite export with stripped names is read by its structure.
+      released_variants: variants with the layout of the original's released weights,
+        smallest first (``tools.import_weights`` without ``--model_variant`` tries them).
       pretrained_backbone: ``(network, path) -> {TF1 name: (shape, read)}``, an ImageNet
         backbone file (Keras Applications ``.h5``) under those names.
       module: the module that registered the family (set by :func:`register_family`);
@@ -160,6 +163,7 @@ class ModelFamily:
     input_stride: Callable[[Any], int] | None = None
     original_names: Callable[[keras.Model], dict[str, str | None]] | None = None
     original_pooled_scopes: tuple[str, ...] = ()
+    released_variants: tuple[str, ...] = ()
     pretrained_backbone: Callable[[keras.Model, str], Any] | None = None
     module: str = ""
 
@@ -225,6 +229,12 @@ def get_family(name: str, module: str | None = None) -> ModelFamily:
         raise ValueError(f"unknown model family {name!r}; registered: {sorted(_FAMILIES)}. "
                          "Import the module that registers it (tools: --extra_modules=...).")
     return _FAMILIES[name]
+
+
+def all_families() -> list[ModelFamily]:
+    """Every registered family, in registration order."""
+    _load_builtins()
+    return list(_FAMILIES.values())
 
 
 def variant_names() -> list[str]:

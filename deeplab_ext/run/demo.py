@@ -7,6 +7,7 @@ original TFRecord format first). Every stage prints progress and its wall time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -20,12 +21,23 @@ import numpy as np
 
 from deeplab_ext.data import download, input_pipeline, synthetic
 from deeplab_ext.data.datasets import get_dataset_info
-from deeplab_ext.run.evaluation import EVIDENCE_MODES, bootstrap_baselines, evaluate, vs_cell
+from deeplab_ext.models.tag_heads import SEGMENTATION
+from deeplab_ext.run.evaluation import (
+    EVIDENCE_MODES,
+    bootstrap_baselines,
+    check_modes,
+    evaluate,
+    vs_cell,
+)
 from deeplab_ext.run.export import export_checkpoint
+from deeplab_ext.run.importing import import_weights
 from deeplab_ext.run.options import (
+    DEMO_VARIANT,
     DemoOptions,
     EvalOptions,
+    EvidenceOptions,
     ExportOptions,
+    ImportOptions,
     TrainOptions,
     TuneOptions,
 )
@@ -48,18 +60,19 @@ class _Stage:
         self.printer(f"\n[{self.i}/{self.total}] {name} (t={time.time() - self.t0:.0f}s)")
 
 
-def prepare_data(options: DemoOptions, out: pathlib.Path, printer) -> tuple[str, str, str]:
+def prepare_data(options: DemoOptions, out: pathlib.Path, printer,
+                 num_tune: int) -> tuple[str, str, str]:
     """(dataset name, TFRecord dir, tuning split): the built-in dataset with its own
     generated tuning split ("test"), or a converted user folder (tuned on "train")."""
     if options.data is None:
         data_dir = out / "data" / "shapes_evidence"
-        marker = data_dir / (f"done-{options.num_train}-{options.num_val}-{options.num_tune}-"
+        marker = data_dir / (f"done-{options.num_train}-{options.num_val}-{num_tune}-"
                              f"{options.image_size}")
         if not marker.exists():
-            splits = ("train", "val", "test") if options.num_tune else ("train", "val")
+            splits = ("train", "val", "test") if num_tune else ("train", "val")
             counts = synthetic.write_tfrecords(
                 data_dir, options.num_train, options.num_val, size=options.image_size,
-                seed=options.seed, splits=splits, num_test=options.num_tune)
+                seed=options.seed, splits=splits, num_test=num_tune)
             marker.write_text(json.dumps(counts))
             printer(f"Generated the built-in dataset: {counts} ({options.image_size}px) in {data_dir}")
         else:
@@ -120,24 +133,123 @@ def _chosen_rows(tuning: dict) -> list[list[str]]:
     return rows
 
 
+# Refit start point and learning rates when tags are pooled from the segmentation of
+# released weights: the rates of BENCHMARKS 19 (a segmentation-tag refit moves the
+# segmentation directly, ten times less than a trained head's refit needs).
+POOLED_EVIDENCE = EvidenceOptions(learning_rate=0.003, alpha=0.0)
+POOLED_LEARNING_RATES = (0.001, 0.003, 0.01)
+ALL_MODES = ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune")
+POOLED_MODES = ("none", "prune", "bp_l2", "bp_l2_prune")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoPlan:
+    """What this demo does, from its options: train (the built-in job), or import released
+    weights and pool their segmentation's tags (nothing trained)."""
+
+    pooled: bool  # --tag_head=segmentation on given weights: import, no training
+    variant: str | None
+    modes: tuple[str, ...]
+    num_tune: int
+    tune_candidates: int
+    objective: str
+    evidence: EvidenceOptions
+    learning_rates: tuple[float, ...] | None
+
+    @classmethod
+    def of(cls, options: DemoOptions, explicit: Collection[str]) -> DemoPlan:
+        pooled = options.tag_head == SEGMENTATION and options.tf_initial_checkpoint is not None
+        evidence = options.evidence
+        if pooled:  # the pooled start point, but what the user gave on the command line
+            evidence = dataclasses.replace(POOLED_EVIDENCE, **{
+                f: getattr(options.evidence, f) for f in explicit})
+        return cls(pooled=pooled,
+                   variant=options.model_variant or (None if pooled else DEMO_VARIANT),
+                   modes=tuple(options.evidence_modes or (POOLED_MODES if pooled else ALL_MODES)),
+                   num_tune=24 if options.num_tune is None and pooled else
+                   (50 if options.num_tune is None else options.num_tune),
+                   tune_candidates=options.tune_candidates or (6 if pooled else 8),
+                   objective="pruned" if pooled else "plain", evidence=evidence,
+                   learning_rates=POOLED_LEARNING_RATES if pooled else None)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(EVIDENCE_MODES[m][1] for m in self.modes
+                                   if EVIDENCE_MODES[m][1] is not None))
+
+
 def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
              explicit: Collection[str] = ()) -> dict:
     """The main job; ``explicit``: evidence fields given as flags (they beat tuning)."""
     out = pathlib.Path(options.workdir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    plan = DemoPlan.of(options, explicit)
+    check_modes(plan.modes)
     stage = _Stage(8, printer)
     t0 = time.time()
 
     stage("Data")
-    dataset, data_dir, tune_split = prepare_data(options, out, printer)
+    dataset, data_dir, tune_split = prepare_data(options, out, printer, plan.num_tune)
     builtin = options.data is None
-    crop = options.crop_size if builtin else max(options.crop_size, 129)
-
-    stage(f"Train {options.model_variant} with uncertainty weighting")
     logdir = out / "train"
-    train(TrainOptions(
+    if plan.pooled:
+        stage("Import the weights; tags pooled from their segmentation (nothing to train)")
+        import_weights(ImportOptions(
+            source=options.tf_initial_checkpoint, model_variant=plan.variant,
+            output_dir=str(logdir), dataset=dataset, tag_head=SEGMENTATION), printer=printer)
+    else:
+        stage(f"Train {plan.variant} with uncertainty weighting")
+        train(train_options(options, plan.variant, dataset, data_dir, logdir, builtin),
+              printer=printer)
+
+    stage(f"Tune the refit settings of this model on the {tune_split!r} split (never val)")
+    tuning = tune(options, plan, logdir, data_dir, tune_split, builtin, printer)
+
+    stage("Evaluate: the evidence table (tags from the ground truth)")
+    crop = options.crop_size if builtin else max(options.crop_size, 129)
+    eval_dir = out / "eval"
+    results = evaluate(EvalOptions(
+        checkpoint_dir=str(logdir), dataset_dir=data_dir, eval_logdir=str(eval_dir),
+        eval_split="val", eval_crop_size=(crop, crop) if builtin else None,
+        evidence_modes=plan.modes, evidence=plan.evidence,
+        max_examples=options.max_eval_images, num_vis_examples=6,
+    ), printer=printer, explicit=explicit)
+
+    stage("Export the SavedModel")
+    export_dir = export_checkpoint(ExportOptions(
+        checkpoint_dir=str(logdir), export_path=str(out / "export"), evidence=plan.evidence),
+        explicit=explicit, printer=printer)
+    printer(f"SavedModel in {export_dir}")
+
+    stage("Serve: tools.predict through the SavedModel on a sample image with its tags")
+    served = serve_sample(dataset, data_dir, export_dir, out, printer)
+
+    stage("Report")
+    report = write_report(out, results, tuning, served, logdir, dataset, t0)
+
+    stage("Done")
+    if tuning is not None:
+        printer(tuning["report"])
+    printer(results["table"])
+    printer("\nWhere things are:")
+    printer(f"  report       {report}")
+    printer(f"  checkpoints  {logdir}")
+    printer(f"  eval results {eval_dir / 'eval_results.json'}")
+    printer(f"  SavedModel   {export_dir}")
+    if not plan.pooled:
+        printer(f"  TensorBoard  tensorboard --logdir {logdir}")
+    printer(f"Total {time.time() - t0:.0f}s")
+    return {"results": results, "report": str(report), "export": str(export_dir),
+            "train_logdir": str(logdir), "predict": served["report"]}
+
+
+def train_options(options: DemoOptions, variant: str, dataset: str, data_dir: str,
+                  logdir: pathlib.Path, builtin: bool) -> TrainOptions:
+    """The demo's training run: Adam, uncertainty weighting, the built-in dataset's crop."""
+    crop = options.crop_size if builtin else max(options.crop_size, 129)
+    return TrainOptions(
         train_logdir=str(logdir), dataset_dir=data_dir, dataset=dataset,
-        model_variant=options.model_variant, train_crop_size=(crop, crop),
+        model_variant=variant, train_crop_size=(crop, crop),
         train_batch_size=options.train_batch_size, optimizer="adam",
         base_learning_rate=options.base_learning_rate,
         training_number_of_steps=options.train_steps,
@@ -145,46 +257,38 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
         log_every_n_steps=max(25, options.train_steps // 20),
         min_scale_factor=0.75 if builtin else 0.5, max_scale_factor=1.25 if builtin else 2.0,
         tf_initial_checkpoint=options.tf_initial_checkpoint, train_groups=options.train_groups,
+        tag_head=options.tag_head,
         # Pretrained BatchNorm stays as it is: batches of 8 cannot estimate its statistics
         # (the original's advice), and a TFLite import's is folded.
         fine_tune_batch_norm=options.tf_initial_checkpoint is None,
         loss_weighting="uncertainty",
-        seed=options.seed if options.train_seed is None else options.train_seed,
-    ), printer=printer)
+        seed=options.seed if options.train_seed is None else options.train_seed)
 
-    stage(f"Tune the refit settings of this model on the {tune_split!r} split (never val)")
-    tuning = None
-    if not options.num_tune:
-        printer("--num_tune=0: not tuned; the refit settings are the start point's")
-    else:
-        if not builtin:
-            printer("(a user folder has no split of its own for tuning: its training images, "
-                    "which the model has seen, stand in)")
-        tuning = tune_evidence(TuneOptions(
-            checkpoint_dir=str(logdir), dataset_dir=data_dir, tune_split=tune_split,
-            max_examples=options.num_tune, max_candidates=options.tune_candidates,
-            evidence=options.evidence), printer=printer)
 
-    stage("Evaluate: the evidence table (tags from the ground truth)")
-    eval_dir = out / "eval"
-    results = evaluate(EvalOptions(
-        checkpoint_dir=str(logdir), dataset_dir=data_dir, eval_logdir=str(eval_dir),
-        eval_split="val", eval_crop_size=(crop, crop) if builtin else None,
-        evidence_modes=tuple(options.evidence_modes), evidence=options.evidence,
-        max_examples=options.max_eval_images, num_vis_examples=6,
-    ), printer=printer, explicit=explicit)
+def tune(options: DemoOptions, plan: DemoPlan, logdir: pathlib.Path, data_dir: str,
+         tune_split: str, builtin: bool, printer: Callable[[str], None]) -> dict | None:
+    """tools.tune_evidence on the tuning split, for the refit kinds of the table's rows."""
+    if not plan.num_tune or not plan.kinds:
+        printer("no tuning (--num_tune=0 or no refit rows): the refit settings are the start "
+                "point's")
+        return None
+    if not builtin:
+        printer("(a user folder has no split of its own for tuning: its training images "
+                f"stand in{', which the model has seen' if not plan.pooled else ''})")
+    extra = {"learning_rates": plan.learning_rates} if plan.learning_rates else {}
+    return tune_evidence(TuneOptions(
+        checkpoint_dir=str(logdir), dataset_dir=data_dir, tune_split=tune_split,
+        max_examples=plan.num_tune, max_candidates=plan.tune_candidates, kinds=plan.kinds,
+        objective=plan.objective, evidence=plan.evidence, **extra), printer=printer)
 
-    stage("Export the SavedModel")
-    export_dir = export_checkpoint(ExportOptions(
-        checkpoint_dir=str(logdir), export_path=str(out / "export"), evidence=options.evidence),
-        explicit=explicit, printer=printer)
-    printer(f"SavedModel in {export_dir}")
 
-    stage("Serve: tools.predict through the SavedModel on a sample image with its tags")
+def serve_sample(dataset: str, data_dir: str, export_dir: pathlib.Path, out: pathlib.Path,
+                 printer: Callable[[str], None]) -> dict:
+    """tools.predict through the export on the first val image with its tags, as a user
+    runs it: with what the export serves (its tuned refit steps, its pruning)."""
     sample = out / "sample.png"
     tags = _sample_image(dataset, data_dir, sample)
     pred_png = out / "sample_prediction.png"
-    # What the export serves: its own (tuned) refit steps, not the demo's start point.
     cmd = [sys.executable, "-m", "tools.predict", f"--saved_model={export_dir}",
            f"--image={sample}", f"--output={pred_png}"]
     if tags:
@@ -194,10 +298,14 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"tools.predict failed:\n{proc.stderr[-2000:]}")
-    predict_report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
     printer(proc.stdout.strip())
+    return {"report": report, "sample": sample, "prediction": pred_png, "tags": tags}
 
-    stage("Report")
+
+def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: dict,
+                 logdir: pathlib.Path, dataset: str, t0: float) -> pathlib.Path:
+    """demo_out/report.html: the tables, per-class IoU, curves and pictures."""
     baselines = bootstrap_baselines(results)
     table_rows = [[row["name"], f"{100 * row['miou']:.2f}", mode, f"{row['seconds']:.1f}"]
                   + [vs_cell(row, b) for b in baselines]
@@ -206,27 +314,33 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
         f"vs {EVIDENCE_MODES[b][0]} (95% CI over images)" for b in baselines]
     best_mode = max(results["modes"], key=lambda m: results["modes"][m]["miou"])
     tag_rows = [[k, f"{v:.4f}"] for k, v in results.get("tags", {}).items()]
-    pred_rows = [[n, f"{predict_report.get('tag_probabilities_before', {}).get(n, float('nan')):.3f}",
-                  f"{predict_report.get('tag_probabilities_after', {}).get(n, float('nan')):.3f}",
+    predicted, tags = served["report"], served["tags"]
+    pred_rows = [[n, f"{predicted.get('tag_probabilities_before', {}).get(n, float('nan')):.3f}",
+                  f"{predicted.get('tag_probabilities_after', {}).get(n, float('nan')):.3f}",
                   "yes" if n in tags else ""]
                  for n in get_dataset_info(dataset).tag_names]
-    scalars = tbevents.read_scalars(logdir / "train")
+    scalars = tbevents.read_scalars(logdir / "train") if (logdir / "train").is_dir() else {}
     groups = {
-        "Task losses": [k for k in scalars if k.endswith("_loss") or k == "train/loss"],
+        "Task losses (each step's own)": [k for k in scalars
+                                          if k.endswith("_loss") or k == "train/loss"],
         "Uncertainty weighting: sigma and effective weight": [
             k for k in scalars if k.endswith("_sigma") or k.endswith("_weight")],
         # Streaming metrics: running values over each checkpoint interval (they restart at
-        # every save_interval_steps); the losses above are each step's own.
+        # every save_interval_steps).
         "Training mIoU and tag F1 (running over each checkpoint interval)": [
             k for k in scalars if k.endswith(("miou", "f1"))],
         "Learning rate": [k for k in scalars if k.endswith("learning_rate")],
     }
+    groups = {k: v for k, v in groups.items() if v}
     images = []
     if results.get("comparison_png"):
         images.append(("Input | ground truth | one column per evidence mode",
                        results["comparison_png"]))
-    images.append(("Sample image", str(sample)))
-    images.append((f"Served prediction with evidence {tags}", str(pred_png)))
+    images.append(("Sample image", str(served["sample"])))
+    how = (f"{predicted.get('steps_taken', 0)} refit steps"
+           f"{', pruned' if predicted.get('pruned') else ''}") if tags else "no tags"
+    images.append((f"Served prediction with evidence {tags} ({how}: what the export serves)",
+                   str(served["prediction"])))
     report = out / "report.html"
     write_html_report(
         report, title=f"DeepLab multi-task demo: {results['model']} on {results['dataset']}",
@@ -246,17 +360,4 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
         notes=[f"Per-class IoU shown for the best row ({results['modes'][best_mode]['name']}).",
                f"Total demo time {time.time() - t0:.0f}s."],
     )
-
-    stage("Done")
-    if tuning is not None:
-        printer(tuning["report"])
-    printer(results["table"])
-    printer("\nWhere things are:")
-    printer(f"  report       {report}")
-    printer(f"  checkpoints  {logdir}")
-    printer(f"  eval results {eval_dir / 'eval_results.json'}")
-    printer(f"  SavedModel   {export_dir}")
-    printer(f"  TensorBoard  tensorboard --logdir {logdir}")
-    printer(f"Total {time.time() - t0:.0f}s")
-    return {"results": results, "report": str(report), "export": str(export_dir),
-            "train_logdir": str(logdir), "predict": predict_report}
+    return report

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import textwrap
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -391,9 +392,11 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
         results["modes"][mode] = row
         printer(f"  {row['name']:<14} mIoU {100 * row['miou']:6.2f}%   ({row['seconds']:.1f}s"
                 f"{steps_note})")
-        printer("    per-class IoU: " + ", ".join(
-            f"{n} {'n/a' if v is None else f'{100 * v:.2f}'}"
-            for n, v in row["per_class_iou"].items()))
+        per_class = ", ".join(f"{n} {'n/a' if v is None else f'{100 * v:.2f}'}"
+                              for n, v in row["per_class_iou"].items())
+        for line in textwrap.wrap("per-class IoU: " + per_class, width=100,
+                                  initial_indent="    ", subsequent_indent="      "):
+            printer(line)
     if options.label_decoder_path_miou:
         predict = decoder_path(meta["checkpoint_path"], network, family, info,
                                meta.get("training_branches", {}), alignment, batches[0][0])

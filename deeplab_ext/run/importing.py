@@ -25,10 +25,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deeplab_ext.data.datasets import get_dataset_info
-from deeplab_ext.models.registry import build_network, family_of, get_variant, group_variables
+from deeplab_ext.data.datasets import get_dataset_info, info_from_dict
+from deeplab_ext.models.registry import (
+    all_families,
+    build_network,
+    family_of,
+    get_variant,
+    group_variables,
+)
 from deeplab_ext.run.options import ImportOptions
-from deeplab_ext.run.rundir import MODEL_CONFIG_FILE, save_run_config
+from deeplab_ext.run.rundir import MODEL_CONFIG_FILE, load_run_config, run_family, save_run_config
 from tf_mtl.checkpoint import LoadReport, load_initial_checkpoint
 from tf_mtl.released import (
     expected_scopes,
@@ -171,28 +177,84 @@ def check_coverage(network: keras.Model, report: LoadReport, flag: str, *,
     return share
 
 
+def _source_record(source: str | os.PathLike) -> dict | None:
+    """The run record of a zoo checkpoint source (a run directory, or a checkpoint prefix
+    in one), or None (a released file, or a bare weights file)."""
+    path = pathlib.Path(source)
+    run = path if path.is_dir() else path.parent
+    if is_original_checkpoint(source) or not (run / MODEL_CONFIG_FILE).is_file():
+        return None
+    return load_run_config(run)
+
+
+def released_candidates() -> list[str]:
+    """Every family's variants with the layout of released weights, smallest first."""
+    return [v for family in all_families() for v in family.released_variants]
+
+
 def import_weights(options: ImportOptions, printer: Callable[[str], None] = print
                    ) -> LoadReport:
-    """Build the variant, load the released weights, write the run directory."""
-    info = get_dataset_info(options.dataset)
-    family, cfg = get_variant(options.model_variant, output_stride=options.output_stride,
-                              tag_head=options.tag_head, seg_tag_pooling=options.seg_tag_pooling,
-                              seg_tag_temperature=options.seg_tag_temperature)
-    cfg = cfg.for_dataset(info.num_classes, info.num_tags, info.tag_class_ids)
-    network = build_network(cfg)
-    report, folded = import_original(network, options.source)
+    """Build the variant, load the weights, write the run directory.
+
+    The source is the original's released weights (``--model_variant`` names the layout;
+    without it, each family's released layouts are tried, smallest first), or a run of
+    this zoo, whose own record gives the model and dataset: ``--tag_head=segmentation``
+    then makes the segmentation-tag twin of a trained model, nothing trained.
+    """
+    overrides = dict(output_stride=options.output_stride, tag_head=options.tag_head,
+                     seg_tag_pooling=options.seg_tag_pooling,
+                     seg_tag_temperature=options.seg_tag_temperature)
+    record = _source_record(options.source)
+    extra: dict = {"train_crop_size": list(options.train_crop_size)}
+    if record is not None and not options.model_variant:
+        family = run_family(record)
+        info = info_from_dict(record["dataset"])
+        cfg = family.config_class.from_dict(record["model"]).replace(**overrides)
+        cfg = cfg.for_dataset(info.num_classes, info.num_tags, info.tag_class_ids)
+        extra.update({k: record[k] for k in ("train_crop_size", "min_resize_value",
+                                             "max_resize_value") if record.get(k)})
+        candidates = [(family, cfg)]
+    else:
+        info = get_dataset_info(options.dataset)
+        names = [options.model_variant] if options.model_variant else released_candidates()
+        candidates = []
+        for name in names:
+            family, cfg = get_variant(name, **overrides)
+            candidates.append((family, cfg.for_dataset(info.num_classes, info.num_tags,
+                                                       info.tag_class_ids)))
+    last_error = None
+    for i, candidate in enumerate(candidates):
+        family, cfg = candidate
+        network = build_network(cfg)
+        try:
+            report, folded = initial_weights(network, options.source)
+            check_coverage(network, report, "--source", allow_partial=(
+                options.allow_partial_init and len(candidates) == 1), printer=printer)
+        except ValueError as e:
+            last_error = e
+            if len(candidates) == 1:
+                raise
+            continue
+        if len(candidates) > 1:
+            printer(f"--source={options.source} is the layout of --model_variant={cfg.name} "
+                    f"(tried {i + 1} of {len(candidates)} released layouts)")
+        break
+    else:
+        raise ValueError(f"--source={options.source}: none of the released layouts "
+                         f"{[c.name for _, c in candidates]} matches it (last: {last_error}); "
+                         "give --model_variant") from last_error
     printer(report.summary())
-    check_coverage(network, report, "--source", allow_partial=options.allow_partial_init,
-                   printer=printer)
     out = pathlib.Path(options.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tf.train.CheckpointManager(tf.train.Checkpoint(network=network), str(out), 1).save(0)
     save_run_config(out, family, cfg, info, {
-        "train_crop_size": list(options.train_crop_size),
+        **extra,
         "imported": {"source": os.path.abspath(options.source), "format": report.format,
                      "batch_norm_folded": folded, "loaded": len(report.loaded),
                      "missing": report.missing, "skipped": report.skipped,
                      "unused": report.unused}})
-    printer(f"Wrote run directory {out} ({cfg.name}, {info.name}); BatchNorm "
-            f"{'folded (fine-tune with --fine_tune_batch_norm=false)' if folded else 'as released'}")
+    pooled = getattr(cfg, "tag_head", "") == "segmentation"
+    printer(f"Wrote run directory {out} ({cfg.name}, {info.name}"
+            f"{', tags pooled from the segmentation' if pooled else ''}); BatchNorm "
+            f"{'folded (fine-tune with --fine_tune_batch_norm=false)' if folded else 'as trained'}")
     return report

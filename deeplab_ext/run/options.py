@@ -103,6 +103,9 @@ class EvidenceOptions:
                             "(default: the model family's refit set; DeepLab: backbone, aspp, "
                             "tag_head).")
     jit_compile: bool = opt(False, "XLA-compile the refit loop (GPU).")
+    anchor: float = opt(0.0, "bp_l2 / bp_es: weight of a term keeping the refitted "
+                        "segmentation near the unrefitted one pruned to the tags (per-pixel "
+                        "cross-entropy); 0 = off.")
 
     def config(self, kind: str, prune: bool, scales: tuple[float, ...] = (1.0,),
                flip: bool = False, keep_classes: tuple[int, ...] = (0,)) -> Any:
@@ -115,10 +118,11 @@ class EvidenceOptions:
                       clip_norm=self.clip_norm, eval_scales=tuple(scales),
                       add_flipped_images=flip, prune=prune, keep_classes=tuple(keep_classes))
         if kind == "l2":
-            return EvidenceConfig(steps=self.steps, alpha=self.alpha, **common)
+            return EvidenceConfig(steps=self.steps, alpha=self.alpha, anchor=self.anchor,
+                                  **common)
         if kind == "es":
             return EvidenceConfig(steps=self.es_steps, early_stopping=True,
-                                  margin=self.es_margin, **common)
+                                  margin=self.es_margin, anchor=self.anchor, **common)
         if kind == "latent":
             return EvidenceConfig(steps=self.steps, alpha=self.alpha, mode="latent",
                                   early_stopping=False, **common)
@@ -276,12 +280,15 @@ class LabelAutoencoderOptions:
 class ImportOptions:
     """Released weights of the original into a run directory (``tools.import_weights``)."""
 
-    source: str = opt(None, "The released weights: a TFLite file of the original, its TF1 "
-                      "checkpoint (model.ckpt-N prefix or its folder), or a Keras "
-                      "Applications ImageNet backbone .h5 (MobileNetV2).", required=True)
-    model_variant: str = opt(None, "Zoo variant with the original's layout, e.g. "
-                             "deeplabv3_mobilenetv2_dm05 (its _mt twin adds a new tag head).",
-                             required=True)
+    source: str = opt(None, "The weights: a TFLite file of the original (float, dynamic-range "
+                      "or full-integer; tensor names kept or stripped), its TF1 checkpoint "
+                      "(model.ckpt-N prefix or its folder), a Keras Applications ImageNet "
+                      "backbone .h5 (MobileNetV2), or a run directory of this zoo (its "
+                      "record gives the model and dataset).", required=True)
+    model_variant: str | None = opt(None, "Zoo variant with the source's layout, e.g. "
+                                    "deeplabv3_mobilenetv2_dm05 (its _mt twin adds a new tag "
+                                    "head); default: a run's own, or the released layout "
+                                    "that matches the source.")
     output_dir: str = opt(None, "Run directory to write (every tool accepts it as "
                           "--checkpoint_dir, tools.train as --tf_initial_checkpoint).",
                           required=True)
@@ -432,6 +439,9 @@ class PredictOptions:
                                    "settings when it has them (flags given still win).")
 
 
+DEMO_VARIANT = "deeplabv3plus_mobilenetv2_tiny_mt"
+
+
 def _demo_evidence() -> EvidenceOptions:
     # Chosen on the generated *test* split, not val (BENCHMARKS.md 6c): a larger rate with
     # per-image gradient clipping.
@@ -444,11 +454,17 @@ class DemoOptions:
 
     workdir: str = opt("demo_out", "Where data, checkpoints, export and report go.")
     data: str | None = opt(None, "A VOC- or CamVid-layout folder (default: built-in dataset).")
-    model_variant: str = opt("deeplabv3plus_mobilenetv2_tiny_mt", "Zoo variant (*_mt).")
+    model_variant: str | None = opt(None, "Zoo variant (*_mt; default: "
+                                    f"{DEMO_VARIANT} when training, the weights' own layout "
+                                    "with --tag_head=segmentation).")
     tf_initial_checkpoint: str | None = opt(None, "Start from these weights: a run directory "
                                             "of tools.import_weights, the original's released "
                                             "file (TFLite, TF1 checkpoint), or a zoo checkpoint. "
-                                            "BatchNorm then stays frozen.")
+                                            "BatchNorm then stays frozen. With "
+                                            "--tag_head=segmentation nothing is trained: the "
+                                            "weights are imported and the tags pooled from "
+                                            "their segmentation.")
+    tag_head: str | None = tag_head_opt()
     train_groups: tuple[str, ...] | None = opt(None, "Train only these variable groups (e.g. "
                                                "tag_head on a pretrained model).")
     train_steps: int = opt(10000, "Training steps.")
@@ -458,14 +474,17 @@ class DemoOptions:
     num_train: int = opt(2000, "Built-in dataset: training images.")
     num_val: int = opt(100, "Built-in dataset: validation images.")
     image_size: int = opt(64, "Built-in dataset: image side in pixels.")
-    num_tune: int = opt(50, "Images the refit settings are tuned on, 0 = no tuning (the "
-                        "built-in dataset generates a 'test' split of this size; a user "
-                        "folder lends 'train').")
-    tune_candidates: int = opt(8, "Refit settings tried per kind while tuning.")
+    num_tune: int | None = opt(None, "Images the refit settings are tuned on, 0 = no tuning "
+                               "(the built-in dataset generates a 'test' split of this size; "
+                               "a user folder lends 'train'); default 50, or 24 when nothing "
+                               "is trained (--tag_head=segmentation on released weights).")
+    tune_candidates: int | None = opt(None, "Refit settings tried per kind while tuning "
+                                      "(default 8; 6 when nothing is trained).")
     max_eval_images: int | None = opt(None, "Evaluate only the first N val images.")
-    evidence_modes: tuple[str, ...] = opt(
-        ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune"),
-        "Rows of the evidence table.")
+    evidence_modes: tuple[str, ...] | None = opt(
+        None, "Rows of the evidence table (default none,prune,bp_l2,bp_es,bp_l2_prune,"
+        "bp_es_prune; with --tag_head=segmentation on released weights none,prune,bp_l2,"
+        "bp_l2_prune, the rows its 10-minute budget affords). Their refit kinds are tuned.")
     evidence: EvidenceOptions = group(_demo_evidence, "evidence_")
     seed: int = opt(0, "Seed of the built-in dataset (and of training, unless --train_seed).")
     train_seed: int | None = opt(None, "Seed of training only: another model on the same data.")

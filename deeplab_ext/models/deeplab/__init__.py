@@ -46,5 +46,8 @@ register_family(ModelFamily(
     # Beyond the output stride the backbone is atrous: no layer samples a coarser grid.
     input_stride=lambda cfg: cfg.output_stride,
     original_names=original_variable_names, original_pooled_scopes=("image_pooling",),
+    released_variants=("deeplabv3_mobilenetv2_dm05", "deeplabv3_mobilenetv2",
+                       "deeplabv3plus_mobilenetv2", "deeplabv3plus_resnet50",
+                       "deeplabv3plus_xception65", "deeplabv3plus_resnet101"),
     pretrained_backbone=keras_applications_weights,
 ), variants=MODEL_VARIANTS)
