@@ -273,3 +273,30 @@ def test_dwa_inside_fit_changes_weights_after_two_windows():
     np.testing.assert_allclose(w[:, 2], expect, rtol=1e-5)
     r3 = losses[:, 2] / losses[:, 1]
     np.testing.assert_allclose(w[:, 3], 2 * np.exp(r3 / 2.0) / np.exp(r3 / 2.0).sum(), rtol=1e-5)
+
+
+def test_summaries_log_each_steps_own_loss_not_the_running_mean(tmp_path):
+    """Keras' loss trackers are running means that restart at every fit() epoch (each
+    checkpoint chunk of tools.train); the curves must be each step's own value, or they
+    jump where the mean restarts."""
+    x, y = tiny_data(8, seed=3)
+    tasks = seg_tasks()
+    model = MultiTaskModel(tiny_net(), tasks, FixedWeighting(tasks),
+                           summary_writer=str(tmp_path), summary_every_n_steps=1)
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    running = []
+
+    class Logs(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            running.append((batch, float(logs["semantic_loss"])))
+
+    model.fit(ds_of(x, y, 2).repeat(), steps_per_epoch=2, epochs=2, verbose=0,
+              callbacks=[Logs()])
+    model.summaries.flush()
+    logged = [v for _, v in tbevents.read_scalars(tmp_path)["train/semantic_loss"]]
+    # Each step's own loss, recovered from the running means within each epoch.
+    own = []
+    for i, (batch, mean) in enumerate(running):
+        own.append(mean if batch == 0 else (batch + 1) * mean - batch * running[i - 1][1])
+    np.testing.assert_allclose(logged, own, rtol=1e-5)
+    assert abs(logged[1] - running[1][1]) > 1e-4  # the running mean is not what is drawn

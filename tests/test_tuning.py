@@ -109,3 +109,31 @@ def test_tuned_settings_reach_eval_export_and_a_fresh_predict(tuned_run, data_di
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert report["refit_steps"] == steps  # the export's own, in a fresh process
     assert report["steps_taken"] <= steps
+
+
+def test_cross_fitting_scores_every_image_held_out(tuned_run, data_dir):
+    """--folds=2: each fold scored with the settings tuned on the other; the table covers
+    every image of the split, and its rows that need no tuning are the plain ones over the
+    whole split (the same images, scored once each)."""
+    run = tuned_run["run"]
+    proc = run_tool("tune_evidence", f"--checkpoint_dir={run}", f"--dataset_dir={data_dir}",
+                    "--tune_split=test", "--folds=2", "--max_candidates=2", "--kinds=l2",
+                    "--learning_rates=0.01", "--clip_norms=0", "--evidence_steps=1",
+                    "--bootstrap_samples=50", "--objective=pruned")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    crossfit = json.loads((run / "evidence_crossfit.json").read_text())
+    assert crossfit["num_images"] == 3 and crossfit["objective"] == "pruned"
+    assert [f["images"] for f in crossfit["folds"]] == [2, 1]
+    assert [f["tuned_on"] for f in crossfit["folds"]] == [1, 2]
+    (table,) = crossfit["tables"]  # single scale only: no --eval_scales given
+    assert list(table["modes"]) == ["none", "prune", "bp_l2", "bp_l2_prune"]
+    assert "Held out over 3 images (2 folds)" in proc.stdout
+    out = run_tool("eval", f"--checkpoint_dir={run}", f"--dataset_dir={data_dir}",
+                   "--eval_split=test", "--evidence_modes=none,prune", "--bootstrap_samples=0",
+                   f"--eval_logdir={run / 'eval_test'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    plain = json.loads((run / "eval_test" / "eval_results.json").read_text())["modes"]
+    for mode in ("none", "prune"):
+        assert table["modes"][mode]["miou"] == pytest.approx(plain[mode]["miou"], abs=1e-12)
+    # The tuned-settings file of the whole split is not touched by cross-fitting.
+    assert json.loads((run / "evidence_tuned.json").read_text()) == tuned_run["tuned"]

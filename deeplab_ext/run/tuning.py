@@ -228,8 +228,9 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
     from deeplab_ext.run.evaluation import EVIDENCE_MODES, add_bootstrap, format_table
 
     k = options.folds
-    if len(batches) < 2 * k:
-        raise ValueError(f"--folds={k}: {len(batches)} images give folds of fewer than 2")
+    if len(batches) <= k:
+        raise ValueError(f"--folds={k} needs more than {k} images (each fold is scored, and "
+                         f"tuned on the others); the split has {len(batches)}")
     modes = [m for m in EVIDENCE_MODES if m in CROSSFIT_MODES
              and (EVIDENCE_MODES[m][1] is None or EVIDENCE_MODES[m][1] in options.kinds)]
     protocols = [((1.0,), False)]
