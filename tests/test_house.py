@@ -257,3 +257,43 @@ def test_deterministic_training_repeats_bit_for_bit(tmp_path, data_dir):
     assert values[0].keys() == values[1].keys() and len(values[0]) > 10
     for key in values[0]:
         np.testing.assert_array_equal(values[0][key], values[1][key], err_msg=key)
+
+
+def test_flag_choices_are_the_implementing_modules_lists():
+    """Each enum flag offers exactly what its implementation accepts: the lists are
+    imported from where the choice is made, not copied."""
+    import dataclasses
+
+    from deeplab_ext.models.tag_heads import TAG_HEADS
+    from deeplab_ext.run import options as o
+    from tf_mtl import (
+        aux_modules,
+        distribute,
+        functional_optimizers,
+        precision,
+        schedules,
+        weighting,
+    )
+    from tf_mtl.segmentation_tags import SEGMENTATION_TAG_POOLINGS
+
+    def choices(cls, name):
+        return next(f for f in dataclasses.fields(cls) if f.name == name).metadata["choices"]
+
+    assert choices(o.TrainOptions, "loss_weighting") is weighting.WEIGHTINGS
+    assert choices(o.TrainOptions, "mixed_precision") is precision.POLICIES
+    assert choices(o.TrainOptions, "distribution_strategy") is distribute.STRATEGIES
+    assert choices(o.TrainOptions, "learning_policy") is schedules.LEARNING_POLICIES
+    assert choices(o.TrainOptions, "aux_module_adaptor") is aux_modules.ADAPTORS
+    assert choices(o.TrainOptions, "aux_module_aggregator") is aux_modules.AGGREGATORS
+    assert choices(o.EvidenceOptions, "optimizer") is functional_optimizers.OPTIMIZERS
+    assert choices(o.TrainOptions, "tag_head") is TAG_HEADS
+    assert choices(o.ImportOptions, "seg_tag_pooling") is SEGMENTATION_TAG_POOLINGS
+    # Every name offered is one the implementation builds.
+    from tf_mtl.losses import TagBCE
+    from tf_mtl.tasks import Task
+
+    for name in weighting.WEIGHTINGS:
+        assert weighting.get_weighting(name, [Task("tags", TagBCE())]) is not None
+    args = {"poly": {"training_number_of_steps": 10}, "step": {}}
+    for name in schedules.LEARNING_POLICIES:
+        assert schedules.get_learning_rate_schedule(name, 0.1, **args[name])(0) > 0

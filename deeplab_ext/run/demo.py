@@ -23,7 +23,6 @@ from deeplab_ext.data import download, input_pipeline, synthetic
 from deeplab_ext.data.datasets import get_dataset_info
 from deeplab_ext.models.tag_heads import SEGMENTATION
 from deeplab_ext.run.evaluation import (
-    EVIDENCE_MODES,
     bootstrap_baselines,
     check_modes,
     evaluate,
@@ -41,8 +40,9 @@ from deeplab_ext.run.options import (
     TrainOptions,
     TuneOptions,
 )
+from deeplab_ext.run.refit_kinds import EVIDENCE_MODES
 from deeplab_ext.run.trainer import train
-from deeplab_ext.run.tuning import tune_evidence
+from deeplab_ext.run.tuning import describe_settings, tune_evidence
 from tf_mtl import tbevents
 from tf_mtl.report import write_html_report
 
@@ -124,10 +124,7 @@ def _tuning_tables(tuning: dict | None) -> list[tuple]:
 def _chosen_rows(tuning: dict) -> list[list[str]]:
     rows = []
     for kind, entry in tuning["kinds"].items():
-        ev = entry["evidence"]
-        keys = ("es_steps", "es_margin") if kind == "es" else ("steps", "alpha")
-        settings = ", ".join(f"{k}={ev[k]}" for k in ("learning_rate", "clip_norm", *keys,
-                                                       "refit", "safeguard"))
+        settings = describe_settings(kind, entry["evidence"])
         rows.append([kind, "yes" if entry["refit"] else "no (plain inference was as good)",
                      settings])
     return rows
@@ -174,8 +171,8 @@ class DemoPlan:
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(EVIDENCE_MODES[m][1] for m in self.modes
-                                   if EVIDENCE_MODES[m][1] is not None))
+        return tuple(dict.fromkeys(EVIDENCE_MODES[m].kind for m in self.modes
+                                   if EVIDENCE_MODES[m].kind is not None))
 
 
 def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
@@ -311,7 +308,7 @@ def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: 
                   + [vs_cell(row, b) for b in baselines]
                   for mode, row in results["modes"].items()]
     table_header = ["method", "mIoU (%)", "mode", "seconds"] + [
-        f"vs {EVIDENCE_MODES[b][0]} (95% CI over images)" for b in baselines]
+        f"vs {EVIDENCE_MODES[b].row} (95% CI over images)" for b in baselines]
     best_mode = max(results["modes"], key=lambda m: results["modes"][m]["miou"])
     tag_rows = [[k, f"{v:.4f}"] for k, v in results.get("tags", {}).items()]
     predicted, tags = served["report"], served["tags"]

@@ -28,10 +28,10 @@ from deeplab_ext.run.evidence import (
     evidence_by_kind,
     keep_classes,
     make_refitter,
-    recommended_steps,
 )
 from deeplab_ext.run.label_structure import decoder_path
 from deeplab_ext.run.options import EvalOptions, EvidenceOptions
+from deeplab_ext.run.refit_kinds import EVIDENCE_MODES, REFIT_KINDS
 from deeplab_ext.run.rundir import atomic_write, input_alignment, restore_network
 from deeplab_ext.run.tasks import TaskContext, build_tasks, task_names
 from tf_mtl.evidence import prune_probabilities
@@ -44,19 +44,6 @@ from tf_mtl.metrics import (
     miou_from_counts,
     paired_bootstrap_miou,
 )
-
-# mode -> (row name in the reference table, refit kind or None, prune)
-EVIDENCE_MODES: dict[str, tuple[str, str | None, bool]] = {
-    "none": ("DL-MT", None, False),
-    "prune": ("DL-MT-Pr", None, True),
-    "bp_l2": ("DL-BP-L2", "l2", False),
-    "bp_es": ("DL-BP-ES", "es", False),
-    "bp_l2_prune": ("DL-BP-L2-Pr", "l2", True),
-    "bp_es_prune": ("DL-BP-ES-Pr", "es", True),
-    "latent": ("DL-LAT", "latent", False),
-    "latent_prune": ("DL-LAT-Pr", "latent", True),
-}
-
 
 # Tasks evaluated by the mode table (semantic) and the tag metrics (tags); the network's
 # other tasks report their own metrics.
@@ -125,13 +112,13 @@ def run_modes(network, info: DatasetInfo, batches: Sequence, modes: Sequence[str
     """
     tag_ids, keep = list(info.tag_class_ids), keep_classes(info)
     runs: dict[str, ModeRun] = {}
-    kinds = list(dict.fromkeys(EVIDENCE_MODES[m][1] for m in modes))
+    kinds = list(dict.fromkeys(EVIDENCE_MODES[m].kind for m in modes))
     for kind in kinds:
-        group = [m for m in modes if EVIDENCE_MODES[m][1] == kind]
+        group = [m for m in modes if EVIDENCE_MODES[m].kind == kind]
         t0 = time.time()
         settings = evidence.get(kind, evidence.get(None))
         # A kind tuned to no refit (zero steps) is plain inference: no refit graph to build.
-        no_refit = kind is not None and recommended_steps(kind, settings) == 0
+        no_refit = kind is not None and REFIT_KINDS[kind].steps(settings) == 0
         predict = make_predictor(network, info, None if no_refit else kind, settings,
                                  scales, flip, alignment)
         breakdown = {m: ErrorBreakdown(info) for m in group} if errors else {}
@@ -143,7 +130,7 @@ def run_modes(network, info: DatasetInfo, batches: Sequence, modes: Sequence[str
             labels, tags = targets["semantic"].numpy(), targets["tags"]
             for mode in group:
                 probs = out["probabilities"]
-                if EVIDENCE_MODES[mode][2]:
+                if EVIDENCE_MODES[mode].prune:
                     probs = prune_probabilities(probs, tags, tag_ids, keep)
                 preds = tf.argmax(probs, -1, output_type=tf.int32).numpy()
                 counts[mode] += [image_iou_counts(lab, pred, info.num_classes, info.ignore_label)
@@ -160,7 +147,7 @@ def run_modes(network, info: DatasetInfo, batches: Sequence, modes: Sequence[str
                 back.append(np.zeros([len(labels)], bool))
         seconds = round(time.time() - t0, 2)
         if printer is not None:
-            printer(f"  predicted {', '.join(EVIDENCE_MODES[m][0] for m in group)} "
+            printer(f"  predicted {', '.join(EVIDENCE_MODES[m].row for m in group)} "
                     f"({seconds:.1f}s)")
         for mode in group:
             runs[mode] = ModeRun(counts[mode], kept[mode],
@@ -239,7 +226,7 @@ def comparison_figure(rows: list[dict], columns: Sequence[str], info: DatasetInf
         grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     header = np.full((18 * scale, grid.shape[1], 3), 255, np.uint8)
     width = col_w * scale
-    for i, title in enumerate(["input", "ground truth", *[EVIDENCE_MODES[m][0] for m in columns]]):
+    for i, title in enumerate(["input", "ground truth", *[EVIDENCE_MODES[m].row for m in columns]]):
         cv2.putText(header, title, (i * width + 3, 13 * scale), cv2.FONT_HERSHEY_SIMPLEX,
                     0.35 * scale, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([header, grid], axis=0)
@@ -304,7 +291,7 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
     network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
     family = family_of(network)
     has_tags = family.tags_output in network.output
-    refits = [m for m in modes if EVIDENCE_MODES[m][1] is not None]
+    refits = [m for m in modes if EVIDENCE_MODES[m].kind is not None]
     if not has_tags and refits:  # pruning needs the tags only, refitting needs a tag head
         raise ValueError(
             f"--evidence_modes={','.join(refits)} needs a model with a tag head (a *_mt "
@@ -366,7 +353,7 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
             row_vis["pred"][mode] = pred
         per_class = iou_from_counts(np.sum(run.counts, axis=0))
         row = {
-            "name": EVIDENCE_MODES[mode][0],
+            "name": EVIDENCE_MODES[mode].row,
             "miou": run.miou,
             "per_class_iou": {n: (None if np.isnan(v) else float(v))
                               for n, v in zip(class_names, per_class, strict=True)},
@@ -474,7 +461,7 @@ def format_table(results: dict) -> str:
     boot = results.get("bootstrap")
     present = bootstrap_baselines(results)
     for b in present:
-        header += (f" vs {EVIDENCE_MODES[b][0]} ({100 * boot['level']:.0f}% CI, "
+        header += (f" vs {EVIDENCE_MODES[b].row} ({100 * boot['level']:.0f}% CI, "
                    f"{boot['num_images']} images) |")
         rule += "---|"
     lines = [header, rule]

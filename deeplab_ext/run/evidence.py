@@ -19,6 +19,7 @@ import keras
 from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.registry import family_of, group_variables
 from deeplab_ext.run.options import EvidenceOptions
+from deeplab_ext.run.refit_kinds import REFIT_KINDS
 from tf_mtl.evidence import EvidenceRefitter
 
 __all__ = [
@@ -26,7 +27,6 @@ __all__ = [
     "keep_classes",
     "load_tuned",
     "make_refitter",
-    "recommended_steps",
     "save_json",
     "save_tuned",
 ]
@@ -55,14 +55,8 @@ def make_refitter(network: keras.Model, info: DatasetInfo, evidence: EvidenceOpt
                             semantic_key=family.semantic_output, tags_key=family.tags_output)
 
 
-def recommended_steps(kind: str, evidence: EvidenceOptions) -> int:
-    """The steps a kind refits for: the early-stopping cap for es, else the step count."""
-    return evidence.es_steps if kind == "es" else evidence.steps
-
-
 # ------------------------------------------------------------------ tuned settings
 TUNED_FILE = "evidence_tuned.json"
-KINDS = ("l2", "es", "latent")  # refit kinds: bp_l2, bp_es, latent rows of the table
 
 
 def load_tuned(checkpoint_dir: str | os.PathLike) -> dict | None:
@@ -110,9 +104,9 @@ def evidence_by_kind(checkpoint_dir: str | os.PathLike, evidence: EvidenceOption
     fields in ``explicit``, i.e. flags given, taken from ``evidence``), else ``evidence``."""
     tuned = load_tuned(checkpoint_dir) if use_tuned else None
     if not tuned:
-        return {kind: evidence for kind in KINDS}
+        return {kind: evidence for kind in REFIT_KINDS}
     out = {}
-    for kind in KINDS:
+    for kind in REFIT_KINDS:
         entry = tuned["kinds"].get(kind)
         base = EvidenceOptions(**entry["evidence"]) if entry else evidence
         out[kind] = dataclasses.replace(base, **{f: getattr(evidence, f) for f in explicit})

@@ -47,10 +47,10 @@ from deeplab_ext.run.evidence import (
     keep_classes,
     load_tuned,
     make_refitter,
-    recommended_steps,
 )
 from deeplab_ext.run.locking import directory_lock
 from deeplab_ext.run.options import EvidenceOptions, ExportOptions, PredictOptions
+from deeplab_ext.run.refit_kinds import REFIT_KINDS
 from deeplab_ext.run.rundir import input_alignment, restore_network
 from tf_mtl.evidence import EvidenceRefitter, prune_probabilities, validate_evidence
 from tf_mtl.inference import (
@@ -260,7 +260,7 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
                 "add_flipped_images": add_flipped_images,
                 "input_alignment": dataclasses.asdict(module.alignment),
                 "evidence": dataclasses.asdict(module.refitter.config) if module.refitter else None,
-                "evidence_kind": kind, "evidence_steps": recommended_steps(kind, evidence),
+                "evidence_kind": kind, "evidence_steps": REFIT_KINDS[kind].steps(evidence),
                 # Tuned for pruned rows: clients prune after the refit unless told not to.
                 "evidence_prune": bool(prune),
                 "input_range": input_range or {},
@@ -386,7 +386,7 @@ class CheckpointSegmenter(_Segmenter):
             checkpoint_dir, evidence or EvidenceOptions(), explicit, use_tuned, printer)
         self.module = serving_module(network, self.info, evidence, alignment=alignment,
                                      kind=kind)
-        self.default_steps = recommended_steps(kind, evidence)
+        self.default_steps = REFIT_KINDS[kind].steps(evidence)
         self.num_tags = self.module.refitter.num_tags if self.module.refitter else 0
         self.input_range = input_range(self.meta)
 

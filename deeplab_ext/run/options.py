@@ -17,7 +17,12 @@ from deeplab_ext.data.colormap import ADE20K, CAMVID, CITYSCAPES, PASCAL
 from deeplab_ext.models.registry import variant_field
 from deeplab_ext.models.tag_heads import TAG_HEADS
 from tf_mtl.aux_modules import ADAPTORS, AGGREGATORS
+from tf_mtl.distribute import STRATEGIES
+from tf_mtl.functional_optimizers import OPTIMIZERS as REFIT_OPTIMIZERS
+from tf_mtl.precision import POLICIES as PRECISIONS
+from tf_mtl.schedules import LEARNING_POLICIES
 from tf_mtl.segmentation_tags import SEGMENTATION_TAG_POOLINGS
+from tf_mtl.weighting import WEIGHTINGS
 
 __all__ = [
     "DemoOptions",
@@ -32,9 +37,6 @@ __all__ = [
     "VisOptions",
 ]
 
-WEIGHTINGS = ("fixed", "uncertainty", "dwa")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored")
 COLORMAP_TYPES = (PASCAL, CITYSCAPES, ADE20K, CAMVID)
 OBJECTIVES = ("plain", "pruned")  # the evidence table row tools.tune_evidence maximises
 
@@ -87,7 +89,7 @@ class EvidenceOptions:
 
     steps: int = opt(10, "Refit steps per image (bp_l2, latent).")
     learning_rate: float = opt(0.01, "Refit learning rate.")
-    optimizer: str = opt("sgd", "Refit optimizer.", choices=("sgd", "adam"))
+    optimizer: str = opt("sgd", "Refit optimizer.", choices=REFIT_OPTIMIZERS)
     alpha: float = opt(1e-3, "L2 to the trained weights (bp_l2) / on the latent offset.")
     es_steps: int = opt(30, "Step cap for early stopping (bp_es).")
     threshold: float = opt(0.5, "Tag decision threshold (early stopping).")
@@ -109,24 +111,10 @@ class EvidenceOptions:
 
     def config(self, kind: str, prune: bool, scales: tuple[float, ...] = (1.0,),
                flip: bool = False, keep_classes: tuple[int, ...] = (0,)) -> Any:
-        """The ``tf_mtl.evidence.EvidenceConfig`` of one refit kind: l2 | es | latent."""
-        from tf_mtl.evidence import EvidenceConfig
+        """The ``tf_mtl.evidence.EvidenceConfig`` of one refit kind (``run.refit_kinds``)."""
+        from deeplab_ext.run.refit_kinds import evidence_config
 
-        common = dict(learning_rate=self.learning_rate, optimizer=self.optimizer,
-                      threshold=self.threshold, jit_compile=self.jit_compile,
-                      safeguard=self.safeguard,
-                      clip_norm=self.clip_norm, eval_scales=tuple(scales),
-                      add_flipped_images=flip, prune=prune, keep_classes=tuple(keep_classes))
-        if kind == "l2":
-            return EvidenceConfig(steps=self.steps, alpha=self.alpha, anchor=self.anchor,
-                                  **common)
-        if kind == "es":
-            return EvidenceConfig(steps=self.es_steps, early_stopping=True,
-                                  margin=self.es_margin, anchor=self.anchor, **common)
-        if kind == "latent":
-            return EvidenceConfig(steps=self.steps, alpha=self.alpha, mode="latent",
-                                  early_stopping=False, **common)
-        raise ValueError(f"unknown refit kind {kind!r}")
+        return evidence_config(self, kind, prune, scales, flip, keep_classes)
 
 
 @dataclasses.dataclass
@@ -144,7 +132,7 @@ class TrainOptions:
     train_crop_size: tuple[int, int] = opt((513, 513), "Crop size h,w.", positive=True)
     train_batch_size: int = opt(8, "Global batch size.")
     base_learning_rate: float = opt(1e-4, "Base learning rate.")
-    learning_policy: str = opt("poly", "Learning rate policy.", choices=("poly", "step"))
+    learning_policy: str = opt("poly", "Learning rate policy.", choices=LEARNING_POLICIES)
     learning_power: float = opt(0.9, "Poly power.")
     learning_rate_decay_step: int = opt(2000, "Step policy: decay every N steps.")
     learning_rate_decay_factor: float = opt(0.1, "Step policy: decay factor.")

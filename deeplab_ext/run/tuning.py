@@ -23,15 +23,15 @@ import numpy as np
 from deeplab_ext.models.registry import family_of
 from deeplab_ext.models.tag_heads import SEGMENTATION
 from deeplab_ext.run.evaluation import ModeRun, load_split, run_modes
-from deeplab_ext.run.evidence import KINDS, TUNED_FILE, save_json, save_tuned
+from deeplab_ext.run.evidence import TUNED_FILE, save_json, save_tuned
 from deeplab_ext.run.locking import directory_lock
 from deeplab_ext.run.options import OBJECTIVES, EvidenceOptions, TuneOptions
+from deeplab_ext.run.refit_kinds import EVIDENCE_MODES, REFIT_KINDS, mode_of
 from deeplab_ext.run.rundir import load_run_config, restore_network
 from tf_mtl.metrics import miou_from_counts, paired_bootstrap_miou
 
 __all__ = ["candidate_dimensions", "choose", "cross_fit", "search", "tune_evidence"]
 
-MODE_OF_KIND = {"l2": "bp_l2", "es": "bp_es", "latent": "latent"}
 # The rows of a cross-fitted table (those of the tuned kinds).
 CROSSFIT_MODES = ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune", "latent",
                   "latent_prune")
@@ -47,10 +47,7 @@ def candidate_dimensions(kind: str, options: TuneOptions, refit_sets: tuple[str,
     first; a trained tag head keeps the order its tuned results were measured with."""
     rate = ("learning_rate", tuple(options.learning_rates))
     clip = ("clip_norm", tuple(options.clip_norms))
-    if kind == "es":
-        schedule = [("es_steps", (10, 30)), ("es_margin", (0.0, 0.2))]
-    else:
-        schedule = [("steps", (5, 10, 20)), ("alpha", (1e-3, 0.1, 0.0))]
+    schedule = list(REFIT_KINDS[kind].search)
     refit = [("refit", (None, *refit_sets[1:]))] if kind != "latent" and len(refit_sets) > 1 \
         else []
     anchor = [("anchor", (0.0, 1.0))] if kind != "latent" else []
@@ -78,9 +75,10 @@ def choose(no_refit: float, refits: list[tuple[float, float, Any]],
 
 
 def _check(options: TuneOptions) -> None:
-    bad = [k for k in options.kinds if k not in KINDS]
+    bad = [k for k in options.kinds if k not in REFIT_KINDS]
     if bad:
-        raise ValueError(f"--kinds: unknown refit kind(s) {bad}; valid: {', '.join(KINDS)}")
+        raise ValueError(f"--kinds: unknown refit kind(s) {bad}; valid: "
+                         f"{', '.join(REFIT_KINDS)}")
     if options.max_candidates < 2:
         raise ValueError(f"--max_candidates must be >= 2 (no refit and one refit), got "
                          f"{options.max_candidates}")
@@ -156,7 +154,7 @@ def search(network, info, batches: list, alignment, options: TuneOptions,
     printer(f"  no refit: mIoU {100 * plain.miou:.2f}")
     kinds: dict[str, dict] = {}
     for kind in options.kinds:
-        mode = MODE_OF_KIND[kind] + ("_prune" if pruned else "")
+        mode = mode_of(kind, pruned)
         seen: dict[str, ModeRun] = {}
         candidates: dict[str, EvidenceOptions] = {}
 
@@ -225,14 +223,14 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
     model with tags pooled from its segmentation) every image can serve both roles, but
     never at once; the table over all images is then held out and twice as large as one
     split's. Written to ``RUN/evidence_crossfit.json``."""
-    from deeplab_ext.run.evaluation import EVIDENCE_MODES, add_bootstrap, format_table
+    from deeplab_ext.run.evaluation import add_bootstrap, format_table
 
     k = options.folds
     if len(batches) <= k:
         raise ValueError(f"--folds={k} needs more than {k} images (each fold is scored, and "
                          f"tuned on the others); the split has {len(batches)}")
     modes = [m for m in EVIDENCE_MODES if m in CROSSFIT_MODES
-             and (EVIDENCE_MODES[m][1] is None or EVIDENCE_MODES[m][1] in options.kinds)]
+             and (EVIDENCE_MODES[m].kind is None or EVIDENCE_MODES[m].kind in options.kinds)]
     protocols = [((1.0,), False)]
     if tuple(options.eval_scales) != (1.0,) or options.add_flipped_images:
         protocols.append((tuple(options.eval_scales), options.add_flipped_images))
@@ -267,7 +265,7 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
         results = {"eval_scales": list(scales), "add_flipped_images": flip,
                    "num_images": len(batches), "modes": {}}
         for m in modes:
-            row = {"name": EVIDENCE_MODES[m][0],
+            row = {"name": EVIDENCE_MODES[m].row,
                    "miou": float(miou_from_counts(np.sum(counts[(scales, flip)][m], axis=0))),
                    "seconds_per_image": seconds[(scales, flip)][m] / len(batches)}
             if steps[(scales, flip)][m]:
@@ -289,6 +287,13 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
     return payload
 
 
+def describe_settings(kind: str, evidence: dict) -> str:
+    """The settings a kind uses, as ``name=value`` (the report and the tuning table)."""
+    keys = ("learning_rate", "clip_norm", *REFIT_KINDS[kind].fields, "anchor", "refit",
+            "safeguard")
+    return ", ".join(f"{k}={evidence[k]}" for k in keys if k in evidence)
+
+
 def format_tuning(payload: dict) -> str:
     """The search table and the choice per kind (markdown)."""
     lines = [f"Refit settings tuned on {payload['tune_split']} ({payload['num_images']} "
@@ -306,9 +311,7 @@ def format_tuning(payload: dict) -> str:
             what = (f"no refit (no candidate beat no refit in at least "
                     f"{entry['min_confidence']:.0%} of the resamples)")
         else:
-            keys = ("learning_rate", "clip_norm", "es_steps", "es_margin") if kind == "es" \
-                else ("learning_rate", "clip_norm", "steps", "alpha")
-            what = ", ".join(f"{k}={ev[k]}" for k in (*keys, "refit", "safeguard"))
+            what = describe_settings(kind, ev)
             vs = entry.get("vs_no_refit")
             if vs:
                 what += (f"; {100 * vs['diff']:+.2f} [{100 * vs['low']:+.2f}, "
