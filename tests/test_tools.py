@@ -43,6 +43,7 @@ def train_args(logdir: pathlib.Path, data: pathlib.Path) -> list[str]:
         "--train_batch_size=2", f"--training_number_of_steps={TOTAL_STEPS}",
         f"--save_interval_steps={SAVE_EVERY}", f"--save_summaries_steps={SUMMARY_EVERY}",
         "--log_every_n_steps=5", f"--base_learning_rate={BASE_LR}", "--seed=0",
+        "--deterministic",
     ]
 
 
@@ -72,12 +73,14 @@ def resumed_run(tmp_path_factory, data_dir) -> dict:
     with open(log_path, "w") as log:
         proc = subprocess.Popen(args, cwd=REPO, env=tool_env(), stdout=log,
                                 stderr=subprocess.STDOUT)
-        killed_at, finished_early = None, False
+        killed_at, finished_early, second_writer = None, False, None
         try:
             deadline = time.time() + 180
             while time.time() < deadline:
                 step = checkpoint_state_step(logdir)
                 if step is not None and step >= SAVE_EVERY:
+                    # A second writer on the same directory, while the first trains.
+                    second_writer = _second_writer(logdir, data_dir)
                     finished_early = proc.poll() is not None
                     proc.send_signal(signal.SIGKILL)
                     killed_at = step
@@ -97,8 +100,29 @@ def resumed_run(tmp_path_factory, data_dir) -> dict:
     t_first = time.time() - t0
     second = subprocess.run(args, cwd=REPO, env=tool_env(), capture_output=True, text=True,
                             timeout=600)
+    t_second = time.time() - t0 - t_first
+    whole = logdir.parent / "uninterrupted"
+    uninterrupted = run_tool("train", *train_args(whole, data_dir))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     return {"logdir": logdir, "killed_at": killed_at, "first_output": first_output,
-            "second": second, "seconds": (t_first, time.time() - t0 - t_first)}
+            "second": second, "seconds": (t_first, t_second), "whole": whole,
+            "second_writer": second_writer, "first_pid": proc.pid}
+
+
+def _second_writer(logdir: pathlib.Path, data: pathlib.Path) -> str:
+    """What a second trainer on a directory in use is told (in-process: the lock is
+    checked before anything is built)."""
+    from deeplab_ext.run.locking import DirectoryInUse
+    from deeplab_ext.run.options import TrainOptions
+    from deeplab_ext.run.trainer import train
+
+    try:
+        train(TrainOptions(train_logdir=str(logdir), dataset_dir=str(data),
+                           model_variant=VARIANT, train_crop_size=(CROP, CROP)),
+              printer=lambda line: None)
+    except DirectoryInUse as e:
+        return str(e)
+    return "not refused"
 
 
 # ------------------------------------------------------------------ tools.train
@@ -127,6 +151,29 @@ def test_train_resumes_after_kill_from_last_checkpoint(resumed_run):
     steps = sorted(int(p.name.split("-")[1].split(".")[0]) for p in logdir.glob("ckpt-*.index"))
     assert max(steps) == TOTAL_STEPS
     assert json.loads((logdir / "model_config.json").read_text())["model"]["name"] == VARIANT
+
+
+def test_deterministic_kill_and_resume_equals_an_uninterrupted_run(resumed_run):
+    """SIGKILL after a checkpoint, resume: every stored value of the final checkpoint equals
+    an uninterrupted run's, exactly (one machine, --deterministic, and the input stream
+    continues where the checkpoint stopped instead of restarting from its seed)."""
+    import tensorflow as tf
+
+    assert "taking it over" in resumed_run["second"].stdout  # the killed run's lock
+    a = tf.train.load_checkpoint(str(resumed_run["whole"] / f"ckpt-{TOTAL_STEPS}"))
+    b = tf.train.load_checkpoint(str(resumed_run["logdir"] / f"ckpt-{TOTAL_STEPS}"))
+    keys = [k for k in a.get_variable_to_shape_map() if not k.startswith("_CHECKPOINTABLE")]
+    for key in keys:
+        np.testing.assert_array_equal(a.get_tensor(key), b.get_tensor(key), err_msg=key)
+    assert len(keys) > 329  # the network, the optimizer's slots, the weighting, the step
+
+
+def test_a_second_trainer_on_a_directory_in_use_is_refused(resumed_run):
+    message = resumed_run["second_writer"]
+    assert "in use by another process" in message, message
+    assert f"pid {resumed_run['first_pid']}" in message and ".deeplab.lock" in message
+    # The first trainer's run is its own: it resumed and finished (the test above).
+    assert resumed_run["second"].returncode == 0
 
 
 def test_train_tensorboard_scalars_and_images(resumed_run):

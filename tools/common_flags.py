@@ -164,10 +164,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def error_line(message: Any) -> str:
+    """The one ``error: ...`` line a tool prints for a user error (an exception or text)."""
+    text = getattr(message, "message", None) or str(message)
+    return f"error: {' '.join(text.split())}"
+
+
 def fail(message: Any) -> int:
     """Print the one ``error: ...`` line; the tool's exit status."""
-    text = getattr(message, "message", None) or str(message)
-    print(f"error: {' '.join(text.split())}", file=sys.stderr, flush=True)
+    print(error_line(message), file=sys.stderr, flush=True)
     return EXIT_USER_ERROR
 
 
