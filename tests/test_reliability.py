@@ -223,7 +223,14 @@ def _bad_inputs(run_dir: pathlib.Path, data_dir: pathlib.Path, tmp: pathlib.Path
     from deeplab_ext.data.build_data import build_voc_dataset
     from deeplab_ext.run.evaluation import evaluate
     from deeplab_ext.run.export import export_checkpoint, predict_image
-    from deeplab_ext.run.options import EvalOptions, ExportOptions, PredictOptions, TrainOptions
+    from deeplab_ext.run.importing import import_weights
+    from deeplab_ext.run.options import (
+        EvalOptions,
+        ExportOptions,
+        ImportOptions,
+        PredictOptions,
+        TrainOptions,
+    )
     from deeplab_ext.run.trainer import train
 
     quiet = lambda line: None  # noqa: E731
@@ -243,6 +250,9 @@ def _bad_inputs(run_dir: pathlib.Path, data_dir: pathlib.Path, tmp: pathlib.Path
     idx, dat = corrupt("idx", "ckpt-4.index", cut=20), corrupt("dat", "ckpt-4.data-*", cut=100)
     tuned = _with_file(copy_run("tuned"), "evidence_tuned.json", "{}")
     png = _png(tmp)
+    voc_run = tmp / "dm05"
+    import_weights(ImportOptions(source=str(DM05), output_dir=str(voc_run),
+                                 model_variant="deeplabv3_mobilenetv2_dm05"), printer=quiet)
     # (tool, bad input, CLI argv or None, the library call the tool makes or None, needle):
     # the CLI rows check the one-line contract end to end, the others the message itself.
     return [
@@ -288,6 +298,16 @@ def _bad_inputs(run_dir: pathlib.Path, data_dir: pathlib.Path, tmp: pathlib.Path
                                                  export_path=str(tmp / "e"),
                                                  inference_scales=(0.0,)), printer=quiet),
          "--inference_scales must be"),
+        ("export_model", "--export_path=<the run directory>", None,
+         lambda: export_checkpoint(ExportOptions(checkpoint_dir=str(run_dir),
+                                                 export_path=str(run_dir)), printer=quiet),
+         "not an earlier export"),
+        ("import_weights", "the dm05 release into the width-1.0 variant", None,
+         lambda: import_weights(ImportOptions(source=str(DM05), output_dir=str(tmp / "w"),
+                                              model_variant="deeplabv3_mobilenetv2"),
+                                printer=quiet), "--allow_partial_init"),
+        ("eval", "a pascal_voc_seg run on shapes_evidence shards", None,
+         evaluates(voc_run), "written for another dataset"),
         ("predict", "--prune without --tags", None,
          lambda: predict_image(PredictOptions(image=str(png), checkpoint_dir=str(run_dir),
                                               output=str(tmp / "p.png"), prune=True),
