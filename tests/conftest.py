@@ -14,10 +14,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # `make test` runs files whole on two workers (`-n auto --dist loadfile`), in collection
 # order. Started last, a long file runs alone for minutes, so the longest files go first
 # (longest-first scheduling). Their order: `pytest --durations=60` summed per file,
-# 2026-12-02 (test_readme.py alone was a sixth of the suite). Other files keep their order.
-LONGEST_FILES = ("test_readme.py", "test_segnet.py", "test_export.py", "test_tools.py",
-                 "test_multi_worker.py", "test_house.py", "test_tuning.py",
-                 "test_gpu_checks.py", "test_label_structure.py", "test_evidence.py")
+# 2026-12-04 (test_readme.py alone was a sixth of the suite, and is split in two). Other
+# files keep their order.
+LONGEST_FILES = ("test_readme.py", "test_tools.py", "test_segnet.py", "test_gpu_checks.py",
+                 "test_tuning.py", "test_readme_data.py", "test_demo.py", "test_export.py",
+                 "test_reliability.py", "test_demo_voc.py", "test_multi_worker.py",
+                 "test_house.py", "test_label_structure.py", "test_segmentation_tags.py",
+                 "test_evidence.py", "test_import_structure.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -49,21 +49,44 @@ def _localise(cmd: str, tmp: pathlib.Path) -> list[str]:
     return args
 
 
-def test_readme_cli_snippets_run(tmp_path, shared_data):
+# The snippets form two independent chains: the training run (/tmp/run, its shards) and
+# the rest (data converters, imports, the label-structure example). The second chain runs
+# in tests/test_readme_data.py, so the two share the suite's workers.
+_RUN_CHAIN = re.compile(r"/tmp/run(?![_\w])|shapes_tfrecord|saved_model_cli")
+
+
+def chain(name: str) -> list[str]:
+    """The README's commands of one chain, in README order ("run" or "data")."""
+    cmds = [c for c in readme_commands() if not c.startswith("make ")]
+    return [c for c in cmds if bool(_RUN_CHAIN.search(c)) == (name == "run")]
+
+
+def run_chain(name: str, tmp: pathlib.Path) -> list[tuple[str, str]]:
+    """Run one chain's commands in order; (command, stdout) of each."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
     ran = []
-    for cmd in readme_commands():
-        if cmd.startswith("make "):
-            continue
-        args = _localise(cmd, tmp_path)
-        proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=600)
+    for cmd in chain(name):
+        proc = subprocess.run(_localise(cmd, tmp), cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=600)
         assert proc.returncode == 0, f"README command failed: {cmd}\n{proc.stderr[-3000:]}"
         ran.append((cmd, proc.stdout))
-    tools = {re.search(r"-m (tools\.\w+)", c).group(1) for c, _ in ran if "-m tools." in c}
+    return ran
+
+
+def tools_of(ran: list[tuple[str, str]]) -> set[str]:
+    return {re.search(r"-m (tools\.\w+)", c).group(1) for c, _ in ran if "-m tools." in c}
+
+
+def test_readme_chains_cover_every_snippet():
+    cmds = [c for c in readme_commands() if not c.startswith("make ")]
+    assert sorted(chain("run") + chain("data")) == sorted(cmds)
+    assert chain("run") and chain("data")
+
+
+def test_readme_cli_snippets_run(tmp_path, shared_data):
+    ran = run_chain("run", tmp_path)
     assert {"tools.train", "tools.eval", "tools.export_model", "tools.predict", "tools.vis",
-            "tools.model_info", "tools.build_voc2012_data", "tools.tune_evidence",
-            "tools.import_weights"} <= tools
+            "tools.build_synthetic_data", "tools.tune_evidence"} <= tools_of(ran)
     # The outputs the README promises.
     run = tmp_path / "run"
     assert (run / "eval" / "eval_results.json").is_file()
@@ -71,7 +94,5 @@ def test_readme_cli_snippets_run(tmp_path, shared_data):
     assert (run / "export" / "saved_model.pb").is_file()
     assert (run / "pred.png").is_file()
     assert (run / "vis" / "segmentation_results" / "000000_prediction.png").is_file()
-    info = [out for c, out in ran if "tools.model_info" in c][0]
-    assert '"macs"' in info and '"params"' in info
     cli = [out for c, out in ran if c.startswith("saved_model_cli")][0]
     assert "segment_with_evidence" in cli and "serving_default" in cli

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -242,12 +242,18 @@ def check_shards_match(info: DatasetInfo, dataset_dir: str | os.PathLike, split:
         check_labels_match(np.concatenate(labels), info, dataset_dir, split, whose)
 
 
-def read_checked(path: str) -> list:
-    """Every record of one shard; a corrupt or truncated shard is an error naming it."""
-    try:
-        return list(tf.data.TFRecordDataset(path))
-    except tf.errors.OpError as e:
-        why = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(e)).splitlines()[0]
-        raise ValueError(f"TFRecord shard {path} is corrupt or truncated "
-                         f"({why.split(chr(39))[0].split(' (')[0][:80]}); convert the split "
-                         f"again ({CONVERTERS})") from e
+def read_checked(path: str) -> Iterator[tf.Tensor]:
+    """The records of one shard, read through (one at a time); a corrupt or truncated
+    shard is an error naming it."""
+    records = iter(tf.data.TFRecordDataset(path))
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            why = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(e)).splitlines()[0]
+            raise ValueError(f"TFRecord shard {path} is corrupt or truncated "
+                             f"({why.split(chr(39))[0].split(' (')[0][:80]}); convert the "
+                             f"split again ({CONVERTERS})") from e
+        yield record
