@@ -85,15 +85,15 @@ def op_table(profile_dir: str, top: int = 15) -> list[tuple[str, float, float]]:
 def keras_batch_norm():
     """Networks built inside use Keras' own (unfused) BatchNormalization: the "before" of
     the fused-BN fix, measured beside it."""
-    from deeplab_ext.models import layers
+    from deeplab_ext.models.layers import NormConfig
 
-    fused = layers._bn
-    layers._bn = lambda name, momentum, epsilon, sync: keras.layers.BatchNormalization(
-        momentum=momentum, epsilon=epsilon, synchronized=sync, name=name)
+    fused = NormConfig.batch_norm
+    NormConfig.batch_norm = lambda norm, name: keras.layers.BatchNormalization(
+        momentum=norm.momentum, epsilon=norm.epsilon, synchronized=norm.sync, name=name)
     try:
         yield
     finally:
-        layers._bn = fused
+        NormConfig.batch_norm = fused
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,13 +1,16 @@
-"""A tiny network following the ARCHITECTURE.md contract, for tests, benches and docs."""
+"""Test helpers: a tiny network following the ARCHITECTURE.md contract (tests, benches,
+docs), and :func:`run_layer_test`, the harness every registered layer goes through."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-__all__ = ["ResizeLike", "build_toy_network"]
+__all__ = ["ResizeLike", "build_toy_network", "run_layer_test"]
 
 
 @keras.saving.register_keras_serializable(package="tf_mtl")
@@ -57,3 +60,84 @@ def build_toy_network(
     d = ResizeLike(name="upsample_logits")(d, inp)
     d = layers.Activation("linear", dtype="float32", name="semantic")(d)
     return keras.Model(inp, {"semantic": d, "tags": t}, name="toy_segmenter")
+
+
+def run_layer_test(
+    layer_cls: type,
+    init_kwargs: Mapping[str, Any],
+    inputs: Any,
+    *,
+    expected_trainable: int,
+    expected_non_trainable: int = 0,
+    expected_output_shape: Any = None,
+    call_kwargs: Mapping[str, Any] | None = None,
+    symbolic: bool = True,
+) -> Any:
+    """keras-hub's ``run_layer_test`` in small: what every layer must do to be saved,
+    reloaded and served. Returns the eager output.
+
+    * called eagerly on ``inputs`` (a tensor, a list / dict of them as one argument, or a
+      tuple: positional arguments), it holds
+      ``expected_trainable`` / ``expected_non_trainable`` weight tensors and gives
+      ``expected_output_shape`` (a shape, or a list of them: one per output, flattened);
+    * ``from_config(get_config())`` rebuilds it with the same config, and with the same
+      weights it gives exactly the same output (same graph, same inputs);
+    * ``keras.saving`` serialises and deserialises it to the same class and config (the
+      path of a ``.keras`` file: the class must be registered);
+    * called on ``keras.Input`` tensors of the same shapes with the batch unknown, it
+      gives the eager output's shapes but the batch (what a functional model sees;
+      ``symbolic=False`` for layers that take no tensors of images, e.g. loss weightings).
+    """
+    call_kwargs = dict(call_kwargs or {})
+    layer = layer_cls(**init_kwargs)
+    out = _call(layer, inputs, call_kwargs)
+    counts = (len(layer.trainable_weights), len(layer.non_trainable_weights))
+    if counts != (expected_trainable, expected_non_trainable):
+        raise AssertionError(f"{layer_cls.__name__}: {counts[0]} trainable and {counts[1]} "
+                             f"non-trainable weights, expected {expected_trainable} and "
+                             f"{expected_non_trainable}")
+    shapes = [tuple(t.shape) for t in tf.nest.flatten(out)]
+    if expected_output_shape is not None:
+        want = expected_output_shape if isinstance(expected_output_shape, list) else [
+            tuple(expected_output_shape)]
+        if shapes != [tuple(w) for w in want]:
+            raise AssertionError(f"{layer_cls.__name__}: output shapes {shapes}, expected {want}")
+
+    config = layer.get_config()
+    clone = layer_cls.from_config(config)
+    _call(clone, inputs, call_kwargs)
+    clone.set_weights(layer.get_weights())
+    if clone.get_config() != config:
+        raise AssertionError(f"{layer_cls.__name__}: from_config(get_config()) changed the "
+                             f"config:\n{config}\n{clone.get_config()}")
+    again = _call(clone, inputs, call_kwargs)
+    for a, b in zip(tf.nest.flatten(out), tf.nest.flatten(again), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b),
+                                      err_msg=f"{layer_cls.__name__}: the rebuilt layer "
+                                      "gives another output")
+
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    if type(restored) is not layer_cls or restored.get_config() != config:
+        raise AssertionError(f"{layer_cls.__name__}: keras.saving did not round-trip it "
+                             "(is the class registered?)")
+
+    if not symbolic:
+        return out
+
+    def placeholder(t: Any) -> Any:
+        return keras.Input(batch_shape=(None, *t.shape[1:]), dtype=t.dtype)
+
+    sym_out = _call(layer_cls.from_config(config), tf.nest.map_structure(placeholder, inputs),
+                    call_kwargs)
+    for sym, shape in zip(tf.nest.flatten(sym_out), shapes, strict=True):
+        dims = tuple(sym.shape)[1:]
+        if len(dims) != len(shape) - 1 or any(
+                d is not None and d != e for d, e in zip(dims, shape[1:], strict=True)):
+            raise AssertionError(f"{layer_cls.__name__}: symbolic output shape {dims} does "
+                                 f"not fit the eager {shape[1:]}")
+    return out
+
+
+
+def _call(layer: keras.layers.Layer, inputs: Any, kwargs: Mapping[str, Any]) -> Any:
+    return layer(*inputs, **kwargs) if isinstance(inputs, tuple) else layer(inputs, **kwargs)

@@ -1,13 +1,20 @@
-"""Small serialisable Keras layers that DeepLab is built from.
+"""Small serialisable Keras layers shared by the zoo's families.
 
-Each layer mirrors a building block of the original ``research/deeplab`` (slim
-``conv2d`` + batch norm, ``split_separable_conv2d``, ASPP, the decoder) so that the
-architecture, padding and multiply-add counts line up with the original. All layers
-are registered under the ``deeplab_ext`` package so ``.keras`` files reload without
-``custom_objects``.
+Each block mirrors one of the original ``research/deeplab`` (slim ``conv2d`` + batch
+norm, ``split_separable_conv2d``) so that padding and multiply-add counts line up with
+the original; DeepLab's own heads (ASPP, the decoder) live in ``models/deeplab/layers.py``.
+Every block that holds a BatchNorm takes one :class:`NormConfig` (Model Garden's
+``norm_activation``): the BatchNorm momentum, epsilon and synchronisation and the weight
+decay travel together instead of as four arguments through every block and backbone.
+All layers are registered under the ``deeplab_ext`` package so ``.keras`` files reload
+without ``custom_objects``.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -15,10 +22,11 @@ import tensorflow as tf
 _PKG = "deeplab_ext"
 
 __all__ = [
-    "ASPP",
+    "BN_EPSILON",
+    "BN_MOMENTUM",
     "ConvBN",
-    "Decoder",
     "DepthwiseConvBN",
+    "NormConfig",
     "Preprocess",
     "ResizeBilinear",
     "SeparableConvBN",
@@ -26,6 +34,12 @@ __all__ = [
     "fixed_padding",
     "l2_regularizer",
 ]
+
+# The original's slim arg scope (``batch_norm_decay``, ``batch_norm_epsilon``).
+BN_MOMENTUM, BN_EPSILON = 0.9997, 1e-5
+# The keywords blocks took before NormConfig (still read from older .keras files).
+_LEGACY_NORM_KEYS = {"weight_decay": "weight_decay", "bn_momentum": "momentum",
+                     "bn_epsilon": "epsilon", "sync_batch_norm": "sync"}
 
 
 def l2_regularizer(weight_decay: float) -> keras.regularizers.Regularizer | None:
@@ -102,8 +116,46 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
-def _bn(name: str, momentum: float, epsilon: float, sync: bool) -> keras.layers.Layer:
-    return FusedBatchNorm(momentum=momentum, epsilon=epsilon, synchronized=sync, name=name)
+@dataclasses.dataclass(frozen=True)
+class NormConfig:
+    """BatchNorm and regularisation settings shared by every block of a network.
+
+    ``weight_decay``: slim's L2 on conv kernels; ``momentum`` / ``epsilon``: BatchNorm's;
+    ``sync``: synchronised statistics across replicas.
+    """
+
+    weight_decay: float = 0.0
+    momentum: float = BN_MOMENTUM
+    epsilon: float = BN_EPSILON
+    sync: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight_decay", float(self.weight_decay))
+        object.__setattr__(self, "momentum", float(self.momentum))
+        object.__setattr__(self, "epsilon", float(self.epsilon))
+        object.__setattr__(self, "sync", bool(self.sync))
+
+    @classmethod
+    def of(cls, value: NormConfig | Mapping[str, Any] | None) -> NormConfig:
+        """A NormConfig from itself, its ``get_config`` dict, or None (the defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, NormConfig):
+            return value
+        return cls(**dict(value))
+
+    def replace(self, **changes: Any) -> NormConfig:
+        return dataclasses.replace(self, **changes)
+
+    def batch_norm(self, name: str) -> keras.layers.Layer:
+        return FusedBatchNorm(momentum=self.momentum, epsilon=self.epsilon,
+                              synchronized=self.sync, name=name)
+
+    def regularizer(self) -> keras.regularizers.Regularizer | None:
+        return l2_regularizer(self.weight_decay)
+
+    def get_config(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def _act(x, activation: str | None):
@@ -116,19 +168,23 @@ def _act(x, activation: str | None):
     raise ValueError(f"unsupported activation {activation!r}; use 'relu', 'relu6' or None")
 
 
-class _BNConfigMixin:
-    """Shared get_config fields for batch-norm carrying layers."""
+class NormMixin:
+    """A block that holds BatchNorm: its ``norm`` in ``get_config``, and older configs
+    (the four keywords of before :class:`NormConfig`) still readable."""
 
-    def _bn_config(self) -> dict:
-        return {
-            "weight_decay": self.weight_decay,
-            "bn_momentum": self.bn_momentum,
-            "bn_epsilon": self.bn_epsilon,
-            "sync_batch_norm": self.sync_batch_norm,
-        }
+    def _norm_config(self) -> dict:
+        return {"norm": self.norm.get_config()}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        legacy = {new: config.pop(old) for old, new in _LEGACY_NORM_KEYS.items() if old in config}
+        if legacy:
+            config["norm"] = {**NormConfig.of(config.get("norm")).get_config(), **legacy}
+        return cls(**config)
 
 
-class _PaddedConvBNMixin(_BNConfigMixin):
+class _PaddedConvBNMixin(NormMixin):
     """call/build/shape of "conv -> BN -> activation" with the original's explicit padding
     for strided convs; the conv is `self._conv()` (attribute names stay as checkpoints
     know them: ``conv`` / ``depthwise``)."""
@@ -171,10 +227,7 @@ class ConvBN(_PaddedConvBNMixin, keras.layers.Layer):
         strides: int = 1,
         dilation_rate: int = 1,
         activation: str | None = "relu",
-        weight_decay: float = 0.0,
-        bn_momentum: float = 0.9997,
-        bn_epsilon: float = 1e-5,
-        sync_batch_norm: bool = False,
+        norm: NormConfig | Mapping[str, Any] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -183,10 +236,7 @@ class ConvBN(_PaddedConvBNMixin, keras.layers.Layer):
         self.strides = int(strides)
         self.dilation_rate = int(dilation_rate)
         self.activation = activation
-        self.weight_decay = float(weight_decay)
-        self.bn_momentum = float(bn_momentum)
-        self.bn_epsilon = float(bn_epsilon)
-        self.sync_batch_norm = bool(sync_batch_norm)
+        self.norm = NormConfig.of(norm)
         self._explicit_pad = self.strides > 1 and self.kernel_size > 1
         self.conv = keras.layers.Conv2D(
             self.filters,
@@ -195,11 +245,11 @@ class ConvBN(_PaddedConvBNMixin, keras.layers.Layer):
             dilation_rate=self.dilation_rate,
             padding="valid" if self._explicit_pad else "same",
             use_bias=False,
-            kernel_regularizer=l2_regularizer(self.weight_decay),
+            kernel_regularizer=self.norm.regularizer(),
             kernel_initializer="he_normal",
             name="conv",
         )
-        self.bn = _bn("bn", self.bn_momentum, self.bn_epsilon, self.sync_batch_norm)
+        self.bn = self.norm.batch_norm("bn")
 
     def _conv(self):
         return self.conv
@@ -212,7 +262,7 @@ class ConvBN(_PaddedConvBNMixin, keras.layers.Layer):
             "strides": self.strides,
             "dilation_rate": self.dilation_rate,
             "activation": self.activation,
-            **self._bn_config(),
+            **self._norm_config(),
         }
 
 
@@ -226,10 +276,7 @@ class DepthwiseConvBN(_PaddedConvBNMixin, keras.layers.Layer):
         strides: int = 1,
         dilation_rate: int = 1,
         activation: str | None = "relu",
-        weight_decay: float = 0.0,
-        bn_momentum: float = 0.9997,
-        bn_epsilon: float = 1e-5,
-        sync_batch_norm: bool = False,
+        norm: NormConfig | Mapping[str, Any] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -237,10 +284,7 @@ class DepthwiseConvBN(_PaddedConvBNMixin, keras.layers.Layer):
         self.strides = int(strides)
         self.dilation_rate = int(dilation_rate)
         self.activation = activation
-        self.weight_decay = float(weight_decay)
-        self.bn_momentum = float(bn_momentum)
-        self.bn_epsilon = float(bn_epsilon)
-        self.sync_batch_norm = bool(sync_batch_norm)
+        self.norm = NormConfig.of(norm)
         self._explicit_pad = self.strides > 1
         self.depthwise = keras.layers.DepthwiseConv2D(
             self.kernel_size,
@@ -251,7 +295,7 @@ class DepthwiseConvBN(_PaddedConvBNMixin, keras.layers.Layer):
             depthwise_initializer=keras.initializers.TruncatedNormal(stddev=0.33),
             name="depthwise",
         )
-        self.bn = _bn("bn", self.bn_momentum, self.bn_epsilon, self.sync_batch_norm)
+        self.bn = self.norm.batch_norm("bn")
 
     def _conv(self):
         return self.depthwise
@@ -263,12 +307,12 @@ class DepthwiseConvBN(_PaddedConvBNMixin, keras.layers.Layer):
             "strides": self.strides,
             "dilation_rate": self.dilation_rate,
             "activation": self.activation,
-            **self._bn_config(),
+            **self._norm_config(),
         }
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
-class SeparableConvBN(_BNConfigMixin, keras.layers.Layer):
+class SeparableConvBN(NormMixin, keras.layers.Layer):
     """The original's ``split_separable_conv2d``: depthwise(rate) -> BN -> act -> 1x1 -> BN -> act.
 
     ``pre_activation`` covers Xception's units built with
@@ -283,10 +327,7 @@ class SeparableConvBN(_BNConfigMixin, keras.layers.Layer):
         dilation_rate: int = 1,
         activation: str | None = "relu",
         pre_activation: str | None = None,
-        weight_decay: float = 0.0,
-        bn_momentum: float = 0.9997,
-        bn_epsilon: float = 1e-5,
-        sync_batch_norm: bool = False,
+        norm: NormConfig | Mapping[str, Any] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -296,20 +337,12 @@ class SeparableConvBN(_BNConfigMixin, keras.layers.Layer):
         self.dilation_rate = int(dilation_rate)
         self.activation = activation
         self.pre_activation = pre_activation
-        self.weight_decay = float(weight_decay)
-        self.bn_momentum = float(bn_momentum)
-        self.bn_epsilon = float(bn_epsilon)
-        self.sync_batch_norm = bool(sync_batch_norm)
-        bn = self._bn_config()
-        self.depthwise = DepthwiseConvBN(
-            self.kernel_size,
-            self.strides,
-            self.dilation_rate,
-            activation=self.activation,
-            name="depthwise",
-            **bn,
-        )
-        self.pointwise = ConvBN(self.filters, 1, activation=self.activation, name="pointwise", **bn)
+        self.norm = NormConfig.of(norm)
+        self.depthwise = DepthwiseConvBN(self.kernel_size, self.strides, self.dilation_rate,
+                                         activation=self.activation, name="depthwise",
+                                         norm=self.norm)
+        self.pointwise = ConvBN(self.filters, 1, activation=self.activation, name="pointwise",
+                                norm=self.norm)
 
     def call(self, x, training=None):
         x = _act(x, self.pre_activation)
@@ -333,11 +366,11 @@ class SeparableConvBN(_BNConfigMixin, keras.layers.Layer):
             "dilation_rate": self.dilation_rate,
             "activation": self.activation,
             "pre_activation": self.pre_activation,
-            **self._bn_config(),
+            **self._norm_config(),
         }
 
 
-def _resize_bilinear(x, height, width):
+def resize_bilinear(x, height, width):
     """``tf.compat.v1.image.resize_bilinear(align_corners=True)``, as the original's _resize_bilinear."""
     y = tf.raw_ops.ResizeBilinear(
         images=x, size=tf.stack([height, width]), align_corners=True, half_pixel_centers=False
@@ -360,7 +393,7 @@ class ResizeBilinear(keras.layers.Layer):
         x, ref = inputs
         size = tf.shape(ref)[1:3]
         if self.align_corners:
-            return _resize_bilinear(x, size[0], size[1])
+            return resize_bilinear(x, size[0], size[1])
         return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
 
     def compute_output_shape(self, input_shape):
@@ -397,159 +430,6 @@ class Preprocess(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode}
-
-
-@keras.saving.register_keras_serializable(package=_PKG)
-class ASPP(_BNConfigMixin, keras.layers.Layer):
-    """Atrous spatial pyramid pooling as in the original ``extract_features``.
-
-    Branches (concat order as the original): image pooling (global mean -> 1x1 -> BN ->
-    ReLU -> bilinear resize), 1x1 conv, one 3x3 (separable) atrous conv per rate; then a
-    1x1 projection + BN + ReLU and dropout.
-    """
-
-    def __init__(
-        self,
-        filters: int = 256,
-        atrous_rates: tuple[int, ...] | list[int] = (),
-        image_pooling: bool = True,
-        separable: bool = True,
-        dropout: float = 0.1,
-        weight_decay: float = 0.0,
-        bn_momentum: float = 0.9997,
-        bn_epsilon: float = 1e-5,
-        sync_batch_norm: bool = False,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.filters = int(filters)
-        self.atrous_rates = tuple(int(r) for r in (atrous_rates or ()))
-        self.image_pooling = bool(image_pooling)
-        self.separable = bool(separable)
-        self.dropout_rate = float(dropout)
-        self.weight_decay = float(weight_decay)
-        self.bn_momentum = float(bn_momentum)
-        self.bn_epsilon = float(bn_epsilon)
-        self.sync_batch_norm = bool(sync_batch_norm)
-        bn = self._bn_config()
-        self.pool_conv = (
-            ConvBN(self.filters, 1, name="image_pooling", **bn) if self.image_pooling else None
-        )
-        self.conv0 = ConvBN(self.filters, 1, name="aspp0", **bn)
-        # One attribute per branch (not a list): tf.train.Checkpoint does not track the
-        # contents of Keras-tracked lists, and training checkpoints must include them.
-        for i, rate in enumerate(self.atrous_rates, 1):
-            if self.separable:
-                layer = SeparableConvBN(self.filters, 3, dilation_rate=rate, name=f"aspp{i}", **bn)
-            else:
-                layer = ConvBN(self.filters, 3, dilation_rate=rate, name=f"aspp{i}", **bn)
-            setattr(self, f"atrous{i}", layer)
-        self.projection = ConvBN(self.filters, 1, name="concat_projection", **bn)
-        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
-
-    def atrous_layers(self) -> list[keras.layers.Layer]:
-        """The atrous branches, in rate order."""
-        return [getattr(self, f"atrous{i}") for i in range(1, len(self.atrous_rates) + 1)]
-
-    def call(self, x, training=None):
-        branches = []
-        if self.pool_conv is not None:
-            pooled = keras.ops.mean(x, axis=(1, 2), keepdims=True)
-            pooled = self.pool_conv(pooled, training=training)
-            size = tf.shape(x)[1:3]
-            branches.append(_resize_bilinear(pooled, size[0], size[1]))
-        branches.append(self.conv0(x, training=training))
-        for layer in self.atrous_layers():
-            branches.append(layer(x, training=training))
-        y = keras.ops.concatenate(branches, axis=-1) if len(branches) > 1 else branches[0]
-        y = self.projection(y, training=training)
-        return self.dropout(y, training=training)
-
-    def build(self, input_shape):
-        shape = tuple(input_shape)
-        if self.pool_conv is not None:
-            self.pool_conv.build((shape[0], 1, 1, shape[-1]))
-        self.conv0.build(shape)
-        for layer in self.atrous_layers():
-            layer.build(shape)
-        n_branches = 1 + len(self.atrous_rates) + (self.pool_conv is not None)
-        self.projection.build(shape[:-1] + (self.filters * n_branches,))
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.filters,)
-
-    def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "filters": self.filters,
-            "atrous_rates": list(self.atrous_rates),
-            "image_pooling": self.image_pooling,
-            "separable": self.separable,
-            "dropout": self.dropout_rate,
-            **self._bn_config(),
-        }
-
-
-@keras.saving.register_keras_serializable(package=_PKG)
-class Decoder(_BNConfigMixin, keras.layers.Layer):
-    """DeepLabv3+ decoder (the original's ``refine_by_decoder``) for one low-level feature.
-
-    ``inputs = [encoder, low_level]``: 1x1 conv of ``low_level`` to ``low_level_filters``
-    (+BN+ReLU), encoder resized bilinearly to the low-level size, concat (encoder first),
-    two 3x3 (separable) convs of ``filters``.
-    """
-
-    def __init__(
-        self,
-        filters: int = 256,
-        low_level_filters: int = 48,
-        separable: bool = True,
-        weight_decay: float = 0.0,
-        bn_momentum: float = 0.9997,
-        bn_epsilon: float = 1e-5,
-        sync_batch_norm: bool = False,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.filters = int(filters)
-        self.low_level_filters = int(low_level_filters)
-        self.separable = bool(separable)
-        self.weight_decay = float(weight_decay)
-        self.bn_momentum = float(bn_momentum)
-        self.bn_epsilon = float(bn_epsilon)
-        self.sync_batch_norm = bool(sync_batch_norm)
-        bn = self._bn_config()
-        self.projection = ConvBN(self.low_level_filters, 1, name="feature_projection0", **bn)
-        conv = SeparableConvBN if self.separable else ConvBN
-        self.conv0 = conv(self.filters, 3, name="decoder_conv0", **bn)
-        self.conv1 = conv(self.filters, 3, name="decoder_conv1", **bn)
-
-    def call(self, inputs, training=None):
-        encoder, low_level = inputs
-        low = self.projection(low_level, training=training)
-        size = tf.shape(low)[1:3]
-        enc = _resize_bilinear(encoder, size[0], size[1])
-        y = keras.ops.concatenate([enc, low], axis=-1)
-        y = self.conv0(y, training=training)
-        return self.conv1(y, training=training)
-
-    def build(self, input_shape):
-        enc_shape, low_shape = (tuple(s) for s in input_shape)
-        self.projection.build(low_shape)
-        self.conv0.build(low_shape[:-1] + (enc_shape[-1] + self.low_level_filters,))
-        self.conv1.build(low_shape[:-1] + (self.filters,))
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[1][:-1]) + (self.filters,)
-
-    def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "filters": self.filters,
-            "low_level_filters": self.low_level_filters,
-            "separable": self.separable,
-            **self._bn_config(),
-        }
 
 
 @keras.saving.register_keras_serializable(package=_PKG)

@@ -23,6 +23,8 @@ from typing import Any
 
 import keras
 
+from deeplab_ext.models.layers import NormConfig
+
 __all__ = [
     "DEFAULT_VARIANT",
     "ModelConfig",
@@ -64,6 +66,12 @@ class ModelConfig:
     name: str
     num_classes: int
     num_tags: int
+
+    def norm(self) -> NormConfig:
+        """The BatchNorm / weight-decay settings every block of the network shares (the
+        config's ``weight_decay``, ``bn_momentum``, ``bn_epsilon``, ``sync_batch_norm``)."""
+        return NormConfig(self.weight_decay, self.bn_momentum, self.bn_epsilon,
+                          self.sync_batch_norm)
 
     def replace(self, **overrides: Any) -> Any:
         """A copy with some fields changed (None = keep; unknown field -> ValueError)."""

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from deeplab_ext.models.deeplab.backbones import BACKBONES
+from deeplab_ext.models.layers import BN_EPSILON, BN_MOMENTUM
 from deeplab_ext.models.registry import ModelConfig
 from deeplab_ext.models.tag_heads import DEFAULT_POOLING, DEFAULT_TEMPERATURE, validate_tag_head
 
@@ -57,8 +58,8 @@ class DeepLabConfig(ModelConfig):
     seg_tag_temperature: float = DEFAULT_TEMPERATURE
     tag_class_ids: tuple[int, ...] | None = None  # None: the last num_tags classes
     weight_decay: float = 4e-5
-    bn_momentum: float = 0.9997
-    bn_epsilon: float = 1e-5
+    bn_momentum: float = BN_MOMENTUM
+    bn_epsilon: float = BN_EPSILON
     sync_batch_norm: bool = False
     upsample_logits: bool = True
     name: str = "deeplab"

@@ -15,14 +15,8 @@ import keras
 
 from deeplab_ext.models.deeplab.backbones import build_backbone, get_backbone
 from deeplab_ext.models.deeplab.config import DeepLabConfig
-from deeplab_ext.models.layers import (
-    ASPP,
-    Decoder,
-    Preprocess,
-    ResizeBilinear,
-    TagHead,
-    l2_regularizer,
-)
+from deeplab_ext.models.deeplab.layers import ASPP, Decoder
+from deeplab_ext.models.layers import Preprocess, ResizeBilinear, TagHead
 from deeplab_ext.models.tag_heads import SEGMENTATION, segmentation_tags
 
 __all__ = ["DeepLab", "FEATURE_NAMES", "GROUP_PREFIXES"]
@@ -46,6 +40,7 @@ def _tap(name: str, x: keras.KerasTensor) -> keras.KerasTensor:
 def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
     images = keras.Input(shape=tuple(input_shape), name="images", dtype="float32")
     x = Preprocess(get_backbone(cfg.backbone).preprocess, name="preprocess")(images)
+    norm = cfg.norm()
     feats = build_backbone(
         cfg.backbone,
         x,
@@ -53,9 +48,7 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
         depth_multiplier=cfg.depth_multiplier,
         depth_divisible_by=cfg.depth_divisible_by,
         multi_grid=cfg.multi_grid,
-        weight_decay=cfg.weight_decay,
-        bn_momentum=cfg.bn_momentum,
-        sync_batch_norm=cfg.sync_batch_norm,
+        norm=norm,
         tap=_tap,
     )
     final = feats["final"]
@@ -64,12 +57,6 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
         # At OS8 the network never reaches stride 16: alias the deepest (stride-8) feature.
         final = _tap("stride16", final)
     backbone_output = keras.layers.Identity(name="backbone_output")(final)
-    bn = dict(
-        weight_decay=cfg.weight_decay,
-        bn_momentum=cfg.bn_momentum,
-        bn_epsilon=cfg.bn_epsilon,
-        sync_batch_norm=cfg.sync_batch_norm,
-    )
     enc = ASPP(
         cfg.aspp_filters,
         cfg.effective_atrous_rates(),
@@ -77,7 +64,7 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
         separable=cfg.aspp_with_separable_conv,
         dropout=cfg.aspp_dropout,
         name="aspp",
-        **bn,
+        norm=norm,
     )(backbone_output)
     encoder = keras.layers.Identity(name="encoder")(enc)
     if cfg.decoder_output_stride is not None:
@@ -86,7 +73,7 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
             cfg.low_level_filters,
             separable=cfg.decoder_use_separable_conv,
             name="decoder",
-            **bn,
+            norm=norm,
         )([encoder, low_level])
     else:
         dec = encoder
@@ -95,7 +82,7 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
         cfg.num_classes,
         1,
         use_bias=True,
-        kernel_regularizer=l2_regularizer(cfg.weight_decay),
+        kernel_regularizer=norm.regularizer(),
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
         name="logits",
     )(decoder_output)

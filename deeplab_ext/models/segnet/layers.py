@@ -10,10 +10,13 @@ the first maximum in row-major window order. SAME padding: odd sizes pool to
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import keras
 import tensorflow as tf
 
-from deeplab_ext.models.layers import ConvBN
+from deeplab_ext.models.layers import ConvBN, NormConfig, NormMixin
 
 __all__ = ["AttentionMask", "MaxPoolWithArgmax", "MaxUnpool"]
 
@@ -53,18 +56,17 @@ class MaxUnpool(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
-class AttentionMask(keras.layers.Layer):
+class AttentionMask(NormMixin, keras.layers.Layer):
     """MTAN's soft-attention mask: 1x1 conv-BN-ReLU, 1x1 conv-BN, sigmoid -> ``(0, 1)``
     per channel and location (``channels``: those of the features it multiplies)."""
 
-    def __init__(self, channels: int, weight_decay: float = 0.0, bn_momentum: float = 0.99,
-                 bn_epsilon: float = 1e-3, sync_batch_norm: bool = False, **kwargs):
+    def __init__(self, channels: int, norm: NormConfig | Mapping[str, Any] | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.channels = int(channels)
-        self._bn_kw = dict(weight_decay=float(weight_decay), bn_momentum=float(bn_momentum),
-                           bn_epsilon=float(bn_epsilon), sync_batch_norm=bool(sync_batch_norm))
-        self.hidden = ConvBN(self.channels, 1, activation="relu", name="hidden", **self._bn_kw)
-        self.mask = ConvBN(self.channels, 1, activation=None, name="mask", **self._bn_kw)
+        self.norm = NormConfig.of(norm)
+        self.hidden = ConvBN(self.channels, 1, activation="relu", name="hidden", norm=self.norm)
+        self.mask = ConvBN(self.channels, 1, activation=None, name="mask", norm=self.norm)
 
     def call(self, x, training=None):
         return keras.ops.sigmoid(self.mask(self.hidden(x, training=training), training=training))
@@ -77,4 +79,4 @@ class AttentionMask(keras.layers.Layer):
         return (*input_shape[:-1], self.channels)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "channels": self.channels, **self._bn_kw}
+        return {**super().get_config(), "channels": self.channels, **self._norm_config()}

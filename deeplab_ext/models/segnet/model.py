@@ -59,13 +59,12 @@ class _Builder:
 
     def __init__(self, cfg: SegNetConfig):
         self.cfg = cfg
-        self.bn = dict(weight_decay=cfg.weight_decay, bn_momentum=cfg.bn_momentum,
-                       bn_epsilon=cfg.bn_epsilon, sync_batch_norm=cfg.sync_batch_norm)
+        self.norm = cfg.norm()
 
     def conv(self, filters: int, name: str, kernel: int | None = None,
              activation: str | None = "relu") -> ConvBN:
         return ConvBN(filters, kernel or self.cfg.kernel_size, activation=activation,
-                      name=name, **self.bn)
+                      name=name, norm=self.norm)
 
     def block(self, x, channels: Sequence[int], name: str, activation: str | None = "relu"):
         """Convs of one block -> (first conv output, last conv output)."""
@@ -88,7 +87,7 @@ class _Builder:
         inputs = first if prev is None else keras.layers.Concatenate(
             name=f"attention_{task}_{where}{i + 1}_concat")([first, prev])
         mask = AttentionMask(last.shape[-1], name=f"attention_{task}_{where}{i + 1}",
-                             **self.bn)(inputs)
+                             norm=self.norm)(inputs)
         return keras.layers.Multiply(name=f"attention_{task}_{where}{i + 1}_apply")([mask, last])
 
 

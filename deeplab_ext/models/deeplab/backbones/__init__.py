@@ -27,6 +27,7 @@ from deeplab_ext.models.deeplab.backbones.resnet_beta import (
 )
 from deeplab_ext.models.deeplab.backbones.stride import OutputStrideTracker, Tap, no_tap
 from deeplab_ext.models.deeplab.backbones.xception import build_xception_65, xception_65_scope
+from deeplab_ext.models.layers import NormConfig
 
 __all__ = ["BACKBONES", "BackboneSpec", "OutputStrideTracker", "Tap", "build_backbone", "no_tap"]
 
@@ -71,7 +72,9 @@ def get_backbone(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
-def build_backbone(name: str, x: keras.KerasTensor, output_stride: int, **kwargs) -> dict:
-    """Build backbone ``name`` on ``x`` with its own BatchNorm epsilon."""
+def build_backbone(name: str, x: keras.KerasTensor, output_stride: int, *, norm: NormConfig,
+                   **kwargs) -> dict:
+    """Build backbone ``name`` on ``x``: the network's ``norm`` with the backbone's own
+    BatchNorm epsilon (the original's arg scope per backbone)."""
     spec = get_backbone(name)
-    return spec.build(x, output_stride, bn_epsilon=spec.bn_epsilon, **kwargs)
+    return spec.build(x, output_stride, norm=norm.replace(epsilon=spec.bn_epsilon), **kwargs)

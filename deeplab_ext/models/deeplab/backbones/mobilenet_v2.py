@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 
 from deeplab_ext.models.deeplab.backbones.stride import OutputStrideTracker, Tap, no_tap
-from deeplab_ext.models.layers import ConvBN, DepthwiseConvBN
+from deeplab_ext.models.layers import ConvBN, DepthwiseConvBN, NormConfig
 
 __all__ = [
     "MOBILENET_V2_DEF",
@@ -53,21 +53,12 @@ def build_mobilenet_v2(
     depth_multiplier: float = 1.0,
     depth_divisible_by: int | None = None,
     multi_grid: tuple[int, ...] | None = None,
-    weight_decay: float,
-    bn_momentum: float,
-    bn_epsilon: float,
-    sync_batch_norm: bool = False,
+    norm: NormConfig,
     prefix: str = "backbone_",
     tap: Tap | None = None,
 ) -> dict[str, keras.KerasTensor]:
     """MobileNetV2 features; ``final`` = layer_18 (320*dm ch), ``low_level`` = layer_4's depthwise output."""
     del multi_grid  # not used by MobileNetV2 (kept for a uniform signature)
-    bn = dict(
-        weight_decay=weight_decay,
-        bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
-        sync_batch_norm=sync_batch_norm,
-    )
 
     divisor = depth_divisible_by or (8 if depth_multiplier == 1.0 else 1)
 
@@ -77,7 +68,7 @@ def build_mobilenet_v2(
     tap = tap or no_tap
     tracker = OutputStrideTracker(output_stride, tap)
     x, stride, _ = tracker.next_unit(x, 2)
-    x = ConvBN(depth(32), 3, strides=stride, activation="relu6", name=f"{prefix}layer_1", **bn)(x)
+    x = ConvBN(depth(32), 3, strides=stride, activation="relu6", name=f"{prefix}layer_1", norm=norm)(x)
     layer = 2
     low_level = None
     for t, c, n, s in MOBILENET_V2_DEF:
@@ -89,18 +80,18 @@ def build_mobilenet_v2(
             inner = make_divisible(in_ch * t, 8 if t > 1 else 1)
             h = x
             if inner > in_ch:
-                h = ConvBN(inner, 1, activation="relu6", name=f"{name}_expand", **bn)(h)
+                h = ConvBN(inner, 1, activation="relu6", name=f"{name}_expand", norm=norm)(h)
             h = DepthwiseConvBN(
                 3,
                 strides=stride,
                 dilation_rate=rate,
                 activation="relu6",
                 name=f"{name}_depthwise",
-                **bn,
+                norm=norm,
             )(h)
             if layer == 4:
                 h = low_level = tap("low_level", h)
-            h = ConvBN(out_ch, 1, activation=None, name=f"{name}_project", **bn)(h)
+            h = ConvBN(out_ch, 1, activation=None, name=f"{name}_project", norm=norm)(h)
             if stride == 1 and in_ch == out_ch:
                 h = keras.layers.Add(name=f"{name}_add")([h, x])
             x = h

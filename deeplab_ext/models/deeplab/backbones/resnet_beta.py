@@ -12,7 +12,7 @@ import re
 import keras
 
 from deeplab_ext.models.deeplab.backbones.stride import OutputStrideTracker, Tap, no_tap
-from deeplab_ext.models.layers import ConvBN
+from deeplab_ext.models.layers import ConvBN, NormConfig
 
 __all__ = ["build_resnet_v1_50_beta", "build_resnet_v1_101_beta", "build_resnet_v1_beta"]
 
@@ -20,7 +20,7 @@ _UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
 def _bottleneck(
-    x, name: str, depth: int, depth_bottleneck: int, stride: int, rate: int, bn: dict, tap=None
+    x, name: str, depth: int, depth_bottleneck: int, stride: int, rate: int, norm: NormConfig, tap=None
 ):
     """slim ``bottleneck``; returns (output, conv3 output before the residual add)."""
     depth_in = x.shape[-1]
@@ -29,14 +29,14 @@ def _bottleneck(
         if stride > 1:  # resnet_utils.subsample: 1x1 max pool with stride
             shortcut = keras.layers.MaxPooling2D(1, stride, name=f"{name}_shortcut")(x)
     else:
-        shortcut = ConvBN(depth, 1, strides=stride, activation=None, name=f"{name}_shortcut", **bn)(
+        shortcut = ConvBN(depth, 1, strides=stride, activation=None, name=f"{name}_shortcut", norm=norm)(
             x
         )
-    r = ConvBN(depth_bottleneck, 1, name=f"{name}_conv1", **bn)(x)
-    r = ConvBN(depth_bottleneck, 3, strides=stride, dilation_rate=rate, name=f"{name}_conv2", **bn)(
+    r = ConvBN(depth_bottleneck, 1, name=f"{name}_conv1", norm=norm)(x)
+    r = ConvBN(depth_bottleneck, 3, strides=stride, dilation_rate=rate, name=f"{name}_conv2", norm=norm)(
         r
     )
-    conv3 = ConvBN(depth, 1, activation=None, name=f"{name}_conv3", **bn)(r)
+    conv3 = ConvBN(depth, 1, activation=None, name=f"{name}_conv3", norm=norm)(r)
     if tap is not None:
         conv3 = tap("low_level", conv3)
     out = keras.layers.Add(name=f"{name}_add")([shortcut, conv3])
@@ -52,10 +52,7 @@ def build_resnet_v1_beta(
     multi_grid: tuple[int, ...] | None = (1, 2, 4),
     depth_multiplier: float = 1.0,
     depth_divisible_by: int | None = None,
-    weight_decay: float,
-    bn_momentum: float,
-    bn_epsilon: float,
-    sync_batch_norm: bool = False,
+    norm: NormConfig,
     prefix: str = "backbone_",
     tap: Tap | None = None,
 ) -> dict[str, keras.KerasTensor]:
@@ -71,18 +68,12 @@ def build_resnet_v1_beta(
     multi_grid = tuple(multi_grid) if multi_grid else (1, 1, 1)
     if len(multi_grid) != _UNITS[num_layers][3]:
         raise ValueError(f"multi_grid={multi_grid} must have 3 rates for block4")
-    bn = dict(
-        weight_decay=weight_decay,
-        bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
-        sync_batch_norm=sync_batch_norm,
-    )
     tap = tap or no_tap
     tracker = OutputStrideTracker(output_stride, tap)
     x, stride, _ = tracker.next_unit(x, 2)
-    x = ConvBN(64, 3, strides=stride, name=f"{prefix}conv1_1", **bn)(x)
-    x = ConvBN(64, 3, name=f"{prefix}conv1_2", **bn)(x)
-    x = ConvBN(128, 3, name=f"{prefix}conv1_3", **bn)(x)
+    x = ConvBN(64, 3, strides=stride, name=f"{prefix}conv1_1", norm=norm)(x)
+    x = ConvBN(64, 3, name=f"{prefix}conv1_2", norm=norm)(x)
+    x = ConvBN(128, 3, name=f"{prefix}conv1_3", norm=norm)(x)
     tracker.record(x)
     x, stride, _ = tracker.next_unit(x, 2)
     x = keras.layers.MaxPooling2D(3, stride, padding="same", name=f"{prefix}pool1")(x)
@@ -103,7 +94,7 @@ def build_resnet_v1_beta(
                 base,
                 stride,
                 rate * unit_rate,
-                bn,
+                norm,
                 tap if is_low else None,
             )
             if is_low:

@@ -16,7 +16,7 @@ import re
 import keras
 
 from deeplab_ext.models.deeplab.backbones.stride import OutputStrideTracker, Tap, no_tap
-from deeplab_ext.models.layers import ConvBN, SeparableConvBN
+from deeplab_ext.models.layers import ConvBN, NormConfig, SeparableConvBN
 
 __all__ = ["build_xception_65", "XCEPTION_65_BLOCKS"]
 
@@ -40,7 +40,7 @@ def _xception_unit(
     stride: int,
     rate: int,
     unit_rates,
-    bn: dict,
+    norm: NormConfig,
     tap_low_level=None,
 ):
     """One ``xception_module``; returns (output, outputs of its three separable convs)."""
@@ -55,14 +55,14 @@ def _xception_unit(
             activation="relu" if act_in_sep else None,
             pre_activation=None if act_in_sep else "relu",
             name=f"{name}_separable_conv{i + 1}",
-            **bn,
+            norm=norm,
         )(residual)
         if i == 1 and tap_low_level is not None:
             residual = tap_low_level("low_level", residual)
         sep_outputs.append(residual)
     if skip == "conv":
         shortcut = ConvBN(
-            depth_list[-1], 1, strides=stride, activation=None, name=f"{name}_shortcut", **bn
+            depth_list[-1], 1, strides=stride, activation=None, name=f"{name}_shortcut", norm=norm
         )(x)
         out = keras.layers.Add(name=f"{name}_add")([residual, shortcut])
     elif skip == "sum":
@@ -79,10 +79,7 @@ def build_xception_65(
     multi_grid: tuple[int, ...] | None = None,
     depth_multiplier: float = 1.0,
     depth_divisible_by: int | None = None,
-    weight_decay: float,
-    bn_momentum: float,
-    bn_epsilon: float,
-    sync_batch_norm: bool = False,
+    norm: NormConfig,
     prefix: str = "backbone_",
     tap: Tap | None = None,
 ) -> dict[str, keras.KerasTensor]:
@@ -96,12 +93,6 @@ def build_xception_65(
             f"xception_65 has no depth_multiplier (got {depth_multiplier}); use 1.0 "
             "or a mobilenet_v2 variant for small models."
         )
-    bn = dict(
-        weight_decay=weight_decay,
-        bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
-        sync_batch_norm=sync_batch_norm,
-    )
     unit_rates_last = tuple(multi_grid) if multi_grid else (1, 1, 1)
     if len(unit_rates_last) != 3:
         raise ValueError(f"xception_65 multi_grid needs 3 rates, got {multi_grid}")
@@ -109,8 +100,8 @@ def build_xception_65(
     tracker = OutputStrideTracker(output_stride, tap)
     # Root: conv 32 s2 (counted in the running stride), conv 64.
     x, stride, _ = tracker.next_unit(x, 2)
-    x = ConvBN(32, 3, strides=stride, name=f"{prefix}entry_flow_conv1_1", **bn)(x)
-    x = ConvBN(64, 3, name=f"{prefix}entry_flow_conv1_2", **bn)(x)
+    x = ConvBN(32, 3, strides=stride, name=f"{prefix}entry_flow_conv1_1", norm=norm)(x)
+    x = ConvBN(64, 3, name=f"{prefix}entry_flow_conv1_2", norm=norm)(x)
     tracker.record(x)
     low_level = None
     for scope, depth_list, skip, act_in_sep, num_units, block_stride in XCEPTION_65_BLOCKS:
@@ -126,7 +117,7 @@ def build_xception_65(
                 stride,
                 rate,
                 unit_rates,
-                bn,
+                norm,
                 tap if scope == "entry_flow_block2" else None,
             )
             if scope == "entry_flow_block2":
