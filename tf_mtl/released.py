@@ -159,7 +159,8 @@ class WeightOp:
     """One convolution of a TFLite graph, weights dequantised, in TF1 layout.
 
     ``scale`` / ``offset``: a per-channel MUL / ADD the converter left after it (BatchNorm
-    that could not be folded into an atrous convolution's SPACE_TO_BATCH_ND wrapper).
+    that could not be folded into an atrous convolution's SPACE_TO_BATCH_ND wrapper; a
+    full-integer export leaves the ADD alone, ``scale`` is then 1).
     ``pooled``: its input is a global average (DeepLab's image pooling branch).
     """
 
@@ -249,6 +250,13 @@ def tflite_weight_ops(path: str | os.PathLike) -> list[WeightOp]:
             offset = per_channel(add, channels) if add is not None else None
             if offset is not None:
                 item.scale, item.offset = scale, offset
+        elif follow is not None:
+            # A full-integer export folds the BatchNorm scale into the atrous kernel and
+            # leaves its offset as an ADD after BATCH_TO_SPACE_ND (the conv's own bias is 0).
+            add = only_consumer(out, "ADD")
+            offset = per_channel(add, channels) if add is not None else None
+            if offset is not None:
+                item.scale, item.offset = np.ones([channels], np.float32), offset
         found.append(item)
     if not found:
         raise ValueError(f"--source={path}: no convolution with constant weights in this "
