@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     net, chosen, desc = build(args.variant, 21, 20, args.width)
     cfg = EvidenceConfig(steps=args.steps, learning_rate=1e-3, optimizer=args.optimizer,
-                         alpha=args.alpha, mode=args.mode, jit_compile=args.jit_compile)
+                         alpha=args.alpha, mode=args.mode, jit_compile=args.jit_compile,
+                         safeguard=False)
     refitter = EvidenceRefitter(net, cfg, variables=chosen)
     num_tags = refitter.num_tags
     rng = np.random.RandomState(0)

@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
         batch, steps[prec] = largest_batch(model, cfg, s["size"], s["batches"])
         res["train"][prec] = {"batch": batch}
         x1, y1 = synthetic_batch(1, s["size"], cfg.num_classes, cfg.num_tags)
-        refitter = EvidenceRefitter(net, EvidenceConfig(steps=s["refit_steps"], mode="weights"),
+        refitter = EvidenceRefitter(net, EvidenceConfig(steps=s["refit_steps"], mode="weights",
+                                                              alpha=0.0, safeguard=False),
                                     variables=group_variables(net))
         refits[prec] = (refit_call(refitter, x1, y1["tags"], 0),
                         refit_call(refitter, x1, y1["tags"], s["refit_steps"]))

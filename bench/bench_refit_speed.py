@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     chosen = groups["backbone"] + groups["aspp"] + groups["tag_head"]
     weights = EvidenceRefitter(
         net, EvidenceConfig(steps=args.steps, learning_rate=args.learning_rate, mode="weights",
-                            jit_compile=args.jit_compile),
+                            jit_compile=args.jit_compile, alpha=0.0, safeguard=False),
         variables=chosen,
     )  # fmt: skip
     train = build_train_model(net, cfg, "uncertainty")
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compare_rounds > 0:
         latent = EvidenceRefitter(
             net, EvidenceConfig(steps=args.compare_steps, learning_rate=args.learning_rate,
-                                mode="latent", jit_compile=args.jit_compile),
+                                mode="latent", jit_compile=args.jit_compile, alpha=0.0,
+                                safeguard=False),
         )  # fmt: skip
         rng = np.random.default_rng(1)
         xb = tf.constant(rng.uniform(0, 255, (args.compare_batch, args.size, args.size, 3)),

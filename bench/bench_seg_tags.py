@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from deeplab_ext.models import family_of  # noqa: E402
-from deeplab_ext.run.evaluation import load_split, run_modes  # noqa: E402
 from deeplab_ext.run.importing import import_weights  # noqa: E402
+from deeplab_ext.run.modes import load_split, run_modes  # noqa: E402
 from deeplab_ext.run.options import EvidenceOptions, ImportOptions  # noqa: E402
 from deeplab_ext.run.rundir import restore_network  # noqa: E402
 from tf_mtl.metrics import TagMAP, TagPrecisionRecallF1  # noqa: E402
@@ -111,7 +111,7 @@ def refit_rows(args) -> dict:
             for split in args.splits.split(","):
                 batches, alignment = load_split(network, info, meta, args.dataset_dir, split,
                                                 printer=lambda line: None)
-                runs = run_modes(network, info, batches, modes, {None: evidence},
+                runs = run_modes(network, info, batches, modes, evidence,
                                  alignment=alignment, errors=False)
                 row = {m: round(100 * runs[m].miou, 2) for m in modes}
                 rows.setdefault(split, {})[name] = row

@@ -186,8 +186,9 @@ def test_decoder_path_miou_reads_the_trained_branch_back(autoencoder, data_dir, 
     """tools.eval --label_decoder_path_miou rebuilds the branch from what the run recorded
     and restores its 1x1 conv: the same mIoU as the training model's own forward pass."""
     from deeplab_ext.models.registry import family_of
-    from deeplab_ext.run.evaluation import evaluate, load_split
+    from deeplab_ext.run.evaluation import evaluate
     from deeplab_ext.run.label_structure import DECODER_OUTPUT, decoder_path
+    from deeplab_ext.run.modes import load_split
     from deeplab_ext.run.options import EvalOptions, TrainOptions
     from deeplab_ext.run.rundir import restore_network
     from deeplab_ext.run.tasks import TaskContext, build_branches

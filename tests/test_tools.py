@@ -325,7 +325,7 @@ def test_eval_resizes_into_the_runs_training_range(data_dir):
     """A run trained with --max_resize_value=32 is evaluated on 48px images shrunk to 32
     (labels too, as the original's eval), unless the eval flag says otherwise."""
     from deeplab_ext.data.datasets import get_dataset_info
-    from deeplab_ext.run.evaluation import load_split
+    from deeplab_ext.run.modes import load_split
 
     info, lines = get_dataset_info("shapes_evidence"), []
     for meta, given, side in (({}, None, 48), ({"max_resize_value": 32}, None, 32),
@@ -339,7 +339,7 @@ def test_eval_resizes_into_the_runs_training_range(data_dir):
 
 
 def test_error_breakdown_counts_by_hand():
-    from deeplab_ext.run.evaluation import ErrorBreakdown
+    from deeplab_ext.run.modes import ErrorBreakdown
 
     info = get_dataset_info("shapes_evidence")  # background 0, tags = classes 1..8, ignore 255
     label = np.array([[[0, 1, 1, 255], [2, 2, 0, 0]]])

@@ -64,12 +64,16 @@ _MODES = ("weights", "latent")
 # --------------------------------------------------------------------------- config
 @dataclasses.dataclass(frozen=True)
 class EvidenceConfig:
-    """Hyper-parameters of prediction-time refitting (validated on construction)."""
+    """Hyper-parameters of prediction-time refitting (validated on construction).
+
+    Its defaults are the tools' too (``deeplab_ext.run.options.EvidenceOptions`` reads
+    them from here): the seed's DL-BP-L2 (10 SGD steps, L2 weight 1e-3), with the
+    serving safeguard on."""
 
     steps: int = 10
     learning_rate: float = 0.01
     optimizer: str = "sgd"  # "sgd" | "adam"
-    alpha: float = 0.0  # L2 to the trained weights (weights) / on delta (latent)
+    alpha: float = 1e-3  # L2 to the trained weights (weights) / on delta (latent)
     early_stopping: bool = False  # stop once all tags agree with the evidence
     clip_norm: float = 0.0  # > 0: clip each step's gradient to this global norm (per image)
     threshold: float = 0.5  # decision threshold on tag probabilities
@@ -89,7 +93,7 @@ class EvidenceConfig:
     keep_classes: tuple[int, ...] = (0,)
     # Per image, fall back to the unrefitted prediction when the refit did not lower the
     # evidence loss or flipped a tag that agreed with the evidence (refit_hurt).
-    safeguard: bool = False
+    safeguard: bool = True
     # Weights mode: weight of a term that keeps what pruning already gets right, the mean
     # per-pixel cross-entropy of the refitted softmax to the unrefitted one pruned to the
     # tagged (and kept) classes. 0 = off. Needs tag_class_ids.

@@ -22,14 +22,10 @@ import numpy as np
 from deeplab_ext.data import download, input_pipeline, synthetic
 from deeplab_ext.data.datasets import get_dataset_info
 from deeplab_ext.models.tag_heads import SEGMENTATION
-from deeplab_ext.run.evaluation import (
-    bootstrap_baselines,
-    check_modes,
-    evaluate,
-    vs_cell,
-)
+from deeplab_ext.run.evaluation import evaluate
 from deeplab_ext.run.export import export_checkpoint
 from deeplab_ext.run.importing import import_weights
+from deeplab_ext.run.modes import bootstrap_baselines, check_modes, vs_cell
 from deeplab_ext.run.options import (
     DEMO_VARIANT,
     DemoOptions,

@@ -18,6 +18,7 @@ from deeplab_ext.models.registry import variant_field
 from deeplab_ext.models.tag_heads import TAG_HEADS
 from tf_mtl.aux_modules import ADAPTORS, AGGREGATORS
 from tf_mtl.distribute import STRATEGIES
+from tf_mtl.evidence import EvidenceConfig
 from tf_mtl.functional_optimizers import OPTIMIZERS as REFIT_OPTIMIZERS
 from tf_mtl.precision import POLICIES as PRECISIONS
 from tf_mtl.schedules import LEARNING_POLICIES
@@ -83,29 +84,34 @@ def group(factory: Any, prefix: str, help: str = "") -> Any:  # noqa: A002
     return dataclasses.field(default_factory=factory, metadata={"prefix": prefix, "help": help})
 
 
+_REFIT = EvidenceConfig()  # the library's defaults, which the flags share
+
+
 @dataclasses.dataclass
 class EvidenceOptions:
-    """Prediction-time refitting (flags ``--evidence_*``)."""
+    """Prediction-time refitting (flags ``--evidence_*``); the defaults are the library's
+    (``tf_mtl.evidence.EvidenceConfig``), but for the early-stopping cap and the refitted
+    groups, which only the tools know."""
 
-    steps: int = opt(10, "Refit steps per image (bp_l2, latent).")
-    learning_rate: float = opt(0.01, "Refit learning rate.")
-    optimizer: str = opt("sgd", "Refit optimizer.", choices=REFIT_OPTIMIZERS)
-    alpha: float = opt(1e-3, "L2 to the trained weights (bp_l2) / on the latent offset.")
+    steps: int = opt(_REFIT.steps, "Refit steps per image (bp_l2, latent).")
+    learning_rate: float = opt(_REFIT.learning_rate, "Refit learning rate.")
+    optimizer: str = opt(_REFIT.optimizer, "Refit optimizer.", choices=REFIT_OPTIMIZERS)
+    alpha: float = opt(_REFIT.alpha, "L2 to the trained weights (bp_l2) / on the latent offset.")
     es_steps: int = opt(30, "Step cap for early stopping (bp_es).")
-    threshold: float = opt(0.5, "Tag decision threshold (early stopping).")
-    es_margin: float = opt(0.0, "Early stopping waits until every tag clears "
+    threshold: float = opt(_REFIT.threshold, "Tag decision threshold (early stopping).")
+    es_margin: float = opt(_REFIT.margin, "Early stopping waits until every tag clears "
                            "--evidence_threshold by this margin (present >= t+m, absent < t-m); "
                            "0 = plain agreement.")
-    clip_norm: float = opt(0.0, "Clip each refit step's gradient to this global norm per image "
+    clip_norm: float = opt(_REFIT.clip_norm, "Clip each refit step's gradient to this global norm per image "
                            "(0 = off).")
-    safeguard: bool = opt(True, "Per image, keep the unrefitted prediction when refitting "
+    safeguard: bool = opt(_REFIT.safeguard, "Per image, keep the unrefitted prediction when refitting "
                           "did not lower the tags' loss against the evidence or flipped a tag "
                           "that agreed with it.")
     refit: str | None = opt(None, "Variable groups refitted, e.g. backbone,aspp,tag_head "
                             "(default: the model family's refit set; DeepLab: backbone, aspp, "
                             "tag_head).")
-    jit_compile: bool = opt(False, "XLA-compile the refit loop (GPU).")
-    anchor: float = opt(0.0, "bp_l2 / bp_es: weight of a term keeping the refitted "
+    jit_compile: bool = opt(_REFIT.jit_compile, "XLA-compile the refit loop (GPU).")
+    anchor: float = opt(_REFIT.anchor, "bp_l2 / bp_es: weight of a term keeping the refitted "
                         "segmentation near the unrefitted one pruned to the tags (per-pixel "
                         "cross-entropy); 0 = off.")
 

@@ -22,9 +22,9 @@ import numpy as np
 
 from deeplab_ext.models.registry import family_of
 from deeplab_ext.models.tag_heads import SEGMENTATION
-from deeplab_ext.run.evaluation import ModeRun, load_split, run_modes
 from deeplab_ext.run.evidence import TUNED_FILE, save_json, save_tuned
 from deeplab_ext.run.locking import directory_lock
+from deeplab_ext.run.modes import ModeRun, add_bootstrap, format_table, load_split, run_modes
 from deeplab_ext.run.options import OBJECTIVES, EvidenceOptions, TuneOptions
 from deeplab_ext.run.refit_kinds import EVIDENCE_MODES, REFIT_KINDS, mode_of
 from deeplab_ext.run.rundir import load_run_config, restore_network
@@ -144,7 +144,7 @@ def search(network, info, batches: list, alignment, options: TuneOptions,
     baseline = "prune" if pruned else "none"
 
     def run(mode: str, evidence: EvidenceOptions) -> ModeRun:
-        return run_modes(network, info, batches, [mode], {None: evidence}, alignment=alignment,
+        return run_modes(network, info, batches, [mode], evidence, alignment=alignment,
                          errors=False)[mode]
 
     t0 = time.time()
@@ -223,8 +223,6 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
     model with tags pooled from its segmentation) every image can serve both roles, but
     never at once; the table over all images is then held out and twice as large as one
     split's. Written to ``RUN/evidence_crossfit.json``."""
-    from deeplab_ext.run.evaluation import add_bootstrap, format_table
-
     k = options.folds
     if len(batches) <= k:
         raise ValueError(f"--folds={k} needs more than {k} images (each fold is scored, and "
@@ -253,8 +251,8 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
                       "kinds": {kk: {"refit": e["refit"], "evidence": e["evidence"]}
                                 for kk, e in found["kinds"].items()}})
         for scales, flip in protocols:
-            runs = run_modes(network, info, held, modes, {None: options.evidence, **evidence},
-                             scales, flip, alignment, errors=False)
+            runs = run_modes(network, info, held, modes, options.evidence, evidence, scales,
+                             flip, alignment, errors=False)
             for m, r in runs.items():
                 counts[(scales, flip)][m] += r.counts
                 seconds[(scales, flip)][m] += r.seconds
