@@ -56,8 +56,8 @@ def _total(model, x, y):
 
 @pytest.mark.parametrize("aggregator", ["sum", "concat"])
 def test_modules_add_exactly_their_own_gradient_to_the_shared_layers(data_dir, aggregator):
-    from deeplab_ext.run.tasks import label_map_loss
     from tf_mtl.graph import feature_model
+    from tf_mtl.losses import label_map_loss
 
     network, branch, plain, full, x, y = _setup(
         data_dir, aux_modules=("semantic",), aux_module_aggregator=aggregator,
@@ -77,7 +77,7 @@ def test_modules_add_exactly_their_own_gradient_to_the_shared_layers(data_dir, a
 
     def by_hand():
         pred = module(taps(x, training=True), training=True)["aux_module_semantic"]
-        return 0.7 * label_map_loss(INFO)(y["semantic"], pred)
+        return 0.7 * label_map_loss(INFO.num_classes, INFO.ignore_label)(y["semantic"], pred)
 
     g_module = grads(by_hand)
     assert any(float(tf.reduce_max(tf.abs(g))) > 0 for g in g_module)
@@ -93,12 +93,12 @@ def test_modules_add_exactly_their_own_gradient_to_the_shared_layers(data_dir, a
 
 
 def test_deep_supervision_adds_a_tenth_of_each_stage_loss(data_dir):
-    from deeplab_ext.run.tasks import label_map_loss
+    from tf_mtl.losses import label_map_loss
 
     network, branch, plain, full, x, y = _setup(data_dir, deep_supervision=("semantic",))
     (heads,) = branch.heads
     outputs = full.forward(x, training=False)
-    stage = [label_map_loss(INFO)(y["semantic"], outputs[heads.output_name(f)]) for f in TAPS]
+    stage = [label_map_loss(INFO.num_classes, INFO.ignore_label)(y["semantic"], outputs[heads.output_name(f)]) for f in TAPS]
     with_ds, _, _ = full.compute_total_loss(x, y, outputs, False)
     without, _, _ = plain.compute_total_loss(x, y, plain.forward(x, training=False), False)
     np.testing.assert_allclose(float(with_ds - without), 0.1 * float(sum(stage)), rtol=1e-5)

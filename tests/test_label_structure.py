@@ -38,9 +38,7 @@ def test_ignore_pixels_contribute_nothing(kind):
     """Changing the predictions at ignore pixels changes neither the loss nor any
     gradient; the one-hot input of an ignore pixel is all zeros."""
     from deeplab_ext.models.label_autoencoder import one_hot_labels
-    from deeplab_ext.run.tasks import label_map_loss
-    from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore
-    from tf_mtl.model import call_loss
+    from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore, call_loss, label_map_loss
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, INFO.num_classes, (2, 8, 8)).astype(np.int32)
@@ -51,7 +49,7 @@ def test_ignore_pixels_contribute_nothing(kind):
         def loss(y, p):
             return call_loss(ce, y, p)
     else:
-        loss = label_map_loss(INFO, kind)
+        loss = label_map_loss(INFO.num_classes, INFO.ignore_label, kind)
     logits = tf.constant(rng.normal(size=(2, 8, 8, INFO.num_classes)).astype(np.float32))
     other = logits.numpy()
     other[:, :3] = rng.normal(size=other[:, :3].shape) * 10  # only where labels are ignored

@@ -10,7 +10,7 @@ steps. Labels and logits must have the same spatial size (resizing is the model'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -220,3 +220,45 @@ def box_mse(targets: tf.Tensor, boxes: tf.Tensor) -> tf.Tensor:
     w = targets[:, 0]
     err = tf.reduce_mean(tf.square(tf.cast(boxes, tf.float32) - targets[:, 1:]), axis=-1)
     return tf.math.divide_no_nan(tf.reduce_sum(err * w), tf.reduce_sum(w))
+
+
+def call_loss(loss: Any, y_true: Any, y_pred: tf.Tensor) -> tf.Tensor:
+    """This replica's float32 scalar loss.
+
+    Keras 3 built-in losses divide their (non-scalar) reduction by
+    num_replicas_in_sync inside `__call__`, losses returning a scalar do not. To scale
+    every term exactly once (in the train step), keras Losses are evaluated through
+    `call` and reduced here: "sum" sums, anything else averages.
+    """
+    if isinstance(loss, keras.losses.Loss):
+        values = tf.cast(loss.call(tf.cast(y_true, tf.float32), y_pred), tf.float32)
+        if values.shape.rank == 0:
+            return values
+        if loss.reduction == "sum":
+            return tf.reduce_sum(values)
+        return tf.math.divide_no_nan(tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32))
+    return tf.cast(tf.reshape(loss(y_true, y_pred), []), tf.float32)
+
+
+def label_map_loss(num_classes: int, ignore_label: int, kind: str = "ce"
+                   ) -> Callable[[Any, tf.Tensor], tf.Tensor]:
+    """``(labels [B, H, W], logits [B, h, w, C]) -> scalar``: logits upsampled to the labels,
+    then softmax cross-entropy (``ce``) or the squared error of the probabilities against
+    the one-hot labels (``mse``); ignore pixels take no part in either. For heads that
+    predict a label map at another resolution (auxiliary modules, a label decoder)."""
+    if kind not in ("ce", "mse"):
+        raise ValueError(f"label_map_loss(kind={kind!r}): use 'ce' or 'mse'")
+    ce = SoftmaxCrossEntropyWithIgnore(num_classes, ignore_label)
+
+    def loss(labels: Any, logits: tf.Tensor) -> tf.Tensor:
+        labels = tf.cast(labels, tf.int32)
+        logits = tf.image.resize(logits, tf.shape(labels)[1:3], method="bilinear")
+        if kind == "ce":
+            return call_loss(ce, labels, logits)
+        valid = tf.cast(tf.not_equal(labels, ignore_label), tf.float32)
+        # One-hot of the ignore label (outside the classes) is all zeros.
+        onehot = tf.one_hot(labels, num_classes, dtype=tf.float32)
+        err = tf.reduce_sum(tf.square(tf.nn.softmax(logits) - onehot), -1)
+        return tf.math.divide_no_nan(tf.reduce_sum(err * valid), tf.reduce_sum(valid))
+
+    return loss

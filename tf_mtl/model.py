@@ -20,11 +20,12 @@ import tensorflow as tf
 
 from tf_mtl.branches import LossTerm, LossTermLike, TrainingHead, requested_features, term_name
 from tf_mtl.graph import FeatureTaps
+from tf_mtl.losses import call_loss
 from tf_mtl.summaries import ImageSummaryFn, StepSummaries
 from tf_mtl.tasks import Task, check_tasks
 from tf_mtl.weighting import FixedWeighting, LossWeighting
 
-__all__ = ["LossTerm", "MultiTaskModel", "TrainingHead", "call_loss"]
+__all__ = ["LossTerm", "MultiTaskModel", "TrainingHead"]
 
 
 def _metric_results(prefix: str, metric: keras.metrics.Metric) -> dict[str, tf.Tensor]:
@@ -33,24 +34,6 @@ def _metric_results(prefix: str, metric: keras.metrics.Metric) -> dict[str, tf.T
     if isinstance(result, Mapping):
         return {f"{name}_{k}": v for k, v in result.items()}
     return {name: result}
-
-
-def call_loss(loss: Any, y_true: Any, y_pred: tf.Tensor) -> tf.Tensor:
-    """This replica's float32 scalar loss.
-
-    Keras 3 built-in losses divide their (non-scalar) reduction by
-    num_replicas_in_sync inside `__call__`, losses returning a scalar do not. To scale
-    every term exactly once (in the train step), keras Losses are evaluated through
-    `call` and reduced here: "sum" sums, anything else averages.
-    """
-    if isinstance(loss, keras.losses.Loss):
-        values = tf.cast(loss.call(tf.cast(y_true, tf.float32), y_pred), tf.float32)
-        if values.shape.rank == 0:
-            return values
-        if loss.reduction == "sum":
-            return tf.reduce_sum(values)
-        return tf.math.divide_no_nan(tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32))
-    return tf.cast(tf.reshape(loss(y_true, y_pred), []), tf.float32)
 
 
 class MultiTaskModel(keras.Model):

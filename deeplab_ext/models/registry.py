@@ -43,9 +43,6 @@ __all__ = [
 ]
 
 DEFAULT_VARIANT = "deeplabv3plus_mobilenetv2_mt"
-# Built-in families: imported on first use so the registry is complete without the caller
-# knowing which module registers what.
-_BUILTIN_MODULES = ("deeplab_ext.models.deeplab", "deeplab_ext.models.segnet")
 
 
 def variant_field() -> Any:
@@ -188,15 +185,12 @@ class ModelFamily:
 
 _FAMILIES: dict[str, ModelFamily] = {}
 _VARIANTS: dict[str, tuple[str, Any]] = {}
-_builtins_loaded = False
 
 
 def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
+    """The built-in families (``deeplab_ext/models/__init__.py`` imports them; a caller that
+    imported this module alone gets them on first use)."""
+    from deeplab_ext.models import deeplab, segnet  # noqa: F401
 
 
 def register_family(family: ModelFamily, variants: Mapping[str, Any] | None = None

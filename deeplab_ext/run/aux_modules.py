@@ -16,15 +16,17 @@ from collections.abc import Callable
 from typing import Any
 
 from deeplab_ext.run.self_supervised import edge_loss
-from deeplab_ext.run.tasks import Branch, BranchSpec, TaskContext, label_map_loss, register_branch
+from deeplab_ext.run.tasks import Branch, BranchSpec, TaskContext, register_branch
 from tf_mtl.aux_modules import AuxiliaryModule, StageHeads
 from tf_mtl.branches import OutputLoss
+from tf_mtl.losses import label_map_loss
 
 __all__ = ["MODULE_TASKS"]
 
 
 def _semantic(ctx: TaskContext) -> tuple[int, Callable[..., Any], str]:
-    return ctx.info.num_classes, label_map_loss(ctx.info), "semantic"
+    info = ctx.info
+    return info.num_classes, label_map_loss(info.num_classes, info.ignore_label), "semantic"
 
 
 def _edges(ctx: TaskContext) -> tuple[int, Callable[..., Any], str]:

@@ -32,12 +32,12 @@ from deeplab_ext.run.tasks import (
     BranchSpec,
     TaskContext,
     branches_from_record,
-    label_map_loss,
     register_branch,
 )
 from tf_mtl.branches import LossTerm, OutputLoss, TrainingHead
 from tf_mtl.graph import feature_model
 from tf_mtl.inference import InputAlignment
+from tf_mtl.losses import label_map_loss
 from tf_mtl.tasks import Task
 
 __all__ = ["LabelDecoderHead", "LabelEncoderTerm", "decoder_path"]
@@ -107,7 +107,7 @@ def _label_decoder(ctx: TaskContext) -> Branch:
     bottleneck = ae.get_layer("label_encoder").output["bottleneck"].shape[-1]
     head = LabelDecoderHead(ae.get_layer("label_decoder"), bottleneck, o.label_decoder_feature,
                             o.label_decoder_trainable, name="label_decoder_head")
-    loss = label_map_loss(ctx.info, o.label_decoder_loss)
+    loss = label_map_loss(ctx.info.num_classes, ctx.info.ignore_label, o.label_decoder_loss)
     shown = {"heads": [head], "targets": ("semantic",), "label_maps": (DECODER_OUTPUT,)}
     if o.label_decoder_as_task:
         return Branch(**shown, tasks=[Task(

@@ -15,22 +15,18 @@ never exported. A new task or branch is a new file that calls :func:`register_ta
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from deeplab_ext.data.datasets import DatasetInfo
-from deeplab_ext.models.label_autoencoder import one_hot_labels
 from deeplab_ext.models.registry import ModelFamily
 from tf_mtl.branches import LossTerm, TrainingHead
 from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore, TagBCE
 from tf_mtl.metrics import StreamingMeanIoU, TagPrecisionRecallF1
-from tf_mtl.model import call_loss
 from tf_mtl.tasks import Task
 
 __all__ = [
@@ -41,7 +37,6 @@ __all__ = [
     "branch_record",
     "branches_from_record",
     "build_branches",
-    "label_map_loss",
     "build_tasks",
     "register_branch",
     "register_task",
@@ -77,8 +72,6 @@ class TaskSpec:
 
 
 _TASKS: dict[str, TaskSpec] = {}
-# Tasks of this package kept in modules of their own, registered on first use.
-_BUILTIN_TASK_MODULES = ("deeplab_ext.run.object_tasks",)
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
@@ -86,13 +79,14 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
-def _load_builtin_tasks() -> None:
-    for module in _BUILTIN_TASK_MODULES:
-        importlib.import_module(module)
+def _load_builtins() -> None:
+    """The built-in tasks and branches (``deeplab_ext.run.plugins`` lists them; their
+    modules import this one, so they are imported on first use, not at the top)."""
+    from deeplab_ext.run import plugins  # noqa: F401
 
 
 def _spec(name: str) -> TaskSpec:
-    _load_builtin_tasks()
+    _load_builtins()
     if name not in _TASKS:
         raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)}")
     return _TASKS[name]
@@ -100,7 +94,7 @@ def _spec(name: str) -> TaskSpec:
 
 def task_names(network: keras.Model, family: ModelFamily) -> list[str]:
     """The tasks the network's outputs call for (every task whose output exists)."""
-    _load_builtin_tasks()
+    _load_builtins()
     outputs = set(network.output) if isinstance(network.output, dict) else set()
     return [s.name for s in _TASKS.values() if s.output(family) in outputs]
 
@@ -186,9 +180,6 @@ class BranchSpec:
 
 
 _BRANCHES: dict[str, BranchSpec] = {}
-# Branches of this package, registered on first use (their modules import this one).
-_BUILTIN_BRANCH_MODULES = ("deeplab_ext.run.label_structure", "deeplab_ext.run.self_supervised",
-                           "deeplab_ext.run.aux_modules")
 
 
 def register_branch(spec: BranchSpec) -> BranchSpec:
@@ -198,8 +189,7 @@ def register_branch(spec: BranchSpec) -> BranchSpec:
 
 def _branch_names(options: Any, names: Sequence[str]) -> list[str]:
     """The named branches and those the options enable, in build order."""
-    for module in _BUILTIN_BRANCH_MODULES:
-        importlib.import_module(module)
+    _load_builtins()
     enabled = [s.name for s in _BRANCHES.values() if s.enabled and s.enabled(options)]
     names = list(dict.fromkeys([*names, *enabled]))
     for name in names:
@@ -234,25 +224,6 @@ def branches_from_record(network: keras.Model, family: ModelFamily, info: Datase
         ctx = TaskContext(network, family, info, types.SimpleNamespace(**record[name]))
         total = total + _BRANCHES[name].build(ctx)
     return total
-
-
-def label_map_loss(info: DatasetInfo, kind: str = "ce") -> Callable[[Any, tf.Tensor], tf.Tensor]:
-    """``(labels [B, H, W], logits [B, h, w, C]) -> scalar``: logits upsampled to the labels,
-    then softmax cross-entropy (``ce``) or the squared error of the probabilities against
-    the one-hot labels (``mse``); ignore pixels take no part in either."""
-    ce = SoftmaxCrossEntropyWithIgnore(info.num_classes, info.ignore_label)
-
-    def loss(labels: Any, logits: tf.Tensor) -> tf.Tensor:
-        labels = tf.cast(labels, tf.int32)
-        logits = tf.image.resize(logits, tf.shape(labels)[1:3], method="bilinear")
-        if kind == "ce":
-            return call_loss(ce, labels, logits)
-        valid = tf.cast(tf.not_equal(labels, info.ignore_label), tf.float32)
-        err = tf.reduce_sum(tf.square(tf.nn.softmax(logits) - one_hot_labels(
-            labels, info.num_classes)), -1)
-        return tf.math.divide_no_nan(tf.reduce_sum(err * valid), tf.reduce_sum(valid))
-
-    return loss
 
 
 def _semantic(ctx: TaskContext) -> Task:
