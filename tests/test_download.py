@@ -21,7 +21,7 @@ import zipfile
 
 import pytest
 
-from deeplab_ext.data import download
+from deeplab_ext.data import download, fetch
 from tests.conftest import assert_user_error
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -277,12 +277,12 @@ def test_resume_after_interrupted_transfer(server, voc_tar, tmp_path):
     server.cut_after = [cut]
     dest = tmp_path / "voc.tar"
     with pytest.raises(download.DownloadError, match="re-run the same command to resume"):
-        download.download_file(server.url("/voc.tar"), dest, sha256=sha, max_retries=0)
+        fetch.download_file(server.url("/voc.tar"), dest, sha256=sha, max_retries=0)
     part = tmp_path / "voc.tar.part"
     assert part.stat().st_size == cut
     assert not dest.exists()  # nothing unverified under the final name
 
-    download.download_file(server.url("/voc.tar"), dest, sha256=sha, max_retries=0)
+    fetch.download_file(server.url("/voc.tar"), dest, sha256=sha, max_retries=0)
     assert dest.read_bytes() == data
     assert not part.exists()
     first, second = server.requests
@@ -296,7 +296,7 @@ def test_retries_resume_within_one_call(server, voc_tar, tmp_path):
     server.files["/voc.tar"] = data
     server.cut_after = [len(data) // 4, len(data) // 4]  # two hang-ups, then the rest
     seen = []
-    dest = download.download_file(
+    dest = fetch.download_file(
         server.url("/voc.tar"),
         tmp_path / "voc.tar",
         sha256=sha,
@@ -316,7 +316,7 @@ def test_server_ignoring_range_restarts_from_zero(server, voc_tar, tmp_path):
     server.honour_range = False
     part = tmp_path / "voc.tar.part"
     part.write_bytes(data[:1000])
-    dest = download.download_file(server.url("/voc.tar"), tmp_path / "voc.tar", sha256=sha)
+    dest = fetch.download_file(server.url("/voc.tar"), tmp_path / "voc.tar", sha256=sha)
     assert dest.read_bytes() == data  # not the 1000 bytes twice
     assert server.requests[0]["range"] == "bytes=1000-"
     assert server.requests[0]["status"] == 200
@@ -326,7 +326,7 @@ def test_complete_part_file_is_finished_without_body(server, voc_tar, tmp_path):
     data, sha, _ = voc_tar
     server.files["/voc.tar"] = data
     (tmp_path / "voc.tar.part").write_bytes(data)
-    dest = download.download_file(server.url("/voc.tar"), tmp_path / "voc.tar", sha256=sha)
+    dest = fetch.download_file(server.url("/voc.tar"), tmp_path / "voc.tar", sha256=sha)
     assert dest.read_bytes() == data
     assert [r["status"] for r in server.requests] == [416]
 
@@ -337,7 +337,7 @@ def test_corrupted_archive_rejected_by_checksum(server, voc_tar, tmp_path):
     corrupted[len(data) // 2] ^= 0xFF
     server.files["/voc.tar"] = bytes(corrupted)
     dl = tmp_path / "dl"
-    with pytest.raises(download.ChecksumError) as info:
+    with pytest.raises(fetch.ChecksumError) as info:
         download.download_and_convert(
             "pascal_voc_seg", dl, tmp_path / "out", url=server.url("/voc.tar"), sha256=sha
         )
@@ -365,25 +365,25 @@ def test_unreachable_server_names_url_and_fix(tmp_path):
     sock.close()  # nothing listens there now: connection refused
     url = f"http://127.0.0.1:{port}/VOCtrainval_11-May-2012.tar"
     with pytest.raises(download.DownloadError) as info:
-        download.download_file(url, tmp_path / "x.tar", timeout=5)
+        fetch.download_file(url, tmp_path / "x.tar", timeout=5)
     assert url in str(info.value) and "--url" in str(info.value)
 
 
 def test_http_error_names_url(server, tmp_path):
     with pytest.raises(download.DownloadError, match=r"HTTP 404.*missing\.tar.*--url"):
-        download.download_file(server.url("/missing.tar"), tmp_path / "x.tar")
+        fetch.download_file(server.url("/missing.tar"), tmp_path / "x.tar")
 
 
 def test_disk_space_checked_before_transfer(server, voc_tar, tmp_path, monkeypatch):
     data, sha, _ = voc_tar
     server.files["/voc.tar"] = data
     monkeypatch.setattr(
-        download.shutil,
+        fetch.shutil,
         "disk_usage",
         lambda p: type("Usage", (), {"total": 10, "used": 10, "free": 10})(),
     )
     with pytest.raises(download.DownloadError, match="not enough disk space.*--download_dir"):
-        download.download_file(server.url("/voc.tar"), tmp_path / "voc.tar", sha256=sha)
+        fetch.download_file(server.url("/voc.tar"), tmp_path / "voc.tar", sha256=sha)
 
 
 def test_bad_flags_are_named(tmp_path):
@@ -428,8 +428,8 @@ def test_safe_extract_rejects_path_traversal(tmp_path, kind):
             member.linkname = "../../etc"
         archive.write_bytes(_tar_with(member))
     dest = tmp_path / "out" / "unpacked"
-    with pytest.raises(download.UnsafeArchiveError, match="evil.archive"):
-        download.safe_extract(archive, dest)
+    with pytest.raises(fetch.UnsafeArchiveError, match="evil.archive"):
+        fetch.safe_extract(archive, dest)
     assert not (tmp_path / "evil.txt").exists()
     assert not (tmp_path / "out" / "evil.txt").exists()
     assert not dest.exists() and not (tmp_path / "out" / "unpacked.tmp").exists()

@@ -1,0 +1,426 @@
+"""The refitter: a ``tf.function`` whose ``tf.while_loop`` carries the refitted values as
+loop state (weights mode: chosen variables, one image at a time; latent mode: an offset on
+a feature, the whole batch at once). Both loops take their steps through one
+:class:`_LoopStep` (loss scaling, unscaled gradients, skipped non-finite steps, early
+stopping)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_mtl.evidence.config import EvidenceConfig, validate_evidence
+from tf_mtl.evidence.pruning import (
+    agrees_with_evidence,
+    evidence_bce,
+    prune_probabilities,
+    refit_hurt,
+)
+from tf_mtl.evidence.variables import VariableSpec, select_variables
+from tf_mtl.functional_optimizers import FunctionalOptimizer
+from tf_mtl.graph import frozen_prefix, output_tensor, split_at
+from tf_mtl.inference import multi_scale_probabilities, network_logits_fn
+
+__all__ = ["EvidenceRefitter"]
+
+
+def _is_mixed(network: keras.Model) -> bool:
+    return any(
+        getattr(layer, "compute_dtype", "float32") in ("float16", "bfloat16")
+        for layer in network.layers
+    )
+
+
+def _all_finite(ts: list[tf.Tensor]) -> tf.Tensor:
+    if not ts:
+        return tf.constant(True)
+    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in ts]))
+
+
+class _LoopStep:
+    """The rules one refit step follows in both loops: the loss goes through the dynamic
+    loss scale under mixed precision and the gradients come back unscaled; a step stops
+    early once the tags agree with the evidence (``early_stopping``); the scale halves
+    after a non-finite step. (Each loop keeps its own update: weights mode one image, a
+    list of variables; latent mode the batch, one masked offset.)"""
+
+    def __init__(self, config: EvidenceConfig, mixed: bool) -> None:
+        self.config, self.mixed = config, mixed
+
+    def gradients(self, objective: Callable[[Any], tuple[tf.Tensor, Any]], params: Any,
+                  scale: tf.Tensor) -> tuple[Any, Any]:
+        """``objective(params) -> (loss, aux)``; returns ``(aux, d loss / d params)``."""
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss, aux = objective(params)
+            scaled = loss * scale if self.mixed else loss
+        grads = tape.gradient(scaled, params)
+        if self.mixed:
+            grads = tf.nest.map_structure(lambda g: g / scale, grads)
+        return aux, grads
+
+    def stop(self, tag_probs: tf.Tensor, tags: tf.Tensor) -> tf.Tensor:
+        cfg = self.config
+        agree = agrees_with_evidence(tag_probs, tags, cfg.threshold, cfg.margin)
+        return tf.logical_and(tf.constant(cfg.early_stopping), agree)
+
+    def next_scale(self, scale: tf.Tensor, finite: tf.Tensor) -> tf.Tensor:
+        return tf.where(finite, scale, scale / 2.0) if self.mixed else scale
+
+
+class EvidenceRefitter:
+    """Refit a segmentation network to image-level evidence, then predict.
+
+    Args:
+      network: functional Keras network following ARCHITECTURE.md's contract.
+      config: :class:`EvidenceConfig`.
+      variables: which variables to refit in weights mode (see
+        :func:`select_variables`); default = everything upstream of the tags.
+        Ignored in latent mode (nothing but the offset is optimised there).
+      tag_class_ids: tag ``i`` -> class id (needed for pruning).
+      semantic_key / tags_key: output names.
+
+    ``__call__(images, tags, steps=None)`` validates the evidence in Python, then
+    runs :attr:`refit_fn`, a ``tf.function`` with input signature
+    ``(images float32 [B,H,W,3], tags float32 [B,T], steps int32 [])`` that can be
+    exported in a SavedModel (the module must also track ``network.variables``).
+    """
+
+    def __init__(
+        self,
+        network: keras.Model,
+        config: EvidenceConfig | None = None,
+        *,
+        variables: VariableSpec = None,
+        tag_class_ids: Sequence[int] | None = None,
+        semantic_key: str = "semantic",
+        tags_key: str = "tags",
+    ) -> None:
+        self.network = network
+        self.config = config or EvidenceConfig()
+        self.semantic_key = semantic_key
+        self.tags_key = tags_key
+        self.tag_class_ids = None if tag_class_ids is None else [int(c) for c in tag_class_ids]
+        tags_out = output_tensor(network, tags_key)
+        output_tensor(network, semantic_key)
+        self.num_tags = int(tags_out.shape[-1])
+        if self.config.prune or self.config.anchor > 0:
+            if self.tag_class_ids is None:
+                what = "prune=True" if self.config.prune else "anchor > 0"
+                raise ValueError(f"EvidenceConfig.{what} needs tag_class_ids")
+            if len(self.tag_class_ids) != self.num_tags:
+                raise ValueError(
+                    f"tag_class_ids has {len(self.tag_class_ids)} entries, the tag head "
+                    f"has {self.num_tags} outputs"
+                )
+        self.mixed = _is_mixed(network)
+        self.step = _LoopStep(self.config, self.mixed)
+        cfg = self.config
+        self.optimizer = FunctionalOptimizer(cfg.optimizer, cfg.learning_rate, cfg.beta_1,
+                                             cfg.beta_2, cfg.epsilon)
+        # The refit loop only needs the tags; a sub-model sharing the layers avoids
+        # running the segmentation decoder inside the loop.
+        self.tags_model = keras.Model(network.input, tags_out, name=f"{network.name}_tags")
+        if self.config.mode == "weights":
+            chosen = select_variables(network, variables, tags_key)
+            in_tags = {id(v) for v in self.tags_model.variables}
+            # Variables outside the tag branch get no gradient: refitting them is a no-op.
+            self.refit_variables = [v for v in chosen if id(v) in in_tags]
+            if not self.refit_variables:
+                raise ValueError("none of the selected variables feeds the tags output")
+            # Layers before the first refitted one run once per image, not once per step.
+            self.split = frozen_prefix(network, self.refit_variables)
+            inputs = network.input if self.split is None else self.split.head.inputs
+            outputs = network.output if self.split is None else self.split.head.output
+            # What the loop runs: the tags, and the segmentation when the anchor needs it.
+            keys = [tags_key, semantic_key] if self.config.anchor > 0 else [tags_key]
+            self.loop_model = keras.Model(inputs, [outputs[k] for k in keys],
+                                          name=f"{network.name}_refit_loop")
+        else:
+            self.refit_variables = []
+            self.split = split_at(network, self.config.latent_layer)
+            self.tags_head = keras.Model(
+                self.split.head.inputs, self.split.head.output[tags_key],
+                name=f"{network.name}_tags_head",
+            )
+        in_shape = list(network.inputs[0].shape)
+        self.refit_fn = tf.function(
+            self._refit,
+            input_signature=[
+                tf.TensorSpec([None, *in_shape[1:]], tf.float32, name="images"),
+                tf.TensorSpec([None, self.num_tags], tf.float32, name="tags"),
+                tf.TensorSpec([], tf.int32, name="steps"),
+            ],
+            jit_compile=self.config.jit_compile,
+            reduce_retracing=True,
+            autograph=False,  # explicit tf.while_loop / tf.cond throughout
+        )
+
+    # ----------------------------------------------------------------- public
+    def __call__(self, images: Any, tags: Any, steps: int | None = None) -> dict[str, tf.Tensor]:
+        """Validate the evidence, then refit each image and predict."""
+        images = np.asarray(images, np.float32) if not tf.is_tensor(images) else images
+        if len(images.shape) != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images: expected [B, H, W, 3], got shape {list(images.shape)}")
+        steps = self.config.steps if steps is None else steps
+        tags = validate_evidence(tags, self.num_tags, batch_size=int(images.shape[0]), steps=steps)
+        return self.refit_fn(
+            tf.convert_to_tensor(images, tf.float32),
+            tf.convert_to_tensor(tags),
+            tf.constant(int(steps), tf.int32),
+        )
+
+    # --------------------------------------------------------------- helpers
+    def _values(self, model: keras.Model, overrides: dict[int, tf.Tensor]) -> tuple[list, list]:
+        tv = [overrides.get(id(v), v.value) for v in model.trainable_variables]
+        ntv = [overrides.get(id(v), v.value) for v in model.non_trainable_variables]
+        return tv, ntv
+
+    def _finish(
+        self,
+        images: tf.Tensor,
+        probs: tf.Tensor,
+        tags: tf.Tensor,
+        before: tf.Tensor,
+        after: tf.Tensor,
+        taken: tf.Tensor,
+    ) -> dict[str, tf.Tensor]:
+        fell_back = tf.zeros_like(taken, tf.bool)
+        if self.config.safeguard:
+            fell_back = refit_hurt(before, after, tags, taken, self.config.threshold)
+            cfg = self.config
+
+            def with_plain() -> tf.Tensor:
+                plain = multi_scale_probabilities(
+                    network_logits_fn(self.network, self.semantic_key), images,
+                    cfg.eval_scales, cfg.add_flipped_images)
+                return tf.where(fell_back[:, None, None, None], plain, probs)
+
+            # The plain prediction is computed only when some image needs it.
+            probs = tf.cond(tf.reduce_any(fell_back), with_plain, lambda: probs)
+            after = tf.where(fell_back[:, None], before, after)
+        if self.config.prune:
+            probs = prune_probabilities(
+                probs, tags, self.tag_class_ids, self.config.keep_classes
+            )
+        return {
+            "probabilities": probs,
+            "predictions": tf.argmax(probs, axis=-1, output_type=tf.int32),
+            "tag_probabilities_before": before,
+            "tag_probabilities_after": after,
+            "steps_taken": taken,
+            "fell_back": fell_back,
+        }
+
+    def _refit(self, images: tf.Tensor, tags: tf.Tensor, steps: tf.Tensor) -> dict[str, tf.Tensor]:
+        tf.debugging.assert_non_negative(steps, message="steps must be >= 0")
+        tf.debugging.assert_equal(
+            tf.shape(images)[0], tf.shape(tags)[0], message="one tag vector per image"
+        )
+        if self.config.mode == "latent":
+            return self._refit_latent(images, tags, steps)
+        return self._refit_weights(images, tags, steps)
+
+    # ------------------------------------------------------------ weights mode
+    def _refit_weights(self, images: tf.Tensor, tags: tf.Tensor, steps: tf.Tensor) -> dict:
+        cfg = self.config
+        num_tags = self.num_tags
+
+        def one(args: tuple[tf.Tensor, tf.Tensor]) -> tuple:
+            image, tag = args
+            x, y = image[None], tag[None]
+            anchors = [tf.convert_to_tensor(v.value) for v in self.refit_variables]
+            ids = [id(v) for v in self.refit_variables]
+            # The frozen trunk's features, once (inputs of the refitted head).
+            loop = self.loop_model
+            tags_input = x if self.split is None else list(self.split.trunk(x, training=False))
+
+            def forward(params: list[tf.Tensor]) -> list[tf.Tensor]:
+                tv, ntv = self._values(loop, dict(zip(ids, params, strict=True)))
+                out, _ = loop.stateless_call(tv, ntv, tags_input, training=False)
+                out = out if isinstance(out, (list, tuple)) else [out]  # one output: a tensor
+                return [tf.cast(o, tf.float32) for o in out]
+
+            def tag_logits(params: list[tf.Tensor]) -> tf.Tensor:
+                return forward(params)[0]
+
+            if cfg.anchor > 0:  # the unrefitted segmentation, pruned to the evidence
+                target = tf.stop_gradient(prune_probabilities(
+                    tf.nn.softmax(forward(anchors)[1], -1), y, self.tag_class_ids,
+                    cfg.keep_classes))
+
+            def cond(i, taken, params, state, scale, before, done):
+                return tf.logical_and(i < steps, tf.logical_not(done))
+
+            def objective(params: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+                out = forward(params)
+                loss = evidence_bce(y, out[0])[0]
+                if cfg.anchor > 0:
+                    loss += cfg.anchor * tf.reduce_mean(tf.reduce_sum(
+                        -target * tf.nn.log_softmax(out[1], -1), -1))
+                if cfg.alpha > 0:
+                    loss += cfg.alpha * tf.add_n(
+                        [tf.reduce_sum(tf.square(p - a)) for p, a in zip(params, anchors, strict=True)]
+                    )
+                return loss, out[0]
+
+            def body(i, taken, params, state, scale, before, done):
+                logits, grads = self.step.gradients(objective, params, scale)
+                if cfg.clip_norm > 0:
+                    grads, _ = tf.clip_by_global_norm(grads, cfg.clip_norm)
+                probs = tf.sigmoid(logits)[0]
+                before = tf.where(tf.equal(i, 0), probs, before)
+                stop = self.step.stop(probs, y[0])
+                finite = _all_finite(grads) if self.mixed else tf.constant(True)
+                apply = tf.logical_and(tf.logical_not(stop), finite)
+                params, state = tf.cond(
+                    apply,
+                    lambda: self.optimizer.update(params, grads, state, tf.cast(taken, tf.float32)),
+                    lambda: (list(params), list(state)),
+                )
+                taken += tf.cast(apply, tf.int32)
+                return i + 1, taken, params, state, self.step.next_scale(scale, finite), before, stop
+
+            params0 = list(anchors)
+            init = (
+                tf.constant(0),
+                tf.constant(0),
+                params0,
+                self.optimizer.init(params0),
+                tf.constant(cfg.loss_scale, tf.float32),
+                tf.zeros([num_tags], tf.float32),
+                tf.constant(False),
+            )
+            i, taken, params, _, _, before, _ = tf.while_loop(cond, body, init)
+            overrides = dict(zip(ids, params, strict=True))
+
+            def logits_fn(inp: tf.Tensor) -> tf.Tensor:
+                if self.split is not None and inp is x:  # the trunk's features are known
+                    tv, ntv = self._values(self.split.head, overrides)
+                    out, _ = self.split.head.stateless_call(tv, ntv, tags_input,
+                                                            training=False)
+                else:
+                    tv, ntv = self._values(self.network, overrides)
+                    out, _ = self.network.stateless_call(tv, ntv, inp, training=False)
+                return out[self.semantic_key]
+
+            probs = multi_scale_probabilities(
+                logits_fn, x, cfg.eval_scales, cfg.add_flipped_images
+            )[0]
+            after = tf.sigmoid(tag_logits(params))[0]
+            before = tf.where(tf.equal(i, 0), after, before)
+            return probs, before, after, taken
+
+        probs, before, after, taken = tf.map_fn(
+            one,
+            (images, tags),
+            fn_output_signature=(
+                tf.TensorSpec(None, tf.float32),
+                tf.TensorSpec([num_tags], tf.float32),
+                tf.TensorSpec([num_tags], tf.float32),
+                tf.TensorSpec([], tf.int32),
+            ),
+        )
+        return self._finish(images, probs, tags, before, after, taken)
+
+    # ------------------------------------------------------------- latent mode
+    def _refit_latent(self, images: tf.Tensor, tags: tf.Tensor, steps: tf.Tensor) -> dict:
+        cfg = self.config
+        feats = self.split.trunk(images, training=False)
+        latent, side = feats[0], list(feats[1:])
+        batch = tf.shape(images)[0]
+
+        def per_image_bcast(v: tf.Tensor) -> tf.Tensor:  # [B] -> [B,1,1,...]
+            return tf.reshape(v, tf.concat([[-1], tf.ones([tf.rank(latent) - 1], tf.int32)], 0))
+
+        def cond(i, taken, delta, state, scale, before, done):
+            return tf.logical_and(i < steps, tf.logical_not(tf.reduce_all(done)))
+
+        def objective(delta: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            logits = tf.cast(
+                self.tags_head([latent + tf.cast(delta, latent.dtype), *side], training=False),
+                tf.float32,
+            )
+            per_image = evidence_bce(tags, logits)
+            if cfg.alpha > 0:
+                per_image += cfg.alpha * tf.reduce_sum(
+                    tf.reshape(tf.square(delta), [batch, -1]), axis=-1
+                )
+            return tf.reduce_sum(per_image), logits
+
+        def body(i, taken, delta, state, scale, before, done):
+            logits, grad = self.step.gradients(objective, delta, scale)
+            probs = tf.sigmoid(logits)
+            before = tf.where(tf.equal(i, 0), probs, before)
+            done = tf.logical_or(done, self.step.stop(probs, tags))
+            if self.mixed:
+                finite = tf.reduce_all(
+                    tf.math.is_finite(tf.reshape(grad, [batch, -1])), axis=-1
+                )
+                grad = tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
+            else:
+                finite = tf.ones([batch], tf.bool)
+            if cfg.clip_norm > 0:
+                norm = tf.sqrt(tf.reduce_sum(tf.reshape(tf.square(grad), [batch, -1]), -1))
+                grad = grad * per_image_bcast(
+                    cfg.clip_norm / tf.maximum(norm, cfg.clip_norm)
+                )
+            active = tf.logical_and(tf.logical_not(done), finite)
+            t = per_image_bcast(tf.cast(taken, tf.float32))
+            new, new_state = self.optimizer.update([delta], [grad], state, t)
+            mask = per_image_bcast(active)
+            delta = tf.where(mask, new[0], delta)
+            state = [tf.where(mask, n, o) for n, o in zip(new_state, state, strict=True)]
+            taken += tf.cast(active, tf.int32)
+            scale = self.step.next_scale(scale, tf.reduce_all(finite))
+            return i + 1, taken, delta, state, scale, before, done
+
+        delta0 = tf.zeros(tf.shape(latent), tf.float32)
+        init = (
+            tf.constant(0),
+            tf.zeros([batch], tf.int32),
+            delta0,
+            self.optimizer.init([delta0]),
+            tf.constant(cfg.loss_scale, tf.float32),
+            tf.zeros([batch, self.num_tags], tf.float32),
+            tf.zeros([batch], tf.bool),
+        )
+        i, taken, delta, _, _, before, _ = tf.while_loop(cond, body, init)
+
+        def make_logits_fn(flipped: bool) -> Callable[[tf.Tensor], tf.Tensor]:
+            def fn(inp: tf.Tensor) -> tf.Tensor:
+                f = self.split.trunk(inp, training=False)
+                d = tf.reverse(delta, axis=[2]) if flipped else delta
+                if d.shape.rank == 4:
+                    d = tf.cond(
+                        tf.reduce_all(tf.equal(tf.shape(d)[1:3], tf.shape(f[0])[1:3])),
+                        lambda: d,
+                        lambda: tf.image.resize(d, tf.shape(f[0])[1:3]),
+                    )
+                out = self.split.head([f[0] + tf.cast(d, f[0].dtype), *f[1:]], training=False)
+                return out[self.semantic_key]
+
+            return fn
+
+        single = cfg.eval_scales == (1.0,) and not cfg.add_flipped_images
+        if single:
+            out = self.split.head([latent + tf.cast(delta, latent.dtype), *side], training=False)
+            probs = tf.nn.softmax(tf.cast(out[self.semantic_key], tf.float32), axis=-1)
+            after = tf.sigmoid(tf.cast(out[self.tags_key], tf.float32))
+        else:
+            probs = multi_scale_probabilities(
+                make_logits_fn(False), images, cfg.eval_scales, cfg.add_flipped_images,
+                flipped_logits_fn=make_logits_fn(True),
+            )
+            after = tf.sigmoid(
+                tf.cast(
+                    self.tags_head([latent + tf.cast(delta, latent.dtype), *side], training=False),
+                    tf.float32,
+                )
+            )
+        before = tf.where(tf.equal(i, 0), after, before)
+        return self._finish(images, probs, tags, before, after, taken)
