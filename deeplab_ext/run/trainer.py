@@ -257,14 +257,61 @@ def _train(options: TrainOptions, printer: Callable[[str], None], branch: Branch
            strategy: tf.distribute.Strategy, save_dir: pathlib.Path | None,
            stack: contextlib.ExitStack) -> TrainResult:
     """:func:`train` under ``strategy``; ``save_dir``: a non-chief worker's own folder;
-    ``stack`` holds the run directory's lock until training ends."""
+    ``stack`` holds the run directory's lock until training ends. The steps: check and
+    prepare the run, build (and resume) the model, record the run directory, stream the
+    input from where the checkpoint stopped, fit."""
     chief = save_dir is None
+    run = _prepare(options, printer, stack if chief else None)
+    with strategy.scope():
+        built = _build(options, run, branch, save_dir or run.logdir, printer)
+    if chief:
+        save_run_config(run.logdir, run.family, run.cfg, run.info, {
+            "train_crop_size": list(run.crop), "min_resize_value": options.min_resize_value,
+            "max_resize_value": options.max_resize_value,
+            "training_branches": branch_record(options, options.training_branches)})
+    total = options.training_number_of_steps
+    if built.resumed_from >= total:
+        printer(f"Already trained for {built.resumed_from} >= {total} steps; nothing to do.")
+        return TrainResult(built.resumed_from, built.resumed_from,
+                           built.manager.latest_checkpoint, {})
+    dataset = _input(options, run, built)
+    return _fit(options, run, built, dataset, strategy, printer)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What a run is, before anything is built: its dataset, model config, crop, seed."""
+
+    info: DatasetInfo
+    family: ModelFamily
+    cfg: Any
+    logdir: pathlib.Path
+    crop: tuple[int, int]
+    seed: int | None
+    dwa_window: int | None
+
+
+@dataclasses.dataclass
+class _Built:
+    """The model of a run, its checkpoint manager and the step it resumed from."""
+
+    network: keras.Model
+    model: MultiTaskModel
+    branch: Branch
+    writer: Any
+    manager: tf.train.CheckpointManager
+    resumed_from: int
+
+
+def _prepare(options: TrainOptions, printer: Callable[[str], None],
+             stack: contextlib.ExitStack | None) -> _Run:
+    """Check the options and the shards, take the run directory's lock (``stack``: the
+    chief's), seed everything and set the precision policy."""
     if options.training_number_of_steps < 1:
         raise ValueError(f"--training_number_of_steps must be >= 1, got "
                          f"{options.training_number_of_steps}")
     info = get_dataset_info(options.dataset)
     logdir = pathlib.Path(options.train_logdir)
-    save_dir = save_dir or logdir
     family, cfg = model_config_for(options, info)
     crop = tuple(int(c) for c in options.train_crop_size)
     # Shards of another dataset would train silently wrong: refuse before building anything.
@@ -276,7 +323,7 @@ def _train(options: TrainOptions, printer: Callable[[str], None], branch: Branch
         window = options.dwa_window_steps or math.ceil(
             num_examples(options.dataset_dir, options.train_split) / options.train_batch_size)
         printer(f"DWA: task weights from the average losses of windows of {window} steps")
-    if chief:  # one writer per run directory (the chief: the others write elsewhere)
+    if stack is not None:  # one writer per run directory (the chief: the others write elsewhere)
         stack.enter_context(directory_lock(logdir, "--train_logdir", printer=printer))
     logdir.mkdir(parents=True, exist_ok=True)
     seed = options.seed
@@ -287,84 +334,98 @@ def _train(options: TrainOptions, printer: Callable[[str], None], branch: Branch
     if seed is not None:
         keras.utils.set_random_seed(seed)
     precision.set_policy(options.mixed_precision)
+    return _Run(info, family, cfg, logdir, crop, seed, window)
 
-    with strategy.scope():
-        network = build_network(cfg, input_shape=(crop[0], crop[1], 3))
-        if options.tf_initial_checkpoint:
-            report, folded = initial_weights(
-                network, options.tf_initial_checkpoint,
-                initialize_last_layer=options.initialize_last_layer,
-            )
-            printer(report.summary())
-            frozen = () if not options.train_groups else tuple(
-                g for g in family.variable_groups if g not in options.train_groups)
-            check_coverage(network, report, "--tf_initial_checkpoint", frozen=frozen,
-                           allow_partial=options.allow_partial_init, printer=printer)
-            if folded and options.fine_tune_batch_norm:
-                raise ValueError(
-                    f"--tf_initial_checkpoint={options.tf_initial_checkpoint} carries BatchNorm "
-                    "folded into its convolutions (a TFLite export): its BatchNorm statistics "
-                    "are not those of any data, and training them would undo the fold. Add "
-                    "--fine_tune_batch_norm=false.")
-        if not options.fine_tune_batch_norm:
-            printer(f"--fine_tune_batch_norm=false: froze {freeze_batch_norm(network)} BN layers")
-        if options.train_groups:
-            frozen = freeze_all_but(network, options.train_groups)
-            printer(f"--train_groups={','.join(options.train_groups)}: froze {frozen} layers")
-        ctx = TaskContext(network, family, info, options)
-        branch = build_branches(ctx, options.training_branches) + (branch or Branch())
-        writer = tf.summary.create_file_writer(str(save_dir / "train"))
-        model = build_multitask_model(
-            network, family, info, options, branch=branch, summary_writer=writer,
-            image_summary_fn=(overlay_fn(info, family.semantic_output,
-                                         label_maps=branch.label_maps)
-                              if options.save_summaries_images else None),
-            dwa_window_steps=window)
-        model.optimizer.build(model.trainable_variables)
-        ckpt = model.make_checkpoint()
-        manager = tf.train.CheckpointManager(
-            ckpt, str(save_dir), max_to_keep=options.max_checkpoints_to_keep
+
+def _initialise(network: keras.Model, options: TrainOptions, family: ModelFamily,
+                printer: Callable[[str], None]) -> None:
+    """--tf_initial_checkpoint (its coverage checked), then the freezing flags."""
+    if options.tf_initial_checkpoint:
+        report, folded = initial_weights(
+            network, options.tf_initial_checkpoint,
+            initialize_last_layer=options.initialize_last_layer,
         )
-        resumed_from = 0
-        latest = latest_checkpoint(logdir, "--train_logdir")
-        if latest:
-            restore_training(ckpt, latest)
-            resumed_from = int(model.optimizer.iterations.numpy())
-            printer(f"Resuming from {latest} (step {resumed_from}).")
-    if chief:
-        save_run_config(logdir, family, cfg, info, {
-            "train_crop_size": list(crop), "min_resize_value": options.min_resize_value,
-            "max_resize_value": options.max_resize_value,
-            "training_branches": branch_record(options, options.training_branches)})
+        printer(report.summary())
+        frozen = () if not options.train_groups else tuple(
+            g for g in family.variable_groups if g not in options.train_groups)
+        check_coverage(network, report, "--tf_initial_checkpoint", frozen=frozen,
+                       allow_partial=options.allow_partial_init, printer=printer)
+        if folded and options.fine_tune_batch_norm:
+            raise ValueError(
+                f"--tf_initial_checkpoint={options.tf_initial_checkpoint} carries BatchNorm "
+                "folded into its convolutions (a TFLite export): its BatchNorm statistics "
+                "are not those of any data, and training them would undo the fold. Add "
+                "--fine_tune_batch_norm=false.")
+    if not options.fine_tune_batch_norm:
+        printer(f"--fine_tune_batch_norm=false: froze {freeze_batch_norm(network)} BN layers")
+    if options.train_groups:
+        frozen = freeze_all_but(network, options.train_groups)
+        printer(f"--train_groups={','.join(options.train_groups)}: froze {frozen} layers")
 
-    total = options.training_number_of_steps
-    if resumed_from >= total:
-        printer(f"Already trained for {resumed_from} >= {total} steps; nothing to do.")
-        return TrainResult(resumed_from, resumed_from, manager.latest_checkpoint, {})
 
-    targets = targets_of(network_task_names(network, family)) + branch.targets
-    dataset = input_pipeline.make_dataset(
-        info, options.dataset_dir, options.train_split,
-        crop_size=crop, batch_size=options.train_batch_size, is_training=True,
+def _build(options: TrainOptions, run: _Run, branch: Branch | None, save_dir: pathlib.Path,
+           printer: Callable[[str], None]) -> _Built:
+    """Network, initial weights, branches, the compiled model; resumed from the run
+    directory's latest checkpoint when there is one (under the strategy's scope)."""
+    network = build_network(run.cfg, input_shape=(run.crop[0], run.crop[1], 3))
+    _initialise(network, options, run.family, printer)
+    ctx = TaskContext(network, run.family, run.info, options)
+    branch = build_branches(ctx, options.training_branches) + (branch or Branch())
+    writer = tf.summary.create_file_writer(str(save_dir / "train"))
+    model = build_multitask_model(
+        network, run.family, run.info, options, branch=branch, summary_writer=writer,
+        image_summary_fn=(overlay_fn(run.info, run.family.semantic_output,
+                                     label_maps=branch.label_maps)
+                          if options.save_summaries_images else None),
+        dwa_window_steps=run.dwa_window)
+    model.optimizer.build(model.trainable_variables)
+    ckpt = model.make_checkpoint()
+    manager = tf.train.CheckpointManager(
+        ckpt, str(save_dir), max_to_keep=options.max_checkpoints_to_keep
+    )
+    resumed_from = 0
+    latest = latest_checkpoint(run.logdir, "--train_logdir")
+    if latest:
+        restore_training(ckpt, latest)
+        resumed_from = int(model.optimizer.iterations.numpy())
+        printer(f"Resuming from {latest} (step {resumed_from}).")
+    return _Built(network, model, branch, writer, manager, resumed_from)
+
+
+def _input(options: TrainOptions, run: _Run, built: _Built) -> tf.data.Dataset:
+    """The training stream, with the targets the tasks and branches read; a seeded stream
+    continues where the checkpoint stopped (an unseeded one is random either way, and
+    skipping reads every record it skips)."""
+    targets = targets_of(network_task_names(built.network, run.family)) + built.branch.targets
+    return input_pipeline.make_dataset(
+        run.info, options.dataset_dir, options.train_split,
+        crop_size=run.crop, batch_size=options.train_batch_size, is_training=True,
         min_scale_factor=options.min_scale_factor, max_scale_factor=options.max_scale_factor,
         scale_factor_step_size=options.scale_factor_step_size,
         min_resize_value=options.min_resize_value, max_resize_value=options.max_resize_value,
-        seed=seed, targets=tuple(dict.fromkeys(targets)),
-        # A seeded stream continues where the checkpoint stopped (an unseeded one is random
-        # either way, and skipping reads every record it skips).
-        skip_examples=resumed_from * options.train_batch_size if seed is not None else 0,
+        seed=run.seed, targets=tuple(dict.fromkeys(targets)),
+        skip_examples=(built.resumed_from * options.train_batch_size
+                       if run.seed is not None else 0),
     )
-    remaining = total - resumed_from
+
+
+def _fit(options: TrainOptions, run: _Run, built: _Built, dataset: tf.data.Dataset,
+         strategy: tf.distribute.Strategy, printer: Callable[[str], None]) -> TrainResult:
+    """Keras fit in chunks of --save_interval_steps (a checkpoint after each)."""
+    total = options.training_number_of_steps
+    remaining = total - built.resumed_from
     chunk = max(1, min(options.save_interval_steps, remaining))
     epochs = math.ceil(remaining / chunk)
+    crop = run.crop
     printer(
-        f"Training {cfg.name} ({network.count_params():,} params) on {info.name}:"
-        f"{options.train_split} for {remaining} steps, batch {options.train_batch_size}, "
-        f"crop {crop[0]}x{crop[1]}, weighting={options.loss_weighting}, "
-        f"precision={options.mixed_precision}, strategy={options.distribution_strategy} "
-        f"({strategy.num_replicas_in_sync} replicas). Logs: {logdir}"
+        f"Training {run.cfg.name} ({built.network.count_params():,} params) on "
+        f"{run.info.name}:{options.train_split} for {remaining} steps, batch "
+        f"{options.train_batch_size}, crop {crop[0]}x{crop[1]}, "
+        f"weighting={options.loss_weighting}, precision={options.mixed_precision}, "
+        f"strategy={options.distribution_strategy} ({strategy.num_replicas_in_sync} "
+        f"replicas). Logs: {run.logdir}"
     )
-    history = model.fit(
+    history = built.model.fit(
         dataset,
         steps_per_epoch=chunk,
         epochs=epochs,
@@ -372,11 +433,11 @@ def _train(options: TrainOptions, printer: Callable[[str], None], branch: Branch
         verbose=0,
         callbacks=[
             ProgressCallback(total, options.log_every_n_steps, printer),
-            SaverCallback(manager, options.save_interval_steps),
+            SaverCallback(built.manager, options.save_interval_steps),
         ],
     )
-    writer.flush()
-    final = int(model.optimizer.iterations.numpy())
+    built.writer.flush()
+    final = int(built.model.optimizer.iterations.numpy())
     logs = {k: float(np.asarray(v[-1])) for k, v in history.history.items() if v}
-    printer(f"Done at step {final}; checkpoint {manager.latest_checkpoint}")
-    return TrainResult(final, resumed_from, manager.latest_checkpoint, logs)
+    printer(f"Done at step {final}; checkpoint {built.manager.latest_checkpoint}")
+    return TrainResult(final, built.resumed_from, built.manager.latest_checkpoint, logs)

@@ -152,65 +152,86 @@ def search(network, info, batches: list, alignment, options: TuneOptions,
     table = [{"kind": "-", "candidate": f"no refit ({'pruned' if pruned else 'plain'} "
               "inference)", "miou": plain.miou, "vs_no_refit": 0.0, "seconds": plain.seconds}]
     printer(f"  no refit: mIoU {100 * plain.miou:.2f}")
+    refit_sets = family.refit_choices(network.model_config)
+    segmentation_tags = getattr(network.model_config, "tag_head", None) == SEGMENTATION
     kinds: dict[str, dict] = {}
     for kind in options.kinds:
-        mode = mode_of(kind, pruned)
-        seen: dict[str, ModeRun] = {}
-        candidates: dict[str, EvidenceOptions] = {}
+        kind_search = _KindSearch(kind, mode_of(kind, pruned), run, plain, options, printer)
+        kind_search.coordinate_descent(
+            candidate_dimensions(kind, options, refit_sets, refit_first=segmentation_tags))
+        table += kind_search.rows
+        kinds[kind] = kind_search.choice(baseline)
+    serving_kind = max(kinds, key=lambda k: (kinds[k]["miou"], -options.kinds.index(k)))
+    return {"kinds": kinds, "serving_kind": serving_kind, "table": table,
+            "objective": options.objective, "seconds": round(time.time() - t0, 1)}
 
-        def evaluate(candidate: EvidenceOptions, kind: str = kind, mode: str = mode,
-                     seen: dict = seen, candidates: dict = candidates) -> float | None:
-            key = repr(dataclasses.asdict(candidate))
-            if key not in seen:
-                if len(seen) + 1 >= options.max_candidates:  # + the shared no refit
-                    return None
-                seen[key] = result = run(mode, candidate)
-                candidates[key] = candidate
-                table.append({"kind": kind, "candidate": _label(candidate, options.evidence),
-                              "miou": result.miou, "vs_no_refit": result.miou - plain.miou,
-                              "seconds": result.seconds, "key": key})
-                printer(f"  {kind}: {table[-1]['candidate']}: mIoU {100 * result.miou:.2f} "
-                        f"({100 * (result.miou - plain.miou):+.2f} vs no refit, "
-                        f"{result.seconds:.0f}s)")
-            return seen[key].miou
 
-        best, best_miou = options.evidence, evaluate(options.evidence)
-        dims = candidate_dimensions(kind, options, family.refit_choices(network.model_config),
-                                    refit_first=getattr(network.model_config, "tag_head",
-                                                        None) == SEGMENTATION)
+class _KindSearch:
+    """One kind's coordinate search: each candidate scored once (within the budget), the
+    best kept per coordinate, then the choice against no refit."""
+
+    def __init__(self, kind: str, mode: str, run: Callable[[str, EvidenceOptions], ModeRun],
+                 plain: ModeRun, options: TuneOptions, printer: Callable[[str], None]):
+        self.kind, self.mode, self.run, self.plain = kind, mode, run, plain
+        self.options, self.printer = options, printer
+        self.seen: dict[str, ModeRun] = {}
+        self.candidates: dict[str, EvidenceOptions] = {}
+        self.rows: list[dict] = []
+
+    def score(self, candidate: EvidenceOptions) -> float | None:
+        """The candidate's mIoU (None: over the budget)."""
+        key = repr(dataclasses.asdict(candidate))
+        if key not in self.seen:
+            if len(self.seen) + 1 >= self.options.max_candidates:  # + the shared no refit
+                return None
+            self.seen[key] = result = self.run(self.mode, candidate)
+            self.candidates[key] = candidate
+            row = {"kind": self.kind, "candidate": _label(candidate, self.options.evidence),
+                   "miou": result.miou, "vs_no_refit": result.miou - self.plain.miou,
+                   "seconds": result.seconds, "key": key}
+            self.rows.append(row)
+            self.printer(f"  {self.kind}: {row['candidate']}: mIoU {100 * result.miou:.2f} "
+                         f"({100 * row['vs_no_refit']:+.2f} vs no refit, "
+                         f"{result.seconds:.0f}s)")
+        return self.seen[key].miou
+
+    def coordinate_descent(self, dims: list[tuple[str, tuple]]) -> None:
+        best, best_miou = self.options.evidence, self.score(self.options.evidence)
         for name, values in dims:
             for value in values:
                 candidate = dataclasses.replace(best, **{name: value})
-                miou = evaluate(candidate)
+                miou = self.score(candidate)
                 if miou is not None and miou > best_miou:
                     best, best_miou = candidate, miou
+        self.best = best
+
+    def choice(self, baseline: str) -> dict:
+        """The kind's entry of evidence_tuned.json: the best candidate that beats no refit
+        confidently enough (``choose``), else no refit."""
+        options, plain = self.options, self.plain
         refits, vs_no_refit = [], {}
-        for key, result in seen.items():
+        for key, result in self.seen.items():
             p_greater = 1.0
             if options.bootstrap_samples > 0:
-                counts = {baseline: np.stack(plain.counts), mode: np.stack(result.counts)}
+                counts = {baseline: np.stack(plain.counts), self.mode: np.stack(result.counts)}
                 vs_no_refit[key] = paired_bootstrap_miou(
-                    counts, [(mode, baseline)], num_samples=options.bootstrap_samples)[
-                        (mode, baseline)]
+                    counts, [(self.mode, baseline)],
+                    num_samples=options.bootstrap_samples)[(self.mode, baseline)]
                 p_greater = vs_no_refit[key]["p_greater"]
             refits.append((result.miou, p_greater, key))
-            row = next(r for r in table if r.get("key") == key and r["kind"] == kind)
-            row["p_greater"] = p_greater
+            next(r for r in self.rows if r["key"] == key)["p_greater"] = p_greater
+        for row in self.rows:
+            row.pop("key")
         chosen_key = choose(plain.miou, refits, options.min_confidence)
-        chosen = candidates[chosen_key] if chosen_key else None
-        final = chosen or dataclasses.replace(best, steps=0, es_steps=0)
+        chosen = self.candidates[chosen_key] if chosen_key else None
+        final = chosen or dataclasses.replace(self.best, steps=0, es_steps=0)
         entry = {"evidence": dataclasses.asdict(final), "refit": chosen is not None,
-                 "miou": seen[chosen_key].miou if chosen else plain.miou,
-                 "no_refit_miou": plain.miou, "candidates": len(seen) + 1,
+                 "miou": self.seen[chosen_key].miou if chosen else plain.miou,
+                 "no_refit_miou": plain.miou, "candidates": len(self.seen) + 1,
                  "min_confidence": options.min_confidence}
         if chosen is not None and options.bootstrap_samples > 0:
             entry["vs_no_refit"] = vs_no_refit[chosen_key]
-        kinds[kind] = entry
-    serving_kind = max(kinds, key=lambda k: (kinds[k]["miou"], -options.kinds.index(k)))
-    for row in table:
-        row.pop("key", None)
-    return {"kinds": kinds, "serving_kind": serving_kind, "table": table,
-            "objective": options.objective, "seconds": round(time.time() - t0, 1)}
+        return entry
 
 
 CROSSFIT_FILE = "evidence_crossfit.json"
