@@ -28,6 +28,75 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
 
 
+TINY_VARIANT = "deeplabv3plus_mobilenetv2_tiny_mt"
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """Factory of built-in (shapes_evidence) datasets: ``synthetic_data(num_train=6,
+    num_val=2, size=48, num_test=0, seed=0)`` -> the TFRecord folder, written once per
+    worker for each distinct set of arguments. Read it; never write into it."""
+    from deeplab_ext.data import synthetic
+
+    made: dict[tuple, pathlib.Path] = {}
+
+    def make(num_train: int = 6, num_val: int = 2, size: int = 48, num_test: int = 0,
+             seed: int = 0) -> pathlib.Path:
+        key = (num_train, num_val, size, num_test, seed)
+        if key not in made:
+            out = tmp_path_factory.mktemp("shapes")
+            splits = ("train", "val", "test") if num_test else ("train", "val")
+            synthetic.write_tfrecords(out, num_train, num_val, size=size, seed=seed,
+                                      splits=splits, num_test=num_test)
+            made[key] = out
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shapes_data(synthetic_data) -> pathlib.Path:
+    """The suite's tiny dataset: 6 train, 2 val and 3 test images of 48x48."""
+    return synthetic_data(6, 2, 48, num_test=3)
+
+
+def tiny_train_options(logdir, data_dir, steps: int = 4, **changes):
+    """The suite's tiny training run (``tiny_run``), as TrainOptions."""
+    from deeplab_ext.run.options import TrainOptions
+
+    base = dict(train_logdir=str(logdir), dataset_dir=str(data_dir), model_variant=TINY_VARIANT,
+                dataset="shapes_evidence", train_crop_size=(33, 33), train_batch_size=2,
+                training_number_of_steps=steps, save_interval_steps=2,
+                save_summaries_images=False, seed=0, optimizer="adam", base_learning_rate=1e-3)
+    return TrainOptions(**{**base, **changes})
+
+
+@pytest.fixture(scope="session")
+def tiny_run(shapes_data, tmp_path_factory):
+    """A real (4-step) tools.train run directory on ``shapes_data``, trained once per
+    worker. Read it; a test that writes into a run directory copies it (``copy_run``)."""
+    from deeplab_ext.run.trainer import train
+
+    logdir = tmp_path_factory.mktemp("tiny_run") / "run"
+    train(tiny_train_options(logdir, shapes_data), printer=lambda line: None)
+    before = _snapshot(logdir)
+    yield logdir
+    assert _snapshot(logdir) == before, "a test wrote into the shared tiny_run: copy_run it"
+
+
+def _snapshot(folder: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def copy_run(run: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
+    """A copy of a shared run directory to write into (tuning, resuming, exports)."""
+    import shutil
+
+    shutil.copytree(run, dest)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():

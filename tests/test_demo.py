@@ -65,6 +65,33 @@ def test_demo_tiny_budget(tmp_path):
     for kind in ("l2", "es"):
         used, chosen = results["evidence_by_kind"][kind], tuned["kinds"][kind]["evidence"]
         assert used == {**chosen, "steps": 2, "es_steps": 3}, kind  # flags given win
-    assert (work / "export" / "saved_model.pb").is_file()
-    assert (work / "sample_prediction.png").is_file()
     assert list((work / "train").glob("ckpt-30.index"))
+    # The report's table is eval_results.json's, row by row.
+    for row in results["modes"].values():
+        assert f"<td>{row['name']}</td><td>{100 * row['miou']:.2f}</td>" in page, row["name"]
+    # What the demo served is what the export serves: the sample's class map, predicted
+    # here through the exported SavedModel with the export's own steps and pruning, is the
+    # demo's sample_prediction.png pixel for pixel.
+    import numpy as np
+
+    from deeplab_ext.data.colormap import label_to_color_image
+    from deeplab_ext.data.input_pipeline import tags_from_names
+    from deeplab_ext.run.evidence import keep_classes
+    from deeplab_ext.run.export import LoadedSegmenter, read_image
+    from tf_mtl.evidence import prune_probabilities
+
+    command = next(line for line in out.splitlines() if line.startswith("$ -m tools.predict"))
+    given = [a.split("=", 1)[1] for a in command.split() if a.startswith("--tags=")]
+    seg = LoadedSegmenter(str(work / "export"))
+    image = read_image(str(work / "sample.png"))
+    if given:
+        tags = tags_from_names(given[0].split(","), seg.info)
+        probs = seg.predict_with_evidence(image, tags)["semantic_probabilities"]
+        if seg.prune:
+            probs = prune_probabilities(probs, tags[None], list(seg.info.tag_class_ids),
+                                        keep_classes(seg.info)).numpy()
+    else:
+        probs = seg.predict(image)["semantic_probabilities"]
+    want = label_to_color_image(probs[0].argmax(-1).astype(np.uint8), seg.info.colormap)
+    served = cv2.imread(str(work / "sample_prediction.png"))[..., ::-1]
+    np.testing.assert_array_equal(served, want)

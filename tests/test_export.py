@@ -21,13 +21,12 @@ import pytest
 import tensorflow as tf
 
 from deeplab_ext.data import colormap as cmap
-from deeplab_ext.data import input_pipeline, synthetic
+from deeplab_ext.data import input_pipeline
 from deeplab_ext.data.datasets import get_dataset_info
 from deeplab_ext.models import group_variables
 from deeplab_ext.run.export import export_saved_model, read_export_metadata
-from deeplab_ext.run.options import EvidenceOptions, TrainOptions
+from deeplab_ext.run.options import EvidenceOptions
 from deeplab_ext.run.rundir import input_alignment, restore_network
-from deeplab_ext.run.trainer import train
 from tests.conftest import assert_same_argmax, assert_user_error, run_tool, tool_env
 from tf_mtl.evidence import EvidenceRefitter
 from tf_mtl.inference import predict_segmentation
@@ -42,23 +41,14 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> pathlib.Path:
-    out = tmp_path_factory.mktemp("shapes")
-    synthetic.write_tfrecords(out, 4, 2, size=SIZE, seed=0)
-    return out
+def data_dir(shapes_data) -> pathlib.Path:
+    return shapes_data
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_dir) -> pathlib.Path:
+def run_dir(tiny_run) -> pathlib.Path:
     """A real (very short) training run: the checkpoint format tools.train writes."""
-    logdir = tmp_path_factory.mktemp("run")
-    train(TrainOptions(
-        train_logdir=str(logdir), dataset_dir=str(data_dir), model_variant=VARIANT,
-        dataset="shapes_evidence", train_crop_size=(33, 33), train_batch_size=2,
-        training_number_of_steps=3, save_interval_steps=3, save_summaries_steps=100,
-        save_summaries_images=False, seed=0,
-    ), printer=lambda s: None)
-    return logdir
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -38,10 +38,8 @@ def tree_digest(root: pathlib.Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> pathlib.Path:
-    out = tmp_path_factory.mktemp("shapes")
-    synthetic.write_tfrecords(out, 6, 2, size=48, seed=0)
-    return out
+def data_dir(shapes_data) -> pathlib.Path:
+    return shapes_data
 
 
 def train_args(logdir, data, steps: int = 4, *extra: str) -> list[str]:
@@ -53,17 +51,8 @@ def train_args(logdir, data, steps: int = 4, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_dir) -> pathlib.Path:
-    from deeplab_ext.run.options import TrainOptions
-    from deeplab_ext.run.trainer import train
-
-    logdir = tmp_path_factory.mktemp("run") / "run"
-    train(TrainOptions(train_logdir=str(logdir), dataset_dir=str(data_dir),
-                       model_variant=VARIANT, train_crop_size=(33, 33), train_batch_size=2,
-                       training_number_of_steps=4, save_interval_steps=2,
-                       save_summaries_images=False, seed=0, optimizer="adam",
-                       base_learning_rate=1e-3), printer=lambda line: None)
-    return logdir
+def run_dir(tiny_run) -> pathlib.Path:
+    return tiny_run
 
 
 # ------------------------------------------------------------------ 1. export

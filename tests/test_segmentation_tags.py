@@ -16,6 +16,7 @@ import tensorflow as tf
 from deeplab_ext.models import build_network, group_variables, variable_groups
 from tests.conftest import REPO, run_tool, tool_env
 from tf_mtl import evidence as ev
+from tf_mtl.evidence import refitter as refitter_module
 
 DM05 = REPO.parent / "shared" / "models" / "deeplabv3_mnv2_dm05_pascal_257.tflite"
 
@@ -107,7 +108,7 @@ def test_refit_through_the_frozen_trunk_equals_the_whole_network(monkeypatch):
     split = ev.EvidenceRefitter(net, cfg, variables=variables)
     assert split.split is not None and "low_level" in split.split.side_names
     got = split(x, tags)
-    monkeypatch.setattr(ev, "frozen_prefix", lambda *args: None)
+    monkeypatch.setattr(refitter_module, "frozen_prefix", lambda *args: None)
     whole = ev.EvidenceRefitter(net, cfg, variables=variables)
     assert whole.split is None
     want = whole(x, tags)

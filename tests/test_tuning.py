@@ -10,8 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from deeplab_ext.data import synthetic
-from tests.conftest import run_tool
+from tests.conftest import copy_run, run_tool
 
 
 # ------------------------------------------------------------ tuned refit settings
@@ -28,25 +27,15 @@ def test_choose_never_picks_a_refit_that_does_not_beat_no_refit():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> pathlib.Path:
-    out = tmp_path_factory.mktemp("shapes")
-    synthetic.write_tfrecords(out, 4, 2, size=48, seed=0, splits=("train", "val", "test"),
-                              num_test=3)
-    return out
+def data_dir(shapes_data) -> pathlib.Path:
+    return shapes_data
 
 
 @pytest.fixture(scope="module")
-def tuned_run(data_dir, tmp_path_factory) -> dict:
-    """A short training run, tuned by tools.tune_evidence on the generated test split."""
-    from deeplab_ext.run.options import TrainOptions
-    from deeplab_ext.run.trainer import train
-
-    run = tmp_path_factory.mktemp("tuned") / "run"
-    train(TrainOptions(
-        train_logdir=str(run), dataset_dir=str(data_dir), dataset="shapes_evidence",
-        model_variant="deeplabv3plus_mobilenetv2_tiny_mt", train_crop_size=(33, 33),
-        train_batch_size=2, training_number_of_steps=3, save_interval_steps=3,
-        save_summaries_images=False, seed=0), printer=lambda line: None)
+def tuned_run(tiny_run, data_dir, tmp_path_factory) -> dict:
+    """The suite's short training run (a copy), tuned by tools.tune_evidence on the
+    generated test split."""
+    run = copy_run(tiny_run, tmp_path_factory.mktemp("tuned") / "run")
     proc = run_tool("tune_evidence", f"--checkpoint_dir={run}", f"--dataset_dir={data_dir}",
                     "--tune_split=test", "--max_candidates=3", "--learning_rates=0.01,0.3",
                     "--clip_norms=0", "--evidence_steps=1", "--evidence_es_steps=2",

@@ -185,12 +185,36 @@ class NormMixin:
 
 
 class _PaddedConvBNMixin(NormMixin):
-    """call/build/shape of "conv -> BN -> activation" with the original's explicit padding
-    for strided convs; the conv is `self._conv()` (attribute names stay as checkpoints
-    know them: ``conv`` / ``depthwise``)."""
+    """call/build/shape/config of "conv -> BN -> activation" with the original's explicit
+    padding for strided convs; the conv is `self._conv()` (attribute names stay as
+    checkpoints know them: ``conv`` / ``depthwise``)."""
+
+    def _setup(self, kernel_size: int, strides: int, dilation_rate: int,
+               activation: str | None, norm: NormConfig | Mapping[str, Any] | None,
+               explicit_pad: bool) -> None:
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.dilation_rate = int(dilation_rate)
+        self.activation = activation
+        self.norm = NormConfig.of(norm)
+        self._explicit_pad = explicit_pad
+        self.bn = self.norm.batch_norm("bn")
 
     def _conv(self):
         raise NotImplementedError
+
+    def _padding(self) -> str:
+        return "valid" if self._explicit_pad else "same"
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "dilation_rate": self.dilation_rate,
+            "activation": self.activation,
+            **self._norm_config(),
+        }
 
     def _input_shape(self, input_shape):
         shape = tuple(input_shape)
@@ -232,38 +256,25 @@ class ConvBN(_PaddedConvBNMixin, keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.filters = int(filters)
-        self.kernel_size = int(kernel_size)
-        self.strides = int(strides)
-        self.dilation_rate = int(dilation_rate)
-        self.activation = activation
-        self.norm = NormConfig.of(norm)
-        self._explicit_pad = self.strides > 1 and self.kernel_size > 1
+        self._setup(kernel_size, strides, dilation_rate, activation, norm,
+                    explicit_pad=int(strides) > 1 and int(kernel_size) > 1)
         self.conv = keras.layers.Conv2D(
             self.filters,
             self.kernel_size,
             strides=self.strides,
             dilation_rate=self.dilation_rate,
-            padding="valid" if self._explicit_pad else "same",
+            padding=self._padding(),
             use_bias=False,
             kernel_regularizer=self.norm.regularizer(),
             kernel_initializer="he_normal",
             name="conv",
         )
-        self.bn = self.norm.batch_norm("bn")
 
     def _conv(self):
         return self.conv
 
     def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "filters": self.filters,
-            "kernel_size": self.kernel_size,
-            "strides": self.strides,
-            "dilation_rate": self.dilation_rate,
-            "activation": self.activation,
-            **self._norm_config(),
-        }
+        return {**super().get_config(), "filters": self.filters}
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
@@ -280,35 +291,20 @@ class DepthwiseConvBN(_PaddedConvBNMixin, keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.kernel_size = int(kernel_size)
-        self.strides = int(strides)
-        self.dilation_rate = int(dilation_rate)
-        self.activation = activation
-        self.norm = NormConfig.of(norm)
-        self._explicit_pad = self.strides > 1
+        self._setup(kernel_size, strides, dilation_rate, activation, norm,
+                    explicit_pad=int(strides) > 1)
         self.depthwise = keras.layers.DepthwiseConv2D(
             self.kernel_size,
             strides=self.strides,
             dilation_rate=self.dilation_rate,
-            padding="valid" if self._explicit_pad else "same",
+            padding=self._padding(),
             use_bias=False,
             depthwise_initializer=keras.initializers.TruncatedNormal(stddev=0.33),
             name="depthwise",
         )
-        self.bn = self.norm.batch_norm("bn")
 
     def _conv(self):
         return self.depthwise
-
-    def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "kernel_size": self.kernel_size,
-            "strides": self.strides,
-            "dilation_rate": self.dilation_rate,
-            "activation": self.activation,
-            **self._norm_config(),
-        }
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
