@@ -95,3 +95,5 @@ def test_demo_tiny_budget(tmp_path):
     want = label_to_color_image(probs[0].argmax(-1).astype(np.uint8), seg.info.colormap)
     served = cv2.imread(str(work / "sample_prediction.png"))[..., ::-1]
     np.testing.assert_array_equal(served, want)
+    # No line of the demo's output buries the rest (issue 28: serialisation INFO noise).
+    assert max(len(line) for line in (out + proc.stderr).splitlines()) <= 500
