@@ -117,3 +117,17 @@ def test_harness_catches_a_config_that_does_not_round_trip():
 
     with pytest.raises(AssertionError):
         run_layer_test(Forgetful, {"scale": 2.0}, _x(1, 2), expected_trainable=0)
+
+
+def test_conv_blocks_keep_their_variable_order():
+    """Conv before BatchNorm: the order of a network's variables is what the refit's
+    gradient norms and the optimiser sum over, so a refactor that reorders them changes
+    the numbers at round-off (issue 29: the demo's results must stay identical)."""
+    from deeplab_ext.models.layers import ConvBN, DepthwiseConvBN
+
+    for layer, first in ((ConvBN(4, 3, strides=2), "conv/kernel"),
+                         (DepthwiseConvBN(3, strides=2), "depthwise/kernel")):
+        layer.build((1, 9, 9, 2))
+        names = [w.path.split("/", 1)[1] for w in layer.weights]
+        assert names[0] == first and names[1:] == ["bn/gamma", "bn/beta", "bn/moving_mean",
+                                                    "bn/moving_variance"], names

@@ -198,7 +198,6 @@ class _PaddedConvBNMixin(NormMixin):
         self.activation = activation
         self.norm = NormConfig.of(norm)
         self._explicit_pad = explicit_pad
-        self.bn = self.norm.batch_norm("bn")
 
     def _conv(self):
         raise NotImplementedError
@@ -269,6 +268,7 @@ class ConvBN(_PaddedConvBNMixin, keras.layers.Layer):
             kernel_initializer="he_normal",
             name="conv",
         )
+        self.bn = self.norm.batch_norm("bn")  # after the conv: the variable order is kept
 
     def _conv(self):
         return self.conv
@@ -302,6 +302,7 @@ class DepthwiseConvBN(_PaddedConvBNMixin, keras.layers.Layer):
             depthwise_initializer=keras.initializers.TruncatedNormal(stddev=0.33),
             name="depthwise",
         )
+        self.bn = self.norm.batch_norm("bn")  # after the conv: the variable order is kept
 
     def _conv(self):
         return self.depthwise

@@ -44,8 +44,10 @@ REFIT_KINDS: dict[str, RefitKind] = {k.name: k for k in (
               lambda ev: dict(steps=ev.steps, alpha=ev.alpha, anchor=ev.anchor)),
     RefitKind("es", "bp_es", "DL-BP-ES", "es_steps", ("es_steps", "es_margin"),
               (("es_steps", (10, 30)), ("es_margin", (0.0, 0.2))),
+              # Early stopping is the seed's DL-BP-ES: no L2 term (the step cap and the
+              # stopping rule are its regulariser), whatever --evidence_alpha says.
               lambda ev: dict(steps=ev.es_steps, early_stopping=True, margin=ev.es_margin,
-                              anchor=ev.anchor)),
+                              alpha=0.0, anchor=ev.anchor)),
     RefitKind("latent", "latent", "DL-LAT", "steps", ("steps", "alpha"),
               (("steps", (5, 10, 20)), ("alpha", (1e-3, 0.1, 0.0))),
               lambda ev: dict(steps=ev.steps, alpha=ev.alpha, mode="latent",
