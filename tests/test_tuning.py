@@ -10,6 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from deeplab_ext.run.evaluation import evaluate
+from deeplab_ext.run.options import EvalOptions, EvidenceOptions, TuneOptions
+from deeplab_ext.run.tuning import tune_evidence
 from tests.conftest import copy_run, run_tool
 
 
@@ -36,16 +39,23 @@ def tuned_run(tiny_run, data_dir, tmp_path_factory) -> dict:
     """The suite's short training run (a copy), tuned by tools.tune_evidence on the
     generated test split."""
     run = copy_run(tiny_run, tmp_path_factory.mktemp("tuned") / "run")
-    proc = run_tool("tune_evidence", f"--checkpoint_dir={run}", f"--dataset_dir={data_dir}",
-                    "--tune_split=test", "--max_candidates=3", "--learning_rates=0.01,0.3",
-                    "--clip_norms=0", "--evidence_steps=1", "--evidence_es_steps=2",
-                    "--bootstrap_samples=100")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"run": run, "proc": proc, "tuned": json.loads((run / "evidence_tuned.json").read_text())}
+    out = _tune(run, data_dir, max_candidates=3, learning_rates=(0.01, 0.3),
+                evidence=EvidenceOptions(steps=1, es_steps=2), bootstrap_samples=100)
+    return {"run": run, "out": out, "tuned": json.loads((run / "evidence_tuned.json").read_text())}
+
+
+def _tune(run: pathlib.Path, data_dir: pathlib.Path, **fields) -> str:
+    """tools.tune_evidence in this process (the CLI adds flag parsing, which the eval and
+    predict calls below cover); its printed output."""
+    lines: list[str] = []
+    tune_evidence(TuneOptions(checkpoint_dir=str(run), dataset_dir=str(data_dir),
+                              tune_split="test", clip_norms=(0.0,), **fields),
+                  printer=lines.append)
+    return "\n".join(lines)
 
 
 def test_tuning_includes_no_refit_and_never_returns_worse(tuned_run):
-    tuned, out = tuned_run["tuned"], tuned_run["proc"].stdout
+    tuned, out = tuned_run["tuned"], tuned_run["out"]
     assert "| kind | candidate | mIoU (%) | vs no refit |" in out
     rows = tuned["table"]
     assert rows[0]["candidate"] == "no refit (plain inference)"
@@ -105,22 +115,18 @@ def test_cross_fitting_scores_every_image_held_out(tuned_run, data_dir):
     every image of the split, and its rows that need no tuning are the plain ones over the
     whole split (the same images, scored once each)."""
     run = tuned_run["run"]
-    proc = run_tool("tune_evidence", f"--checkpoint_dir={run}", f"--dataset_dir={data_dir}",
-                    "--tune_split=test", "--folds=2", "--max_candidates=2", "--kinds=l2",
-                    "--learning_rates=0.01", "--clip_norms=0", "--evidence_steps=1",
-                    "--bootstrap_samples=50", "--objective=pruned")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _tune(run, data_dir, folds=2, max_candidates=2, kinds=("l2",), learning_rates=(0.01,),
+                evidence=EvidenceOptions(steps=1), bootstrap_samples=50, objective="pruned")
     crossfit = json.loads((run / "evidence_crossfit.json").read_text())
     assert crossfit["num_images"] == 3 and crossfit["objective"] == "pruned"
     assert [f["images"] for f in crossfit["folds"]] == [2, 1]
     assert [f["tuned_on"] for f in crossfit["folds"]] == [1, 2]
     (table,) = crossfit["tables"]  # single scale only: no --eval_scales given
     assert list(table["modes"]) == ["none", "prune", "bp_l2", "bp_l2_prune"]
-    assert "Held out over 3 images (2 folds)" in proc.stdout
-    out = run_tool("eval", f"--checkpoint_dir={run}", f"--dataset_dir={data_dir}",
-                   "--eval_split=test", "--evidence_modes=none,prune", "--bootstrap_samples=0",
-                   f"--eval_logdir={run / 'eval_test'}")
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Held out over 3 images (2 folds)" in out
+    evaluate(EvalOptions(checkpoint_dir=str(run), dataset_dir=str(data_dir), eval_split="test",
+                         evidence_modes=("none", "prune"), bootstrap_samples=0,
+                         eval_logdir=str(run / "eval_test")), printer=lambda line: None)
     plain = json.loads((run / "eval_test" / "eval_results.json").read_text())["modes"]
     for mode in ("none", "prune"):
         assert table["modes"][mode]["miou"] == pytest.approx(plain[mode]["miou"], abs=1e-12)
