@@ -21,9 +21,13 @@ from deeplab_ext.data.object_targets import largest_object
 from deeplab_ext.models import build_network, variable_groups
 from deeplab_ext.models.info import ModelInfoOptions, model_info
 from deeplab_ext.models.segnet.layers import MaxPoolWithArgmax, MaxUnpool
+from deeplab_ext.run.evaluation import evaluate
+from deeplab_ext.run.export import export_checkpoint
+from deeplab_ext.run.options import EvalOptions, ExportOptions
 from deeplab_ext.run.rundir import restore_network
 from deeplab_ext.run.tasks import TaskContext, build_tasks
-from tests.conftest import predict_from_export_and_run, run_tool, tool_env
+from deeplab_ext.run.trainer import train
+from tests.conftest import predict_from_export_and_run, run_tool, tiny_train_options, tool_env
 from tf_mtl.losses import box_mse, image_class_ce
 from tf_mtl.metrics import box_iou
 
@@ -265,18 +269,20 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.mark.parametrize("variant", ["segnet_tiny_3task", "mtan_tiny_decoder_attention"])
 def test_train_export_round_trip_in_fresh_process(variant, tmp_path, data_dir):
     logdir, export = tmp_path / "run", tmp_path / "export"
-    proc = run_tool("train", f"--train_logdir={logdir}", f"--dataset_dir={data_dir}",
-                    "--dataset=shapes_evidence", f"--model_variant={variant}", "--num_tags=8",
-                    "--train_crop_size=33,33", "--train_batch_size=2", "--seed=0",
-                    "--training_number_of_steps=2", "--save_interval_steps=2",
-                    "--save_summaries_images=false", "--loss_weighting=fixed",
-                    "--task_weights=semantic=0.7,class=0.1,box=0.2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "class_loss=" in proc.stdout and "box_loss=" in proc.stdout
+    # Train, export and eval in this process (the tools' flag parsing is covered by the
+    # DeepLab round trips); what is served is loaded in a fresh one.
+    lines: list[str] = []
+    train(tiny_train_options(logdir, data_dir, steps=2, model_variant=variant, num_tags=8,
+                             optimizer="momentum", base_learning_rate=1e-4,
+                             loss_weighting="fixed",
+                             task_weights="semantic=0.7,class=0.1,box=0.2"),
+          printer=lines.append)
+    out = "\n".join(lines)
+    assert "class_loss=" in out and "box_loss=" in out
     meta = json.loads((logdir / "model_config.json").read_text())
     assert meta["family"] == variant.split("_")[0]
-    proc = run_tool("export_model", f"--checkpoint_dir={logdir}", f"--export_path={export}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    export_checkpoint(ExportOptions(checkpoint_dir=str(logdir), export_path=str(export)),
+                      printer=lambda line: None)
 
     # 33x33: on the training grid, so the export serves the network's own answers.
     images = np.random.default_rng(4).uniform(0, 255, (2, 33, 33, 3)).astype(np.float32)
@@ -298,9 +304,9 @@ def test_train_export_round_trip_in_fresh_process(variant, tmp_path, data_dir):
                                tf.nn.softmax(ref["semantic"]).numpy(), atol=ATOL)
 
     # tools.eval reports the class and box heads on whole val images: recomputed here.
-    proc = run_tool("eval", f"--checkpoint_dir={logdir}", f"--dataset_dir={data_dir}",
-                    f"--eval_logdir={tmp_path / 'eval'}", "--bootstrap_samples=0")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluate(EvalOptions(checkpoint_dir=str(logdir), dataset_dir=str(data_dir),
+                         eval_logdir=str(tmp_path / "eval"), bootstrap_samples=0),
+             printer=lambda line: None)
     results = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     hits, ious = [], []
     for x, y in input_pipeline.make_dataset(INFO, data_dir, "val", crop_size=None, batch_size=1,
