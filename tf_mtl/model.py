@@ -22,6 +22,7 @@ from tf_mtl.branches import LossTerm, LossTermLike, TrainingHead, requested_feat
 from tf_mtl.graph import FeatureTaps
 from tf_mtl.losses import call_loss
 from tf_mtl.summaries import ImageSummaryFn, StepSummaries
+from tf_mtl.task_gradients import task_gradient_update
 from tf_mtl.tasks import Task, check_tasks
 from tf_mtl.weighting import FixedWeighting, LossWeighting
 
@@ -81,8 +82,15 @@ class MultiTaskModel(keras.Model):
             if not isinstance(head, TrainingHead):
                 raise TypeError(f"heads: expected tf_mtl.branches.TrainingHead, got "
                                 f"{type(head).__name__}")
-        self.taps = FeatureTaps(network, requested_features([*self.heads, *self.loss_terms]))
+        rep = list(getattr(self.weighting, "rep_features", ())) if getattr(
+            self.weighting, "rep_grad", False) else []
+        self.taps = FeatureTaps(network, [*requested_features([*self.heads, *self.loss_terms]),
+                                          *rep])
         self._build_heads()
+        own = {id(v) for v in self.weighting.weights}
+        self.weighting.build_state([v for v in [*network.trainable_variables,
+                                                *(v for h in self.heads for v in h.trainable_variables)]
+                                    if id(v) not in own])
         self.summary_every_n_steps = int(summary_every_n_steps)
         self.summaries = None
         if summary_writer is not None:
@@ -203,7 +211,14 @@ class MultiTaskModel(keras.Model):
         """(unscaled total, task losses, logs) for one replica's batch."""
         losses = self.task_losses(y, outputs)
         total, logs = self.weighting.combine(losses, self.tasks, step)
-        logs = dict(logs)
+        extra, extra_logs = self.added_losses(x, y, outputs, training)
+        return total + extra, losses, {**logs, **extra_logs}
+
+    def added_losses(self, x: Any, y: Mapping[str, Any], outputs: Mapping[str, tf.Tensor],
+                     training: bool) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """(what is added to the weighted task losses: loss terms + regularisation, logs)."""
+        total = tf.constant(0.0, tf.float32)
+        logs = {}
         for name, value in self.extra_losses(x, y, outputs, training).items():
             total = total + value
             logs[name] = value
@@ -212,7 +227,7 @@ class MultiTaskModel(keras.Model):
             reg_total = tf.add_n(reg)
             total = total + reg_total
             logs["regularization_loss"] = reg_total
-        return total, losses, logs
+        return total, logs
 
     # ------------------------------------------------------------------- steps
     def _learning_rate(self) -> tf.Tensor | None:
@@ -246,18 +261,21 @@ class MultiTaskModel(keras.Model):
         y = self._targets(y)
         step = tf.convert_to_tensor(self.optimizer.iterations)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            outputs = self.forward(x, training=True)
-            total, losses, logs = self.compute_total_loss(x, y, outputs, True, step)
-            # Gradients are summed over replicas: scale every term by 1/replicas.
-            per_replica = total / replicas if replicas > 1 else total
-            scaled = self.optimizer.scale_loss(per_replica)
+        if self.weighting.needs_task_gradients:
+            outputs, total, losses, logs, pairs = task_gradient_update(self, x, y, step)
+        else:
+            with tf.GradientTape() as tape:
+                outputs = self.forward(x, training=True)
+                total, losses, logs = self.compute_total_loss(x, y, outputs, True, step)
+                # Gradients are summed over replicas: scale every term by 1/replicas.
+                per_replica = total / replicas if replicas > 1 else total
+                scaled = self.optimizer.scale_loss(per_replica)
+            variables = self.trainable_variables
+            grads = tape.gradient(scaled, variables)
+            pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
         lr = self._learning_rate()  # the rate this step's update uses
         if lr is not None:
             logs["learning_rate"] = lr
-        variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
         if not pairs:
             raise ValueError("No gradients: no trainable variable depends on the loss.")
         # How hard the losses pull on the network (what training-only modules add to it).

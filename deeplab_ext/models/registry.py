@@ -133,6 +133,8 @@ class ModelFamily:
         logits (serving, evaluation, evidence).
       latent_feature: the feature the evidence ``latent`` mode offsets (None: no single
         feature feeds every task, e.g. MTAN's per-task attention; no latent mode).
+      shared_features: tapped features that cut every task's path to the shared weights
+        (the representation of gradient methods' ``rep_grad``); empty: none known.
       stage_features: ``config -> feature names``, the outputs of the downsampling stages,
         shallowest first (the default taps of auxiliary modules and deep supervision).
       describe: ``config -> dict`` of facts ``tools.model_info`` prints.
@@ -163,6 +165,7 @@ class ModelFamily:
     semantic_output: str = "semantic"
     tags_output: str = "tags"
     latent_feature: str | None = "encoder"
+    shared_features: tuple[str, ...] = ()
     stage_features: Callable[[Any], tuple[str, ...]] | None = None
     describe: Callable[[Any], dict] | None = None
     input_stride: Callable[[Any], int] | None = None

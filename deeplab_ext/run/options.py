@@ -175,7 +175,13 @@ class TrainOptions:
     max_resize_value: int | None = opt(None, "Resize longer side to at most this.")
     top_k_percent_pixels: float = opt(1.0, "Hard-pixel mining: keep this fraction.")
     hard_example_mining_step: int = opt(0, "Steps to ramp hard-pixel mining.")
-    loss_weighting: str = opt("uncertainty", "How task losses are combined.", choices=WEIGHTINGS)
+    loss_weighting: str = opt("uncertainty", "How task losses are combined: a loss weighting "
+                              "or a gradient method (LibMTL's set; tf_mtl/weighting/).",
+                              choices=WEIGHTINGS)
+    weighting_options: str = opt("", "Options of --loss_weighting as key=value,... (e.g. "
+                                 "calpha=0.4 for cagrad; rep_grad=true for gradients of the "
+                                 "shared features instead of the shared weights). Unknown keys "
+                                 "are an error that lists the method's options.")
     initial_sigma: float = opt(1.0, "Uncertainty weighting: initial sigma.")
     dwa_window_steps: int = opt(0, "DWA: steps per averaging window (0 = one pass over "
                                 "--train_split at --train_batch_size).")

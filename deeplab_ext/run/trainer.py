@@ -43,7 +43,7 @@ from deeplab_ext.run.tasks import task_names as network_task_names
 from tf_mtl import distribute, precision
 from tf_mtl.model import MultiTaskModel
 from tf_mtl.schedules import get_learning_rate_schedule
-from tf_mtl.weighting import get_weighting
+from tf_mtl.weighting import get_weighting, parse_weighting_options
 
 __all__ = ["TrainResult", "build_multitask_model", "model_config_for", "train"]
 
@@ -209,8 +209,17 @@ def build_multitask_model(
         kwargs["initial_sigma"] = options.initial_sigma
     elif options.loss_weighting == "dwa":
         kwargs["window_steps"] = dwa_window_steps
+    method_options = parse_weighting_options(options.loss_weighting, options.weighting_options)
+    if "rep_features" in method_options and "rep_features=" not in options.weighting_options:
+        if not family.shared_features:
+            if method_options.get("rep_grad"):
+                raise ValueError(f"--weighting_options=rep_grad=true: family {family.name!r} "
+                                 "names no shared features; add rep_features=NAME[+NAME] (a "
+                                 f"cut every task's gradient passes: {family.feature_names})")
+        else:
+            method_options["rep_features"] = "+".join(family.shared_features)
     model = MultiTaskModel(
-        network, tasks, get_weighting(options.loss_weighting, tasks, **kwargs),
+        network, tasks, get_weighting(options.loss_weighting, tasks, method_options, **kwargs),
         loss_terms=branch.loss_terms, heads=branch.heads, summary_writer=summary_writer,
         summary_every_n_steps=options.save_summaries_steps, image_summary_fn=image_summary_fn,
     )

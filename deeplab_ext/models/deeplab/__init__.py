@@ -42,6 +42,8 @@ register_family(ModelFamily(
         "segmentation": ("aspp", "aspp,logits", "backbone,aspp", "backbone:bn,aspp:bn"),
     },
     feature_names=FEATURE_NAMES, describe=_describe,
+    # Every head reads the encoder (ASPP) output or the decoder's low-level skip.
+    shared_features=("low_level", "encoder"),
     stage_features=lambda cfg: ("low_level", "stride8", "stride16"),
     # Beyond the output stride the backbone is atrous: no layer samples a coarser grid.
     input_stride=lambda cfg: cfg.output_stride,

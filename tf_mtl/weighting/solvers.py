@@ -1,0 +1,114 @@
+"""Small solvers on the task Gram matrix ``K [T, T]`` (T = number of tasks), in TF ops
+so they run inside the train step on every replica alike. No external solver: the
+problems are T-dimensional.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import tensorflow as tf
+
+
+def project_to_simplex(y: tf.Tensor) -> tf.Tensor:
+    """Euclidean projection of ``y [T]`` onto {w >= 0, sum w = 1} (sort-based)."""
+    t = tf.shape(y)[0]
+    u = tf.sort(y, direction="DESCENDING")
+    css = tf.cumsum(u) - 1.0
+    ind = tf.cast(tf.range(1, t + 1), y.dtype)
+    cond = u - css / ind > 0
+    rho = tf.reduce_max(tf.where(cond, tf.range(t), 0))
+    theta = css[rho] / tf.cast(rho + 1, y.dtype)
+    return tf.maximum(y - theta, 0.0)
+
+
+def _line_min(v1v1: tf.Tensor, v1v2: tf.Tensor, v2v2: tf.Tensor) -> tf.Tensor:
+    """gamma in [0, 1] minimising |gamma v1 + (1 - gamma) v2|^2."""
+    den = v1v1 + v2v2 - 2.0 * v1v2
+    gamma = tf.math.divide_no_nan(v2v2 - v1v2, den)
+    return tf.clip_by_value(gamma, 0.0, 1.0)
+
+
+def min_norm_element(k: tf.Tensor, max_iter: int = 250, tol: float = 1e-5) -> tf.Tensor:
+    """argmin_{w in simplex} w^T K w: MGDA's min-norm point of the convex hull of the
+    task gradients (Sener & Koltun 2018, Algorithm 2, Frank-Wolfe with exact line
+    search), started from the best pair as their MinNormSolver is."""
+    n = int(k.shape[0])
+    if n == 1:
+        return tf.ones([1], k.dtype)
+    best, best_cost = None, None
+    for i, j in itertools.combinations(range(n), 2):
+        gamma = _line_min(k[i, i], k[i, j], k[j, j])
+        cost = (gamma ** 2 * k[i, i] + 2 * gamma * (1 - gamma) * k[i, j]
+                + (1 - gamma) ** 2 * k[j, j])
+        sol = tf.tensor_scatter_nd_update(tf.zeros([n], k.dtype), [[i], [j]],
+                                          tf.stack([gamma, 1.0 - gamma]))
+        if best is None:
+            best, best_cost = sol, cost
+        else:
+            better = cost < best_cost
+            best = tf.where(better, sol, best)
+            best_cost = tf.where(better, cost, best_cost)
+    if n == 2:
+        return best
+
+    def body(i, w, done):
+        kw = tf.linalg.matvec(k, w)
+        t = tf.argmin(kw)
+        v1v1 = tf.tensordot(w, kw, 1)
+        v1v2 = kw[t]
+        v2v2 = k[t, t]
+        gamma = _line_min(v1v1, v1v2, v2v2)
+        new = gamma * w + (1.0 - gamma) * tf.one_hot(t, n, dtype=k.dtype)
+        done = tf.reduce_sum(tf.abs(new - w)) < tol
+        return i + 1, tf.where(done, w, new), done
+
+    _, w, _ = tf.while_loop(lambda i, w, done: tf.logical_and(i < max_iter, ~done), body,
+                            (tf.constant(0), best, tf.constant(False)))
+    return w
+
+
+def cagrad_weights(k: tf.Tensor, c: float, iters: int = 500) -> tf.Tensor:
+    """argmin_{w in simplex} w^T K b + c' sqrt(w^T K w + 1e-8), b = 1/T, the dual of
+    CAGrad's inner problem (Liu et al. 2021, eq. in their Sec. 3; LibMTL solves it with
+    SLSQP). K is normalised by mean(K) = |g0|^2, which leaves the minimiser unchanged
+    (c' = c |g0| becomes c); solved by projected gradient descent with a step from the
+    curvature of the quadratic part."""
+    n = int(k.shape[0])
+    scale = tf.reduce_mean(k) + 1e-8
+    a = k / scale
+    b = tf.fill([n], 1.0 / n)
+    ab = tf.linalg.matvec(a, b)
+    step = 1.0 / (tf.reduce_max(tf.abs(tf.linalg.eigvalsh(a))) * (1.0 + c) + 1e-8)
+
+    def grad(w):
+        aw = tf.linalg.matvec(a, w)
+        return ab + c * aw / tf.sqrt(tf.tensordot(w, aw, 1) + 1e-8)
+
+    def body(i, w):
+        return i + 1, project_to_simplex(w - step * grad(w))
+
+    _, w = tf.while_loop(lambda i, w: i < iters, body, (tf.constant(0), b))
+    return w
+
+
+def nash_weights(k: tf.Tensor, start: tf.Tensor, iters: int = 20) -> tf.Tensor:
+    """The Nash bargaining solution of Navon et al. 2022: alpha > 0 with
+    (K alpha)_i = 1 / alpha_i. It is the minimiser of the self-concordant
+    f(alpha) = alpha^T K alpha / 2 - sum_i log alpha_i, found by damped Newton steps
+    (Newton decrement lambda; step 1 / (1 + lambda) stays feasible), warm-started at
+    ``start``. A small ridge keeps f bounded when task gradients are linearly dependent
+    (the paper assumes they are not)."""
+    n = int(k.shape[0])
+    kr = k + 1e-6 * tf.eye(n, dtype=k.dtype)
+
+    def body(i, a):
+        g = tf.linalg.matvec(kr, a) - 1.0 / a
+        h = kr + tf.linalg.diag(1.0 / tf.square(a))
+        d = -tf.linalg.solve(h, g[:, None])[:, 0]
+        lam = tf.sqrt(tf.maximum(-tf.tensordot(g, d, 1), 0.0))
+        return i + 1, a + d / (1.0 + lam)
+
+    start = tf.where(start > 0, start, tf.ones_like(start))
+    _, a = tf.while_loop(lambda i, a: i < iters, body, (tf.constant(0), start))
+    return a
