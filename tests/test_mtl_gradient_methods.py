@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from tf_mtl.model import MultiTaskModel
+from tf_mtl.precision import policy_scope, wrap_optimizer
 from tf_mtl.tasks import Task
 from tf_mtl.weighting import WEIGHTINGS, get_weighting, parse_weighting_options
 from tf_mtl.weighting.pcgrad import random_orders
@@ -39,10 +40,13 @@ class _Shared(keras.layers.Layer):
                                      initializer=keras.initializers.Constant(THETA0[:self.c.shape[1]]))
         self.bias = [self.add_weight(shape=(), name=f"bias_{i}", initializer="zeros")
                      for i in range(self.c.shape[0])]
+        for i, b in enumerate(self.bias):  # attributes: checkpoints do not follow lists
+            setattr(self, f"bias_{i}", b)
 
     def call(self, x):
-        ones = tf.ones_like(x[:, :1])
-        out = tf.linalg.matvec(tf.constant(self.c), self.theta)
+        ones = x[:, :1]  # 1 in the data below; a huge x overflows float16
+        out = tf.linalg.matvec(tf.constant(self.c, self.compute_dtype),
+                               tf.cast(self.theta, self.compute_dtype))
         return {NAMES[i]: ones * (out[i] + self.bias[i] + CONST[i])
                 for i in range(self.c.shape[0])}
 
@@ -447,3 +451,48 @@ def test_graddrop_step_applies_the_masks():
 def test_fixed_and_uncertainty_still_plain():
     d, _, _, _ = _update("fixed", 3)
     np.testing.assert_allclose(d, C.sum(0), rtol=1e-6)
+
+
+STATEFUL = ["gradvac", "famo", "db_mtl", "gradnorm", "nash_mtl", "imtl"]
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_resume_gives_the_uninterrupted_next_update(name, tmp_path):
+    straight, layer = _model(name, 3, lr=0.05)
+    for _ in range(3):
+        _step(straight, 3)
+    first, _ = _model(name, 3, lr=0.05)
+    for _ in range(2):
+        _step(first, 3)
+    path = first.make_checkpoint().save(str(tmp_path / "ckpt"))
+    resumed, layer2 = _model(name, 3, lr=0.05)
+    resumed.make_checkpoint().restore(path).assert_existing_objects_matched()
+    _step(resumed, 3)
+    for a, b in zip(straight.weighting.weights, resumed.weighting.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(layer.theta.numpy(), layer2.theta.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["gradvac", "nash_mtl", "mgda"])
+def test_mixed_float16_overflow_skips_the_step(name):
+    with policy_scope("mixed_float16"):
+        inp = keras.Input((1,))
+        layer = _Shared(C)
+        net = keras.Model(inp, layer(inp))
+        tasks = _tasks(3)
+        model = MultiTaskModel(net, tasks, get_weighting(name, tasks))
+        model.compile(optimizer=wrap_optimizer(keras.optimizers.SGD(0.05), "mixed_float16"),
+                      run_eagerly=True)
+        x, y = _data(3)
+        model.train_on_batch(x, y)
+        state = [w.numpy().copy() for w in model.weighting.weights]
+        theta = layer.theta.numpy().copy()
+        scale = float(model.optimizer.dynamic_scale.numpy())
+        model.train_on_batch(np.full_like(x, 1e6), y)  # float16 overflow: inf gradients
+        np.testing.assert_array_equal(layer.theta.numpy(), theta)
+        for a, b in zip(state, model.weighting.weights, strict=True):
+            np.testing.assert_array_equal(a, b.numpy())
+        assert float(model.optimizer.dynamic_scale.numpy()) == scale / 2
+        model.train_on_batch(x, y)  # and the next finite step trains again
+        assert np.all(np.isfinite(layer.theta.numpy()))
+        assert not np.allclose(layer.theta.numpy(), theta)

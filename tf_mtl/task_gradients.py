@@ -34,6 +34,12 @@ def _all_finite(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
 
 
+def _zeros_unless(finite: tf.Tensor, tensors: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """The method sees zeros on a step that will be skipped (its solvers need finite
+    input; the update is made non-finite afterwards so the step is still skipped)."""
+    return [tf.where(finite, t, tf.zeros_like(t)) for t in tensors]
+
+
 def _zeros_if_none(g: Any, like: Any) -> tf.Tensor:
     return tf.zeros(like.shape, tf.float32) if g is None else tf.cast(g, tf.float32)
 
@@ -99,6 +105,7 @@ def task_gradient_update(model: Any, x: Any, y: Any, step: tf.Tensor
                        for f, r in enumerate(reps)]
         specific = {k: [per[i][len(reps) + d] for i in range(n)] for d, k in enumerate(down)}
         finite = _all_finite(per_example)
+        per_example = _zeros_unless(finite, per_example)
         w._finite = finite
         combined, alpha, method_logs = w.combine_representation(
             per_example, [tf.stop_gradient(r) for r in reps], seen, step, reduce)
@@ -123,6 +130,7 @@ def task_gradient_update(model: Any, x: Any, y: Any, step: tf.Tensor
                                    for i in range(n)]) for k in shared])
         specific = {k: [per[i][k] for i in range(n)] for k in down}
         finite = _all_finite(stacks)
+        stacks = _zeros_unless(finite, stacks)
         w._finite = finite
         combined, alpha, method_logs = w.combine_gradients(
             stacks, seen, step, variables=[variables[k] for k in shared])

@@ -37,5 +37,6 @@ class IMTL(GradientWeighting):
         gu = k / norms[None, :]
         first = gu[0, 0] - gu[0, 1:]                       # g_1 . (u_1 - u_j)
         du = (gu[0, 0] - gu[0, 1:][None, :] - gu[1:, 0][:, None] + gu[1:, 1:])
-        rest = tf.linalg.solve(tf.transpose(du), first[:, None])[:, 0]
+        # pinv: identical or vanishing task gradients make the system singular
+        rest = tf.linalg.matvec(tf.linalg.pinv(tf.transpose(du)), first)
         return tf.concat([[1.0 - tf.reduce_sum(rest)], rest], 0), {}
