@@ -30,7 +30,7 @@ def _worker() -> dict:
     from tf_mtl.metrics import StreamingMeanIoU, TagF1, TagMAP
     from tf_mtl.model import MultiTaskModel
     from tf_mtl.tasks import Task
-    from tf_mtl.weighting import UncertaintyWeighting
+    from tf_mtl.weighting import UncertaintyWeighting, get_weighting
 
     out: dict = {"devices": devices}
     strategy = get_strategy("mirrored")
@@ -92,7 +92,7 @@ def _worker() -> dict:
         "depth": rng.standard_normal((4, 1)).astype(np.float32),
     }
 
-    def build(sync_bn):
+    def build(sync_bn, method=None):
         keras.utils.set_random_seed(1)
         inp = keras.Input((H, W, 3))
         h = keras.layers.Rescaling(1 / 255.0)(inp)
@@ -101,6 +101,7 @@ def _worker() -> dict:
         )(h)
         h = batch_norm(sync=sync_bn, momentum=0.5)(h)
         h = keras.layers.ReLU()(h)
+        h = keras.layers.Identity(name="rep")(h)  # the shared representation (rep_grad)
         pooled = keras.layers.GlobalAveragePooling2D()(h)
         net = keras.Model(
             inp,
@@ -115,13 +116,15 @@ def _worker() -> dict:
             Task("tags", TagBCE()),
             Task("depth", keras.losses.MeanSquaredError(), kind="regression"),
         ]
-        model = MultiTaskModel(net, tasks, UncertaintyWeighting(tasks, initial_sigma=0.7))
+        weighting = (UncertaintyWeighting(tasks, initial_sigma=0.7) if method is None
+                     else get_weighting(method[0], tasks, method[1]))
+        model = MultiTaskModel(net, tasks, weighting)
         model.compile(optimizer=keras.optimizers.SGD(0.5))
         return model
 
-    def one_step(strat, sync_bn):
+    def one_step(strat, sync_bn, method=None):
         with strat.scope():
-            model = build(sync_bn)
+            model = build(sync_bn, method)
         ds = tf.data.Dataset.from_tensors((x, y))
         model.fit(ds, epochs=1, verbose=0, shuffle=False)
         return model, [v.numpy() for v in model.variables]
@@ -141,6 +144,17 @@ def _worker() -> dict:
         "log_var_idx": [i for i, n in enumerate(names) if "log_var" in n],
         "iterations": int(mirrored.optimizer.iterations.numpy()),
     }
+
+    # ---- gradient methods: per-task gradients reduced over replicas before the method
+    out["methods"] = {}
+    for method in [("pcgrad", ""), ("nash_mtl", ""), ("mgda_ub", "rep_features=rep"),
+                   ("graddrop", "rep_features=rep")]:
+        ref, w_ref = one_step(tf.distribute.get_strategy(), False, method)
+        _, w_two = one_step(strategy, True, method)
+        start = [v.numpy() for v in build(False, method).variables]
+        out["methods"][method[0]] = {
+            "diff": max(float(np.abs(a - b).max()) for a, b in zip(w_ref, w_two, strict=True)),
+            "moved": max(float(np.abs(a - b).max()) for a, b in zip(start, w_ref, strict=True))}
 
     # ---- DWA (non-trainable replica state) + in-step summaries under the strategy
     import tempfile
@@ -226,6 +240,15 @@ def test_mirrored_train_step_equals_single_device(results):
     assert not bad, bad
     trainable_moved = [m for n, m in zip(r["names"], r["moved"], strict=True) if "kernel" in n]
     assert min(trainable_moved) > 1e-4
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "nash_mtl", "mgda_ub", "graddrop"])
+def test_gradient_methods_on_two_replicas_equal_one_device(results, method):
+    """The per-task gradients (or batch-summed representation gradients) are summed over
+    replicas before the method, so 2 replicas of 2 images update as 1 device of 4."""
+    r = results["methods"][method]
+    assert r["moved"] > 1e-3
+    assert r["diff"] < 1e-4, r
 
 
 def test_dwa_and_summaries_under_mirrored_strategy(results):
