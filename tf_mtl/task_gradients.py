@@ -7,12 +7,15 @@ One forward pass and one persistent tape; then T gradient calls:
     replicas give what one device gives on the same global batch). The others get their
     task's gradient as usual.
   * representation gradients (``rep_grad``, LibMTL's option): each task's gradient of the
-    shared features (``rep_features``: a set of tapped features every task's gradient to
-    the shared variables passes through, e.g. DeepLab's ``low_level`` + ``encoder``), and
-    of the variables after them. The method combines the per-example feature gradients
-    (its coefficients from their batch sums, reduced over replicas); one backward pass
-    from the features with the combined gradient gives the shared variables' update.
-    T cheap passes through the heads instead of T through the trunk.
+    shared features (``rep_features``: tapped features that every path from the shared
+    variables to a loss passes, e.g. DeepLab's ``low_level`` + ``encoder``; one may be
+    computed from another), and of the variables after them. The method combines the
+    per-example feature gradients (its coefficients from their batch sums, reduced over
+    replicas); one backward pass from the features with the combined gradient gives the
+    shared variables' update. T cheap passes through the heads instead of T through the
+    trunk. With a set that is not such a cut the update is wrong, not an error:
+    `tests/test_gradient_methods_deeplab.py` checks a family's set against the
+    equal-weight update.
 Training-only heads, loss terms and regularisation losses add their gradient to every
 variable as in the plain step. Under mixed_float16 every task loss is scaled by the
 optimizer's loss scale, the gradients are unscaled before the method and re-scaled after
@@ -55,6 +58,42 @@ def _task_logs(weighting: GradientWeighting, alpha: tf.Tensor, k: tf.Tensor
     return logs
 
 
+def _upstream_of_features(tape: tf.GradientTape, reps: Sequence[tf.Tensor],
+                          variables: Sequence[Any], own: set[int]) -> list[int]:
+    """Indices of the variables some shared feature is computed from."""
+    reach = [tape.gradient(r, variables) for r in reps]
+    return [k for k in range(len(variables)) if id(variables[k]) not in own
+            and any(r[k] is not None for r in reach)]
+
+
+def _direct_gradients(tape: tf.GradientTape, reps: Sequence[tf.Tensor],
+                      grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """Each feature's gradient less what reaches it through the later features.
+
+    A feature's gradient counts every path through it, also those that go on through
+    another feature (DeepLab's ``low_level`` feeds the decoder and, through the rest of
+    the backbone, the ``encoder``). Backpropagating several features' full gradients
+    would count such paths twice; with direct_r = g_r - sum_{s after r} (ds/dr)^T direct_s
+    (the later features first), the backward pass from all features counts each path
+    once. One partial backward pass per pair of nested features, on the combined
+    gradient only (the combination is linear)."""
+    n = len(reps)
+    after = [[a != b and tape.gradient(reps[b], reps[a]) is not None for b in range(n)]
+             for a in range(n)]  # after[a][b]: feature b is computed from feature a
+    order = sorted(range(n), key=lambda a: -sum(after[a]))  # the latest features first
+    order.reverse()
+    direct: dict[int, tf.Tensor] = {}
+    for a in order:
+        later = [b for b in range(n) if after[a][b]]
+        g = grads[a]
+        if later:
+            through = tape.gradient([reps[b] for b in later], reps[a],
+                                    output_gradients=[direct[b] for b in later])
+            g = g - tf.cast(through, g.dtype)
+        direct[a] = g
+    return [direct[a] for a in range(n)]
+
+
 def task_gradient_update(model: Any, x: Any, y: Any, step: tf.Tensor
                          ) -> tuple[dict, tf.Tensor, dict, dict, list]:
     """(outputs, total, task losses, logs, [(gradient, variable)]) of one step."""
@@ -93,8 +132,7 @@ def task_gradient_update(model: Any, x: Any, y: Any, step: tf.Tensor
                 for g in tape.gradient(per_task[i], sources)]
 
     if w.rep_grad:
-        upstream = tape.gradient(reps, variables)
-        up = [k for k, g in enumerate(upstream) if g is not None and id(variables[k]) not in own]
+        up = _upstream_of_features(tape, reps, variables, own)
         down = [k for k in range(len(variables)) if k not in up]
         if not up:
             raise ValueError(f"rep_features={'+'.join(w.rep_features)}: no trainable variable "
@@ -113,10 +151,13 @@ def task_gradient_update(model: Any, x: Any, y: Any, step: tf.Tensor
         nan = tf.constant(float("nan"))
         out_grads = [tf.cast(tf.where(finite, c, nan) * scale, r.dtype)
                      for c, r in zip(combined, reps, strict=True)]
-        through = tape.gradient([*reps, extra_scaled], variables,
-                                output_gradients=[*out_grads, tf.ones_like(extra_scaled)])
-        grads = {k: through[k] for k in up}
-        extra_grads = {k: through[k] for k in down}
+        out_grads = _direct_gradients(tape, reps, out_grads)
+        extra_all = tape.gradient(extra_scaled, variables)
+        through = tape.gradient(reps, [variables[k] for k in up], output_gradients=out_grads)
+        grads = {}
+        for k, g in zip(up, through, strict=True):
+            grads[k] = g if extra_all[k] is None else g + extra_all[k]
+        extra_grads = {k: extra_all[k] for k in down}
     else:
         per = [task_grads(i, variables) for i in range(n)]
         extra_all = tape.gradient(extra_scaled, variables)
