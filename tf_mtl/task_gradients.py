@@ -66,32 +66,35 @@ def _upstream_of_features(tape: tf.GradientTape, reps: Sequence[tf.Tensor],
             and any(r[k] is not None for r in reach)]
 
 
-def _direct_gradients(tape: tf.GradientTape, reps: Sequence[tf.Tensor],
-                      grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-    """Each feature's gradient less what reaches it through the later features.
+def _backprop_features(tape: tf.GradientTape, reps: Sequence[tf.Tensor],
+                       grads: Sequence[tf.Tensor], variables: Sequence[Any]) -> list[Any]:
+    """The variables' gradient given each shared feature's (combined) gradient.
 
-    A feature's gradient counts every path through it, also those that go on through
-    another feature (DeepLab's ``low_level`` feeds the decoder and, through the rest of
-    the backbone, the ``encoder``). Backpropagating several features' full gradients
-    would count such paths twice; with direct_r = g_r - sum_{s after r} (ds/dr)^T direct_s
-    (the later features first), the backward pass from all features counts each path
-    once. One partial backward pass per pair of nested features, on the combined
-    gradient only (the combination is linear)."""
+    A feature's gradient counts every path through it, also those that go on through a
+    later feature (DeepLab's ``low_level`` feeds the decoder and, through the rest of the
+    backbone, the ``encoder``). Backpropagating every feature's full gradient would count
+    those paths twice. So the latest features go first: the backward pass from feature b
+    also yields (db/da)^T g_b at each earlier feature a it is computed from, which is
+    taken off g_a before a's own pass (a's *direct* gradient). Each path is counted once;
+    the cost is one backward pass through the trunk plus one through the part below each
+    earlier feature."""
     n = len(reps)
     after = [[a != b and tape.gradient(reps[b], reps[a]) is not None for b in range(n)]
              for a in range(n)]  # after[a][b]: feature b is computed from feature a
-    order = sorted(range(n), key=lambda a: -sum(after[a]))  # the latest features first
-    order.reverse()
-    direct: dict[int, tf.Tensor] = {}
-    for a in order:
-        later = [b for b in range(n) if after[a][b]]
-        g = grads[a]
-        if later:
-            through = tape.gradient([reps[b] for b in later], reps[a],
-                                    output_gradients=[direct[b] for b in later])
-            g = g - tf.cast(through, g.dtype)
-        direct[a] = g
-    return [direct[a] for a in range(n)]
+    order = sorted(range(n), key=lambda a: sum(after[a]))  # the latest features first
+    direct = list(grads)
+    total: list[Any] = [None] * len(variables)
+    for b in order:
+        earlier = [a for a in range(n) if after[a][b]]
+        out = tape.gradient(reps[b], [*(reps[a] for a in earlier), *variables],
+                            output_gradients=direct[b])
+        for a, g in zip(earlier, out[:len(earlier)], strict=True):
+            if g is not None:
+                direct[a] = direct[a] - tf.cast(g, direct[a].dtype)
+        for k, g in enumerate(out[len(earlier):]):
+            if g is not None:
+                total[k] = g if total[k] is None else total[k] + g
+    return total
 
 
 def task_gradient_update(model: Any, x: Any, y: Any, step: tf.Tensor
@@ -151,9 +154,8 @@ def task_gradient_update(model: Any, x: Any, y: Any, step: tf.Tensor
         nan = tf.constant(float("nan"))
         out_grads = [tf.cast(tf.where(finite, c, nan) * scale, r.dtype)
                      for c, r in zip(combined, reps, strict=True)]
-        out_grads = _direct_gradients(tape, reps, out_grads)
         extra_all = tape.gradient(extra_scaled, variables)
-        through = tape.gradient(reps, [variables[k] for k in up], output_gradients=out_grads)
+        through = _backprop_features(tape, reps, out_grads, [variables[k] for k in up])
         grads = {}
         for k, g in zip(up, through, strict=True):
             grads[k] = g if extra_all[k] is None else g + extra_all[k]

@@ -69,21 +69,22 @@ def min_norm_element(k: tf.Tensor, max_iter: int = 250, tol: float = 1e-5) -> tf
 
 
 def cagrad_weights(k: tf.Tensor, c: float, iters: int = 100) -> tf.Tensor:
-    """argmin_{w in simplex} w^T K b + c' sqrt(w^T K w + 1e-8), b = 1/T, the dual of
-    CAGrad's inner problem (Liu et al. 2021, eq. in their Sec. 3; LibMTL solves it with
-    SLSQP). K is normalised by mean(K) = |g0|^2, which leaves the minimiser unchanged
-    (c' = c |g0| becomes c); solved by accelerated projected gradient descent (FISTA)
-    with a step from the curvature of the quadratic part."""
+    """argmin_{w in simplex} w^T K b + c |g0| sqrt(w^T K w), b = 1/T, |g0|^2 = mean(K):
+    the dual of CAGrad's inner problem (Liu et al. 2021; LibMTL solves it with SLSQP).
+    Dividing the objective by s = max_i K_ii leaves the minimiser unchanged (c |g0|
+    becomes c sqrt(mean(K) / s)) and bounds the curvature of the quadratic part by T;
+    solved by accelerated projected gradient descent (FISTA)."""
     n = int(k.shape[0])
-    scale = tf.reduce_mean(k) + 1e-8
-    a = k / scale
+    s = tf.reduce_max(tf.linalg.diag_part(k)) + 1e-20
+    a = k / s
+    cn = c * tf.sqrt(tf.maximum(tf.reduce_mean(a), 0.0))
     b = tf.fill([n], 1.0 / n)
     ab = tf.linalg.matvec(a, b)
-    step = 1.0 / (tf.reduce_max(tf.abs(tf.linalg.eigvalsh(a))) * (1.0 + c) + 1e-8)
+    step = 1.0 / ((tf.linalg.trace(a) + 1e-12) * (1.0 + cn))
 
     def grad(w):
         aw = tf.linalg.matvec(a, w)
-        return ab + c * aw / tf.sqrt(tf.tensordot(w, aw, 1) + 1e-8)
+        return ab + cn * aw / tf.sqrt(tf.tensordot(w, aw, 1) + 1e-8)
 
     def body(i, w, prev):
         y = w + tf.cast(i, a.dtype) / tf.cast(i + 3, a.dtype) * (w - prev)
