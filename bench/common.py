@@ -8,6 +8,7 @@ import math
 import pathlib
 import subprocess
 import sys
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -60,3 +61,20 @@ def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
         return mean, math.nan, math.nan
     half = _T95.get(len(diffs) - 1, 1.96) * std / math.sqrt(len(diffs))
     return mean, mean - half, mean + half
+
+
+def delta_m(method: Mapping[str, float], single_task: Mapping[str, float],
+            higher_is_better: Mapping[str, bool]) -> float:
+    """Delta_m in percent (Maninis et al. 2019; the LibMTL / Nash-MTL tables): the mean
+    over metrics k of (-1)^l_k (M_k - B_k) / B_k, B_k the single-task baseline's value and
+    l_k = 1 where lower is better. Positive: better than single-task training."""
+    if not higher_is_better:
+        raise ValueError("delta_m: no metrics given")
+    total = 0.0
+    for k, higher in higher_is_better.items():
+        if k not in method or k not in single_task:
+            raise ValueError(f"delta_m: metric {k!r} missing (method has {sorted(method)}, "
+                             f"single-task baselines have {sorted(single_task)})")
+        sign = 1.0 if higher else -1.0
+        total += sign * (method[k] - single_task[k]) / single_task[k]
+    return 100.0 * total / len(higher_is_better)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.sweep import _summarize, summary
 
 
@@ -91,3 +93,15 @@ def test_train_scalars_averages_each_finished_runs_steps_then_over_seeds(tmp_pat
     assert means["edges"] == {0: (2.0, 3.0, 1.0), 1: (2.0, 2.0, 2.0)}
     line = train_scalars.table(means, ["edges", "aux"], "t").splitlines()[2]
     assert line == "| edges | 2 | 2.000 +- 0.000 | 2.500 +- 0.707 | 1.500 +- 0.707 |"
+
+
+def test_delta_m_is_the_sign_corrected_mean_relative_change():
+    from bench.common import delta_m
+
+    single = {"miou": 0.50, "f1": 0.80, "depth_err": 0.40}
+    better = {"miou": 0.55, "f1": 0.80, "depth_err": 0.30}  # +10 %, 0, +25 % (lower wins)
+    sense = {"miou": True, "f1": True, "depth_err": False}
+    assert delta_m(better, single, sense) == pytest.approx(100 * (0.10 + 0 + 0.25) / 3)
+    assert delta_m(single, single, sense) == 0.0
+    with pytest.raises(ValueError, match="metric 'f1' missing"):
+        delta_m({"miou": 0.5}, single, {"miou": True, "f1": True})

@@ -1,0 +1,71 @@
+"""Multi-task optimisation methods on CamVid from scratch (issue 30): DeepLab with
+semantic + tags + Canny edges (``--aux_tasks=edges``), the same network, schedule and
+budget per arm, 3 seeds, rows appended as they land (a stopped sweep resumes).
+
+Arms: equal weights (``ew``), uncertainty (``uw``), DWA, PCGrad, CAGrad, Nash-MTL, FAMO
+and MGDA-UB (representation gradients), plus the single-task baselines of Delta_m:
+segmentation alone (``stl_semantic``: no tag head, no edges) and tags alone
+(``stl_tags``: the segmentation loss weighted 0). The edges task is auxiliary: nothing
+evaluates it, so Delta_m is over the two evaluated metrics (val mIoU, tag F1), against
+the seed-matched single-task runs::
+
+    .venv/bin/python -m bench.bench_mtl_methods --workdir=/tmp/mtl_methods
+    .venv/bin/python -m bench.bench_mtl_methods --workdir=/tmp/mtl_methods --delta_m
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from bench.common import delta_m, finished_runs, mean_std, paired_interval
+from bench.sweep import Arm, main_for
+
+_MT = ("--aux_tasks=edges",)
+ARMS = [
+    Arm("ew", ("--loss_weighting=fixed", *_MT)),
+    Arm("uw", ("--loss_weighting=uncertainty", *_MT)),
+    Arm("dwa", ("--loss_weighting=dwa", *_MT)),
+    Arm("pcgrad", ("--loss_weighting=pcgrad", *_MT)),
+    Arm("cagrad", ("--loss_weighting=cagrad", *_MT)),
+    Arm("nash_mtl", ("--loss_weighting=nash_mtl", *_MT)),
+    Arm("famo", ("--loss_weighting=famo", *_MT)),
+    Arm("mgda_ub", ("--loss_weighting=mgda_ub", *_MT)),
+    Arm("stl_semantic", ("--loss_weighting=fixed",), variant="deeplabv3plus_mobilenetv2_tiny"),
+    Arm("stl_tags", ("--loss_weighting=fixed", "--task_weights=semantic=0")),
+]
+METRICS = {"miou": True, "tag_f1": True}
+
+
+def delta_m_table(rows: dict[str, dict]) -> str:
+    """Delta_m per arm (mean +- std over seeds, and its 95% t interval) against the
+    seed-matched single-task runs."""
+    by = {(r["arm"], r["seed"]): r for r in rows.values()}
+    lines = ["| arm | seeds | Delta_m (%) mean +- std | 95% t interval |", "|---|---|---|---|"]
+    for arm in dict.fromkeys(r["arm"] for r in rows.values()):
+        if arm.startswith("stl_"):
+            continue
+        values = []
+        for (a, seed), r in by.items():
+            base = {"miou": by.get(("stl_semantic", seed), {}).get("miou"),
+                    "tag_f1": by.get(("stl_tags", seed), {}).get("tag_f1")}
+            if a == arm and None not in base.values() and r.get("tag_f1") is not None:
+                values.append(delta_m(r, base, METRICS))
+        if values:
+            mean, std = mean_std(values)
+            _, lo, hi = paired_interval(values) if len(values) > 1 else (0, float("nan"),
+                                                                         float("nan"))
+            lines.append(f"| {arm} | {len(values)} | {mean:+.2f} +- {std:.2f} | "
+                         f"[{lo:+.2f}, {hi:+.2f}] |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if "--delta_m" in sys.argv:
+        workdir = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir="))
+        rows = finished_runs(pathlib.Path(workdir) / "results.jsonl")
+        print(delta_m_table(rows))
+        print(json.dumps({"runs": len(rows)}))
+    else:
+        main_for(__doc__.splitlines()[0], ARMS)
