@@ -113,7 +113,10 @@ def test_two_workers_equal_one_process_and_only_the_chief_writes(tmp_path, data_
 
 
 def test_killed_worker_then_both_restarted_resume_from_the_last_checkpoint(tmp_path, data_dir):
-    steps = ["--training_number_of_steps=10", "--save_interval_steps=2"]
+    # A gradient method with state (GradVac's cosine targets): its per-task gradients are
+    # all-reduced across the workers before the method, and its state is resumed.
+    steps = ["--training_number_of_steps=10", "--save_interval_steps=2",
+             "--loss_weighting=gradvac"]
     run, tmp = tmp_path / "run", tmp_path / "worker_tmp"
     tmp.mkdir()
     procs = _start_workers(run, data_dir, tmp, *steps)
@@ -135,6 +138,8 @@ def test_killed_worker_then_both_restarted_resume_from_the_last_checkpoint(tmp_p
         assert f"Resuming from {run}/ckpt-{saved} (step {saved})." in log, log[-2000:]
         assert "step 10/10" in log
     assert (run / "ckpt-10.index").exists()
-    assert int(tf.train.load_checkpoint(str(run / "ckpt-10")).get_tensor(
-        "step/.ATTRIBUTES/VARIABLE_VALUE")) == 10
+    reader = tf.train.load_checkpoint(str(run / "ckpt-10"))
+    assert int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 10
+    targets = reader.get_tensor("weighting/rho_target/.ATTRIBUTES/VARIABLE_VALUE")
+    assert targets.shape == (2, 2) and np.abs(targets).max() > 0
     assert os.path.exists(run / "model_config.json")
