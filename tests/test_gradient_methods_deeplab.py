@@ -2,8 +2,9 @@
 
 The cut check: a method whose coefficients are all ones must give exactly the fixed
 weighting's update, in parameter mode (which variables are shared is read correctly) and
-in representation mode over DeepLab's ``low_level`` + ``encoder`` (every task's gradient
-to the shared weights passes through them; a missed path would change the update).
+in representation mode over DeepLab's ``decoder_skip`` + ``encoder`` (every task's
+gradient to the shared weights passes through them; a missed path would change the
+update), and over the nested ``low_level`` + ``encoder`` (the backbone feeds both).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def test_rep_grad_cut_of_deeplab_gives_the_equal_weight_update(tmp_path):
     keras.utils.set_random_seed(0)
     network = build_network(cfg, input_shape=(33, 33, 3))
     tasks = build_multitask_model(network, family, info, options).tasks
-    assert family.shared_features == ("low_level", "encoder")
+    assert family.shared_features == ("decoder_skip", "encoder")
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (2, 33, 33, 3)).astype(np.float32)
     y = {"semantic": rng.integers(0, info.num_classes, (2, 33, 33)).astype(np.int32),
@@ -55,7 +56,8 @@ def test_rep_grad_cut_of_deeplab_gives_the_equal_weight_update(tmp_path):
 
     ref = _step_delta(network, tasks, FixedWeighting(tasks), start, (x, y))
     scale = max(float(np.abs(b).max()) for b in ref)
-    for w in (_Ones(tasks), _Ones(tasks, rep_grad=True, rep_features=family.shared_features)):
+    for w in (_Ones(tasks), _Ones(tasks, rep_grad=True, rep_features=family.shared_features),
+              _Ones(tasks, rep_grad=True, rep_features=("low_level", "encoder"))):
         got = _step_delta(network, tasks, w, start, (x, y))
         # float32 sums in another order: differences relative to the largest change
         worst = max(float(np.abs(a - b).max()) for a, b in zip(got, ref, strict=True))

@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 __all__ = [
+    "BranchTap",
     "FeatureTaps",
     "NetworkSplit",
     "SecondPass",
@@ -29,6 +30,22 @@ __all__ = [
     "split_at",
     "upstream_layers",
 ]
+
+
+@keras.saving.register_keras_serializable(package="tf_mtl")
+class BranchTap(keras.layers.Identity):
+    """A named feature with a tensor of its own (``tf.identity``), consumed only by the
+    layers after it.
+
+    Why: a plain Identity returns its input, so the gradient of that feature counts every
+    consumer of the input. At a skip connection (DeepLab v3+'s decoder reading the
+    backbone's ``low_level``) the gradient methods' shared representation (``rep_grad``)
+    needs the skip's own share, or the representation's features would be nested and the
+    per-task gradients would each pass through the rest of the trunk.
+    """
+
+    def call(self, inputs: Any) -> Any:
+        return tf.identity(inputs)
 
 
 def _history(t: Any) -> tuple[Any, Any]:

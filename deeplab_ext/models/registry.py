@@ -134,7 +134,8 @@ class ModelFamily:
       latent_feature: the feature the evidence ``latent`` mode offsets (None: no single
         feature feeds every task, e.g. MTAN's per-task attention; no latent mode).
       shared_features: tapped features that cut every task's path to the shared weights
-        (the representation of gradient methods' ``rep_grad``); empty: none known.
+        (the representation of gradient methods' ``rep_grad``; those a variant lacks are
+        left out); empty: none known.
       stage_features: ``config -> feature names``, the outputs of the downsampling stages,
         shallowest first (the default taps of auxiliary modules and deep supervision).
       describe: ``config -> dict`` of facts ``tools.model_info`` prints.

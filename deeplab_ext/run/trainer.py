@@ -211,13 +211,14 @@ def build_multitask_model(
         kwargs["window_steps"] = dwa_window_steps
     method_options = parse_weighting_options(options.loss_weighting, options.weighting_options)
     if "rep_features" in method_options and "rep_features=" not in options.weighting_options:
-        if not family.shared_features:
-            if method_options.get("rep_grad"):
-                raise ValueError(f"--weighting_options=rep_grad=true: family {family.name!r} "
-                                 "names no shared features; add rep_features=NAME[+NAME] (a "
-                                 f"cut every task's gradient passes: {family.feature_names})")
-        else:
-            method_options["rep_features"] = "+".join(family.shared_features)
+        names = {layer.name for layer in network.layers}
+        shared = [f for f in family.shared_features if f in names]
+        if shared:
+            method_options["rep_features"] = "+".join(shared)
+        elif method_options.get("rep_grad"):
+            raise ValueError(f"--weighting_options=rep_grad=true: family {family.name!r} "
+                             "names no shared features; add rep_features=NAME[+NAME] (a "
+                             f"cut every task's gradient passes: {family.feature_names})")
     model = MultiTaskModel(
         network, tasks, get_weighting(options.loss_weighting, tasks, method_options, **kwargs),
         loss_terms=branch.loss_terms, heads=branch.heads, summary_writer=summary_writer,

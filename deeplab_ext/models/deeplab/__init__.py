@@ -42,8 +42,9 @@ register_family(ModelFamily(
         "segmentation": ("aspp", "aspp,logits", "backbone,aspp", "backbone:bn,aspp:bn"),
     },
     feature_names=FEATURE_NAMES, describe=_describe,
-    # Every head reads the encoder (ASPP) output or the decoder's low-level skip.
-    shared_features=("low_level", "encoder"),
+    # Every head reads the encoder (ASPP) output or the decoder's low-level skip (a
+    # branch of its own: its gradient is the decoder's share alone).
+    shared_features=("decoder_skip", "encoder"),
     stage_features=lambda cfg: ("low_level", "stride8", "stride16"),
     # Beyond the output stride the backbone is atrous: no layer samples a coarser grid.
     input_stride=lambda cfg: cfg.output_stride,

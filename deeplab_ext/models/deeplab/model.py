@@ -18,6 +18,7 @@ from deeplab_ext.models.deeplab.config import DeepLabConfig
 from deeplab_ext.models.deeplab.layers import ASPP, Decoder
 from deeplab_ext.models.layers import Preprocess, ResizeBilinear, TagHead
 from deeplab_ext.models.tag_heads import SEGMENTATION, segmentation_tags
+from tf_mtl.graph import BranchTap
 
 __all__ = ["DeepLab", "FEATURE_NAMES", "GROUP_PREFIXES"]
 
@@ -74,7 +75,7 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
             separable=cfg.decoder_use_separable_conv,
             name="decoder",
             norm=norm,
-        )([encoder, low_level])
+        )([encoder, BranchTap(name="decoder_skip")(low_level)])
     else:
         dec = encoder
     decoder_output = keras.layers.Identity(name="decoder_output")(dec)
