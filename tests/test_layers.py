@@ -62,6 +62,17 @@ CASES = {
                                     LOSSES, 2, 0, [()]),
     "tf_mtl>DynamicWeightAverage": (dict(task_names=["semantic", "tags"], window_steps=2),
                                     LOSSES, 0, 4, [()]),
+    "tf_mtl>BranchTap": ({}, _x(1, 4, 4, 3), 0, 0, [(1, 4, 4, 3)]),
+    # (name, trainable, non-trainable) of every other registered method
+    **{f"tf_mtl>{name}": (dict(task_names=["semantic", "tags"]), LOSSES, trainable,
+                          non_trainable, [()])
+       for name, trainable, non_trainable in [
+           ("RandomLossWeighting", 0, 0), ("GeometricLossStrategy", 0, 0), ("FAMO", 0, 6),
+           ("PCGrad", 0, 0), ("GradVac", 0, 1), ("MGDA", 0, 0), ("CAGrad", 0, 0),
+           ("IMTL", 1, 0), ("GradNorm", 1, 1), ("AlignedMTL", 0, 0), ("NashMTL", 0, 1),
+           ("DBMTL", 0, 1)]},
+    "tf_mtl>GradDrop": (dict(task_names=["semantic", "tags"], rep_grad=True), LOSSES, 0, 0,
+                        [()]),
 }
 
 
