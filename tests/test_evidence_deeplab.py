@@ -24,7 +24,7 @@ def test_deeplab_split_refit_and_untouched(net):
     tags[0, [3, 7]] = 1
     tags[1, 14] = 1
     split = split_at(net, "encoder")
-    assert "low_level" in split.side_names
+    assert "decoder_skip" in split.side_names  # the decoder's low-level skip
     ref = net(x, training=False)
     np.testing.assert_allclose(
         split.head(split.trunk(x))["semantic"].numpy(), ref["semantic"].numpy(), atol=1e-6
