@@ -29,5 +29,5 @@ class AlignedMTL(GradientWeighting):
         keep = lam > tol
         inv_sqrt = tf.where(keep, tf.math.rsqrt(tf.where(keep, lam, 1.0)), 0.0)
         lam_min = tf.reduce_min(tf.where(keep, lam, tf.reduce_max(lam)))
-        b = tf.sqrt(lam_min) * tf.matmul(v * inv_sqrt[None, :], v, transpose_b=True)
+        b = tf.sqrt(tf.maximum(lam_min, 0.0)) * tf.matmul(v * inv_sqrt[None, :], v, transpose_b=True)
         return tf.reduce_sum(b, axis=0), {}

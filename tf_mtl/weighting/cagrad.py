@@ -31,7 +31,7 @@ class CAGrad(GradientWeighting):
     def coefficients(self, k, losses, step):
         n = len(self.task_names)
         w = cagrad_weights(k, self.calpha)
-        g0_norm = tf.sqrt(tf.reduce_mean(k) + 1e-8)
+        g0_norm = tf.sqrt(tf.maximum(tf.reduce_mean(k), 0.0) + 1e-8)  # rounding: mean < 0
         c = self.calpha * g0_norm + 1e-8
         gw_norm = tf.sqrt(tf.maximum(tf.tensordot(w, tf.linalg.matvec(k, w), 1), 0.0))
         alpha = 1.0 / n + (c / (gw_norm + 1e-8)) * w

@@ -57,7 +57,7 @@ def gradvac_coefficients(k: tf.Tensor, orders: tf.Tensor, targets: tf.Tensor, be
             j = orders[i, r]
             ka = tf.linalg.matvec(k, a)
             pc_norm = tf.sqrt(tf.maximum(tf.tensordot(a, ka, 1), 0.0))
-            rho = ka[j] / (pc_norm * norms[j] + 1e-8)
+            rho = tf.clip_by_value(ka[j] / (pc_norm * norms[j] + 1e-8), -1.0, 1.0)  # rounding
             target = phi[i, j]
             w = pc_norm * (target * tf.sqrt(1 - rho ** 2) - rho * tf.sqrt(1 - target ** 2)) / (
                 norms[j] * tf.sqrt(1 - target ** 2) + 1e-8)

@@ -84,7 +84,7 @@ def cagrad_weights(k: tf.Tensor, c: float, iters: int = 100) -> tf.Tensor:
 
     def grad(w):
         aw = tf.linalg.matvec(a, w)
-        return ab + cn * aw / tf.sqrt(tf.tensordot(w, aw, 1) + 1e-8)
+        return ab + cn * aw / tf.sqrt(tf.maximum(tf.tensordot(w, aw, 1), 0.0) + 1e-8)
 
     def body(i, w, prev):
         y = w + tf.cast(i, a.dtype) / tf.cast(i + 3, a.dtype) * (w - prev)
