@@ -84,3 +84,14 @@ def test_train_with_a_gradient_method_logs_weights_and_cosines(tmp_path, shapes_
     weights = dict(scalars["train/semantic_weight"])
     assert all(np.isfinite(v) for v in weights.values())
     assert any(f"weighting={method}" in line for line in lines)
+
+
+def test_a_bad_weighting_option_is_refused_before_anything_is_written(tmp_path, shapes_data):
+    from deeplab_ext.run.trainer import train
+
+    logdir = tmp_path / "run"
+    with pytest.raises(ValueError, match="'alpha' is not an option of --loss_weighting=cagrad; "
+                                         "its options: .*calpha=0.5"):
+        train(tiny_train_options(logdir, shapes_data, loss_weighting="cagrad",
+                                 weighting_options="alpha=1"), printer=lambda line: None)
+    assert not logdir.exists()

@@ -320,6 +320,7 @@ def _prepare(options: TrainOptions, printer: Callable[[str], None],
     if options.training_number_of_steps < 1:
         raise ValueError(f"--training_number_of_steps must be >= 1, got "
                          f"{options.training_number_of_steps}")
+    parse_weighting_options(options.loss_weighting, options.weighting_options)  # fail early
     info = get_dataset_info(options.dataset)
     logdir = pathlib.Path(options.train_logdir)
     family, cfg = model_config_for(options, info)
