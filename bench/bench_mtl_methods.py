@@ -1,5 +1,6 @@
-"""Multi-task optimisation methods on CamVid from scratch (issue 30): DeepLab with
-semantic + tags + Canny edges (``--aux_tasks=edges``), the same network, schedule and
+"""Multi-task optimisation methods on CamVid from scratch (issue 30).
+
+DeepLab with semantic + tags + Canny edges (``--aux_tasks=edges``), the same network, schedule and
 budget per arm, 3 seeds, rows appended as they land (a stopped sweep resumes).
 
 Arms: equal weights (``ew``), uncertainty (``uw``), DWA, PCGrad, CAGrad, Nash-MTL, FAMO
