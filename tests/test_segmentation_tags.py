@@ -106,7 +106,7 @@ def test_refit_through_the_frozen_trunk_equals_the_whole_network(monkeypatch):
     variables = group_variables(net, "aspp,logits")
     snapshot = [v.numpy().copy() for v in net.variables]
     split = ev.EvidenceRefitter(net, cfg, variables=variables)
-    assert split.split is not None and "low_level" in split.split.side_names
+    assert split.split is not None and "decoder_skip" in split.split.side_names
     got = split(x, tags)
     monkeypatch.setattr(refitter_module, "frozen_prefix", lambda *args: None)
     whole = ev.EvidenceRefitter(net, cfg, variables=variables)
