@@ -148,9 +148,9 @@ def task_gradient_update(model: Any, x: Any, y: Any, step: tf.Tensor
         finite = _all_finite(per_example)
         per_example = _zeros_unless(finite, per_example)
         w._finite = finite
-        combined, alpha, method_logs = w.combine_representation(
-            per_example, [tf.stop_gradient(r) for r in reps], seen, step, reduce)
         k_mat = gram(reduce([tf.reduce_sum(g, axis=1) for g in per_example]))
+        combined, alpha, method_logs = w.combine_representation(
+            per_example, [tf.stop_gradient(r) for r in reps], seen, step, reduce, k=k_mat)
         nan = tf.constant(float("nan"))
         out_grads = [tf.cast(tf.where(finite, c, nan) * scale, r.dtype)
                      for c, r in zip(combined, reps, strict=True)]
@@ -175,9 +175,9 @@ def task_gradient_update(model: Any, x: Any, y: Any, step: tf.Tensor
         finite = _all_finite(stacks)
         stacks = _zeros_unless(finite, stacks)
         w._finite = finite
-        combined, alpha, method_logs = w.combine_gradients(
-            stacks, seen, step, variables=[variables[k] for k in shared])
         k_mat = gram(stacks)
+        combined, alpha, method_logs = w.combine_gradients(
+            stacks, seen, step, variables=[variables[k] for k in shared], k=k_mat)
         nan = tf.constant(float("nan"))
         grads = {}
         for k, c in zip(shared, combined, strict=True):

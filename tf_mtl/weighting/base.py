@@ -72,6 +72,10 @@ class LossWeighting(keras.layers.Layer):
         self._check_losses(task_losses)
         return tf.stack([tf.cast(task_losses[n], tf.float32) for n in self.task_names])
 
+    def prior_vector(self) -> tf.Tensor:
+        """The tasks' prior multipliers (``weights_by_task``) in task order."""
+        return tf.constant([self.weights_by_task[n] for n in self.task_names], tf.float32)
+
     def weight_logs(self, weights: tf.Tensor) -> dict[str, tf.Tensor]:
         return {f"{n}_weight": weights[i] for i, n in enumerate(self.task_names)}
 
@@ -172,8 +176,7 @@ class GradientWeighting(LossWeighting):
     def transform_losses(self, losses: tf.Tensor) -> tf.Tensor:
         """The per-task objectives whose gradients the method sees (default: the losses
         times their prior weights). Differentiable: IMTL learns its scales through it."""
-        prior = tf.constant([self.weights_by_task[n] for n in self.task_names], tf.float32)
-        return prior * losses
+        return self.prior_vector() * losses
 
     def combine(self, task_losses, tasks=None, step=None):
         """The plain weighted sum (evaluation; the train step uses the gradients)."""
@@ -187,21 +190,26 @@ class GradientWeighting(LossWeighting):
         raise NotImplementedError
 
     def combine_gradients(self, grads: Sequence[tf.Tensor], losses: tf.Tensor,
-                          step: tf.Tensor, variables: Sequence[Any] | None = None
+                          step: tf.Tensor, variables: Sequence[Any] | None = None,
+                          k: tf.Tensor | None = None
                           ) -> tuple[list[tf.Tensor], tf.Tensor, dict[str, tf.Tensor]]:
         """(combined gradient per stack, effective weights ``[T]``, logs); ``variables``
-        are the shared variables the stacks belong to (for per-variable state)."""
-        alpha, logs = self.coefficients(gram(grads), losses, step)
+        are the shared variables the stacks belong to (for per-variable state), ``k``
+        their Gram matrix when the caller has it."""
+        alpha, logs = self.coefficients(gram(grads) if k is None else k, losses, step)
         return combine_stacks(alpha, grads), alpha, logs
 
     def combine_representation(self, per_example: Sequence[tf.Tensor],
                                reps: Sequence[tf.Tensor], losses: tf.Tensor,
-                               step: tf.Tensor, reduce: Callable[[Any], Any]
+                               step: tf.Tensor, reduce: Callable[[Any], Any],
+                               k: tf.Tensor | None = None
                                ) -> tuple[list[tf.Tensor], tf.Tensor, dict[str, tf.Tensor]]:
         """Representation gradients ``[T, B, ...]`` per feature -> the combined ``[B, ...]``.
-        Coefficients come from the batch-summed gradients (reduced over replicas)."""
-        summed = reduce([tf.reduce_sum(g, axis=1) for g in per_example])
-        alpha, logs = self.coefficients(gram(summed), losses, step)
+        Coefficients come from the Gram matrix ``k`` of the batch-summed gradients
+        (reduced over replicas; computed here when not given)."""
+        if k is None:
+            k = gram(reduce([tf.reduce_sum(g, axis=1) for g in per_example]))
+        alpha, logs = self.coefficients(k, losses, step)
         return combine_stacks(alpha, per_example), alpha, logs
 
     def task_specific_weights(self, alpha: tf.Tensor) -> tf.Tensor:

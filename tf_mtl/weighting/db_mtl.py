@@ -47,7 +47,7 @@ class DBMTL(GradientWeighting):
             self._buffers[key] = buf
             setattr(self, f"buffer_{i}", buf)  # reachable by tf.train.Checkpoint
 
-    def combine_gradients(self, grads, losses, step, variables=None):
+    def combine_gradients(self, grads, losses, step, variables=None, k=None):
         if variables is None or any(v.path not in self._buffers for v in variables):
             raise ValueError("db_mtl keeps an EMA of each shared variable's task gradients: "
                              "the model must call build_state(variables) before training")

@@ -70,7 +70,7 @@ class FAMO(LossWeighting):
             var.assign(value)
 
     def combine(self, task_losses, tasks=None, step=None):
-        prior = tf.constant([self.weights_by_task[n] for n in self.task_names], tf.float32)
+        prior = self.prior_vector()
         losses = prior * self.loss_vector(task_losses)
         if step is not None:  # training: learn from the change since the last step
             observed = tf.stop_gradient(losses)

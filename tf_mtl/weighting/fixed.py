@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from tf_mtl.tasks import Task
-from tf_mtl.weighting.base import LossWeighting, register_weighting
+from tf_mtl.weighting.base import LossWeighting, prior_weights, register_weighting
 from tf_mtl.weighting.base import task_names_of as _names
 
 
@@ -28,9 +28,7 @@ class FixedWeighting(LossWeighting):
         if task_names is None and tasks is None and weights is not None:
             task_names = list(weights)
         super().__init__(_names(tasks, task_names), **kwargs)
-        base = {t.name: t.weight for t in tasks} if tasks is not None else {}
-        base.update(dict(weights or {}))
-        self.weights_by_task = {n: float(base.get(n, 1.0)) for n in self.task_names}
+        self.weights_by_task = prior_weights(tasks, self.task_names, weights)
         self.built = True
 
     def combine(self, task_losses, tasks=None, step=None):

@@ -33,7 +33,7 @@ class GeometricLossStrategy(LossWeighting):
         self.built = True
 
     def combine(self, task_losses, tasks=None, step=None):
-        prior = tf.constant([self.weights_by_task[n] for n in self.task_names], tf.float32)
+        prior = self.prior_vector()
         losses = prior * self.loss_vector(task_losses)
         total = tf.exp(tf.reduce_mean(tf.math.log(losses)))
         w = tf.stop_gradient(total / (len(self.task_names) * losses)) * prior

@@ -38,7 +38,7 @@ class GradDrop(GradientWeighting):
             out.append(keep)
         return out
 
-    def combine_representation(self, per_example, reps, losses, step, reduce):
+    def combine_representation(self, per_example, reps, losses, step, reduce, k=None):
         signals = reduce([tf.reduce_sum(g * tf.sign(tf.cast(x, tf.float32))[None], axis=1)
                           for g, x in zip(per_example, reps, strict=True)])
         masks = self.masks(signals, step)

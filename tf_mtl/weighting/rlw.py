@@ -42,7 +42,7 @@ class RandomLossWeighting(LossWeighting):
         return tf.nn.softmax(z)
 
     def combine(self, task_losses, tasks=None, step=None):
-        prior = tf.constant([self.weights_by_task[n] for n in self.task_names], tf.float32)
+        prior = self.prior_vector()
         w = self.draw(step) * prior
         return tf.reduce_sum(w * self.loss_vector(task_losses)), self.weight_logs(w)
 

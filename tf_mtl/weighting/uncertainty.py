@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from tf_mtl.tasks import VALID_KINDS, Task
-from tf_mtl.weighting.base import LossWeighting, register_weighting
+from tf_mtl.weighting.base import LossWeighting, prior_weights, register_weighting
 from tf_mtl.weighting.base import task_names_of as _names
 
 
@@ -37,9 +37,7 @@ class UncertaintyWeighting(LossWeighting):
         **kwargs: Any,
     ) -> None:
         super().__init__(_names(tasks, task_names), **kwargs)
-        base = {t.name: t.weight for t in tasks} if tasks is not None else {}
-        base.update(dict(weights or {}))
-        self.weights_by_task = {n: float(base.get(n, 1.0)) for n in self.task_names}
+        self.weights_by_task = prior_weights(tasks, self.task_names, weights)
         k = {t.name: t.kind for t in tasks} if tasks is not None else {}
         k.update(dict(kinds or {}))
         self.kinds = {n: k.get(n, "classification") for n in self.task_names}
