@@ -5,12 +5,14 @@ budget per arm, 3 seeds, rows appended as they land (a stopped sweep resumes).
 
 Arms: equal weights (``ew``), uncertainty (``uw``), DWA, PCGrad, CAGrad, Nash-MTL, FAMO
 and MGDA-UB (representation gradients), plus the single-task baselines of Delta_m:
-segmentation alone (``stl_semantic``: no tag head, no edges) and tags alone
-(``stl_tags``: the segmentation loss weighted 0). The edges task is auxiliary: nothing
-evaluates it, so Delta_m is over the two evaluated metrics (val mIoU, tag F1), against
-the seed-matched single-task runs::
+segmentation alone (``stl_semantic``: no tag head, no edges), tags alone (``stl_tags``:
+the segmentation loss weighted 0, no edges) and edges alone (``stl_edges``: segmentation
+and tags weighted 0). Delta_m is over the three val metrics (mIoU, tag F1, edge F1 of the
+training-only edge head, which ``tools.eval`` scores), against the seed-matched
+single-task runs. ``--rescore`` re-evaluates finished runs that predate the edge metric::
 
     .venv/bin/python -m bench.bench_mtl_methods --workdir=/tmp/mtl_methods
+    .venv/bin/python -m bench.bench_mtl_methods --workdir=/tmp/mtl_methods --rescore
     .venv/bin/python -m bench.bench_mtl_methods --workdir=/tmp/mtl_methods --delta_m
 """
 
@@ -21,7 +23,7 @@ import pathlib
 import sys
 
 from bench.common import delta_m, finished_runs, mean_std, paired_interval
-from bench.sweep import Arm, main_for
+from bench.sweep import Arm, main_for, rescore
 
 _MT = ("--aux_tasks=edges",)
 ARMS = [
@@ -35,8 +37,20 @@ ARMS = [
     Arm("mgda_ub", ("--loss_weighting=mgda_ub", *_MT)),
     Arm("stl_semantic", ("--loss_weighting=fixed",), variant="deeplabv3plus_mobilenetv2_tiny"),
     Arm("stl_tags", ("--loss_weighting=fixed", "--task_weights=semantic=0")),
+    Arm("stl_edges", ("--loss_weighting=fixed", "--task_weights=semantic=0,tags=0", *_MT)),
 ]
-METRICS = {"miou": True, "tag_f1": True}
+METRICS = {"miou": True, "tag_f1": True, "edge_f1": True}
+# Each metric's single-task baseline arm.
+BASELINES = {"miou": "stl_semantic", "tag_f1": "stl_tags", "edge_f1": "stl_edges"}
+
+
+def edge_metrics(results: dict) -> dict:
+    """The edge head's val F1 (absent when the run has no edge head)."""
+    return {"edge_f1": results["edges"]["f1"]} if "edges" in results else {}
+
+
+def _needs_edges(row: dict) -> bool:
+    return "edge_f1" not in row and "--aux_tasks=edges" in row["train_command"]
 
 
 def delta_m_table(rows: dict[str, dict]) -> str:
@@ -49,9 +63,8 @@ def delta_m_table(rows: dict[str, dict]) -> str:
             continue
         values = []
         for (a, seed), r in by.items():
-            base = {"miou": by.get(("stl_semantic", seed), {}).get("miou"),
-                    "tag_f1": by.get(("stl_tags", seed), {}).get("tag_f1")}
-            if a == arm and None not in base.values() and r.get("tag_f1") is not None:
+            base = {m: by.get((b, seed), {}).get(m) for m, b in BASELINES.items()}
+            if a == arm and None not in base.values() and None not in map(r.get, METRICS):
                 values.append(delta_m(r, base, METRICS))
         if values:
             mean, std = mean_std(values)
@@ -63,10 +76,13 @@ def delta_m_table(rows: dict[str, dict]) -> str:
 
 
 if __name__ == "__main__":
-    if "--delta_m" in sys.argv:
-        workdir = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir="))
-        rows = finished_runs(pathlib.Path(workdir) / "results.jsonl")
+    if "--delta_m" in sys.argv or "--rescore" in sys.argv:
+        workdir = pathlib.Path(next(a.split("=", 1)[1] for a in sys.argv
+                                    if a.startswith("--workdir=")))
+        if "--rescore" in sys.argv:
+            rescore(workdir, edge_metrics, _needs_edges)
+        rows = finished_runs(workdir / "results.jsonl")
         print(delta_m_table(rows))
         print(json.dumps({"runs": len(rows)}))
     else:
-        main_for(__doc__.splitlines()[0], ARMS)
+        main_for(__doc__.splitlines()[0], ARMS, extract=edge_metrics)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from bench.common import REPO, append_run, finished_runs, mean_std, paired_interval, run_tool
 
-__all__ = ["Arm", "SweepSettings", "camvid_shards", "main_for", "run_arm", "summary"]
+__all__ = ["Arm", "SweepSettings", "camvid_shards", "main_for", "rescore", "run_arm", "summary"]
 
 DEFAULT_VARIANT = "deeplabv3plus_mobilenetv2_tiny_mt"
 
@@ -89,6 +89,27 @@ def run_arm(arm: Arm, seed: int, settings: SweepSettings, workdir: pathlib.Path,
             "train_command": "python -m tools.train " + " ".join(train),
             "eval_command": "python -m tools.eval " + " ".join(evaluate),
             "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
+
+
+def rescore(workdir: pathlib.Path, extract: Callable[[dict], dict],
+            needs: Callable[[dict], bool]) -> dict[str, dict]:
+    """Re-run the recorded ``tools.eval`` command of every finished row for which
+    ``needs(row)`` holds (a metric added after it ran; the checkpoints are kept) and append
+    the row with ``extract(eval_results)`` merged in: the later line wins on resume."""
+    out = workdir / "results.jsonl"
+    rows = finished_runs(out)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+    for name, row in rows.items():
+        if not needs(row):
+            continue
+        args = row["eval_command"].split()[3:]  # after "python -m tools.eval"
+        run_tool("eval", args, env, workdir / name / "log.txt")
+        logdir = next(a.split("=", 1)[1] for a in args if a.startswith("--eval_logdir="))
+        added = extract(json.loads((pathlib.Path(logdir) / "eval_results.json").read_text()))
+        rows[name] = row = {**row, **added}
+        append_run(out, row)
+        print(json.dumps({"run": name, **added}), flush=True)
+    return rows
 
 
 def summary(rows: dict[str, dict], arms: Sequence[str], baseline: str | None = None,

@@ -45,7 +45,7 @@ def test_edge_target_is_opencv_canny_of_the_augmented_crop(data_dir):
 def test_edges_branch_trains_is_recorded_and_is_not_exported(data_dir, tmp_path):
     from deeplab_ext.models import build_network
     from deeplab_ext.run.options import TrainOptions
-    from deeplab_ext.run.rundir import restore_network
+    from deeplab_ext.run.rundir import input_alignment, restore_network
     from deeplab_ext.run.trainer import train
 
     opts = dict(train_logdir=str(tmp_path / "run"), dataset_dir=str(data_dir),
@@ -57,7 +57,7 @@ def test_edges_branch_trains_is_recorded_and_is_not_exported(data_dir, tmp_path)
     assert "edges_loss" in result.logs and np.isfinite(float(result.logs["edges_loss"]))
     meta = json.loads((tmp_path / "run" / "model_config.json").read_text())
     assert meta["training_branches"]["aux_tasks"]["aux_tasks"] == ["edges"]
-    network, info, _ = restore_network(tmp_path / "run")
+    network, info, run_meta = restore_network(tmp_path / "run")
     plain = build_network("toy_segmenter_mt", num_classes=info.num_classes,
                           num_tags=info.num_tags)
     assert [v.path for v in network.variables] == [v.path for v in plain.variables]
@@ -65,6 +65,58 @@ def test_edges_branch_trains_is_recorded_and_is_not_exported(data_dir, tmp_path)
     with pytest.raises(ValueError, match="--aux_tasks: unknown"):
         train(TrainOptions(aux_tasks=("sharpness",), **{**opts, "train_logdir": str(
             tmp_path / "bad")}), printer=lambda s: None)
+
+
+    # tools.eval scores the training-only edge head on val: the F1 of its logits, read
+    # back from the checkpoint, against the Canny target. Reference: the head's 1x1 conv
+    # applied in NumPy to the tapped feature, its kernel and bias found in the checkpoint by
+    # shape (the only [1, 1, C, 1] kernel; the trainable variables are stored under the
+    # optimizer's object path).
+    import tensorflow as tf
+
+    from deeplab_ext.models.registry import family_of
+    from deeplab_ext.run.evaluation import evaluate
+    from deeplab_ext.run.options import EvalOptions
+    from deeplab_ext.run.tasks import branches_from_record, restore_branch_outputs
+    from tf_mtl.graph import feature_model
+
+    res = evaluate(EvalOptions(checkpoint_dir=str(tmp_path / "run"), dataset_dir=str(data_dir),
+                               eval_split="val", bootstrap_samples=0, num_vis_examples=0),
+                   printer=lambda s: None)
+    ckpt = tf.train.load_checkpoint(result.checkpoint)
+    features = feature_model(network, ["encoder"])
+    channels = features.output["encoder"].shape[-1]
+    stored = [(n, tuple(s)) for n, s in tf.train.list_variables(result.checkpoint)
+              if n.startswith("optimizer/_trainable_variables/")]
+    (kernel_name,) = [n for n, s in stored if s == (1, 1, channels, 1)]
+    kernel = ckpt.get_tensor(kernel_name)
+    index = int(kernel_name.split("/")[-3])  # its bias is the next trainable variable
+    bias = ckpt.get_tensor(kernel_name.replace(f"/{index}/", f"/{index + 1}/"))
+    assert bias.shape == (1,)
+    alignment = input_alignment(network, run_meta)  # eval pads to the training grid
+    ds = input_pipeline.make_dataset(info, str(data_dir), "val", crop_size=None, batch_size=1,
+                                     is_training=False, targets=("semantic", "edges"))
+    heads = None
+    tp = fp = fn = 0
+    for images, targets in ds:
+        padded = alignment.pad(images)
+        f = features(padded, training=False)["encoder"].numpy()
+        logits = f @ kernel.reshape(kernel.shape[-2:]) + bias
+        logits = tf.image.resize(logits, tf.shape(padded)[1:3]).numpy()[0, ..., 0]
+        logits = logits[: images.shape[1], : images.shape[2]]
+        if heads is None:  # the trained head, not a fresh one, is what tools score
+            branch = branches_from_record(network, family_of(network), info,
+                                          run_meta["training_branches"])
+            heads = restore_branch_outputs(result.checkpoint, network, branch, alignment, images)
+        np.testing.assert_allclose(heads(images)["edges_logits"][0, ..., 0], logits, atol=1e-4)
+        edge = targets["edges"].numpy()[0]
+        pred, valid = logits > 0, edge != info.ignore_label
+        tp += np.sum(pred & (edge == 1) & valid)
+        fp += np.sum(pred & (edge == 0) & valid)
+        fn += np.sum(~pred & (edge == 1) & valid)
+    assert tp + fn > 0
+    np.testing.assert_allclose(res["edges"]["f1"], 2 * tp / (2 * tp + fp + fn), atol=1e-6)
+    np.testing.assert_allclose(res["edges"]["recall"], tp / (tp + fn), atol=1e-6)
 
 
 def test_noisy_and_lab_targets(data_dir):

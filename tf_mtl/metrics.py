@@ -172,6 +172,30 @@ TagF1 = TagPrecisionRecallF1
 
 
 @keras.saving.register_keras_serializable(package="tf_mtl")
+class PixelF1(TagPrecisionRecallF1):
+    """Micro F1 of a binary per-pixel map (e.g. edges): ``y_true`` ``[B, H, W]`` in
+    {0, 1, ignore}, ``y_pred`` one logit per position ``[B, h, w, 1]``, resized (bilinear)
+    to the labels, thresholded at probability 0.5; ignored pixels do not count."""
+
+    def __init__(self, ignore_label: int = 255, name: str = "f1", **kwargs: Any) -> None:
+        kwargs.pop("num_tags", None)
+        super().__init__(1, name=name, **kwargs)
+        self.ignore_label = int(ignore_label)
+
+    def update_state(self, y_true: tf.Tensor, y_pred: tf.Tensor,
+                     sample_weight: tf.Tensor | None = None) -> None:
+        labels = tf.cast(y_true, tf.int32)
+        logits = tf.image.resize(tf.cast(y_pred, tf.float32), tf.shape(labels)[1:3])[..., 0]
+        valid = tf.cast(tf.not_equal(labels, self.ignore_label), tf.float64)
+        if sample_weight is not None:
+            valid *= tf.cast(sample_weight, tf.float64)
+        super().update_state(tf.equal(labels, 1), logits, valid)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "ignore_label": self.ignore_label}
+
+
+@keras.saving.register_keras_serializable(package="tf_mtl")
 class TagMAP(keras.metrics.Metric):
     """Mean average precision over tags, from per-tag score histograms.
 

@@ -35,7 +35,14 @@ from deeplab_ext.run.modes import (
 from deeplab_ext.run.options import EvalOptions
 from deeplab_ext.run.refit_kinds import EVIDENCE_MODES
 from deeplab_ext.run.rundir import atomic_write, restore_network
-from deeplab_ext.run.tasks import TaskContext, build_tasks, task_names
+from deeplab_ext.run.tasks import (
+    Branch,
+    TaskContext,
+    branches_from_record,
+    build_tasks,
+    restore_branch_outputs,
+    task_names,
+)
 from tf_mtl.inference import InputAlignment
 from tf_mtl.metrics import (
     TagMAP,
@@ -141,6 +148,7 @@ class _Restored:
     info: DatasetInfo
     meta: dict
     image_tasks: list
+    branch: Branch
     batches: list
     alignment: InputAlignment
 
@@ -171,13 +179,17 @@ def _restore(options: EvalOptions, modes: Sequence[str],
         )
     image_tasks = build_tasks(TaskContext(network, family, info, None),
                               [n for n in task_names(network, family) if n not in PIXEL_TASKS])
+    # Training-only branches whose tasks have metrics (e.g. --aux_tasks=edges) are scored
+    # too: a multi-task comparison needs every task's number, served or not.
+    branch = branches_from_record(network, family, info, meta.get("training_branches", {}))
+    branch.tasks = [t for t in branch.tasks if t.metrics]
     batches, alignment = load_split(
         network, info, meta, options.dataset_dir, options.eval_split,
         crop=options.eval_crop_size, max_examples=options.max_examples,
         align=options.align_inputs, min_resize_value=options.min_resize_value,
         max_resize_value=options.max_resize_value, printer=printer,
-        targets=[t.target_key for t in image_tasks])
-    return _Restored(network, family, info, meta, image_tasks, batches, alignment)
+        targets=list(dict.fromkeys(t.target_key for t in image_tasks + branch.tasks)))
+    return _Restored(network, family, info, meta, image_tasks, branch, batches, alignment)
 
 
 def _image_metrics(run: _Restored, printer: Callable[[str], None]) -> dict[str, dict]:
@@ -202,9 +214,20 @@ def _image_metrics(run: _Restored, printer: Callable[[str], None]) -> dict[str, 
         t = found["tags"]
         printer(f"tags: precision {t['precision']:.4f} recall {t['recall']:.4f} "
                 f"F1 {t['f1']:.4f} mAP {t['mAP']:.4f}")
-    for task in run.image_tasks:
-        found[task.name] = {m.name: float(m.result()) for m in task.metrics}
-        printer(f"{task.name}: " + " ".join(f"{k} {v:.4f}" for k, v in found[task.name].items()))
+    if run.branch.tasks:
+        outputs = restore_branch_outputs(run.meta["checkpoint_path"], run.network, run.branch,
+                                         run.alignment, run.batches[0][0])
+        for images, targets in run.batches:
+            out = outputs(images)
+            for task in run.branch.tasks:
+                for metric in task.metrics:
+                    metric.update_state(targets[task.target_key], out[task.output_key])
+    for task in [*run.image_tasks, *run.branch.tasks]:
+        values = {m.name: float(m.result()) for m in task.metrics}
+        for m in task.metrics:  # precision / recall beside an F1
+            values.update({k: float(v) for k, v in getattr(m, "results", dict)().items()})
+        found[task.name] = values
+        printer(f"{task.name}: " + " ".join(f"{k} {v:.4f}" for k, v in values.items()))
     return found
 
 

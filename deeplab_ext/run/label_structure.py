@@ -33,9 +33,9 @@ from deeplab_ext.run.tasks import (
     TaskContext,
     branches_from_record,
     register_branch,
+    restore_branch_outputs,
 )
 from tf_mtl.branches import LossTerm, OutputLoss, TrainingHead
-from tf_mtl.graph import feature_model
 from tf_mtl.inference import InputAlignment
 from tf_mtl.losses import label_map_loss
 from tf_mtl.tasks import Task
@@ -141,19 +141,10 @@ def decoder_path(checkpoint_path: str, network: keras.Model, family: ModelFamily
     if "label_decoder" not in record:
         raise ValueError("--label_decoder_path_miou: this run was not trained with "
                          f"--label_decoder (its training branches: {sorted(record) or 'none'})")
-    branch = branches_from_record(network, family, info, record)
-    head = next(h for h in branch.heads if isinstance(h, LabelDecoderHead))
-    features = feature_model(network, head.features)
-    for h in branch.heads:  # variables exist before the checkpoint is read into them
-        h(features(alignment.pad(example), training=False), training=False)
-    tf.train.Checkpoint(heads=list(branch.heads)).read(checkpoint_path).expect_partial()
-
-    def logits(images: tf.Tensor) -> dict:
-        out = head(features(images, training=False), training=False)[DECODER_OUTPUT]
-        return {"logits": _resize(tf.cast(out, tf.float32), tf.shape(images)[1:3])}
-
-    aligned = tf.function(alignment.wrap(logits), reduce_retracing=True)
-    return lambda images: aligned(images)["logits"]
+    outputs = restore_branch_outputs(checkpoint_path, network,
+                                     branches_from_record(network, family, info, record),
+                                     alignment, example)
+    return lambda images: outputs(images)[DECODER_OUTPUT]
 
 
 _DECODER_OPTIONS = ("label_decoder", "label_decoder_weight", "label_decoder_loss",

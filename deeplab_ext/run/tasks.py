@@ -21,10 +21,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.registry import ModelFamily
 from tf_mtl.branches import LossTerm, TrainingHead
+from tf_mtl.graph import feature_model
+from tf_mtl.inference import InputAlignment
 from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore, TagBCE
 from tf_mtl.metrics import StreamingMeanIoU, TagPrecisionRecallF1
 from tf_mtl.tasks import Task
@@ -36,6 +39,7 @@ __all__ = [
     "TaskSpec",
     "branch_record",
     "branches_from_record",
+    "restore_branch_outputs",
     "build_branches",
     "build_tasks",
     "register_branch",
@@ -224,6 +228,33 @@ def branches_from_record(network: keras.Model, family: ModelFamily, info: Datase
         ctx = TaskContext(network, family, info, types.SimpleNamespace(**record[name]))
         total = total + _BRANCHES[name].build(ctx)
     return total
+
+
+def restore_branch_outputs(checkpoint_path: str, network: keras.Model, branch: Branch,
+                           alignment: InputAlignment, example: tf.Tensor
+                           ) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """``images -> {head output: tensor}`` of a trained run's training-only ``branch``
+    (rebuilt by :func:`branches_from_record`), its heads read back from the checkpoint,
+    every spatial output resized (bilinear) to the images' size so tools score branch
+    tasks on the same pixels as the served ones. ``example``: an input batch to build
+    the heads on."""
+    if not branch.heads:
+        return lambda images: {}
+    features = feature_model(network, dict.fromkeys(f for h in branch.heads for f in h.features))
+    for h in branch.heads:  # variables exist before the checkpoint is read into them
+        h(features(alignment.pad(example), training=False), training=False)
+    tf.train.Checkpoint(heads=list(branch.heads)).read(checkpoint_path).expect_partial()
+
+    def outputs(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        found = features(images, training=False)
+        out: dict[str, tf.Tensor] = {}
+        for h in branch.heads:
+            out.update(h(found, training=False))
+        size = tf.shape(images)[1:3]
+        return {k: tf.image.resize(tf.cast(v, tf.float32), size, method="bilinear")
+                if v.shape.rank == 4 else v for k, v in out.items()}
+
+    return tf.function(alignment.wrap(outputs), reduce_retracing=True)
 
 
 def _semantic(ctx: TaskContext) -> Task:
