@@ -4,7 +4,13 @@ import keras
 import numpy as np
 import pytest
 
-from tf_mtl.metrics import StreamingMeanIoU, TagF1, TagMAP, TagPrecisionRecallF1
+from tf_mtl.metrics import (
+    BinaryMapScores,
+    StreamingMeanIoU,
+    TagF1,
+    TagMAP,
+    TagPrecisionRecallF1,
+)
 
 C, IGN = 6, 255
 
@@ -178,3 +184,23 @@ def test_paired_bootstrap_orders_modes_only_when_the_images_agree():
         paired_bootstrap_miou(conf, [("base", "nope")])
     with pytest.raises(ValueError, match="level"):
         paired_bootstrap_miou(conf, [("better", "base")], level=1.5)
+
+
+def test_binary_map_scores_by_hand():
+    """Six scored pixels and one ignored: probabilities 0.9, 0.7, 0.35 (edges), 0.6, 0.2,
+    0.1 (not), 0.95 (ignored). At 0.5: tp 2, fp 1, fn 1 -> F1 2/3. At 0.35 (ODS): tp 3,
+    fp 1 -> F1 6/7. AP: precision 1 at recall 1/3 and 2/3 (0.9, 0.7), then 3/4 at recall 1
+    (0.35, with 0.6 above it): 1/3 + 1/3 + 3/4 * 1/3 = 0.9167."""
+    p = np.array([0.9, 0.7, 0.35, 0.6, 0.2, 0.1, 0.95])
+    logits = np.log(p / (1 - p)).reshape(1, 1, 7, 1).astype("float32")
+    labels = np.array([[[1, 1, 1, 0, 0, 0, 255]]])
+    m = BinaryMapScores(ignore_label=255)
+    m.update_state(labels[:, :, :4], logits[:, :, :4])  # two batches accumulate
+    m.update_state(labels[:, :, 4:], logits[:, :, 4:])
+    got = {k: float(v) for k, v in m.results().items()}
+    assert got["f1"] == pytest.approx(2 / 3, abs=1e-6)
+    assert got["ods_f1"] == pytest.approx(6 / 7, abs=1e-6) == float(m.result())
+    assert 0.21 - 1e-6 <= got["ods_threshold"] <= 0.35  # the lowest of the tied thresholds
+    assert got["ap"] == pytest.approx(1 / 3 + 1 / 3 + 0.75 / 3, abs=1e-6)
+    with pytest.raises(ValueError, match="even"):
+        BinaryMapScores(num_bins=7)

@@ -97,7 +97,7 @@ def test_edges_branch_trains_is_recorded_and_is_not_exported(data_dir, tmp_path)
     ds = input_pipeline.make_dataset(info, str(data_dir), "val", crop_size=None, batch_size=1,
                                      is_training=False, targets=("semantic", "edges"))
     heads = None
-    tp = fp = fn = 0
+    probs, truth = [], []
     for images, targets in ds:
         padded = alignment.pad(images)
         f = features(padded, training=False)["encoder"].numpy()
@@ -110,13 +110,25 @@ def test_edges_branch_trains_is_recorded_and_is_not_exported(data_dir, tmp_path)
             heads = restore_branch_outputs(result.checkpoint, network, branch, alignment, images)
         np.testing.assert_allclose(heads(images)["edges_logits"][0, ..., 0], logits, atol=1e-4)
         edge = targets["edges"].numpy()[0]
-        pred, valid = logits > 0, edge != info.ignore_label
-        tp += np.sum(pred & (edge == 1) & valid)
-        fp += np.sum(pred & (edge == 0) & valid)
-        fn += np.sum(~pred & (edge == 1) & valid)
-    assert tp + fn > 0
-    np.testing.assert_allclose(res["edges"]["f1"], 2 * tp / (2 * tp + fp + fn), atol=1e-6)
-    np.testing.assert_allclose(res["edges"]["recall"], tp / (tp + fn), atol=1e-6)
+        valid = edge != info.ignore_label
+        probs.append(1 / (1 + np.exp(-logits[valid])))
+        truth.append(edge[valid] == 1)
+    probs, truth = np.concatenate(probs), np.concatenate(truth)
+    assert truth.any() and not truth.all()
+    # The metric's definition: thresholds k/100 on the probability; ODS = the best F1 over
+    # them, AP = sum of precision x recall gained, F1 at 0.5.
+    bins = np.minimum(np.floor(probs * 100).astype(int), 99)
+    curve = []
+    for k in range(100):
+        pred = bins >= k
+        tp, fp, fn = np.sum(pred & truth), np.sum(pred & ~truth), np.sum(~pred & truth)
+        curve.append((tp / max(tp + fp, 1), tp / (tp + fn), 2 * tp / (2 * tp + fp + fn)))
+    precision, recall, f1 = map(np.array, zip(*curve, strict=True))
+    ap = np.sum(precision * (recall - np.append(recall[1:], 0.0)))
+    got = res["edges"]
+    np.testing.assert_allclose([got["ods_f1"], got["ap"], got["f1"]],
+                               [f1.max(), ap, f1[50]], atol=1e-5)
+    assert got["ods_threshold"] == pytest.approx(np.argmax(f1) / 100)
 
 
 def test_noisy_and_lab_targets(data_dir):

@@ -29,7 +29,7 @@ from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.run.tasks import Branch, BranchSpec, TaskContext, register_branch
 from tf_mtl.branches import LossTerm, TrainingHead
 from tf_mtl.graph import SecondPass
-from tf_mtl.metrics import PixelF1
+from tf_mtl.metrics import BinaryMapScores
 from tf_mtl.tasks import Task
 
 __all__ = ["AUX_TASKS", "EDGE_OUTPUT", "EdgeHead", "SecondPassTask", "edge_loss"]
@@ -69,7 +69,7 @@ def _edges(ctx: TaskContext) -> Branch:
     return Branch(heads=[EdgeHead(o.aux_feature, name="edges_head")], targets=("edges",),
                   tasks=[Task("edges", edge_loss(ctx.info), output=EDGE_OUTPUT,
                               target="edges", weight=o.aux_task_weight,
-                              metrics=[PixelF1(ctx.info.ignore_label)])])
+                              metrics=[BinaryMapScores(ctx.info.ignore_label)])])
 
 
 class SecondPassTask(LossTerm):
