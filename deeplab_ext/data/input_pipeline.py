@@ -22,7 +22,14 @@ import tensorflow as tf
 
 from deeplab_ext.data import preprocess, tfrecord
 from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info
-from deeplab_ext.data.targets import DEFAULT_TARGETS, DENSE, IMAGE, compute_targets, get_target
+from deeplab_ext.data.targets import (
+    DEFAULT_TARGETS,
+    DENSE,
+    IMAGE,
+    compute_targets,
+    get_target,
+    maps_of,
+)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -65,10 +72,24 @@ def tags_from_names(names: Sequence[str], info: DatasetInfo | str) -> np.ndarray
 
 def decode_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Serialized Example -> (uint8 image [H, W, 3], uint8 label [H, W, 1], filename)."""
+    return decode_with_maps(serialized, ())[:3]
+
+
+def decode_with_maps(serialized: tf.Tensor, maps: Sequence[str]
+                     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, dict[str, tf.Tensor]]:
+    """:func:`decode_example` and the named dense maps (``tfrecord.MAP_KEYS``), int32
+    ``[H, W, 1]`` each; a map the example lacks is zeros (no instance / invalid)."""
     ex = tfrecord.parse_example(serialized)
     image = tf.io.decode_image(ex["image/encoded"], channels=3, expand_animations=False)
     label = tf.io.decode_png(ex["image/segmentation/class/encoded"], channels=1)
-    return image, label, ex["image/filename"]
+    decoded = {}
+    for name in maps:
+        data = ex[tfrecord.MAP_KEYS[name]]
+        decoded[name] = tf.cond(
+            tf.equal(tf.strings.length(data), 0),
+            lambda: tf.zeros_like(label, tf.int32),
+            lambda d=data: tf.cast(tf.io.decode_png(d, channels=1, dtype=tf.uint16), tf.int32))
+    return image, label, ex["image/filename"], decoded
 
 
 def make_dataset(
@@ -137,9 +158,17 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
 
+    map_names = maps_of(targets)
+
     def _process(serialized: tf.Tensor, elem_seed: tf.Tensor | None):
-        image, label, _ = decode_example(serialized)
-        out = compute_targets(targets, IMAGE, image, label, info, elem_seed, is_training)
+        image, label, _, maps = decode_with_maps(serialized, map_names)
+        out = compute_targets(targets, IMAGE, image, label, info, elem_seed, is_training,
+                              {k: v[..., 0] for k, v in maps.items()})
+        if map_names:
+            # The maps ride along as more label channels, stored as ignore - value so the
+            # label's padding (the ignore label) reads back as 0 (no instance, invalid).
+            label = tf.concat([tf.cast(label, tf.int32)]
+                              + [info.ignore_label - maps[m] for m in map_names], -1)
         image, label = preprocess.preprocess_image_and_label(
             image,
             label,
@@ -156,7 +185,10 @@ def make_dataset(
             mean_pixel=mean_pixel,
             seed=elem_seed,
         )
-        out.update(compute_targets(targets, DENSE, image, label, info, elem_seed, is_training))
+        maps = {m: info.ignore_label - label[..., i + 1] for i, m in enumerate(map_names)}
+        label = label[..., :1]
+        out.update(compute_targets(targets, DENSE, image, label, info, elem_seed, is_training,
+                                   maps))
         return image, {name: out[name] for name in targets}
 
     if is_training:

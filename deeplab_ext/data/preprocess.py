@@ -216,7 +216,8 @@ def preprocess_image_and_label(
     seed: tf.Tensor | None = None,
     fused: bool = True,
 ) -> tuple[tf.Tensor, tf.Tensor | None]:
-    """Image `[H, W, 3]` and label `[H, W, 1]` -> float32 image and int32 label, augmented.
+    """Image `[H, W, 3]` and label `[H, W, C]` -> float32 image and int32 label, augmented
+    (more label channels, e.g. instance ids, go through the same geometry).
 
     Training needs `seed` (int `[2]`); eval ignores it and is deterministic. `fused`
     (training) does scale+pad+crop as one crop-window resampling (`fused_scale_pad_crop`).
@@ -243,7 +244,7 @@ def preprocess_image_and_label(
             )  # fmt: skip
             image, label = random_flip_left_right(image, label, seeds[2])
             image = tf.ensure_shape(image, [crop_height, crop_width, 3])
-            return image, tf.ensure_shape(label, [crop_height, crop_width, 1])
+            return image, tf.ensure_shape(label, [crop_height, crop_width, None])
         image, label = randomly_scale_image_and_label(image, label, scale)
     if crop_height is None or crop_width is None:
         return image, label
@@ -265,5 +266,5 @@ def preprocess_image_and_label(
             label = label[off_h : off_h + crop_height, off_w : off_w + crop_width]
     image = tf.ensure_shape(image, [crop_height, crop_width, 3])
     if label is not None:
-        label = tf.ensure_shape(label, [crop_height, crop_width, 1])
+        label = tf.ensure_shape(label, [crop_height, crop_width, None])
     return image, label

@@ -15,6 +15,11 @@ entry per name. A task that needs a new target registers it in its own module::
     @register_target("edges", stage=DENSE)
     def edges(ctx: TargetContext) -> tf.Tensor:
         ...  # ctx.image float32 [h, w, 3], ctx.label int32 [h, w, 1]
+
+A target may also read dense maps the shards carry besides the label
+(``deeplab_ext.data.tfrecord.MAP_KEYS``: instance ids, disparity): it names them
+(``register_target("depth", DENSE, maps=("disparity",))``) and gets them in ``ctx.maps``,
+augmented with the image like the label (nearest sampling), 0 in the padding.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ __all__ = [
     "TargetSpec",
     "compute_targets",
     "get_target",
+    "maps_of",
     "register_target",
     "tags_from_label",
     "target_names",
@@ -59,6 +65,8 @@ class TargetContext:
     ``memo``: shared by every target of one example and stage, so targets built on the
     same intermediate (the largest object's class and box) compute it once: use
     :meth:`shared`.
+    ``maps``: the dense maps the target's spec names, int32 ``[h, w]`` each (0 where the
+    shards have none, and in the padding).
     """
 
     image: tf.Tensor
@@ -67,6 +75,7 @@ class TargetContext:
     seed: tf.Tensor | None
     is_training: bool
     memo: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    maps: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def shared(self, key: str, build: Callable[[], object]) -> object:
         """``build()`` once per example and stage, whichever target asks first."""
@@ -80,20 +89,29 @@ class TargetSpec:
     name: str
     stage: str
     fn: Callable[[TargetContext], tf.Tensor]
+    maps: tuple[str, ...] = ()
 
 
 _TARGETS: dict[str, TargetSpec] = {}
 # Targets of this package kept in modules of their own, registered on first lookup.
-_BUILTIN_TARGET_MODULES = ("deeplab_ext.data.self_supervised", "deeplab_ext.data.object_targets")
+_BUILTIN_TARGET_MODULES = ("deeplab_ext.data.self_supervised", "deeplab_ext.data.object_targets",
+                           "deeplab_ext.data.scene_targets")
 
 
-def register_target(name: str, stage: str) -> Callable:
-    """Decorator: register ``fn(ctx: TargetContext) -> Tensor`` as target ``name``."""
+def register_target(name: str, stage: str, maps: tuple[str, ...] = ()) -> Callable:
+    """Decorator: register ``fn(ctx: TargetContext) -> Tensor`` as target ``name``;
+    ``maps``: the shards' dense maps it reads (``tfrecord.MAP_KEYS``)."""
+    from deeplab_ext.data.tfrecord import MAP_KEYS
+
     if stage not in STAGES:
         raise ValueError(f"target {name!r}: stage must be one of {STAGES}, got {stage!r}")
+    unknown = sorted(set(maps) - set(MAP_KEYS))
+    if unknown:
+        raise ValueError(f"target {name!r}: unknown maps {unknown}; the shards carry "
+                         f"{sorted(MAP_KEYS)}")
 
     def decorate(fn: Callable[[TargetContext], tf.Tensor]) -> Callable:
-        _TARGETS[name] = TargetSpec(name, stage, fn)
+        _TARGETS[name] = TargetSpec(name, stage, fn, tuple(maps))
         return fn
 
     return decorate
@@ -126,16 +144,22 @@ def _seed_for(seed: tf.Tensor | None, name: str) -> tf.Tensor | None:
                                                     zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
+def maps_of(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The dense maps the named targets read, in order, without repeats."""
+    return tuple(dict.fromkeys(m for n in names for m in get_target(n).maps))
+
+
 def compute_targets(names: tuple[str, ...], stage: str, image: tf.Tensor, label: tf.Tensor,
-                    info: DatasetInfo, seed: tf.Tensor | None, is_training: bool
-                    ) -> dict[str, tf.Tensor]:
+                    info: DatasetInfo, seed: tf.Tensor | None, is_training: bool,
+                    maps: dict[str, tf.Tensor] | None = None) -> dict[str, tf.Tensor]:
     """The targets of ``names`` that belong to ``stage``, by name."""
     out, memo = {}, {}
     for name in names:
         spec = get_target(name)
         if spec.stage == stage:
             out[name] = spec.fn(TargetContext(image, label, info, _seed_for(seed, name),
-                                              is_training, memo))
+                                              is_training, memo,
+                                              {m: (maps or {})[m] for m in spec.maps}))
     return out
 
 

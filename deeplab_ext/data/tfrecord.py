@@ -1,7 +1,11 @@
 """The original DeepLab TFRecord format (`datasets/build_data.py`) and atomic shard writing.
 
 One `tf.train.Example` per image with the keys in `KEYS`; shards are named
-`%s-%05d-of-%05d.tfrecord` (split, shard id, number of shards). Shards are first written
+`%s-%05d-of-%05d.tfrecord` (split, shard id, number of shards). Two optional keys, ours,
+carry the scene tasks' maps as 16-bit PNGs when a converter has them (`MAP_KEYS`):
+instance ids in Cityscapes' `gtFine_instanceIds` encoding (class id * 1000 + k for an
+instance, a class id below 1000 for pixels of no instance) and disparity in Cityscapes'
+encoding (d = (p - 1) / 256, p = 0 invalid). Readers of the original keys ignore them. Shards are first written
 under hidden temporary names and only renamed once every shard of the split is complete,
 so a reader never sees a half-written shard set.
 """
@@ -29,6 +33,10 @@ KEYS = (
     "image/segmentation/class/format",
 )
 
+# Optional dense maps: name -> Example key (16-bit PNG, absent = empty string).
+MAP_KEYS = {"instance": "image/segmentation/instance/encoded",
+            "disparity": "image/disparity/encoded"}
+
 FEATURE_SPEC = {
     "image/encoded": tf.io.FixedLenFeature((), tf.string, default_value=""),
     "image/filename": tf.io.FixedLenFeature((), tf.string, default_value=""),
@@ -38,6 +46,7 @@ FEATURE_SPEC = {
     "image/channels": tf.io.FixedLenFeature((), tf.int64, default_value=3),
     "image/segmentation/class/encoded": tf.io.FixedLenFeature((), tf.string, default_value=""),
     "image/segmentation/class/format": tf.io.FixedLenFeature((), tf.string, default_value="png"),
+    **{key: tf.io.FixedLenFeature((), tf.string, default_value="") for key in MAP_KEYS.values()},
 }
 
 
@@ -77,11 +86,15 @@ def image_seg_to_tfexample(
     image_format: str = "jpeg",
     seg_format: str = "png",
     channels: int = 3,
+    maps: dict[str, bytes] | None = None,
 ) -> tf.train.Example:
-    """Build one Example with the original's keys (same name/signature order as the original)."""
+    """Build one Example with the original's keys (same name/signature order as the
+    original); ``maps``: optional 16-bit PNGs by name (``MAP_KEYS``)."""
+    extra = {MAP_KEYS[name]: _bytes(data) for name, data in (maps or {}).items()}
     return tf.train.Example(
         features=tf.train.Features(
             feature={
+                **extra,
                 "image/encoded": _bytes(image_data),
                 "image/filename": _bytes(filename),
                 "image/format": _bytes(image_format),
