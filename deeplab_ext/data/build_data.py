@@ -3,6 +3,10 @@
 - VOC layout (`build_voc2012_data.py` of the original): `JPEGImages/*.jpg`,
   `SegmentationClass/*.png` (palette or index PNGs), `ImageSets/Segmentation/<split>.txt`.
 - CamVid, SegNet layout: `<split>.txt` with "image label" path pairs, single-channel labels.
+- Cityscapes (`build_cityscapes_data.py` of the original): `leftImg8bit/<split>/<city>/
+  *_leftImg8bit.png` with `gtFine/.../*_gtFine_labelTrainIds.png`, written as the splits
+  `train_fine` / `val_fine`; optionally `*_gtFine_instanceIds.png` and
+  `disparity/.../*_disparity.png`, stored as the scene maps (`tfrecord.MAP_KEYS`).
 
 `image/encoded` is always the source file's bytes (never re-encoded). The stored label is
 a single-channel *index* PNG: palette PNGs are read as their palette indices (Pillow's
@@ -195,14 +199,43 @@ def encode_index_png(label: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def read_map_png(path: str | os.PathLike) -> bytes:
+    """A scene map (instance ids, disparity) as 16-bit single-channel PNG bytes: a 16-bit
+    file is stored unchanged, an 8-bit one re-encoded; anything else is an error."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise BadExampleError(path, "map file does not exist")
+    with open(path, "rb") as f:
+        data = f.read()
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or sniff_image_format(data) != "png" or arr.ndim != 2:
+        raise BadExampleError(path, "not a single-channel PNG (instance ids and disparity are "
+                                    "stored as 8- or 16-bit single-channel PNGs)")
+    if arr.dtype == np.uint16:
+        return data
+    return cv2.imencode(".png", arr.astype(np.uint16))[1].tobytes()
+
+
+def _map_shape(path: str, data: bytes) -> tuple[int, int]:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape
+
+
 def load_example(
     image_path: str | os.PathLike,
     label_path: str | os.PathLike,
     info: DatasetInfo,
     filename: str | None = None,
+    maps: Mapping[str, str | os.PathLike] | None = None,
 ) -> tuple[tf.train.Example, np.ndarray]:
-    """Validate one image/label pair and build its Example; returns (example, label)."""
+    """Validate one image/label pair (and its scene ``maps`` by name, paths) and build its
+    Example; returns (example, label)."""
     image_data, fmt, height, width = read_image(image_path)
+    map_data = {name: read_map_png(path) for name, path in (maps or {}).items()}
+    for name, data in map_data.items():
+        shape = _map_shape(str(maps[name]), data)
+        if shape != (height, width):
+            raise BadExampleError(maps[name], f"{name} map is {shape[1]}x{shape[0]} (WxH) but "
+                                              f"its image {image_path} is {width}x{height}")
     label, label_data, plain = read_label_indices(label_path)
     if label.shape != (height, width):
         raise BadExampleError(
@@ -223,13 +256,14 @@ def load_example(
     seg_data = label_data if plain else encode_index_png(label)
     name = filename if filename is not None else pathlib.Path(image_path).stem
     example = tfrecord.image_seg_to_tfexample(
-        image_data, name, height, width, seg_data, image_format=fmt, seg_format="png"
+        image_data, name, height, width, seg_data, image_format=fmt, seg_format="png",
+        maps=map_data,
     )
     return example, label
 
 
 def convert_split(
-    pairs: Sequence[tuple[str, str]],
+    pairs: Sequence[tuple[str, str] | tuple[str, str, Mapping[str, str], str]],
     output_dir: str | os.PathLike,
     split: str,
     info: DatasetInfo | str,
@@ -238,7 +272,8 @@ def convert_split(
     skip_bad_examples: bool = False,
     list_file: str | None = None,
 ) -> ConversionReport:
-    """Write (image, label) pairs of one split as `num_shards` shards, atomically.
+    """Write (image, label) pairs of one split as `num_shards` shards, atomically (or
+    (image, label, scene maps {name: path}, image/filename) quadruples).
 
     Sharding follows the original: ceil(n / num_shards) consecutive examples per shard.
     A bad example raises `BadExampleError` (nothing is published) unless
@@ -258,9 +293,11 @@ def convert_split(
             for i in range(
                 shard_id * num_per_shard, min((shard_id + 1) * num_per_shard, len(pairs))
             ):
-                image_path, label_path = pairs[i]
+                image_path, label_path, *extra = pairs[i]
                 try:
-                    example, _ = load_example(image_path, label_path, info)
+                    example, _ = load_example(image_path, label_path, info,
+                                              filename=extra[1] if len(extra) > 1 else None,
+                                              maps=extra[0] if extra else None)
                 except BadExampleError as e:
                     if not skip_bad_examples:
                         raise
@@ -472,3 +509,59 @@ def remove_gt_colormap(
         tmp.write_bytes(encode_index_png(label))
         os.replace(tmp, out / f"{path.stem}.png")
     return len(files)
+
+
+# Cityscapes' file name suffixes, by what they hold.
+CITYSCAPES_SUFFIXES = {"image": "_leftImg8bit.png", "label": "_gtFine_labelTrainIds.png",
+                       "instance": "_gtFine_instanceIds.png", "disparity": "_disparity.png"}
+
+
+def cityscapes_examples(cityscapes_root: str | os.PathLike, split: str,
+                        maps: Sequence[str] = ()) -> list[tuple[str, str, dict[str, str], str]]:
+    """(image, trainId label, {map: path}, name) of one split, sorted by image path. Labels come
+    from cityscapesScripts' createTrainIdLabelImgs; a missing file is an error naming it."""
+    root = pathlib.Path(cityscapes_root)
+    folders = {"image": root / "leftImg8bit", "label": root / "gtFine",
+               "instance": root / "gtFine", "disparity": root / "disparity"}
+    images = sorted((folders["image"] / split).glob(f"*/*{CITYSCAPES_SUFFIXES['image']}"))
+    if not images:
+        raise FileNotFoundError(
+            f"--cityscapes_root={cityscapes_root}: no {folders['image'] / split}/<city>/"
+            f"*{CITYSCAPES_SUFFIXES['image']} images")
+    examples = []
+    for image in images:
+        stem = image.name[: -len(CITYSCAPES_SUFFIXES["image"])]
+        path = {k: folders[k] / split / image.parent.name / f"{stem}{CITYSCAPES_SUFFIXES[k]}"
+                for k in ("label", *maps)}
+        for kind, p in path.items():
+            if not p.is_file():
+                hint = (" (make the trainId labels with cityscapesScripts' "
+                        "createTrainIdLabelImgs)" if kind == "label" else "")
+                raise BadExampleError(p, f"the {kind} file of {image} does not exist{hint}")
+        examples.append((str(image), str(path["label"]), {m: str(path[m]) for m in maps}, stem))
+    return examples
+
+
+def build_cityscapes_dataset(
+    cityscapes_root: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    splits: Sequence[str] = ("train", "val"),
+    num_shards: int = 10,
+    maps: Sequence[str] = (),
+    skip_bad_examples: bool = False,
+) -> dict[str, ConversionReport]:
+    """Convert Cityscapes' fine annotations as the original's build_cityscapes_data.py does
+    (10 shards per split, split ``<split>_fine``, the image's name without its suffix as
+    ``image/filename``), with the scene ``maps`` (instance, disparity) when asked."""
+    unknown = sorted(set(maps) - set(tfrecord.MAP_KEYS))
+    if unknown:
+        raise ValueError(f"unknown maps {unknown}; known: {sorted(tfrecord.MAP_KEYS)}")
+    info = get_dataset_info("cityscapes")
+    reports = {}
+    for split in splits:
+        examples = cityscapes_examples(cityscapes_root, split, maps)
+        reports[split] = convert_split(examples, output_dir, f"{split}_fine", info,
+                                       num_shards=num_shards,
+                                       skip_bad_examples=skip_bad_examples)
+    return reports
