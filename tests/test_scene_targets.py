@@ -138,3 +138,50 @@ def test_clustering_recovers_the_instances_of_a_clean_offset_field():
     got = cluster_instances(noisy, ids >= 1000, bandwidth=2.0, min_pixels=8)
     pairs = {(int(a), int(b)) for a, b in zip(ids[ids >= 1000], got[ids >= 1000], strict=True)}
     assert len(pairs) == 3
+
+
+def test_default_built_in_images_are_unchanged():
+    """The scene variant is an option: the default generator's first examples of every
+    split hash as they did before it existed (sha256 of images and labels, taken at
+    commit 'tools.build_cityscapes_data' before the variant was added)."""
+    import hashlib
+
+    from deeplab_ext.data import synthetic
+
+    h = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        for i in range(6):
+            image, label = synthetic.generate_example(synthetic.example_rng(0, split, i), 64)
+            h.update(image.tobytes())
+            h.update(label.tobytes())
+    assert h.hexdigest() == "4efd09957945c7ec19272d9d578f2d0a87459a5b4f604c92066c80f096294f05"
+
+
+def test_scene_variant_ties_instances_depth_and_appearance(tmp_path):
+    """Instance ids carry their class; every instance has one disparity, and nearer
+    instances (drawn later) occlude farther ones and are larger; shards carry the maps."""
+    from deeplab_ext.data import synthetic
+
+    sizes = []
+    for i in range(30):
+        image, label, instance, raw = synthetic.generate_scene_example(
+            synthetic.example_rng(0, "train", i), 64)
+        d = (raw.astype(np.float64) - 1) / 256
+        things = instance >= 1000
+        core = things & (label != 255)
+        np.testing.assert_array_equal(instance[core] // 1000, label[core])
+        order = sorted((int(k) % 1000, float(d[instance == k].mean()),
+                        float(d[instance == k].std())) for k in np.unique(instance[things]))
+        assert all(std < 1e-2 for _, _, std in order)  # one disparity per instance
+        assert [m for _, m, _ in order] == sorted(m for _, m, _ in order)  # later = nearer
+        sizes += [(m, np.sum(instance == k)) for k, (_, m, _) in
+                  zip(sorted(np.unique(instance[things]), key=lambda v: v % 1000), order,
+                      strict=True)]
+        assert not things[label == 0].any()
+    m, area = map(np.array, zip(*sizes, strict=True))
+    assert np.corrcoef(m, np.sqrt(area))[0, 1] > 0.6  # size grows with disparity
+    synthetic.write_tfrecords(tmp_path, 3, 2, size=48, scene=True, num_shards=1)
+    ds = input_pipeline.make_dataset("shapes_evidence", tmp_path, "train", crop_size=(33, 33),
+                                     batch_size=3, seed=0, targets=("instance", "depth"))
+    _, t = next(iter(ds))
+    assert t["instance"][..., 2].numpy().any() and t["depth"][..., 1].numpy().mean() > 0.5

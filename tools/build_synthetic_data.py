@@ -1,6 +1,7 @@
 """Generate the built-in `shapes_evidence` dataset as TFRecords (no download).
 
 python -m tools.build_synthetic_data --output_dir=data/shapes_evidence --num_train=2000
+    [--scene]   (the scene variant: instance ids and disparity, objects placed by depth)
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ flags.DEFINE_float("p_small", synthetic.P_SMALL,
 flags.DEFINE_float("p_faint", synthetic.P_FAINT,
                    "Probability that an object is faint (blended into the background): raises "
                    "the share of objects that are hard to find at all.")
+flags.DEFINE_bool("scene", False,
+                  "The scene variant: the same classes, objects standing on a ground plane at "
+                  "depths that set their size and fog, with instance ids and disparity maps "
+                  "(the instance and depth tasks). Default images are unchanged.")
 flags.DEFINE_list("faint_alpha", [str(a) for a in synthetic.FAINT_ALPHA],
                   "Blend range low,high of faint objects.")
 
@@ -51,6 +56,7 @@ def main() -> None:
         faint_alpha=_faint_alpha(FLAGS.faint_alpha),
         splits=("train", "val", "test") if FLAGS.num_test else ("train", "val"),
         num_test=FLAGS.num_test or None,
+        scene=FLAGS.scene,
     )
     print(f"wrote {counts} to {FLAGS.output_dir}")
 

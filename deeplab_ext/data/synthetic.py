@@ -64,9 +64,10 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return base + blotches + rng.normal(0, 8, size=(size, size, 3))
 
 
-def _shape_mask(rng: np.random.Generator, shape: str, size: int, radius: float) -> np.ndarray:
+def _shape_mask(rng: np.random.Generator, shape: str, size: int, radius: float,
+                centre: tuple[float, float] | None = None) -> np.ndarray:
     mask = np.zeros((size, size), np.uint8)
-    cy, cx = rng.uniform(radius, size - radius, size=2)
+    cy, cx = rng.uniform(radius, size - radius, size=2) if centre is None else centre
     angle = rng.uniform(0, np.pi)
     if shape == "disk":
         cv2.circle(mask, (round(cx), round(cy)), max(1, round(radius)), 1, -1)
@@ -148,6 +149,81 @@ def generate_example(
     return np.clip(np.round(image), 0, 255).astype(np.uint8), label
 
 
+# The scene variant (``scene=True``): disparity in pixels at size 64 (scaled with the size)
+# of the far and near ends of the ground, and the range objects are drawn from.
+SCENE_GROUND_DISPARITY = (1.5, 16.0)
+SCENE_OBJECT_DISPARITY = (3.0, 12.0)
+SCENE_FOG = np.array([185.0, 190.0, 200.0])
+
+
+def generate_scene_example(
+    rng: np.random.Generator, size: int = 64, *, max_objects: int = 3,
+    ignore_band: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One example of the scene variant: (image, label, instance ids uint16, disparity
+    uint16 in Cityscapes' encoding p = 256 d + 1), for the semantic + instance + depth
+    system (issue 31). The classes, shapes, colours and stripes are those of
+    :func:`generate_example`; what is added ties the three tasks together:
+
+    * a ground plane whose disparity grows linearly from the top row (far) to the bottom
+      row (near); every object stands on the ground at the row of its own disparity, so
+      nearer objects are lower in the image;
+    * an object's size is proportional to its disparity (radius 0.9 d), and fog fades
+      everything with distance (the blend toward a grey-blue fog colour goes from 0.25 at
+      the nearest to 0.8 at the farthest disparity), so the far objects are small and faint;
+    * objects are drawn far to near: nearer ones occlude farther ones;
+    * instance ids are ``class * 1000 + k`` (Cityscapes' encoding), k the drawing order.
+    """
+    if size < 16:
+        raise ValueError(f"size must be >= 16 pixels, got {size}")
+    if not 1 <= max_objects <= len(PAIRS):
+        raise ValueError(f"max_objects must be in 1..{len(PAIRS)}, got {max_objects}")
+    k = size / 64.0
+    g_far, g_near = (d * k for d in SCENE_GROUND_DISPARITY)
+    o_far, o_near = (d * k for d in SCENE_OBJECT_DISPARITY)
+    rows = np.arange(size, dtype=np.float64)[:, None]
+    disparity = np.repeat(g_far + (g_near - g_far) * rows / (size - 1), size, axis=1)
+
+    def fog(d: np.ndarray | float) -> np.ndarray | float:
+        near = np.clip((d - g_far) / (o_near - g_far), 0.0, 1.0)
+        return 0.8 - 0.55 * near  # share of the fog colour
+
+    image = _background(rng, size)
+    f = fog(disparity)[..., None]
+    image = (1 - f) * image + f * SCENE_FOG
+    label = np.zeros((size, size), np.uint8)
+    instance = np.zeros((size, size), np.int64)
+    num = int(rng.integers(1, max_objects + 1))
+    pairs = rng.choice(len(PAIRS), size=num, replace=False)
+    depths = np.sort(rng.uniform(o_far, o_near, size=num))  # far first
+    for order, (pair, d) in enumerate(zip(pairs, depths, strict=True), start=1):
+        member = int(rng.integers(0, 2))
+        class_id = PAIRS[pair][member]
+        radius = 0.9 * d
+        ground_row = (d - g_far) / (g_near - g_far) * (size - 1)
+        cy = float(np.clip(ground_row - radius, radius, size - 1 - radius))
+        cx = float(rng.uniform(radius, size - radius))
+        mask = _shape_mask(rng, SHAPES[pair], size, radius, centre=(cy, cx))
+        if not mask.any():
+            continue
+        color = np.array(BASE_COLORS[pair], np.float64) + rng.uniform(-12, 12, size=3)
+        color[2] += MEMBER_BLUE_OFFSET * member
+        texture = STRIPE_AMPLITUDE * _stripes(size, bool(member), int(rng.integers(0, 4)))
+        obj = color + texture[..., None] + rng.normal(0, 8, size=(size, size, 3))
+        image[mask] = (1 - fog(d)) * obj[mask] + fog(d) * SCENE_FOG
+        label[mask] = class_id
+        instance[mask] = class_id * 1000 + order
+        disparity[mask] = d
+    instance = np.where(instance > 0, instance, label)  # no instance: the class id
+    if ignore_band:
+        kernel = np.ones((3, 3), np.uint8)
+        band = cv2.dilate(label, kernel) != cv2.erode(label, kernel)
+        label[band] = IGNORE_LABEL
+    raw = np.round(disparity * 256.0) + 1.0
+    return (np.clip(np.round(image), 0, 255).astype(np.uint8), label,
+            instance.astype(np.uint16), raw.astype(np.uint16))
+
+
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator for example `index` of `split`: independent of every other example.
 
@@ -158,15 +234,18 @@ def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, split_id, index])
 
 
-def encode_example(image: np.ndarray, label: np.ndarray, filename: str) -> bytes:
-    """Serialize one generated pair in the original TFRecord format (lossless PNGs)."""
+def encode_example(image: np.ndarray, label: np.ndarray, filename: str,
+                   maps: dict[str, np.ndarray] | None = None) -> bytes:
+    """Serialize one generated pair in the original TFRecord format (lossless PNGs), with
+    the scene variant's 16-bit maps by name when given."""
     ok_i, img_png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     ok_l, lab_png = cv2.imencode(".png", label)
     if not (ok_i and ok_l):  # pragma: no cover
         raise RuntimeError("PNG encoding failed")
     h, w = label.shape
     ex = tfrecord.image_seg_to_tfexample(
-        img_png.tobytes(), filename, h, w, lab_png.tobytes(), image_format="png"
+        img_png.tobytes(), filename, h, w, lab_png.tobytes(), image_format="png",
+        maps={k: cv2.imencode(".png", v)[1].tobytes() for k, v in (maps or {}).items()},
     )
     return ex.SerializeToString()
 
@@ -187,6 +266,7 @@ def write_tfrecords(
     faint_alpha: tuple[float, float] = FAINT_ALPHA,
     split_sizes: dict[str, int] | None = None,
     ignore_band: bool = True,
+    scene: bool = False,
 ) -> dict[str, int]:
     """Generate and write the train/val shards (same format and reader path as real data).
 
@@ -197,6 +277,9 @@ def write_tfrecords(
     large split narrows the interval on differences between prediction modes.
     ``ignore_band=False``: no void pixels (every batch then has the same number of
     labelled pixels, which per-replica loss normalisation needs to equal one process's).
+    ``scene=True``: the scene variant (:func:`generate_scene_example`: instance ids and
+    disparity, objects placed by depth; ``p_small``/``p_faint``/``faint_alpha`` do not
+    apply, depth sets size and fog).
     """
     if num_shards < 1:
         raise ValueError(f"--num_shards must be >= 1, got {num_shards}")
@@ -212,12 +295,20 @@ def write_tfrecords(
         with tfrecord.AtomicShardWriter(output_dir, split, num_shards,
                                         record=info_to_dict(get_dataset_info(NAME))) as writer:
             for i in range(n):
-                image, label = generate_example(
-                    example_rng(seed, split, i), size, max_objects=max_objects,
-                    p_small=p_small, p_faint=p_faint, faint_alpha=faint_alpha,
-                    ignore_band=ignore_band,
-                )
-                writer.write(i // per_shard, encode_example(image, label, f"{split}_{i:06d}"))
+                maps = None
+                if scene:
+                    image, label, instance, raw = generate_scene_example(
+                        example_rng(seed, split, i), size, max_objects=max_objects,
+                        ignore_band=ignore_band)
+                    maps = {"instance": instance, "disparity": raw}
+                else:
+                    image, label = generate_example(
+                        example_rng(seed, split, i), size, max_objects=max_objects,
+                        p_small=p_small, p_faint=p_faint, faint_alpha=faint_alpha,
+                        ignore_band=ignore_band,
+                    )
+                writer.write(i // per_shard,
+                             encode_example(image, label, f"{split}_{i:06d}", maps))
             writer.commit()
         counts[split] = n
     return counts
