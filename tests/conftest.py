@@ -28,7 +28,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 LONGEST_FILES = ("test_readme.py", "test_tools.py", "test_segnet.py", "test_gpu_checks.py",
                  "test_tuning.py", "test_readme_data.py", "test_demo.py", "test_export.py",
                  "test_reliability.py", "test_demo_voc.py", "test_multi_worker.py",
-                 "test_house.py", "test_label_structure.py", "test_segmentation_tags.py",
+                 "test_house.py", "test_scene_network.py", "test_label_structure.py",
+                 "test_segmentation_tags.py",
                  "test_evidence.py", "test_import_structure.py")
 
 

@@ -222,6 +222,17 @@ def box_mse(targets: tf.Tensor, boxes: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(tf.reduce_sum(err * w), tf.reduce_sum(w))
 
 
+def masked_l1(targets: tf.Tensor, predictions: tf.Tensor) -> tf.Tensor:
+    """L1 of dense regressions: ``targets`` ``[B, H, W, C + 1]`` (C values, then a 0/1
+    mask), ``predictions`` ``[B, H, W, C]``; the mean absolute error over the masked
+    pixels and the C components (Kendall et al.'s instance and depth losses)."""
+    targets = tf.cast(targets, tf.float32)
+    mask = targets[..., -1:]
+    err = tf.abs(tf.cast(predictions, tf.float32) - targets[..., :-1]) * mask
+    channels = tf.cast(tf.shape(predictions)[-1], tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(err), tf.reduce_sum(mask) * channels)
+
+
 def call_loss(loss: Any, y_true: Any, y_pred: tf.Tensor) -> tf.Tensor:
     """This replica's float32 scalar loss.
 

@@ -450,3 +450,64 @@ class MeanBoxIoU(_MeanOverImages):
     def values(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         y_true = tf.cast(y_true, tf.float64)
         return box_iou(y_true[:, 1:], y_pred), y_true[:, 0]
+
+
+@keras.saving.register_keras_serializable(package="tf_mtl")
+class OffsetError(keras.metrics.Metric):
+    """Mean Euclidean error, in pixels, of predicted 2-D vectors ``[B, H, W, 2]`` against
+    targets ``[B, H, W, 3]`` (the vector, then a 0/1 mask), over the masked pixels (the
+    instance task's centroid offsets)."""
+
+    def __init__(self, name: str = "offset_error_px", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.sums = self.add_variable(shape=(2,), initializer="zeros", dtype="float64",
+                                      name="error_and_pixels")
+
+    def update_state(self, y_true: tf.Tensor, y_pred: tf.Tensor,
+                     sample_weight: tf.Tensor | None = None) -> None:
+        y_true = tf.cast(y_true, tf.float64)
+        mask = y_true[..., 2]
+        err = tf.norm(tf.cast(y_pred, tf.float64) - y_true[..., :2], axis=-1)
+        self.sums.assign_add(tf.stack([tf.reduce_sum(err * mask), tf.reduce_sum(mask)]))
+
+    def result(self) -> tf.Tensor:
+        return tf.cast(tf.math.divide_no_nan(self.sums[0], self.sums[1]), tf.float32)
+
+
+@keras.saving.register_keras_serializable(package="tf_mtl")
+class DepthErrors(keras.metrics.Metric):
+    """Inverse-depth (disparity) regression ``[B, H, W, 1]`` against targets
+    ``[B, H, W, 2]`` (the value, then a 0/1 validity mask): the mean absolute error over
+    valid pixels (``result()``), and the usual relative metrics over valid pixels with a
+    positive target: abs rel (mean |pred - true| / true) and delta1 (the share with
+    max(pred / true, true / pred) < 1.25; predictions clipped at 1e-3)."""
+
+    def __init__(self, name: str = "mae", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.sums = self.add_variable(shape=(5,), initializer="zeros", dtype="float64",
+                                      name="n_abs_nrel_rel_delta")
+
+    def update_state(self, y_true: tf.Tensor, y_pred: tf.Tensor,
+                     sample_weight: tf.Tensor | None = None) -> None:
+        y_true = tf.cast(y_true, tf.float64)
+        truth, valid = y_true[..., 0], y_true[..., 1]
+        pred = tf.cast(y_pred, tf.float64)[..., 0]
+        err = tf.abs(pred - truth)
+        positive = valid * tf.cast(truth > 0, tf.float64)
+        safe = tf.where(truth > 0, truth, 1.0)
+        clipped = tf.maximum(pred, 1e-3)
+        ratio = tf.maximum(clipped / safe, safe / clipped)
+        self.sums.assign_add(tf.stack([
+            tf.reduce_sum(valid), tf.reduce_sum(err * valid), tf.reduce_sum(positive),
+            tf.reduce_sum(err / safe * positive),
+            tf.reduce_sum(tf.cast(ratio < 1.25, tf.float64) * positive)]))
+
+    def result(self) -> tf.Tensor:
+        return tf.cast(tf.math.divide_no_nan(self.sums[1], self.sums[0]), tf.float32)
+
+    def results(self) -> dict[str, tf.Tensor]:
+        """mae, abs_rel and delta1."""
+        s = tf.convert_to_tensor(self.sums)
+        return {"mae": self.result(),
+                "abs_rel": tf.cast(tf.math.divide_no_nan(s[3], s[2]), tf.float32),
+                "delta1": tf.cast(tf.math.divide_no_nan(s[4], s[2]), tf.float32)}

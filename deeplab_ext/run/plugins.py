@@ -7,7 +7,8 @@ registries rather than at its top. A user's own task or branch is a module given
 same way in ``deeplab_ext/models/__init__.py``.
 
 * tasks: ``semantic`` and ``tags`` (in ``tasks.py`` itself), ``class`` and ``box``
-  (``object_tasks``: SegNet / MTAN's image-level heads);
+  (``object_tasks``: SegNet / MTAN's image-level heads), ``instance`` and ``depth``
+  (``scene_tasks``: Kendall et al.'s scene network);
 * training-only branches: ``label_decoder`` / ``label_encoder`` (``label_structure``:
   Mostajabi's frozen label-map decoder), ``aux_tasks`` (``self_supervised``: edges,
   denoising, colourisation), ``aux_modules`` / ``deep_supervision`` (``aux_modules``:
@@ -18,5 +19,6 @@ from deeplab_ext.run import (  # noqa: F401  (each registers on import)
     aux_modules,
     label_structure,
     object_tasks,
+    scene_tasks,
     self_supervised,
 )

@@ -15,6 +15,10 @@ from deeplab_ext.models.layers import BN_EPSILON, BN_MOMENTUM
 from deeplab_ext.models.registry import ModelConfig
 from deeplab_ext.models.tag_heads import DEFAULT_POOLING, DEFAULT_TEMPERATURE, validate_tag_head
 
+# Outputs of the scene network's task decoders: instance centroid offsets (dy, dx) in
+# pixels, and disparity (inverse depth) in pixels (deeplab_ext.data.scene_targets).
+TASK_HEAD_CHANNELS = {"instance": 2, "depth": 1}
+
 TAG_POOLINGS = ("avg", "max", "lse")
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 
@@ -62,6 +66,11 @@ class DeepLabConfig(ModelConfig):
     bn_epsilon: float = BN_EPSILON
     sync_batch_norm: bool = False
     upsample_logits: bool = True
+    # Kendall et al.'s scene network: per-task decoders on the shared encoder, each a 3x3
+    # conv of task_head_filters (+BN+ReLU) then a 1x1 conv (TASK_HEAD_CHANNELS outputs);
+    # with task heads the semantic logits get the same 3x3 conv first.
+    task_heads: tuple[str, ...] = ()
+    task_head_filters: int = 256
     name: str = "deeplab"
 
     def __post_init__(self) -> None:
@@ -70,6 +79,7 @@ class DeepLabConfig(ModelConfig):
             self.atrous_rates = tuple(int(r) for r in self.atrous_rates)
         if self.multi_grid is not None:
             self.multi_grid = tuple(int(r) for r in self.multi_grid)
+        self.task_heads = tuple(self.task_heads)
         self.validate()
 
     def validate(self) -> None:
@@ -103,6 +113,12 @@ class DeepLabConfig(ModelConfig):
         if not 0.0 <= self.aspp_dropout < 1.0:
             raise ValueError(f"aspp_dropout={self.aspp_dropout} must be in [0, 1).")
         validate_tag_head(self)
+        unknown = sorted(set(self.task_heads) - set(TASK_HEAD_CHANNELS))
+        if unknown:
+            raise ValueError(f"DeepLabConfig.task_heads: unknown {unknown}; known: "
+                             f"{sorted(TASK_HEAD_CHANNELS)}")
+        if self.task_heads and self.task_head_filters < 1:
+            raise ValueError(f"task_head_filters={self.task_head_filters} must be >= 1.")
 
     @classmethod
     def from_dict(cls, d: dict) -> DeepLabConfig:
@@ -176,6 +192,15 @@ _BASE_VARIANTS: dict[str, DeepLabConfig] = {
     # The original zoo's mobilenetv2_dm05_coco_voc_trainaug (70.19% VOC val, OS16).
     "deeplabv3_mobilenetv2_dm05": _mobilenetv2_v3(name="deeplabv3_mobilenetv2_dm05",
                                                   depth_multiplier=0.5),
+    # Kendall, Gal & Cipolla (CVPR 2018): DeepLabv3 (ResNet-101 + ASPP), one decoder per
+    # task (semantic, instance, depth); and its CPU twin, with the v3+ decoder to stride 4
+    # (instance offsets need finer features than stride 16 on small images).
+    "deeplabv3_resnet101_scene": dataclasses.replace(
+        _resnet(101), decoder_output_stride=None, task_heads=("instance", "depth"),
+        name="deeplabv3_resnet101_scene"),
+    "deeplabv3plus_mobilenetv2_tiny_scene": _mobilenetv2_plus(
+        name="deeplabv3plus_mobilenetv2_tiny_scene", task_heads=("instance", "depth"),
+        task_head_filters=32, **_TINY),
 }
 
 
@@ -187,4 +212,4 @@ MODEL_VARIANTS: dict[str, DeepLabConfig] = dict(_BASE_VARIANTS)
 for _name, _cfg in _BASE_VARIANTS.items():
     MODEL_VARIANTS[_name + "_mt"] = _with_tags(_cfg, _name + "_mt")
 
-__all__ = ["DeepLabConfig", "MODEL_VARIANTS"]
+__all__ = ["DeepLabConfig", "MODEL_VARIANTS", "TASK_HEAD_CHANNELS"]

@@ -161,3 +161,33 @@ class Decoder(NormMixin, keras.layers.Layer):
             "separable": self.separable,
             **self._norm_config(),
         }
+
+
+@keras.saving.register_keras_serializable(package="deeplab_ext")
+class TaskDecoder(NormMixin, keras.layers.Layer):
+    """One task's decoder of Kendall et al.'s scene network: a 3x3 conv of ``filters``
+    (+BN+ReLU), then a 1x1 conv to ``channels`` outputs (with bias, linear)."""
+
+    def __init__(self, filters: int, channels: int,
+                 norm: NormConfig | Mapping[str, Any] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.channels = int(filters), int(channels)
+        self.norm = norm = NormConfig.of(norm)
+        self.conv = ConvBN(self.filters, 3, name="conv", norm=norm)
+        self.out = keras.layers.Conv2D(
+            self.channels, 1, kernel_regularizer=norm.regularizer(),
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01), name="out")
+
+    def call(self, x, training=None):
+        return self.out(self.conv(x, training=training))
+
+    def build(self, input_shape):
+        self.conv.build(tuple(input_shape))
+        self.out.build(tuple(input_shape)[:-1] + (self.filters,))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)[:-1] + (self.channels,)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": self.filters, "channels": self.channels,
+                **self._norm_config()}

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import keras
 
 from deeplab_ext.models.deeplab.backbones import build_backbone, get_backbone
-from deeplab_ext.models.deeplab.config import DeepLabConfig
-from deeplab_ext.models.deeplab.layers import ASPP, Decoder
-from deeplab_ext.models.layers import Preprocess, ResizeBilinear, TagHead
+from deeplab_ext.models.deeplab.config import TASK_HEAD_CHANNELS, DeepLabConfig
+from deeplab_ext.models.deeplab.layers import ASPP, Decoder, TaskDecoder
+from deeplab_ext.models.layers import ConvBN, Preprocess, ResizeBilinear, TagHead
 from deeplab_ext.models.tag_heads import SEGMENTATION, segmentation_tags
 from tf_mtl.graph import BranchTap
 
@@ -30,6 +30,7 @@ GROUP_PREFIXES = {
     "decoder": "decoder",
     "logits": "logits",
     "tag_head": "tag_head",
+    "task_heads": "task_head_",  # the scene network's per-task decoders
 }
 
 
@@ -79,6 +80,10 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
     else:
         dec = encoder
     decoder_output = keras.layers.Identity(name="decoder_output")(dec)
+    semantic_in = decoder_output
+    if cfg.task_heads:  # the semantic decoder's own 3x3 conv, as the other tasks'
+        semantic_in = ConvBN(cfg.task_head_filters, 3, name="task_head_semantic",
+                             norm=norm)(decoder_output)
     logits = keras.layers.Conv2D(
         cfg.num_classes,
         1,
@@ -86,12 +91,17 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
         kernel_regularizer=norm.regularizer(),
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
         name="logits",
-    )(decoder_output)
+    )(semantic_in)
     if cfg.upsample_logits:
         logits = ResizeBilinear(name="upsample_logits")([logits, images])
     outputs = {
         "semantic": keras.layers.Activation("linear", dtype="float32", name="semantic")(logits)
     }
+    for task in cfg.task_heads:
+        out = TaskDecoder(cfg.task_head_filters, TASK_HEAD_CHANNELS[task],
+                          name=f"task_head_{task}", norm=norm)(decoder_output)
+        out = ResizeBilinear(name=f"upsample_{task}")([out, images])
+        outputs[task] = keras.layers.Activation("linear", dtype="float32", name=task)(out)
     if cfg.num_tags > 0 and cfg.tag_head == SEGMENTATION:
         outputs["tags"] = segmentation_tags(cfg, outputs["semantic"])
     elif cfg.num_tags > 0:
