@@ -66,6 +66,26 @@ def test_uncertainty_terms_match_kendall_formulas():
     assert len(w.trainable_weights) == 2
 
 
+def test_normalized_uncertainty_bounds_the_network_weights_and_keeps_the_sigma_gradient():
+    """normalize=true: the losses' weights sum to the task count (0.25 and 2.0 become
+    2 * 0.25 / 2.25 and 2 * 2 / 2.25), while d total / d s is the paper's, as above."""
+    w = UncertaintyWeighting(TASKS, initial_sigma={"seg": 2.0, "depth": 0.5},
+                             weights={"seg": 1.0, "depth": 1.0}, normalize=True)
+    losses = {k: tf.Variable(float(v)) for k, v in LOSSES.items()}
+    with tf.GradientTape(persistent=True) as tape:
+        total, logs = w.combine(losses, TASKS)
+    assert float(logs["seg_weight"]) == pytest.approx(0.5 / 2.25, rel=1e-6)
+    assert float(logs["depth_weight"]) == pytest.approx(4.0 / 2.25, rel=1e-6)
+    # The network's gradient: through the normalised weights only.
+    g_seg, g_depth = tape.gradient(total, [losses["seg"], losses["depth"]])
+    assert float(g_seg) == pytest.approx(0.5 / 2.25, rel=1e-6)
+    assert float(g_depth) == pytest.approx(4.0 / 2.25, rel=1e-6)
+    grads = tape.gradient(total, [w.log_vars["seg"], w.log_vars["depth"]])
+    assert float(grads[0]) == pytest.approx(-0.25 * 3.0 + 0.5, rel=1e-5)
+    assert float(grads[1]) == pytest.approx(-2.0 * 4.0 + 0.5, rel=1e-5)
+    assert get_weighting("uncertainty", TASKS, "normalize=true").normalize
+
+
 def test_uncertainty_multiplies_by_task_prior_weights():
     # --tag_loss_weight must not be silently ignored under --loss_weighting=uncertainty.
     w = UncertaintyWeighting(TASKS, initial_sigma={"seg": 2.0, "depth": 0.5})

@@ -14,7 +14,7 @@ from tf_mtl.weighting.base import LossWeighting, prior_weights, register_weighti
 from tf_mtl.weighting.base import task_names_of as _names
 
 
-@register_weighting("uncertainty", "Kendall, Gal & Cipolla, CVPR 2018")
+@register_weighting("uncertainty", "Kendall, Gal & Cipolla, CVPR 2018", normalize=False)
 @keras.saving.register_keras_serializable(package="tf_mtl")
 class UncertaintyWeighting(LossWeighting):
     """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
@@ -25,6 +25,13 @@ class UncertaintyWeighting(LossWeighting):
     At the optimum sigma_i^2 = L_i (regression, MSE) -- the task's noise variance.
     Each L_i is first multiplied by a constant prior weight (default `Task.weight`, so
     e.g. --tag_loss_weight is honoured here too; 1 = the paper's formulation).
+
+    ``normalize=True`` (``--weighting_options=normalize=true``): the paper reports the
+    weights can be unstable (a sigma collapsing toward 0 gives one task an unbounded
+    weight). With this option the network's gradient sees the weights rescaled to sum to
+    the task count, w_i T / sum_j w_j, while each s_i keeps learning from the paper's
+    objective exactly (its gradient is unchanged): the relative weighting is learned, the
+    overall scale of the step is not.
     """
 
     def __init__(
@@ -34,9 +41,11 @@ class UncertaintyWeighting(LossWeighting):
         kinds: Mapping[str, str] | None = None,
         task_names: Sequence[str] | None = None,
         weights: Mapping[str, float] | None = None,
+        normalize: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(_names(tasks, task_names), **kwargs)
+        self.normalize = bool(normalize)
         self.weights_by_task = prior_weights(tasks, self.task_names, weights)
         k = {t.name: t.kind for t in tasks} if tasks is not None else {}
         k.update(dict(kinds or {}))
@@ -73,19 +82,29 @@ class UncertaintyWeighting(LossWeighting):
     def combine(self, task_losses, tasks=None, step=None):
         self._check_losses(task_losses)
         total = tf.constant(0.0, tf.float32)
-        logs = {}
+        logs, weights = {}, {}
         for n in self.task_names:
             s = tf.convert_to_tensor(self.log_vars[n])
             precision = tf.exp(-s)
             w = 0.5 * precision if self.kinds[n] == "regression" else precision
-            w = self.weights_by_task[n] * w
-            total = total + w * tf.cast(task_losses[n], tf.float32) + 0.5 * s
+            weights[n] = w = self.weights_by_task[n] * w
+            loss = tf.cast(task_losses[n], tf.float32)
+            if self.normalize:  # s learns from the paper's term, the network does not
+                total = total + w * tf.stop_gradient(loss) + 0.5 * s
+            else:
+                total = total + w * loss + 0.5 * s
             logs[f"{n}_weight"] = w
             logs[f"{n}_sigma"] = tf.exp(0.5 * s)
+        if self.normalize:
+            scale = len(self.task_names) / tf.add_n(list(weights.values()))
+            for n in self.task_names:
+                w = tf.stop_gradient(weights[n] * scale)
+                total = total + w * tf.cast(task_losses[n], tf.float32)
+                logs[f"{n}_weight"] = w
         return total, logs
 
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(initial_sigma=dict(self.initial_sigma), kinds=dict(self.kinds),
-                      weights=dict(self.weights_by_task))
+                      weights=dict(self.weights_by_task), normalize=self.normalize)
         return config
