@@ -38,9 +38,12 @@ class Arm:
 
 @dataclasses.dataclass(frozen=True)
 class SweepSettings:
-    """The schedule every arm shares (CamVid frames shrunk to ``max_resize_value``)."""
+    """The schedule every arm shares (CamVid frames shrunk to ``max_resize_value``; 0: not
+    resized) and the dataset (another one brings its shards through ``main_for``'s
+    ``shards``)."""
 
     variant: str = DEFAULT_VARIANT
+    dataset: str = "camvid"
     train_steps: int = 900
     base_learning_rate: float = 3e-3
     crop: str = "177,241"
@@ -68,9 +71,10 @@ def run_arm(arm: Arm, seed: int, settings: SweepSettings, workdir: pathlib.Path,
     run.mkdir(parents=True, exist_ok=True)
     log = run / "log.txt"
     s = settings
-    train = [f"--train_logdir={run / 'train'}", "--dataset=camvid", f"--dataset_dir={shards}",
-             f"--model_variant={arm.variant or s.variant}",
-             f"--train_crop_size={s.crop}", f"--max_resize_value={s.max_resize_value}",
+    resize = [f"--max_resize_value={s.max_resize_value}"] if s.max_resize_value else []
+    train = [f"--train_logdir={run / 'train'}", f"--dataset={s.dataset}",
+             f"--dataset_dir={shards}", f"--model_variant={arm.variant or s.variant}",
+             f"--train_crop_size={s.crop}", *resize,
              f"--train_batch_size={s.batch_size}", f"--training_number_of_steps={s.train_steps}",
              "--optimizer=adam", f"--base_learning_rate={s.base_learning_rate}",
              f"--save_interval_steps={s.train_steps}", "--save_summaries_images=false",
@@ -155,10 +159,13 @@ def main_for(description: str, arms: Sequence[Arm], argv: list[str] | None = Non
              prepare: Callable[[argparse.Namespace, pathlib.Path, dict], dict] | None = None,
              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
              extract: Callable[[dict], dict] | None = None,
-             late_arms: Callable[[argparse.Namespace, pathlib.Path], list[Arm]] | None = None
+             late_arms: Callable[[argparse.Namespace, pathlib.Path], list[Arm]] | None = None,
+             shards: Callable[[argparse.Namespace, pathlib.Path, dict], str] | None = None,
              ) -> dict[str, dict]:
     """The command line of a sweep: ``--workdir``, ``--arms``, ``--seeds``, the schedule
-    flags; ``prepare(args, workdir, env)`` runs once first (its dict is printed);
+    flags; ``shards(args, workdir, env)`` makes the dataset's shards once and returns their
+    folder (default: CamVid's, :func:`camvid_shards`);
+    ``prepare(args, workdir, env)`` runs once first (its dict is printed);
     ``late_arms(args, workdir)`` adds arms that exist only after it (a search's winner)."""
     known = {a.name: a for a in arms}
     late_names = list(getattr(late_arms, "names", ()))
@@ -182,7 +189,8 @@ def main_for(description: str, arms: Sequence[Arm], argv: list[str] | None = Non
     workdir = pathlib.Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-    shards = camvid_shards(workdir, args.camvid_dir, env)
+    shards = (shards(args, workdir, env) if shards
+              else camvid_shards(workdir, args.camvid_dir, env))
     if prepare:
         print(json.dumps(prepare(args, workdir, env)), flush=True)
     if late_arms and set(chosen) & set(late_names):

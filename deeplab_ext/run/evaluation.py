@@ -111,7 +111,8 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
             f"{options.eval_scales}{' + flip' if options.add_flipped_images else ''}")
     results: dict[str, Any] = {
         "dataset": run.info.name, "split": options.eval_split, "num_images": len(run.batches),
-        "model": run.meta["model"]["name"], "eval_scales": list(options.eval_scales),
+        "model": run.meta["model"]["name"], "checkpoint": run.meta["checkpoint_path"],
+        "eval_scales": list(options.eval_scales),
         "add_flipped_images": options.add_flipped_images,
         "evidence": dataclasses.asdict(options.evidence),
         "evidence_by_kind": {k: dataclasses.asdict(v) for k, v in evidence.items()},
