@@ -67,7 +67,7 @@ def test_three_tasks_train_resume_and_serve_in_a_fresh_process(scene_data, tmp_p
     res = evaluate(EvalOptions(checkpoint_dir=str(run), dataset_dir=str(scene_data),
                                eval_split="val", bootstrap_samples=0, num_vis_examples=0),
                    printer=lambda s: None)
-    assert res["instance"]["offset_error_px"] > 0
+    assert res["instance"]["offset_error_px"] > 0 and 0 <= res["instance"]["pq"] <= 1
     assert {"mae", "abs_rel", "delta1"} <= set(res["depth"])
 
     export = tmp_path / "export"

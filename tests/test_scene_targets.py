@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from deeplab_ext.data import input_pipeline, tfrecord
 from deeplab_ext.data.datasets import get_dataset_info
-from deeplab_ext.data.scene_targets import centroid_offsets, cluster_instances, decode_disparity
+from deeplab_ext.data.scene_targets import centroid_offsets, decode_disparity
+from tf_mtl.instances import InstanceQuality, cluster_instances, match_instances
 
 INFO = get_dataset_info("cityscapes")
 
@@ -185,3 +186,29 @@ def test_scene_variant_ties_instances_depth_and_appearance(tmp_path):
                                      batch_size=3, seed=0, targets=("instance", "depth"))
     _, t = next(iter(ds))
     assert t["instance"][..., 2].numpy().any() and t["depth"][..., 1].numpy().mean() > 0.5
+
+
+def test_instance_quality_scores_clusters_against_the_true_instances():
+    """PQ of a perfect field is 1; merging two instances (the person's offsets pointing at
+    car 0's centre) loses the person and lowers car 0's IoU; match counts by hand."""
+    ids = np.repeat(np.repeat(_scene()[1], 2, 0), 2, 1)
+    target = _reference_offsets(ids)
+    m = InstanceQuality(bandwidth=2.0)
+    m.update_state(target[None], target[None, ..., :2])
+    assert float(m.result()) == pytest.approx(1.0)
+    # Merge the person into car 0: its pixels point at car 0's centroid.
+    merged = target.copy()
+    ys, xs = np.nonzero(ids == 24000)
+    cy, cx = np.argwhere(ids == 26000).mean(0)
+    merged[ys, xs, 0], merged[ys, xs, 1] = cy - ys, cx - xs
+    m = InstanceQuality(bandwidth=2.0)
+    m.update_state(target[None], merged[None, ..., :2])
+    r = {k: float(v) for k, v in m.results().items()}
+    # Two clusters, both matched (car 0 at IoU 252 / 300, car 1 at 1); the person is missed.
+    assert r["rq"] == pytest.approx(2 / (2 + 0.5 * 1), abs=1e-6)
+    assert r["sq"] == pytest.approx((252 / 300 + 1) / 2, abs=1e-6)
+    assert r["pq"] == pytest.approx(r["sq"] * r["rq"], abs=1e-6)
+    truth = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, 3, 3]])
+    pred = np.array([[5, 5, 5, 6], [5, 5, 5, 6], [0, 0, 0, 0]])
+    tp, fp, fn, iou = match_instances(truth, pred)
+    assert (tp, fp, fn) == (1, 1, 2) and iou == pytest.approx(4 / 6)

@@ -16,12 +16,11 @@ offsets and inverse depth, from the shards' instance-id and disparity maps.
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from deeplab_ext.data.targets import DENSE, TargetContext, register_target
 
-__all__ = ["INSTANCE_ID_OFFSET", "centroid_offsets", "cluster_instances", "decode_disparity"]
+__all__ = ["INSTANCE_ID_OFFSET", "centroid_offsets", "decode_disparity"]
 
 # Cityscapes' instanceIds: class id * 1000 + k for a pixel of instance k; below 1000 a
 # pixel belongs to no instance (its value is its class id).
@@ -69,46 +68,3 @@ def _instance_ids(ctx: TargetContext) -> tf.Tensor:
 def _depth(ctx: TargetContext) -> tf.Tensor:
     disparity, valid = decode_disparity(ctx.maps["disparity"])
     return tf.stack([disparity, tf.cast(valid, tf.float32)], -1)
-
-
-def cluster_instances(offsets: np.ndarray, things: np.ndarray, bandwidth: float = 4.0,
-                      min_pixels: int = 8) -> np.ndarray:
-    """Instance ids ``[h, w]`` (1, 2, ...; 0 off ``things``) from predicted offsets
-    ``[h, w, 2]``: each thing pixel votes for the centroid it points to; the votes are
-    histogrammed on a grid of ``bandwidth`` pixels and smoothed (3x3 box), centres are the
-    local maxima holding at least ``min_pixels`` votes (strongest first, non-maximum
-    suppressed within two cells), and every thing pixel joins the centre nearest its vote.
-    Kendall's paper clusters the votes with OPTICS; a grid of votes is its cheap
-    deterministic counterpart, enough for the clean fields of a converged network."""
-    h, w = things.shape
-    ys, xs = np.nonzero(things)
-    ids = np.zeros((h, w), np.int32)
-    if ys.size == 0:
-        return ids
-    votes = np.stack([ys + offsets[ys, xs, 0], xs + offsets[ys, xs, 1]], -1)
-    cells = np.floor(votes / bandwidth).astype(np.int64)
-    gh, gw = int(np.ceil(h / bandwidth)) + 2, int(np.ceil(w / bandwidth)) + 2
-    cells = np.clip(cells + 1, 0, [gh - 1, gw - 1])
-    grid = np.zeros((gh, gw))
-    np.add.at(grid, (cells[:, 0], cells[:, 1]), 1.0)
-    padded = np.pad(grid, 1)
-    smooth = sum(padded[1 + dy: 1 + dy + gh, 1 + dx: 1 + dx + gw]
-                 for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-    centres: list[np.ndarray] = []
-    for flat in np.argsort(-smooth, axis=None, kind="stable"):
-        cy, cx = divmod(int(flat), gw)
-        if smooth[cy, cx] < min_pixels:
-            break
-        if all(max(abs(cy - c[0]), abs(cx - c[1])) > 2 for c in centres):
-            centres.append(np.array([cy, cx]))
-    if not centres:
-        return ids
-    # Each centre at the mean vote of its cells' neighbourhood, in pixels.
-    points = []
-    for c in centres:
-        near = np.max(np.abs(cells - c), axis=1) <= 1
-        points.append(votes[near].mean(axis=0))
-    points = np.stack(points)
-    nearest = np.argmin(((votes[:, None, :] - points[None]) ** 2).sum(-1), axis=1)
-    ids[ys, xs] = nearest + 1
-    return ids
