@@ -39,7 +39,7 @@ ARMS = [
     Arm("sid_uw", ("--loss_weighting=uncertainty",)),
     Arm("sid_uw_norm", ("--loss_weighting=uncertainty", "--weighting_options=normalize=true")),
 ]
-SETTINGS = SweepSettings(variant="deeplabv3plus_mobilenetv2_tiny_scene", dataset="shapes_evidence",
+SETTINGS = SweepSettings(variant="deeplabv3plus_mobilenetv2_tiny_scene", dataset="shapes_scene",
                          train_steps=500, base_learning_rate=3e-3, crop="65,65",
                          max_resize_value=0, batch_size=8)
 # Lower is better for the errors, higher for the rest (the table's arrows).

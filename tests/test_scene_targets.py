@@ -182,7 +182,7 @@ def test_scene_variant_ties_instances_depth_and_appearance(tmp_path):
     m, area = map(np.array, zip(*sizes, strict=True))
     assert np.corrcoef(m, np.sqrt(area))[0, 1] > 0.6  # size grows with disparity
     synthetic.write_tfrecords(tmp_path, 3, 2, size=48, scene=True, num_shards=1)
-    ds = input_pipeline.make_dataset("shapes_evidence", tmp_path, "train", crop_size=(33, 33),
+    ds = input_pipeline.make_dataset("shapes_scene", tmp_path, "train", crop_size=(33, 33),
                                      batch_size=3, seed=0, targets=("instance", "depth"))
     _, t = next(iter(ds))
     assert t["instance"][..., 2].numpy().any() and t["depth"][..., 1].numpy().mean() > 0.5

@@ -1,7 +1,7 @@
 """Generate the built-in `shapes_evidence` dataset as TFRecords (no download).
 
 python -m tools.build_synthetic_data --output_dir=data/shapes_evidence --num_train=2000
-    [--scene]   (the scene variant: instance ids and disparity, objects placed by depth)
+    [--scene]   (dataset shapes_scene: instance ids and disparity, objects placed by depth)
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ flags.DEFINE_float("p_faint", synthetic.P_FAINT,
                    "Probability that an object is faint (blended into the background): raises "
                    "the share of objects that are hard to find at all.")
 flags.DEFINE_bool("scene", False,
-                  "The scene variant: the same classes, objects standing on a ground plane at "
+                  "The scene variant, dataset shapes_scene: one class per shape, objects "
+                  "standing on a ground plane at "
                   "depths that set their size and fog, with instance ids and disparity maps "
                   "(the instance and depth tasks). Default images are unchanged.")
 flags.DEFINE_list("faint_alpha", [str(a) for a in synthetic.FAINT_ALPHA],

@@ -195,6 +195,13 @@ register_dataset(DatasetInfo(
     splits_to_sizes={"train": 2000, "val": 200},
     background_class=0, colormap=cmap.PASCAL,
 ))  # fmt: skip
+# The built-in scene variant (deeplab_ext.data.synthetic.generate_scene_example): one class
+# per shape, with instance ids and disparity, for the semantic + instance + depth system.
+register_dataset(DatasetInfo(
+    name="shapes_scene", num_classes=5, ignore_label=255,
+    class_names=("background", "disk", "square", "triangle", "cross"),
+    splits_to_sizes={"train": 2000, "val": 300}, background_class=0, colormap=cmap.PASCAL,
+))  # fmt: skip
 
 
 def info_to_dict(info: DatasetInfo) -> dict:

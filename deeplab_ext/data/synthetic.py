@@ -149,44 +149,49 @@ def generate_example(
     return np.clip(np.round(image), 0, 255).astype(np.uint8), label
 
 
-# The scene variant (``scene=True``): disparity in pixels at size 64 (scaled with the size)
-# of the far and near ends of the ground, and the range objects are drawn from.
+# The scene variant (``scene=True``, dataset ``shapes_scene``): disparity in pixels at size
+# 64 (scaled with the size) of the far and near ends of the ground, and the range objects
+# are drawn from; the fog colour and its share at the farthest and nearest objects.
+SCENE_NAME = "shapes_scene"
 SCENE_GROUND_DISPARITY = (1.5, 16.0)
 SCENE_OBJECT_DISPARITY = (3.0, 12.0)
 SCENE_FOG = np.array([185.0, 190.0, 200.0])
+SCENE_FOG_SHARE = (0.6, 0.15)
 
 
 def generate_scene_example(
     rng: np.random.Generator, size: int = 64, *, max_objects: int = 3,
     ignore_band: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One example of the scene variant: (image, label, instance ids uint16, disparity
-    uint16 in Cityscapes' encoding p = 256 d + 1), for the semantic + instance + depth
-    system (issue 31). The classes, shapes, colours and stripes are those of
-    :func:`generate_example`; what is added ties the three tasks together:
+    """One example of the scene variant ``shapes_scene``: (image, label, instance ids
+    uint16, disparity uint16 in Cityscapes' encoding p = 256 d + 1), for the semantic +
+    instance + depth system (issue 31). One class per shape (1 disk, 2 square, 3 triangle,
+    4 cross, in its base colour; no look-alike pairs: this dataset is about the three
+    tasks, not tags) on the textured background of :func:`generate_example`, and:
 
     * a ground plane whose disparity grows linearly from the top row (far) to the bottom
       row (near); every object stands on the ground at the row of its own disparity, so
       nearer objects are lower in the image;
     * an object's size is proportional to its disparity (radius 0.9 d), and fog fades
-      everything with distance (the blend toward a grey-blue fog colour goes from 0.25 at
-      the nearest to 0.8 at the farthest disparity), so the far objects are small and faint;
+      everything with distance (the share of the fog colour goes from 0.15 at the nearest
+      to 0.6 at the farthest object), so far objects are small and faint;
     * objects are drawn far to near: nearer ones occlude farther ones;
     * instance ids are ``class * 1000 + k`` (Cityscapes' encoding), k the drawing order.
     """
     if size < 16:
         raise ValueError(f"size must be >= 16 pixels, got {size}")
-    if not 1 <= max_objects <= len(PAIRS):
-        raise ValueError(f"max_objects must be in 1..{len(PAIRS)}, got {max_objects}")
+    if not 1 <= max_objects <= len(SHAPES):
+        raise ValueError(f"max_objects must be in 1..{len(SHAPES)}, got {max_objects}")
     k = size / 64.0
     g_far, g_near = (d * k for d in SCENE_GROUND_DISPARITY)
     o_far, o_near = (d * k for d in SCENE_OBJECT_DISPARITY)
     rows = np.arange(size, dtype=np.float64)[:, None]
     disparity = np.repeat(g_far + (g_near - g_far) * rows / (size - 1), size, axis=1)
+    far_share, near_share = SCENE_FOG_SHARE
 
     def fog(d: np.ndarray | float) -> np.ndarray | float:
-        near = np.clip((d - g_far) / (o_near - g_far), 0.0, 1.0)
-        return 0.8 - 0.55 * near  # share of the fog colour
+        near = np.clip((d - o_far) / (o_near - o_far), 0.0, 1.0)
+        return far_share + (near_share - far_share) * near
 
     image = _background(rng, size)
     f = fog(disparity)[..., None]
@@ -194,22 +199,19 @@ def generate_scene_example(
     label = np.zeros((size, size), np.uint8)
     instance = np.zeros((size, size), np.int64)
     num = int(rng.integers(1, max_objects + 1))
-    pairs = rng.choice(len(PAIRS), size=num, replace=False)
+    shapes = rng.choice(len(SHAPES), size=num, replace=False)
     depths = np.sort(rng.uniform(o_far, o_near, size=num))  # far first
-    for order, (pair, d) in enumerate(zip(pairs, depths, strict=True), start=1):
-        member = int(rng.integers(0, 2))
-        class_id = PAIRS[pair][member]
+    for order, (shape, d) in enumerate(zip(shapes, depths, strict=True), start=1):
+        class_id = int(shape) + 1
         radius = 0.9 * d
         ground_row = (d - g_far) / (g_near - g_far) * (size - 1)
         cy = float(np.clip(ground_row - radius, radius, size - 1 - radius))
         cx = float(rng.uniform(radius, size - radius))
-        mask = _shape_mask(rng, SHAPES[pair], size, radius, centre=(cy, cx))
+        mask = _shape_mask(rng, SHAPES[shape], size, radius, centre=(cy, cx))
         if not mask.any():
             continue
-        color = np.array(BASE_COLORS[pair], np.float64) + rng.uniform(-12, 12, size=3)
-        color[2] += MEMBER_BLUE_OFFSET * member
-        texture = STRIPE_AMPLITUDE * _stripes(size, bool(member), int(rng.integers(0, 4)))
-        obj = color + texture[..., None] + rng.normal(0, 8, size=(size, size, 3))
+        color = np.array(BASE_COLORS[shape], np.float64) + rng.uniform(-12, 12, size=3)
+        obj = color + rng.normal(0, 8, size=(size, size, 3))
         image[mask] = (1 - fog(d)) * obj[mask] + fog(d) * SCENE_FOG
         label[mask] = class_id
         instance[mask] = class_id * 1000 + order
@@ -277,13 +279,15 @@ def write_tfrecords(
     large split narrows the interval on differences between prediction modes.
     ``ignore_band=False``: no void pixels (every batch then has the same number of
     labelled pixels, which per-replica loss normalisation needs to equal one process's).
-    ``scene=True``: the scene variant (:func:`generate_scene_example`: instance ids and
-    disparity, objects placed by depth; ``p_small``/``p_faint``/``faint_alpha`` do not
-    apply, depth sets size and fog).
+    ``scene=True``: the scene variant, dataset ``shapes_scene``
+    (:func:`generate_scene_example`: one class per shape, instance ids and disparity,
+    objects placed by depth; ``p_small``/``p_faint``/``faint_alpha`` do not apply, depth
+    sets size and fog).
     """
     if num_shards < 1:
         raise ValueError(f"--num_shards must be >= 1, got {num_shards}")
-    sizes = dict(get_dataset_info(NAME).splits_to_sizes)
+    info = get_dataset_info(SCENE_NAME if scene else NAME)
+    sizes = dict(info.splits_to_sizes)
     wanted = {"train": num_train, "val": num_val, "test": num_test, **(split_sizes or {})}
     counts = {}
     for split in splits:
@@ -293,7 +297,7 @@ def write_tfrecords(
             raise ValueError(f"number of {split} examples must be >= 1, got {n}")
         per_shard = -(-n // num_shards)
         with tfrecord.AtomicShardWriter(output_dir, split, num_shards,
-                                        record=info_to_dict(get_dataset_info(NAME))) as writer:
+                                        record=info_to_dict(info)) as writer:
             for i in range(n):
                 maps = None
                 if scene:
