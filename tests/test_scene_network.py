@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -31,8 +32,9 @@ def _options(logdir, data, **kw):
     from deeplab_ext.run.options import TrainOptions
 
     base = dict(train_logdir=str(logdir), dataset_dir=str(data), model_variant=VARIANT,
+                dataset="shapes_scene",
                 train_crop_size=(33, 33), train_batch_size=2, training_number_of_steps=3,
-                save_interval_steps=3, save_summaries_images=False, optimizer="adam",
+                save_interval_steps=3, save_summaries_steps=1, optimizer="adam",
                 base_learning_rate=0.05, seed=0, loss_weighting="uncertainty",
                 min_scale_factor=1.0, max_scale_factor=1.0)
     return TrainOptions(**{**base, **kw})
@@ -63,6 +65,26 @@ def test_three_tasks_train_resume_and_serve_in_a_fresh_process(scene_data, tmp_p
     after = _log_vars(resumed.checkpoint)
     for name, value in saved.items():
         assert after[name] == pytest.approx(value, abs=1e-9), name
+
+    # TensorBoard: input | target | prediction for each dense task.
+    from tf_mtl.tbevents import read_images
+
+    shown = read_images(run / "train")
+    for task in ("instance", "depth"):
+        tag = next(t for t in shown if t.endswith(task))
+        png = shown[tag][-1][1][0]
+        picture = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        assert picture.shape == (33, 3 * 33, 3), (tag, picture.shape)
+        assert picture[:, 33:].any()  # the target and the prediction are drawn
+    # tools.vis writes the drawn outputs beside the prediction.
+    from deeplab_ext.run.options import VisOptions
+    from deeplab_ext.run.vis import visualize
+
+    vis = visualize(VisOptions(checkpoint_dir=str(run), dataset_dir=str(scene_data),
+                               vis_logdir=str(tmp_path / "vis"), max_number_of_images=1),
+                    printer=lambda s: None)
+    assert {"instance", "depth"} <= set(vis["images"][0])
+    assert cv2.imread(vis["images"][0]["depth"]).shape == (48, 48, 3)
 
     res = evaluate(EvalOptions(checkpoint_dir=str(run), dataset_dir=str(scene_data),
                                eval_split="val", bootstrap_samples=0, num_vis_examples=0),

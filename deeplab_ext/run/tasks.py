@@ -45,6 +45,7 @@ __all__ = [
     "register_branch",
     "register_task",
     "targets_of",
+    "task_pictures",
 ]
 
 
@@ -67,12 +68,16 @@ class TaskSpec:
 
     ``output``: ``family -> network output key`` the task reads; a run has the task
     whenever its network has that output. ``targets``: input-pipeline targets it reads.
+    ``picture``: ``(output [B, H, W, C], target or None) -> uint8 [B, H, W', 3]``, how a
+    dense output looks: with a target, the target's picture and the output's side by side
+    at the same scale (TensorBoard), without, the output's alone (``tools.vis``).
     """
 
     name: str
     build: Callable[[TaskContext], Task]
     targets: tuple[str, ...]
     output: Callable[[ModelFamily], str]
+    picture: Callable[[Any, Any], Any] | None = None
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -101,6 +106,14 @@ def task_names(network: keras.Model, family: ModelFamily) -> list[str]:
     _load_builtins()
     outputs = set(network.output) if isinstance(network.output, dict) else set()
     return [s.name for s in _TASKS.values() if s.output(family) in outputs]
+
+
+def task_pictures(network: keras.Model, family: ModelFamily
+                  ) -> dict[str, tuple[str, str, Callable[[Any, Any], Any]]]:
+    """``{task: (output key, target key, picture)}`` of the network's tasks that draw
+    their dense outputs (:attr:`TaskSpec.picture`)."""
+    return {n: (_spec(n).output(family), _spec(n).targets[0], _spec(n).picture)
+            for n in task_names(network, family) if _spec(n).picture is not None}
 
 
 def parse_task_weights(text: str, flag: str = "--task_weights") -> dict[str, float]:

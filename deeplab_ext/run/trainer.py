@@ -38,6 +38,7 @@ from deeplab_ext.run.tasks import (
     build_branches,
     build_tasks,
     targets_of,
+    task_pictures,
 )
 from deeplab_ext.run.tasks import task_names as network_task_names
 from tf_mtl import distribute, precision
@@ -67,9 +68,12 @@ def model_config_for(options: TrainOptions, info: DatasetInfo) -> tuple[ModelFam
 
 
 def overlay_fn(info: DatasetInfo, semantic_key: str = "semantic",
-               max_images: int = 3, label_maps: tuple[str, ...] = ()) -> Callable:
+               max_images: int = 3, label_maps: tuple[str, ...] = (),
+               pictures: dict | None = None) -> Callable:
     """Image summaries: input | ground truth | prediction (| each training-only head's label
-    map, e.g. the label-decoder path), colourised."""
+    map, e.g. the label-decoder path), colourised; and per task that draws its dense
+    output (``pictures``: :func:`deeplab_ext.run.tasks.task_pictures`), input | target |
+    prediction."""
     colors = tf.constant(cmap.create_label_colormap(info.colormap), tf.uint8)
 
     def colourise(labels: tf.Tensor) -> tf.Tensor:
@@ -83,7 +87,11 @@ def overlay_fn(info: DatasetInfo, semantic_key: str = "semantic",
         for key in (semantic_key, *label_maps):
             logits = tf.image.resize(tf.cast(outputs[key][:max_images], tf.float32), size)
             panels.append(colourise(tf.argmax(logits, axis=-1)))
-        return {"overlay": tf.concat(panels, axis=2)}
+        out = {"overlay": tf.concat(panels, axis=2)}
+        for task, (output, target, draw) in (pictures or {}).items():
+            out[task] = tf.concat([images, draw(outputs[output][:max_images],
+                                                y[target][:max_images])], axis=2)
+        return out
 
     return fn
 
@@ -386,7 +394,8 @@ def _build(options: TrainOptions, run: _Run, branch: Branch | None, save_dir: pa
     model = build_multitask_model(
         network, run.family, run.info, options, branch=branch, summary_writer=writer,
         image_summary_fn=(overlay_fn(run.info, run.family.semantic_output,
-                                     label_maps=branch.label_maps)
+                                     label_maps=branch.label_maps,
+                                     pictures=task_pictures(network, run.family))
                           if options.save_summaries_images else None),
         dwa_window_steps=run.dwa_window)
     model.optimizer.build(model.trainable_variables)

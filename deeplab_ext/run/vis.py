@@ -4,6 +4,8 @@ Same output layout as the original, so scripts written for it keep working:
   VIS_LOGDIR/segmentation_results/%06d_image.png       the input image
   VIS_LOGDIR/segmentation_results/%06d_prediction.png  the prediction, colourised
   VIS_LOGDIR/raw_segmentation_results/<image name>.png  class indices (--also_save_raw_predictions)
+  VIS_LOGDIR/segmentation_results/%06d_<task>.png      a dense task's output drawn (the scene
+                                                       network's instance offsets, depth)
 For Cityscapes the raw predictions are written as official labelIds (the trainId ->
 labelId map), which is what the benchmark server expects.
 Images are predicted at full size, one at a time, so nothing has to be cropped back.
@@ -84,6 +86,7 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
 
     from deeplab_ext.models.registry import family_of
     from deeplab_ext.run.rundir import input_alignment, restore_network
+    from deeplab_ext.run.tasks import task_pictures
     from tf_mtl.inference import InputAlignment, predict_segmentation, validate_scales
 
     scales = validate_scales(options.eval_scales)
@@ -109,9 +112,16 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
     if info.name == "cityscapes" and options.also_save_raw_predictions:
         printer("Cityscapes: raw predictions are written as labelIds (trainId -> labelId).")
 
+    pictures = task_pictures(network, family_of(network))
+
     def plain(images):
-        return predict_segmentation(network, images, scales, options.add_flipped_images,
-                                    key=family_of(network).semantic_output)
+        out = predict_segmentation(network, images, scales, options.add_flipped_images,
+                                   key=family_of(network).semantic_output)
+        if pictures:
+            raw = network(images, training=False)
+            out.update({f"picture_{task}": draw(raw[key], None)
+                        for task, (key, _, draw) in pictures.items()})
+        return out
 
     alignment = input_alignment(network, meta) if options.align_inputs else InputAlignment()
     predict = tf.function(alignment.wrap(plain), reduce_retracing=True)
@@ -123,7 +133,8 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
     for index, (image, filename) in enumerate(_examples(options.dataset_dir, options.vis_split)):
         if options.max_number_of_images is not None and index >= options.max_number_of_images:
             break
-        pred = predict(tf.constant(image[None], tf.float32))["predictions"][0].numpy()
+        out = predict(tf.constant(image[None], tf.float32))
+        pred = out["predictions"][0].numpy()
         entry = {
             "image": str(save_annotation(image, save_dir, IMAGE_FORMAT % index,
                                          add_colormap=False)),
@@ -131,6 +142,9 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
                                               colormap_type=colormap_type)),
             "filename": filename,
         }
+        for task in pictures:
+            entry[task] = str(save_annotation(out[f"picture_{task}"][0].numpy(), save_dir,
+                                              f"{index:06d}_{task}", add_colormap=False))
         if options.also_save_raw_predictions:
             raw = raw_prediction_for_saving(pred, info.name)
             entry["raw"] = str(save_annotation(raw, raw_dir, _raw_name(filename, index, used),
