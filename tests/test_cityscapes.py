@@ -87,3 +87,37 @@ def test_cli_writes_the_original_shard_names(tmp_path):
     example = tfrecord.read_examples([tmp_path / "tf" / "val_fine-00000-of-00010.tfrecord"])[0]
     assert example[tfrecord.MAP_KEYS["instance"]] and example[tfrecord.MAP_KEYS["disparity"]]
     assert "split 'val_fine': wrote 1 examples" in proc.stdout
+
+
+def test_voc_segmentation_object_is_read_when_present(tmp_path):
+    """VOC layout with SegmentationObject/: instance ids class * 1000 + object on object
+    pixels, the class id elsewhere (void 255 kept); without the folder, no map."""
+    from PIL import Image
+
+    root = tmp_path / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "SegmentationObject", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True)
+    classes = np.zeros((12, 16), np.uint8)
+    classes[2:6, 2:6], classes[6:10, 8:14], classes[0, :] = 15, 7, 255
+    objects = np.zeros_like(classes)
+    objects[2:6, 2:6], objects[6:10, 8:14], objects[0, :] = 1, 2, 255
+    cv2.imwrite(str(root / "JPEGImages" / "a.jpg"), np.full((12, 16, 3), 90, np.uint8))
+    for folder, array in (("SegmentationClass", classes), ("SegmentationObject", objects)):
+        im = Image.fromarray(array, mode="P")
+        im.putpalette([v for i in range(256) for v in (i, 255 - i, i // 2)])
+        im.save(root / folder / "a.png")
+    (root / "ImageSets/Segmentation/train.txt").write_text("a\n")
+    build_data.build_voc_dataset(root / "JPEGImages", root / "SegmentationClass",
+                                 root / "ImageSets/Segmentation", tmp_path / "tf")
+    ex = tfrecord.read_examples([next((tmp_path / "tf").glob("train-*"))])[0]
+    ids = cv2.imdecode(np.frombuffer(ex[tfrecord.MAP_KEYS["instance"]], np.uint8),
+                       cv2.IMREAD_UNCHANGED)
+    want = np.where((objects >= 1) & (objects < 255), classes.astype(np.int64) * 1000 + objects,
+                    classes)
+    np.testing.assert_array_equal(ids, want)
+    assert ids.dtype == np.uint16 and set(np.unique(ids)) == {0, 255, 15001, 7002}
+    build_data.build_voc_dataset(root / "JPEGImages", root / "SegmentationClass",
+                                 root / "ImageSets/Segmentation", tmp_path / "tf2",
+                                 instance_folder=None)
+    ex = tfrecord.read_examples([next((tmp_path / "tf2").glob("train-*"))])[0]
+    assert ex[tfrecord.MAP_KEYS["instance"]] == b""

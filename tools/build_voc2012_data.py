@@ -4,6 +4,8 @@ python -m tools.build_voc2012_data --image_folder=VOC2012/JPEGImages \
   --semantic_segmentation_folder=VOC2012/SegmentationClass \
   --list_folder=VOC2012/ImageSets/Segmentation --output_dir=tfrecord
 Palette PNG labels are read as their class indices (no remove_gt_colormap step needed).
+VOC's SegmentationObject/ beside the class labels, when present, is stored too (instance
+ids for the scene network's instance task; --instance_folder=none leaves it out).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ flags.DEFINE_string("output_dir", "./tfrecord", "Where to write the TFRecord sha
 flags.DEFINE_integer("num_shards", 4, "Shards per split.")
 flags.DEFINE_string("dataset", "pascal_voc_seg", "Dataset descriptor used to validate labels.")
 flags.DEFINE_list("splits", None, "Only these splits (default: every *.txt in --list_folder).")
+flags.DEFINE_string("instance_folder", "auto",
+                    "VOC's SegmentationObject folder (instance ids, Cityscapes-encoded as class "
+                    "* 1000 + object); auto: the one beside the class labels if present; none: "
+                    "leave instances out.")
 flags.DEFINE_bool(
     "skip_bad_examples", False, "Skip unreadable/inconsistent examples and report them."
 )
@@ -46,6 +52,7 @@ def main() -> int:
         dataset=FLAGS.dataset,
         skip_bad_examples=FLAGS.skip_bad_examples,
         splits=FLAGS.splits,
+        instance_folder=None if FLAGS.instance_folder == "none" else FLAGS.instance_folder,
     )
     for report in reports.values():
         print(report.summary())

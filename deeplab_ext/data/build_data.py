@@ -216,7 +216,7 @@ def read_map_png(path: str | os.PathLike) -> bytes:
     return cv2.imencode(".png", arr.astype(np.uint16))[1].tobytes()
 
 
-def _map_shape(path: str, data: bytes) -> tuple[int, int]:
+def _map_shape(data: bytes) -> tuple[int, int]:
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape
 
 
@@ -230,12 +230,16 @@ def load_example(
     """Validate one image/label pair (and its scene ``maps`` by name, paths) and build its
     Example; returns (example, label)."""
     image_data, fmt, height, width = read_image(image_path)
-    map_data = {name: read_map_png(path) for name, path in (maps or {}).items()}
+    # A map is a file, or a function making its 16-bit PNG (VOC's instances need the
+    # class map too).
+    map_data = {name: source() if callable(source) else read_map_png(source)
+                for name, source in (maps or {}).items()}
     for name, data in map_data.items():
-        shape = _map_shape(str(maps[name]), data)
+        shape = _map_shape(data)
         if shape != (height, width):
-            raise BadExampleError(maps[name], f"{name} map is {shape[1]}x{shape[0]} (WxH) but "
-                                              f"its image {image_path} is {width}x{height}")
+            where = getattr(maps[name], "path", maps[name])
+            raise BadExampleError(where, f"{name} map is {shape[1]}x{shape[0]} (WxH) but "
+                                         f"its image {image_path} is {width}x{height}")
     label, label_data, plain = read_label_indices(label_path)
     if label.shape != (height, width):
         raise BadExampleError(
@@ -324,31 +328,63 @@ def _read_list(list_file: str | os.PathLike) -> list[str]:
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
+class VocInstances:
+    """VOC's `SegmentationObject/<name>.png` (palette indices: object k = 1.., 0 none, 255
+    void) with its class map, as Cityscapes-encoded instance ids (class * 1000 + k; a pixel
+    of no object keeps its class id): a zero-argument callable making the 16-bit PNG."""
+
+    def __init__(self, path: str, label_path: str) -> None:
+        self.path, self.label_path = path, label_path
+
+    def __call__(self) -> bytes:
+        objects, _, _ = read_label_indices(self.path)
+        classes, _, _ = read_label_indices(self.label_path)
+        if objects.shape != classes.shape:
+            raise BadExampleError(self.path, f"object map is {objects.shape[1]}x"
+                                             f"{objects.shape[0]} (WxH) but its class map "
+                                             f"{self.label_path} is {classes.shape[1]}x"
+                                             f"{classes.shape[0]}")
+        thing = (objects >= 1) & (objects < 255) & (classes >= 1) & (classes < 255)
+        ids = np.where(thing, classes * 1000 + objects, classes).astype(np.uint16)
+        return cv2.imencode(".png", ids)[1].tobytes()
+
+
 def voc_pairs(
     list_file: str | os.PathLike,
     image_folder: str | os.PathLike,
     semantic_segmentation_folder: str | os.PathLike,
     image_format: str = "jpg",
     label_format: str = "png",
-) -> list[tuple[str, str]]:
-    """(image, label) paths for every name in a VOC `ImageSets/Segmentation/<split>.txt`."""
+    instance_folder: str | os.PathLike | None = None,
+) -> list[tuple]:
+    """(image, label) paths for every name in a VOC `ImageSets/Segmentation/<split>.txt`;
+    with ``instance_folder`` (VOC's `SegmentationObject`), (image, label, {"instance":
+    :class:`VocInstances`}, name)."""
     names = _read_list(list_file)
-    return [
-        (
-            os.path.join(str(image_folder), f"{n}.{image_format}"),
-            os.path.join(str(semantic_segmentation_folder), f"{n}.{label_format}"),
-        )
-        for n in names
-    ]
+    pairs = []
+    for n in names:
+        image = os.path.join(str(image_folder), f"{n}.{image_format}")
+        label = os.path.join(str(semantic_segmentation_folder), f"{n}.{label_format}")
+        if instance_folder is None:
+            pairs.append((image, label))
+        else:
+            objects = os.path.join(str(instance_folder), f"{n}.png")
+            pairs.append((image, label, {"instance": VocInstances(objects, label)}, n))
+    return pairs
 
 
 def _check_listed_files(
-    pairs: Sequence[tuple[str, str]], list_file: str, skip: bool
+    pairs: Sequence[tuple], list_file: str, skip: bool
 ) -> tuple[list, list]:
-    """Fail fast (before any decoding) on list entries naming missing files."""
+    """Fail fast (before any decoding) on list entries naming missing files (the image,
+    the label and any map read from a file)."""
     good, missing = [], []
-    for image_path, label_path in pairs:
-        for p, what in ((image_path, "image"), (label_path, "label")):
+    for entry in pairs:
+        image_path, label_path, *extra = entry
+        files = [(image_path, "image"), (label_path, "label")]
+        for name, source in (extra[0] if extra else {}).items():
+            files.append((getattr(source, "path", source), f"{name} map"))
+        for p, what in files:
             if not os.path.isfile(p):
                 if not skip:
                     raise BadExampleError(
@@ -357,7 +393,7 @@ def _check_listed_files(
                 missing.append((p, f"{what} named in list file {list_file} does not exist"))
                 break
         else:
-            good.append((image_path, label_path))
+            good.append(entry)
     return good, missing
 
 
@@ -397,9 +433,18 @@ def build_voc_dataset(
     dataset: DatasetInfo | str = "pascal_voc_seg",
     skip_bad_examples: bool = False,
     splits: Sequence[str] | None = None,
+    instance_folder: str | os.PathLike | None = "auto",
 ) -> dict[str, ConversionReport]:
-    """Convert every `<list_folder>/*.txt` split (or just `splits`) of a VOC-layout folder."""
+    """Convert every `<list_folder>/*.txt` split (or just `splits`) of a VOC-layout folder.
+    ``instance_folder``: VOC's `SegmentationObject` (instance ids for the ``instance``
+    task; the original's converter ignores it); "auto": the `SegmentationObject` folder
+    beside the class labels when there is one; None: none."""
     info = get_dataset_info(dataset)
+    if instance_folder == "auto":
+        sibling = pathlib.Path(semantic_segmentation_folder).parent / "SegmentationObject"
+        instance_folder = sibling if sibling.is_dir() else None
+    elif instance_folder is not None and not os.path.isdir(str(instance_folder)):
+        raise FileNotFoundError(f"--instance_folder={instance_folder} is not a directory")
     for folder, flag in (
         (image_folder, "--image_folder"),
         (semantic_segmentation_folder, "--semantic_segmentation_folder"),
@@ -417,7 +462,8 @@ def build_voc_dataset(
     for lf in list_files:
         split = lf.stem
         pairs = voc_pairs(
-            lf, image_folder, semantic_segmentation_folder, image_format, label_format
+            lf, image_folder, semantic_segmentation_folder, image_format, label_format,
+            instance_folder,
         )
         reports[split] = _convert_listed(
             pairs, str(lf), output_dir, split, info, num_shards, skip_bad_examples
