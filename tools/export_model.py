@@ -1,6 +1,8 @@
-"""Export a trained checkpoint as a SavedModel (serving_default + segment_with_evidence).
+"""Export a trained checkpoint as a SavedModel (serving_default + segment_with_evidence),
+and as LiteRT / ONNX files for deployment.
 
-`python -m tools.export_model --checkpoint_dir=RUN --export_path=OUT/saved_model`
+`python -m tools.export_model --checkpoint_dir=RUN --export_path=OUT/saved_model
+ [--format=saved_model,litert,onnx] [--export_input_size=H,W]`
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ common_flags.define_flags(ExportOptions)
 def main() -> None:
     from deeplab_ext.run.export import export_checkpoint
 
-    path = export_checkpoint(common_flags.options_from_flags(ExportOptions),
-                             explicit=common_flags.explicit_evidence(),
+    options = common_flags.options_from_flags(ExportOptions)
+    path = export_checkpoint(options, explicit=common_flags.explicit_evidence(),
                              printer=common_flags.printer)
-    common_flags.printer(f"Exported SavedModel to {path}")
+    what = ", ".join("SavedModel" if f == "saved_model" else f for f in options.format)
+    common_flags.printer(f"Exported {what} to {path}")
 
 
 if __name__ == "__main__":

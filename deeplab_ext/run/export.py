@@ -42,6 +42,7 @@ from deeplab_ext.data.colormap import label_to_color_image
 from deeplab_ext.data.datasets import DatasetInfo, info_from_dict, info_to_dict
 from deeplab_ext.data.input_pipeline import tags_from_names
 from deeplab_ext.models.registry import family_of
+from deeplab_ext.run.deploy import FILE_FORMATS, FileSegmenter, write_model_files
 from deeplab_ext.run.evidence import (
     evidence_by_kind,
     keep_classes,
@@ -167,8 +168,11 @@ def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str
                        add_flipped_images: bool = False, model_config: dict | None = None,
                        alignment: InputAlignment | None = None, kind: str = "l2",
                        prune: bool = False, printer: Callable[[str], None] = print,
-                       input_range: dict | None = None) -> pathlib.Path:
-    """Write the SavedModel atomically (temp dir + rename); returns the export path.
+                       input_range: dict | None = None,
+                       formats: Sequence[str] = ("saved_model",),
+                       file_size: Sequence[int] | None = None) -> pathlib.Path:
+    """Write the export atomically (temp dir + rename); returns the export path. ``formats``:
+    ``saved_model`` and the files of ``deeplab_ext.run.deploy`` (at ``file_size``).
 
     The path must be absent, empty, or an earlier export (its ``assets`` marker and only
     the files a SavedModel has): anything else is refused before anything is written, so
@@ -189,11 +193,13 @@ def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str
                              inference_scales=inference_scales,
                              add_flipped_images=add_flipped_images, model_config=model_config,
                              alignment=alignment, kind=kind, prune=prune,
-                             input_range=input_range)
+                             input_range=input_range, formats=formats, file_size=file_size)
 
 
-# What tf.saved_model.save writes: an earlier export holds these and nothing else.
-SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "variables", "assets", "fingerprint.pb"})
+# What tf.saved_model.save and the file formats write: an earlier export holds these and
+# nothing else.
+SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "variables", "assets", "fingerprint.pb",
+                                 *FILE_FORMATS.values()})
 
 
 def input_range(meta: dict) -> dict:
@@ -246,14 +252,22 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
                   evidence: EvidenceOptions | None, inference_scales: Sequence[float],
                   add_flipped_images: bool, model_config: dict | None,
                   alignment: InputAlignment | None, kind: str, prune: bool,
-                  input_range: dict | None) -> pathlib.Path:
+                  input_range: dict | None, formats: Sequence[str] = ("saved_model",),
+                  file_size: Sequence[int] | None = None) -> pathlib.Path:
     evidence = evidence or EvidenceOptions()
+    formats = list(dict.fromkeys(formats))
+    files = [f for f in formats if f != "saved_model"]
+    if files and not file_size:
+        raise ValueError("--format=litert/onnx: the files have a fixed input size; give "
+                         "--export_input_size=h,w")
     module = serving_module(network, info, evidence, inference_scales, add_flipped_images,
                             alignment, kind)
     signatures = module.signatures
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{export_path.name}.tmp-", dir=export_path.parent))
     try:
-        tf.saved_model.save(module, str(tmp), signatures=signatures)
+        if "saved_model" in formats:
+            tf.saved_model.save(module, str(tmp), signatures=signatures)
+        written = write_model_files(network, tmp, files, file_size or ())
         meta = {"dataset": info_to_dict(info), "family": family_of(network).name,
                 "model": model_config or {},
                 "inference_scales": list(inference_scales),
@@ -264,7 +278,8 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
                 # Tuned for pruned rows: clients prune after the refit unless told not to.
                 "evidence_prune": bool(prune),
                 "input_range": input_range or {},
-                "signatures": sorted(signatures)}
+                "signatures": sorted(signatures) if "saved_model" in formats else [],
+                "files": written, "file_input_size": list(file_size) if written else None}
         (tmp / "assets").mkdir(exist_ok=True)
         (tmp / "assets" / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=list))
         old = None
@@ -290,16 +305,22 @@ def export_checkpoint(options: ExportOptions, explicit: Collection[str] = (),
     """``tools.export_model``: restore a run's network and export it, refitting with the
     run's tuned settings when it has them (``explicit``: evidence flags given, they win)."""
     validate_scales(options.inference_scales, "--inference_scales")
+    unknown = sorted(set(options.format) - {"saved_model", *FILE_FORMATS})
+    if unknown or not options.format:
+        raise ValueError(f"--format={','.join(options.format)}: unknown {unknown}; choose "
+                         f"from saved_model, {', '.join(FILE_FORMATS)}")
     network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
     alignment = input_alignment(network, meta) if options.align_inputs else None
     kind, evidence, prune = serving_evidence(options.checkpoint_dir, options.evidence,
                                              explicit, options.use_tuned_evidence, printer)
+    size = options.export_input_size or tuple(meta.get("train_crop_size") or ()) or None
     return export_saved_model(network, info, options.export_path, evidence=evidence,
                               inference_scales=options.inference_scales,
                               add_flipped_images=options.add_flipped_images,
                               model_config=meta["model"], alignment=alignment, kind=kind,
                               prune=prune, printer=printer,
-                              input_range=input_range(meta))
+                              input_range=input_range(meta), formats=options.format,
+                              file_size=size)
 
 
 def read_export_metadata(export_path: str | os.PathLike) -> dict:
@@ -410,8 +431,8 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
     """``tools.predict``: segment one image (with its tags as evidence, if given), write
     the colour (and raw) PNG; returns the report printed as JSON. The refit steps are
     the export's or run's own unless ``steps`` is in ``explicit`` (--evidence_steps given)."""
-    if bool(options.saved_model) == bool(options.checkpoint_dir):
-        raise ValueError("give exactly one of --saved_model or --checkpoint_dir")
+    if sum(bool(v) for v in (options.saved_model, options.checkpoint_dir, options.model)) != 1:
+        raise ValueError("give exactly one of --saved_model, --checkpoint_dir or --model")
     if pathlib.Path(options.output).suffix.lower() != ".png" or (
             options.raw_output and pathlib.Path(options.raw_output).suffix.lower() != ".png"):
         bad = options.output if pathlib.Path(options.output).suffix.lower() != ".png" \
@@ -424,12 +445,14 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
     steps = options.evidence.steps if "steps" in explicit else None
     if steps is not None and steps < 0:
         raise ValueError(f"--evidence_steps must be >= 0, got {steps}")
-    seg: _Segmenter = (LoadedSegmenter(options.saved_model) if options.saved_model
-                       else CheckpointSegmenter(options.checkpoint_dir, options.evidence,
-                                                align_inputs=options.align_inputs,
-                                                explicit=explicit,
-                                                use_tuned=options.use_tuned_evidence,
-                                                printer=printer))
+    if options.model:
+        seg: Any = FileSegmenter(options.model)
+    elif options.saved_model:
+        seg = LoadedSegmenter(options.saved_model)
+    else:
+        seg = CheckpointSegmenter(options.checkpoint_dir, options.evidence,
+                                  align_inputs=options.align_inputs, explicit=explicit,
+                                  use_tuned=options.use_tuned_evidence, printer=printer)
     info = seg.info
     size = predict_size(*full_size, seg.input_range, options.max_resize_value)
     if size is not None:
@@ -441,13 +464,18 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
     tags = tags_from_names(options.tags, info) if options.tags else None
     if options.prune and tags is None:
         raise ValueError("--prune needs --tags")
-    prune = options.prune if options.prune is not None else (tags is not None and seg.prune)
-    if prune and options.prune is None:
+    refit = tags is not None and not options.model  # the files carry no refit
+    if tags is not None and options.model and options.prune is False:
+        raise ValueError("--tags with --model: a LiteRT / ONNX file has no refit, so the "
+                         "tags can only prune; drop --noprune, or use --saved_model")
+    prune = (options.prune if options.prune is not None
+             else tags is not None and (bool(options.model) or seg.prune))
+    if prune and options.prune is None and not options.model:
         printer("Pruning classes absent from --tags after the refit: the refit settings "
                 "were tuned for pruned predictions (--noprune turns it off)")
     plain = seg.predict(image)
     out = (seg.predict_with_evidence(image, tags, steps, steps_name="--evidence_steps")
-           if tags is not None else plain)
+           if refit else plain)
     probs = out["semantic_probabilities"]
     if prune:
         probs = prune_probabilities(probs, tags[None], list(info.tag_class_ids),
@@ -462,7 +490,7 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
         cv2.imwrite(options.raw_output, pred)
     report: dict[str, Any] = {"output": str(out_path), "pruned": bool(prune),
                               "classes_predicted": [info.class_names[c] for c in np.unique(pred)]}
-    if tags is not None:
+    if refit:
         report["refit_steps"] = seg.default_steps if steps is None else steps
         report["steps_taken"] = int(out["steps_taken"][0])
         report["fell_back"] = bool(out["fell_back"][0]) if "fell_back" in out else False

@@ -400,11 +400,17 @@ class VisOptions:
 
 @dataclasses.dataclass
 class ExportOptions:
-    """SavedModel export (``tools.export_model``)."""
+    """SavedModel export (``tools.export_model``), and the LiteRT / ONNX files."""
 
     checkpoint_dir: str = opt(None, "A --train_logdir of tools.train.", required=True)
-    export_path: str = opt(None, "Directory of the SavedModel (replaced atomically).",
+    export_path: str = opt(None, "Directory of the export (replaced atomically).",
                            required=True)
+    format: tuple[str, ...] = opt(("saved_model",), "What to write into --export_path: "
+                                  "saved_model (any input size, evidence refit), litert "
+                                  "(model.tflite), onnx (model.onnx); several comma-separated.")
+    export_input_size: tuple[int, int] | None = opt(
+        None, "The fixed input size h,w of the LiteRT and ONNX files (default: the training "
+        "crop); clients resize images to it.", positive=True)
     checkpoint_path: str | None = opt(None, "A specific checkpoint (default: the latest).")
     inference_scales: tuple[float, ...] = opt((1.0,), "Scales for multi-scale inference.")
     add_flipped_images: bool = opt(False, "Average left-right flipped predictions.")
@@ -422,6 +428,8 @@ class PredictOptions:
     image: str = opt(None, "Input image (jpg/png).", required=True)
     saved_model: str | None = opt(None, "A SavedModel from tools.export_model.")
     checkpoint_dir: str | None = opt(None, "Or: a --train_logdir of tools.train.")
+    model: str | None = opt(None, "Or: a model.tflite / model.onnx of tools.export_model "
+                            "--format=litert,onnx (no refit: --tags prunes).")
     tags: tuple[str, ...] | None = opt(None, "Class names present in the image (the evidence).")
     prune: bool | None = opt(None, "Zero the probability of classes absent from --tags "
                              "(default: when the refit settings were tuned for pruned "

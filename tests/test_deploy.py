@@ -1,0 +1,98 @@
+"""LiteRT and ONNX exports (issue 32): the released dm05 model, imported, exported to both
+files, run by their runtimes on real photos (coco128-voc) against the Keras model; bad
+files and flags are one clear error."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, SHARED_DATA, run_tool
+
+DM05 = REPO.parent / "shared" / "models" / "deeplabv3_mnv2_dm05_pascal_257.tflite"
+PHOTOS = sorted((SHARED_DATA / "coco128-voc" / "JPEGImages").glob("*.jpg"))[:3]
+SIZE = (257, 257)
+
+pytestmark = pytest.mark.skipif(not DM05.is_file() or not PHOTOS,
+                                reason="needs ../shared/models and ../shared/data")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from deeplab_ext.run.export import export_checkpoint
+    from deeplab_ext.run.importing import import_weights
+    from deeplab_ext.run.options import ExportOptions, ImportOptions
+
+    root = tmp_path_factory.mktemp("deploy")
+    import_weights(ImportOptions(source=str(DM05), model_variant="deeplabv3_mobilenetv2_dm05",
+                                 output_dir=str(root / "run")), printer=lambda s: None)
+    export_checkpoint(ExportOptions(checkpoint_dir=str(root / "run"),
+                                    export_path=str(root / "export"),
+                                    format=("litert", "onnx"), export_input_size=SIZE),
+                      printer=lambda s: None)
+    return root
+
+
+def _photo(path: pathlib.Path) -> np.ndarray:
+    image = cv2.imread(str(path))[..., ::-1].astype(np.float32)
+    return cv2.resize(image, (SIZE[1], SIZE[0]), interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize("name", ["model.tflite", "model.onnx"])
+def test_file_matches_the_keras_model_on_real_photos(exported, name):
+    """Probabilities within 1e-4 of the Keras network's softmax (the same weights through
+    another runtime's kernels), argmax equal on at least 99.9 % of pixels."""
+    import tensorflow as tf
+
+    from deeplab_ext.run.deploy import FileSegmenter
+    from deeplab_ext.run.rundir import restore_network
+
+    network, _, _ = restore_network(exported / "run")
+    seg = FileSegmenter(exported / "export" / name)
+    assert seg.size == SIZE and seg.info.name == "pascal_voc_seg"
+    agree, worst = [], 0.0
+    for path in PHOTOS:
+        x = _photo(path)
+        want = tf.nn.softmax(network(x[None], training=False)["semantic"]).numpy()
+        got = seg.predict(x)["semantic_probabilities"]
+        worst = max(worst, float(np.abs(got - want).max()))
+        agree.append(np.mean(got.argmax(-1) == want.argmax(-1)))
+    assert worst < 1e-4, worst
+    assert min(agree) >= 0.999, agree
+
+
+def test_predict_with_a_file_and_with_a_broken_one(exported, tmp_path):
+    out = tmp_path / "pred.png"
+    proc = run_tool("predict", f"--model={exported / 'export' / 'model.tflite'}",
+                    f"--image={PHOTOS[0]}", f"--output={out}", f"--raw_output={tmp_path / 'r.png'}",
+                    "--tags=person")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert cv2.imread(str(out)).shape[:2] == cv2.imread(str(PHOTOS[0])).shape[:2]
+    assert '"pruned": true' in proc.stdout
+    raw = cv2.imread(str(tmp_path / "r.png"), cv2.IMREAD_UNCHANGED)
+    assert set(np.unique(raw)) <= {0, 15}  # pruned to background and person
+    # A truncated file in a copy of the export directory: one error line naming it.
+    broken = tmp_path / "broken"
+    shutil.copytree(exported / "export", broken)
+    data = (broken / "model.onnx").read_bytes()
+    (broken / "model.onnx").write_bytes(data[: len(data) // 3])
+    proc = run_tool("predict", f"--model={broken / 'model.onnx'}", f"--image={PHOTOS[0]}",
+                    f"--output={tmp_path / 'x.png'}")
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "model.onnx" in lines[0] and "corrupt" in lines[0], proc.stderr
+
+
+def test_unknown_format_is_refused_before_anything_is_written(exported, tmp_path):
+    from deeplab_ext.run.export import export_checkpoint
+    from deeplab_ext.run.options import ExportOptions
+
+    with pytest.raises(ValueError, match="--format=coreml.*unknown"):
+        export_checkpoint(ExportOptions(checkpoint_dir=str(exported / "run"),
+                                        export_path=str(tmp_path / "e"), format=("coreml",)),
+                          printer=lambda s: None)
+    assert not (tmp_path / "e").exists()
