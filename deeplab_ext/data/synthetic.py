@@ -89,6 +89,13 @@ def _shape_mask(rng: np.random.Generator, shape: str, size: int, radius: float,
     return mask.astype(bool)
 
 
+def _add_void_band(label: np.ndarray) -> None:
+    """VOC's 255 band on every boundary: the 3x3 morphological gradient of the labels."""
+    kernel = np.ones((3, 3), np.uint8)
+    band = cv2.dilate(label, kernel) != cv2.erode(label, kernel)
+    label[band] = IGNORE_LABEL
+
+
 def _stripes(size: int, vertical: bool, phase: int) -> np.ndarray:
     coord = np.arange(size)
     wave = np.where(((coord + phase) % STRIPE_PERIOD) < STRIPE_PERIOD // 2, 1.0, -1.0)
@@ -143,9 +150,7 @@ def generate_example(
         image[mask] = alpha * obj[mask] + (1 - alpha) * image[mask]
         label[mask] = class_id
     if ignore_band:
-        kernel = np.ones((3, 3), np.uint8)
-        band = cv2.dilate(label, kernel) != cv2.erode(label, kernel)
-        label[band] = IGNORE_LABEL
+        _add_void_band(label)
     return np.clip(np.round(image), 0, 255).astype(np.uint8), label
 
 
@@ -218,9 +223,7 @@ def generate_scene_example(
         disparity[mask] = d
     instance = np.where(instance > 0, instance, label)  # no instance: the class id
     if ignore_band:
-        kernel = np.ones((3, 3), np.uint8)
-        band = cv2.dilate(label, kernel) != cv2.erode(label, kernel)
-        label[band] = IGNORE_LABEL
+        _add_void_band(label)
     raw = np.round(disparity * 256.0) + 1.0
     return (np.clip(np.round(image), 0, 255).astype(np.uint8), label,
             instance.astype(np.uint16), raw.astype(np.uint16))
