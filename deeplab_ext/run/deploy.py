@@ -8,7 +8,8 @@ family has them, ``tag_probabilities`` (sigmoid) and its other outputs (the scen
 network's ``instance`` and ``depth``) out. The size is fixed (``--export_input_size``,
 default the training crop, which is on the network's stride grid): LiteRT interpreters
 allocate tensors for one shape, and the released DeepLab TFLite files are fixed-size too;
-the client resizes each image to it and the probabilities back. The SavedModel in the same
+the client letterboxes each image into it (aspect ratio kept, mean-pixel padding, as the
+original's demo feeds its 513 model) and resizes the probabilities back. The SavedModel in the same
 directory takes any size. Files are produced by Keras 3's own exporters
 (``keras.Model.export(format="litert" | "onnx")``; ONNX through ``tf2onnx``) and read with
 ``ai-edge-litert`` and ``onnxruntime``.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import cv2
@@ -26,12 +27,44 @@ import keras
 import numpy as np
 
 from deeplab_ext.data.datasets import info_from_dict
+from deeplab_ext.data.preprocess import MEAN_PIXEL_INCEPTION
 from deeplab_ext.models.registry import family_of
 
-__all__ = ["FILE_FORMATS", "FileSegmenter", "serving_network", "write_model_files"]
+__all__ = ["FILE_FORMATS", "QUANTIZE", "FileSegmenter", "calibration_images",
+           "litert_quantization", "serving_network", "write_model_files"]
 
 # Format -> the file it writes in the export directory.
 FILE_FORMATS = {"litert": "model.tflite", "onnx": "model.onnx"}
+MEAN_PIXEL = np.asarray(MEAN_PIXEL_INCEPTION, np.float32)  # what DeepLab pads images with
+QUANTIZE = ("none", "dynamic_range", "float16", "int8")
+
+
+def litert_quantization(mode: str, calibration: Callable[[], Iterable[np.ndarray]] | None
+                        ) -> dict[str, Any]:
+    """The LiteRT converter's settings for ``--quantize`` (Keras passes them through):
+    ``dynamic_range`` int8 weights; ``float16`` float16 weights; ``int8`` int8 weights and
+    activations, the activation ranges calibrated on ``calibration()``'s images (float
+    input and outputs stay, so clients are unchanged)."""
+    import tensorflow as tf
+
+    if mode not in QUANTIZE:
+        raise ValueError(f"--quantize={mode}: choose one of {', '.join(QUANTIZE)}")
+    if mode == "none":
+        return {}
+    settings: dict[str, Any] = {"optimizations": [tf.lite.Optimize.DEFAULT]}
+    if mode == "float16":
+        settings["target_spec"] = {"supported_types": [tf.float16]}
+    elif mode == "int8":
+        if calibration is None:
+            raise ValueError("--quantize=int8 needs images to calibrate on: give "
+                             "--calibration_dataset_dir (and --calibration_split)")
+
+        def representative() -> Iterable[list[np.ndarray]]:
+            for image in calibration():
+                yield [image[None].astype(np.float32)]
+
+        settings["representative_dataset"] = representative
+    return settings
 
 
 class ArgMax(keras.layers.Layer):
@@ -63,8 +96,10 @@ def serving_network(network: keras.Model, size: Sequence[int]) -> keras.Model:
 
 
 def write_model_files(network: keras.Model, directory: pathlib.Path, formats: Sequence[str],
-                      size: Sequence[int]) -> dict[str, str]:
-    """Write each of ``formats`` (``FILE_FORMATS``) into ``directory``; ``{format: file}``."""
+                      size: Sequence[int], litert_settings: dict | None = None
+                      ) -> dict[str, str]:
+    """Write each of ``formats`` (``FILE_FORMATS``) into ``directory``; ``{format: file}``.
+    ``litert_settings``: the converter's quantisation (:func:`litert_quantization`)."""
     unknown = sorted(set(formats) - set(FILE_FORMATS))
     if unknown:
         raise ValueError(f"--format: unknown {unknown}; known: saved_model, "
@@ -81,9 +116,44 @@ def write_model_files(network: keras.Model, directory: pathlib.Path, formats: Se
             except ImportError as e:
                 raise ValueError("--format=onnx needs the onnx and tf2onnx packages "
                                  "(pip install onnx tf2onnx)") from e
-        model.export(str(path), format=fmt, verbose=False)
+        extra = dict(litert_settings or {}) if fmt == "litert" else {}
+        model.export(str(path), format=fmt, verbose=False, **extra)
         written[fmt] = path.name
     return written
+
+
+def calibration_images(info: Any, dataset_dir: str, split: str, count: int,
+                       size: Sequence[int]) -> Iterable[np.ndarray]:
+    """The first ``count`` images of a split, resized to the file's input ``size`` as the
+    client resizes them (the int8 activation ranges are measured on these)."""
+    import tensorflow as tf
+
+    from deeplab_ext.data.input_pipeline import check_dataset_record, decode_example, list_shards
+
+    check_dataset_record(info, dataset_dir, split, whose="the checkpoint's dataset")
+    records = tf.data.TFRecordDataset(list_shards(dataset_dir, split)).take(count)
+    for serialized in records:
+        image = decode_example(serialized)[0].numpy().astype(np.float32)
+        yield cv2.resize(image, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+
+
+def letterbox(image: np.ndarray, size: Sequence[int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """``image`` scaled to fit ``size`` (h, w) with its aspect ratio kept, padded at the
+    bottom and right with the mean pixel (DeepLab's padding); also the scaled image's
+    (h, w), the region of the output that belongs to it."""
+    h, w = image.shape[:2]
+    scale = min(size[0] / h, size[1] / w)
+    nh, nw = max(1, min(size[0], round(h * scale))), max(1, min(size[1], round(w * scale)))
+    out = np.full((size[0], size[1], 3), MEAN_PIXEL, np.float32)
+    out[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return out, (nh, nw)
+
+
+def unletterbox(probs: np.ndarray, region: tuple[int, int], shape: Sequence[int]) -> np.ndarray:
+    """Probabilities ``[h, w, C]`` of a letterboxed input back to the image's ``shape``."""
+    probs = probs[: region[0], : region[1]]
+    out = cv2.resize(probs, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
+    return out[..., None] if out.ndim == 2 else out  # one class: cv2 drops the axis
 
 
 class FileSegmenter:
@@ -150,19 +220,15 @@ class FileSegmenter:
         self._run = run
 
     def predict(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """One RGB image ``[H, W, 3]`` (0..255): resized to the file's input size, run, and
-        the probabilities resized back (bilinear); ``{output: [1, ...]}``."""
+        """One RGB image ``[H, W, 3]`` (0..255), letterboxed into the file's input size
+        (:func:`letterbox`), run, and the probabilities of its region resized back
+        (bilinear); ``{output: [1, ...]}``."""
         image = np.asarray(image, np.float32)
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"image: expected [H, W, 3], got {list(image.shape)}")
-        h, w = image.shape[:2]
-        x = cv2.resize(image, (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR)
+        x, region = letterbox(image, self.size)
         out = self._run(x[None])
-        probs = out["semantic_probabilities"][0]
-        if (h, w) != self.size:
-            probs = cv2.resize(probs, (w, h), interpolation=cv2.INTER_LINEAR)
-            if probs.ndim == 2:  # one class: cv2 drops the channel axis
-                probs = probs[..., None]
+        probs = unletterbox(out["semantic_probabilities"][0], region, image.shape[:2])
         result = {"semantic_probabilities": probs[None].astype(np.float32)}
         if "tag_probabilities" in out:
             result["tag_probabilities"] = np.asarray(out["tag_probabilities"], np.float32)

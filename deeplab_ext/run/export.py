@@ -42,7 +42,13 @@ from deeplab_ext.data.colormap import label_to_color_image
 from deeplab_ext.data.datasets import DatasetInfo, info_from_dict, info_to_dict
 from deeplab_ext.data.input_pipeline import tags_from_names
 from deeplab_ext.models.registry import family_of
-from deeplab_ext.run.deploy import FILE_FORMATS, FileSegmenter, write_model_files
+from deeplab_ext.run.deploy import (
+    FILE_FORMATS,
+    FileSegmenter,
+    calibration_images,
+    litert_quantization,
+    write_model_files,
+)
 from deeplab_ext.run.evidence import (
     evidence_by_kind,
     keep_classes,
@@ -170,7 +176,8 @@ def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str
                        prune: bool = False, printer: Callable[[str], None] = print,
                        input_range: dict | None = None,
                        formats: Sequence[str] = ("saved_model",),
-                       file_size: Sequence[int] | None = None) -> pathlib.Path:
+                       file_size: Sequence[int] | None = None,
+                       litert_settings: dict | None = None) -> pathlib.Path:
     """Write the export atomically (temp dir + rename); returns the export path. ``formats``:
     ``saved_model`` and the files of ``deeplab_ext.run.deploy`` (at ``file_size``).
 
@@ -193,7 +200,8 @@ def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str
                              inference_scales=inference_scales,
                              add_flipped_images=add_flipped_images, model_config=model_config,
                              alignment=alignment, kind=kind, prune=prune,
-                             input_range=input_range, formats=formats, file_size=file_size)
+                             input_range=input_range, formats=formats, file_size=file_size,
+                             litert_settings=litert_settings)
 
 
 # What tf.saved_model.save and the file formats write: an earlier export holds these and
@@ -253,7 +261,8 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
                   add_flipped_images: bool, model_config: dict | None,
                   alignment: InputAlignment | None, kind: str, prune: bool,
                   input_range: dict | None, formats: Sequence[str] = ("saved_model",),
-                  file_size: Sequence[int] | None = None) -> pathlib.Path:
+                  file_size: Sequence[int] | None = None,
+                  litert_settings: dict | None = None) -> pathlib.Path:
     evidence = evidence or EvidenceOptions()
     formats = list(dict.fromkeys(formats))
     files = [f for f in formats if f != "saved_model"]
@@ -267,7 +276,7 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
     try:
         if "saved_model" in formats:
             tf.saved_model.save(module, str(tmp), signatures=signatures)
-        written = write_model_files(network, tmp, files, file_size or ())
+        written = write_model_files(network, tmp, files, file_size or (), litert_settings)
         meta = {"dataset": info_to_dict(info), "family": family_of(network).name,
                 "model": model_config or {},
                 "inference_scales": list(inference_scales),
@@ -309,18 +318,28 @@ def export_checkpoint(options: ExportOptions, explicit: Collection[str] = (),
     if unknown or not options.format:
         raise ValueError(f"--format={','.join(options.format)}: unknown {unknown}; choose "
                          f"from saved_model, {', '.join(FILE_FORMATS)}")
+    if options.quantize != "none" and "litert" not in options.format:
+        raise ValueError(f"--quantize={options.quantize} applies to the LiteRT file: add "
+                         "litert to --format")
     network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
     alignment = input_alignment(network, meta) if options.align_inputs else None
     kind, evidence, prune = serving_evidence(options.checkpoint_dir, options.evidence,
                                              explicit, options.use_tuned_evidence, printer)
     size = options.export_input_size or tuple(meta.get("train_crop_size") or ()) or None
+    calibration = None
+    if options.calibration_dataset_dir:
+        def calibration() -> Any:
+            return calibration_images(info, options.calibration_dataset_dir,
+                                      options.calibration_split, options.calibration_examples,
+                                      size)
+    litert_settings = litert_quantization(options.quantize, calibration)
     return export_saved_model(network, info, options.export_path, evidence=evidence,
                               inference_scales=options.inference_scales,
                               add_flipped_images=options.add_flipped_images,
                               model_config=meta["model"], alignment=alignment, kind=kind,
                               prune=prune, printer=printer,
                               input_range=input_range(meta), formats=options.format,
-                              file_size=size)
+                              file_size=size, litert_settings=litert_settings)
 
 
 def read_export_metadata(export_path: str | os.PathLike) -> dict:

@@ -411,6 +411,13 @@ class ExportOptions:
     export_input_size: tuple[int, int] | None = opt(
         None, "The fixed input size h,w of the LiteRT and ONNX files (default: the training "
         "crop); clients resize images to it.", positive=True)
+    quantize: str = opt("none", "Post-training quantisation of the LiteRT file: none, "
+                        "dynamic_range (int8 weights), float16 (float16 weights), int8 (int8 "
+                        "weights and activations, calibrated on --calibration_*; float input "
+                        "and outputs).")
+    calibration_dataset_dir: str | None = opt(None, "Shards to calibrate --quantize=int8 on.")
+    calibration_split: str = opt("train", "Split of --calibration_dataset_dir.")
+    calibration_examples: int = opt(100, "Images to calibrate on.", positive=True)
     checkpoint_path: str | None = opt(None, "A specific checkpoint (default: the latest).")
     inference_scales: tuple[float, ...] = opt((1.0,), "Scales for multi-scale inference.")
     add_flipped_images: bool = opt(False, "Average left-right flipped predictions.")

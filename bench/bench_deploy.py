@@ -1,0 +1,118 @@
+"""Deployed files against the Keras model (issue 32): mIoU on a split, pixel agreement
+with the Keras model, size on disk and latency per image, side by side in one run.
+
+For a run directory (e.g. a released model imported with ``tools.import_weights``), the
+files of ``tools.export_model --format=litert,onnx`` (float) and the LiteRT file under each
+``--quantize`` (int8 calibrated on ``--calibration_split``) are written once into
+``--workdir``; then every image of the split is letterboxed into the files' fixed size
+(``deeplab_ext.run.deploy.letterbox``; the Keras model gets the same input) and predicted
+by each, the probabilities resized back to the image (bilinear) and scored as
+``tools.eval`` scores (ignore label masked). Latency: interleaved rounds over the same
+images, median per image::
+
+    .venv/bin/python -m bench.bench_deploy --checkpoint_dir=RUN --dataset_dir=SHARDS \\
+        --split=val --workdir=/tmp/deploy [--size=257,257] [--calibration_split=train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import time
+
+import numpy as np
+
+
+def _export(run: str, out: pathlib.Path, formats: str, size: str, quantize: str,
+            shards: str, calibration_split: str) -> pathlib.Path:
+    from deeplab_ext.run.export import export_checkpoint
+    from deeplab_ext.run.options import ExportOptions
+
+    if not (out / "assets").is_dir():
+        export_checkpoint(ExportOptions(
+            checkpoint_dir=run, export_path=str(out), format=tuple(formats.split(",")),
+            export_input_size=tuple(int(v) for v in size.split(",")), quantize=quantize,
+            calibration_dataset_dir=shards, calibration_split=calibration_split),
+            printer=lambda s: None)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import tensorflow as tf
+
+    from deeplab_ext.data import input_pipeline
+    from deeplab_ext.run.deploy import FileSegmenter, letterbox, unletterbox
+    from deeplab_ext.run.rundir import restore_network
+    from tf_mtl.metrics import image_iou_counts, miou_from_counts
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint_dir", required=True)
+    p.add_argument("--dataset_dir", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--calibration_split", default="train")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--size", default="257,257")
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    work = pathlib.Path(args.workdir)
+    files = {
+        "litert_float32": _export(args.checkpoint_dir, work / "float", "litert,onnx", args.size,
+                                  "none", args.dataset_dir, args.calibration_split)
+        / "model.tflite",
+        "onnx_float32": work / "float" / "model.onnx",
+    }
+    for q in ("dynamic_range", "float16", "int8"):
+        files[f"litert_{q}"] = _export(args.checkpoint_dir, work / q, "litert", args.size, q,
+                                       args.dataset_dir, args.calibration_split) / "model.tflite"
+    network, info, _ = restore_network(args.checkpoint_dir)
+    size = tuple(int(v) for v in args.size.split(","))
+    keras_fn = tf.function(lambda x: tf.nn.softmax(network(x, training=False)["semantic"]))
+
+    def keras_predict(image: np.ndarray) -> np.ndarray:
+        x, region = letterbox(image, size)  # as the file client feeds its files
+        return unletterbox(keras_fn(tf.constant(x[None])).numpy()[0], region, image.shape[:2])
+
+    runners = {"keras": keras_predict}
+    for name, path in files.items():
+        seg = FileSegmenter(path)
+        runners[name] = lambda image, seg=seg: seg.predict(image)["semantic_probabilities"][0]
+    ds = input_pipeline.make_dataset(info, args.dataset_dir, args.split, crop_size=None,
+                                     batch_size=1, is_training=False)
+    examples = [(x[0].numpy(), t["semantic"][0].numpy()) for x, t in ds]
+    counts = {k: [] for k in runners}
+    agree = {k: [] for k in runners}
+    for image, label in examples:
+        ref = runners["keras"](image).argmax(-1)
+        for name, run in runners.items():
+            pred = run(image).argmax(-1)
+            counts[name].append(image_iou_counts(label, pred, info.num_classes,
+                                                 info.ignore_label))
+            agree[name].append(float(np.mean(pred == ref)))
+    times = {k: [] for k in runners}
+    for _ in range(args.rounds):  # interleaved: every runner sees the same load
+        for name, run in runners.items():
+            for image, _ in examples[:8]:
+                t0 = time.perf_counter()
+                run(image)
+                times[name].append(time.perf_counter() - t0)
+    rows = {}
+    for name in runners:
+        miou = float(miou_from_counts(np.sum(counts[name], axis=0)))
+        rows[name] = {
+            "miou": round(100 * miou, 2),
+            "pixel_agreement_with_keras": round(100 * float(np.mean(agree[name])), 3),
+            "ms_per_image": round(1e3 * statistics.median(times[name]), 1),
+            "bytes": None if name == "keras" else files[name].stat().st_size}
+    base = rows["litert_float32"]["miou"]
+    for row in rows.values():
+        row["miou_minus_litert_float32"] = round(row["miou"] - base, 2)
+    result = {"checkpoint_dir": args.checkpoint_dir, "split": args.split,
+              "images": len(examples), "size": list(size), "rows": rows}
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
