@@ -96,3 +96,20 @@ def test_unknown_format_is_refused_before_anything_is_written(exported, tmp_path
                                         export_path=str(tmp_path / "e"), format=("coreml",)),
                           printer=lambda s: None)
     assert not (tmp_path / "e").exists()
+
+
+def test_quantize_flags_are_checked_before_anything_is_written(exported, tmp_path):
+    from deeplab_ext.run.deploy import litert_quantization
+    from deeplab_ext.run.export import export_checkpoint
+    from deeplab_ext.run.options import ExportOptions
+
+    with pytest.raises(ValueError, match="add litert to --format"):
+        export_checkpoint(ExportOptions(checkpoint_dir=str(exported / "run"),
+                                        export_path=str(tmp_path / "e"), format=("onnx",),
+                                        quantize="int8"), printer=lambda s: None)
+    with pytest.raises(ValueError, match="--calibration_dataset_dir"):
+        litert_quantization("int8", None)
+    with pytest.raises(ValueError, match="--quantize=int4"):
+        litert_quantization("int4", None)
+    assert not (tmp_path / "e").exists()
+    assert litert_quantization("none", None) == {}
