@@ -113,3 +113,32 @@ def test_quantize_flags_are_checked_before_anything_is_written(exported, tmp_pat
         litert_quantization("int4", None)
     assert not (tmp_path / "e").exists()
     assert litert_quantization("none", None) == {}
+
+
+def test_eval_scores_the_shipped_files(exported, tmp_path):
+    """tools.eval --model: the two float files score the same on real photos (plain and
+    pruned to the true tags); refit modes are refused."""
+    from deeplab_ext.data import build_data
+    from deeplab_ext.run.evaluation import evaluate
+    from deeplab_ext.run.options import EvalOptions
+
+    voc = SHARED_DATA / "coco128-voc"
+    build_data.build_voc_dataset(voc / "JPEGImages", voc / "SegmentationClass",
+                                 voc / "ImageSets" / "Segmentation", tmp_path / "tf",
+                                 dataset="coco128_voc", splits=("val",))
+    got = {}
+    for name in ("model.tflite", "model.onnx"):
+        res = evaluate(EvalOptions(model=str(exported / "export" / name),
+                                   dataset_dir=str(tmp_path / "tf"), eval_split="val",
+                                   evidence_modes=("none", "prune"), max_examples=6),
+                       printer=lambda s: None)
+        assert res["num_images"] == 6
+        got[name] = [res["modes"][m]["miou"] for m in ("none", "prune")]
+    assert 0.05 < got["model.tflite"][0] < 1
+    np.testing.assert_allclose(got["model.tflite"], got["model.onnx"], atol=1e-3)
+    with pytest.raises(ValueError, match="no refit"):
+        evaluate(EvalOptions(model=str(exported / "export" / "model.onnx"),
+                             dataset_dir=str(tmp_path / "tf"), evidence_modes=("bp_l2",)),
+                 printer=lambda s: None)
+    with pytest.raises(ValueError, match="exactly one of --checkpoint_dir or --model"):
+        evaluate(EvalOptions(dataset_dir=str(tmp_path / "tf")), printer=lambda s: None)

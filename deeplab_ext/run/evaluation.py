@@ -102,7 +102,11 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
     image-level outputs, score each mode, the training-only decoder path, the intervals,
     the files.
     """
+    if bool(options.model) == bool(options.checkpoint_dir):
+        raise ValueError("give exactly one of --checkpoint_dir or --model")
     modes = _check(options)
+    if options.model:
+        return evaluate_file(options, modes, printer)
     run = _restore(options, modes, printer)
     evidence = evidence_by_kind(options.checkpoint_dir, options.evidence, explicit,
                                 use_tuned=options.use_tuned_evidence, printer=printer)
@@ -230,6 +234,53 @@ def _image_metrics(run: _Restored, printer: Callable[[str], None]) -> dict[str, 
         found[task.name] = values
         printer(f"{task.name}: " + " ".join(f"{k} {v:.4f}" for k, v in values.items()))
     return found
+
+
+def evaluate_file(options: EvalOptions, modes: Sequence[str],
+                  printer: Callable[[str], None] = print) -> dict[str, Any]:
+    """``tools.eval --model=FILE``: the mIoU a shipped LiteRT / ONNX file gets on a split,
+    plain (DL-MT) and pruned to the ground-truth tags (DL-MT-Pr); the files carry no refit."""
+    from deeplab_ext.data import input_pipeline
+    from deeplab_ext.run.deploy import FileSegmenter
+    from deeplab_ext.run.evidence import keep_classes
+    from tf_mtl.evidence import prune_probabilities
+
+    refits = [m for m in modes if m not in ("none", "prune")]
+    if refits:
+        raise ValueError(f"--evidence_modes={','.join(refits)} with --model: a LiteRT / ONNX "
+                         "file has no refit; use none,prune (or --checkpoint_dir)")
+    seg = FileSegmenter(options.model)
+    info = seg.info
+    input_pipeline.check_shards_match(info, options.dataset_dir, options.eval_split,
+                                      num_examples=0, whose="the model's dataset")
+    ds = input_pipeline.make_dataset(info, options.dataset_dir, options.eval_split,
+                                     crop_size=None, batch_size=1, is_training=False)
+    if options.max_examples:
+        ds = ds.take(options.max_examples)
+    counts: dict[str, list] = {m: [] for m in modes}
+    for images, targets in ds:
+        probs = seg.predict(images[0].numpy())["semantic_probabilities"]
+        label = targets["semantic"][0].numpy()
+        for mode in modes:
+            p = probs if mode == "none" else prune_probabilities(
+                probs, targets["tags"].numpy(), list(info.tag_class_ids),
+                keep_classes(info)).numpy()
+            counts[mode].append(image_iou_counts(label, p[0].argmax(-1), info.num_classes,
+                                                 info.ignore_label))
+    printer(f"Evaluated {options.model} (input {seg.size[0]}x{seg.size[1]}, letterboxed) on "
+            f"{info.name}:{options.eval_split} ({len(counts[modes[0]])} images)")
+    results: dict[str, Any] = {"model_file": str(options.model), "dataset": info.name,
+                               "split": options.eval_split, "input_size": list(seg.size),
+                               "num_images": len(counts[modes[0]]), "modes": {}}
+    for mode in modes:
+        miou = float(miou_from_counts(np.sum(counts[mode], axis=0)))
+        results["modes"][mode] = {"name": EVIDENCE_MODES[mode].row, "miou": miou}
+        printer(f"  {EVIDENCE_MODES[mode].row:<14} mIoU {100 * miou:6.2f}%")
+    if options.eval_logdir:
+        out = pathlib.Path(options.eval_logdir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "eval_results.json", json.dumps(results, indent=2))
+    return results
 
 
 def mode_row(mode: str, run: ModeRun, info: DatasetInfo) -> dict[str, Any]:

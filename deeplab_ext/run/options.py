@@ -308,7 +308,9 @@ class ImportOptions:
 class EvalOptions:
     """Evaluation and the evidence table (``tools.eval``)."""
 
-    checkpoint_dir: str = opt(None, "A --train_logdir of tools.train.", required=True)
+    checkpoint_dir: str | None = opt(None, "A --train_logdir of tools.train.")
+    model: str | None = opt(None, "Or: a model.tflite / model.onnx of tools.export_model "
+                            "--format=litert,onnx, scored as shipped (modes none, prune).")
     dataset_dir: str = opt(None, "Folder with the TFRecord shards.", required=True)
     eval_logdir: str | None = opt(None, "Where eval_results.json and comparison.png go.")
     eval_split: str = opt("val", "Split to evaluate.")
