@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiny", action="store_true", help="CPU-sized run of the same checks")
     p.add_argument("--precisions", default=",".join(PRECISIONS))
     args = p.parse_args(argv)
+    if args.tiny:
+        # The CPU smoke run (the suite runs it): every graph here is traced and run a few
+        # times, so Grappler's rewrites cost more than they save; the GPU run keeps them.
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     s = TINY if args.tiny else FULL
     t0 = time.perf_counter()
     res: dict = {"device": _gpu() or "CPU", "tiny": args.tiny, "variant": s["variant"],
