@@ -11,7 +11,8 @@ by each, the probabilities resized back to the image (bilinear) and scored as
 images, median per image::
 
     .venv/bin/python -m bench.bench_deploy --checkpoint_dir=RUN --dataset_dir=SHARDS \\
-        --split=val --workdir=/tmp/deploy [--size=257,257] [--calibration_split=train]
+        --split=val --workdir=/tmp/deploy [--size=257,257] [--calibration_split=train] \\
+        [--released=../shared/models/deeplabv3_mnv2_dm05_pascal_257.tflite]
 """
 
 from __future__ import annotations
@@ -39,11 +40,39 @@ def _export(run: str, out: pathlib.Path, formats: str, size: str, quantize: str,
     return out
 
 
+def _released_runner(path: str):
+    """The released file under the LiteRT interpreter: letterboxed input scaled to
+    [-1, 1], its logits softmaxed, resized to the input if smaller, then back."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from deeplab_ext.run.deploy import letterbox, unletterbox
+
+    interpreter = Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    size = tuple(int(d) for d in inp["shape"][1:3])
+
+    def run(image: np.ndarray) -> np.ndarray:
+        x, region = letterbox(image, size)
+        interpreter.set_tensor(inp["index"], (x / 127.5 - 1.0)[None].astype(np.float32))
+        interpreter.invoke()
+        logits = interpreter.get_tensor(out["index"])[0]
+        if logits.shape[:2] != size:
+            import cv2
+
+            logits = cv2.resize(logits, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return unletterbox(e / e.sum(-1, keepdims=True), region, image.shape[:2])
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> dict:
     import tensorflow as tf
 
     from deeplab_ext.data import input_pipeline
     from deeplab_ext.run.deploy import FileSegmenter, letterbox, unletterbox
+    from deeplab_ext.run.export import LoadedSegmenter
     from deeplab_ext.run.rundir import restore_network
     from tf_mtl.metrics import image_iou_counts, miou_from_counts
 
@@ -55,14 +84,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workdir", required=True)
     p.add_argument("--size", default="257,257")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--released", default=None,
+                   help="the released TFLite file the run was imported from (its input "
+                        "rgb / 127.5 - 1, output logits), run by the same interpreter")
     args = p.parse_args(argv)
     work = pathlib.Path(args.workdir)
-    files = {
-        "litert_float32": _export(args.checkpoint_dir, work / "float", "litert,onnx", args.size,
-                                  "none", args.dataset_dir, args.calibration_split)
-        / "model.tflite",
-        "onnx_float32": work / "float" / "model.onnx",
-    }
+    export = _export(args.checkpoint_dir, work / "float", "saved_model,litert,onnx", args.size,
+                     "none", args.dataset_dir, args.calibration_split)
+    files = {"litert_float32": export / "model.tflite", "onnx_float32": export / "model.onnx"}
     for q in ("dynamic_range", "float16", "int8"):
         files[f"litert_{q}"] = _export(args.checkpoint_dir, work / q, "litert", args.size, q,
                                        args.dataset_dir, args.calibration_split) / "model.tflite"
@@ -75,7 +104,20 @@ def main(argv: list[str] | None = None) -> dict:
         return unletterbox(keras_fn(tf.constant(x[None])).numpy()[0], region, image.shape[:2])
 
     runners = {"keras": keras_predict}
+    saved = LoadedSegmenter(export)
+
+    def saved_model_predict(image: np.ndarray) -> np.ndarray:
+        x, region = letterbox(image, size)
+        return unletterbox(saved.predict(x)["semantic_probabilities"][0], region,
+                           image.shape[:2])
+
+    runners["saved_model"] = saved_model_predict
+    if args.released:
+        runners["released_tflite"] = _released_runner(args.released)
+        files["released_tflite"] = pathlib.Path(args.released)
     for name, path in files.items():
+        if name == "released_tflite":
+            continue
         seg = FileSegmenter(path)
         runners[name] = lambda image, seg=seg: seg.predict(image)["semantic_probabilities"][0]
     ds = input_pipeline.make_dataset(info, args.dataset_dir, args.split, crop_size=None,
@@ -104,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
             "miou": round(100 * miou, 2),
             "pixel_agreement_with_keras": round(100 * float(np.mean(agree[name])), 3),
             "ms_per_image": round(1e3 * statistics.median(times[name]), 1),
-            "bytes": None if name == "keras" else files[name].stat().st_size}
+            "bytes": files[name].stat().st_size if name in files else None}
     base = rows["litert_float32"]["miou"]
     for row in rows.values():
         row["miou_minus_litert_float32"] = round(row["miou"] - base, 2)
