@@ -142,3 +142,25 @@ def test_eval_scores_the_shipped_files(exported, tmp_path):
                  printer=lambda s: None)
     with pytest.raises(ValueError, match="exactly one of --checkpoint_dir or --model"):
         evaluate(EvalOptions(dataset_dir=str(tmp_path / "tf")), printer=lambda s: None)
+
+
+def test_predict_a_folder_with_a_file(exported, tmp_path):
+    """--image=FOLDER: a colour and a raw PNG per photo at the photo's size, a progress
+    bar; a second run into the same folder is refused (nothing overwritten)."""
+    from deeplab_ext.run.export import predict_image
+    from deeplab_ext.run.options import PredictOptions
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in PHOTOS[:2]:
+        shutil.copy(p, photos / p.name)
+    options = PredictOptions(image=str(photos), model=str(exported / "export" / "model.onnx"),
+                             output=str(tmp_path / "out"))
+    report = predict_image(options, printer=lambda s: None)
+    assert report["images"] == 2
+    for p in PHOTOS[:2]:
+        raw = cv2.imread(str(tmp_path / "out" / "raw" / f"{p.stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert raw.shape == cv2.imread(str(p)).shape[:2] and raw.max() < 21
+        assert (tmp_path / "out" / f"{p.stem}.png").is_file()
+    with pytest.raises(ValueError, match="nothing was overwritten"):
+        predict_image(options, printer=lambda s: None)

@@ -445,13 +445,79 @@ def read_image(path: str | os.PathLike, flag: str = "--image") -> np.ndarray:
     return img[..., ::-1].astype(np.float32)
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def _check_source(options: PredictOptions) -> None:
+    if sum(bool(v) for v in (options.saved_model, options.checkpoint_dir, options.model)) != 1:
+        raise ValueError("give exactly one of --saved_model, --checkpoint_dir or --model")
+
+
+def _open_segmenter(options: PredictOptions, explicit: Collection[str],
+                    printer: Callable[[str], None]) -> Any:
+    """The model ``tools.predict`` was pointed at: a LiteRT / ONNX file, an export or a run."""
+    _check_source(options)
+    if options.model:
+        return FileSegmenter(options.model)
+    if options.saved_model:
+        return LoadedSegmenter(options.saved_model)
+    return CheckpointSegmenter(options.checkpoint_dir, options.evidence,
+                               align_inputs=options.align_inputs, explicit=explicit,
+                               use_tuned=options.use_tuned_evidence, printer=printer)
+
+
+def predict_folder(options: PredictOptions, explicit: Collection[str] = (),
+                   printer: Callable[[str], None] = print) -> dict[str, Any]:
+    """``tools.predict --image=FOLDER --output=OUT_DIR``: every image of the folder (jpg,
+    png, bmp; sorted), plain predictions (the evidence is per image: use one image at a
+    time for it), with a progress bar; ``OUT_DIR/<name>.png`` in colour and
+    ``OUT_DIR/raw/<name>.png`` as class ids. Nothing already in OUT_DIR is overwritten."""
+    folder, out = pathlib.Path(options.image), pathlib.Path(options.output)
+    if options.tags:
+        raise ValueError("--tags with --image=FOLDER: the evidence is per image; predict "
+                         "one image at a time to give its tags")
+    if out.suffix.lower() == ".png":
+        raise ValueError(f"--output={out}: with --image=FOLDER, --output is the folder to "
+                         "write the predictions into")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ValueError(f"--image={folder}: no {', '.join(IMAGE_SUFFIXES)} images in it")
+    targets = [(out / f"{p.stem}.png", out / "raw" / f"{p.stem}.png") for p in images]
+    existing = [str(t) for pair in targets for t in pair if t.exists()]
+    if existing:
+        raise ValueError(f"--output={out} already holds {existing[0]}"
+                         f"{f' and {len(existing) - 1} more' if len(existing) > 1 else ''}: "
+                         "nothing was overwritten; choose a new --output folder")
+    seg = _open_segmenter(options, explicit, printer)
+    (out / "raw").mkdir(parents=True, exist_ok=True)
+    bar = keras.utils.Progbar(len(images), unit_name="image")
+    classes: set[int] = set()
+    for path, (colour, raw) in zip(images, targets, strict=True):
+        image = read_image(path)
+        full = image.shape[:2]
+        size = predict_size(*full, seg.input_range, options.max_resize_value)
+        if size is not None:
+            image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        pred = seg.predict(image)["semantic_probabilities"][0].argmax(-1).astype(np.uint8)
+        if pred.shape != tuple(full):
+            pred = cv2.resize(pred, (full[1], full[0]), interpolation=cv2.INTER_NEAREST)
+        cv2.imwrite(str(colour), label_to_color_image(pred, seg.info.colormap)[..., ::-1])
+        cv2.imwrite(str(raw), pred)
+        classes.update(int(c) for c in np.unique(pred))
+        bar.add(1)
+    return {"output": str(out), "images": len(images),
+            "classes_predicted": [seg.info.class_names[c] for c in sorted(classes)]}
+
+
 def predict_image(options: PredictOptions, explicit: Collection[str] = (),
                   printer: Callable[[str], None] = print) -> dict[str, Any]:
     """``tools.predict``: segment one image (with its tags as evidence, if given), write
     the colour (and raw) PNG; returns the report printed as JSON. The refit steps are
-    the export's or run's own unless ``steps`` is in ``explicit`` (--evidence_steps given)."""
-    if sum(bool(v) for v in (options.saved_model, options.checkpoint_dir, options.model)) != 1:
-        raise ValueError("give exactly one of --saved_model, --checkpoint_dir or --model")
+    the export's or run's own unless ``steps`` is in ``explicit`` (--evidence_steps given).
+    A folder of images goes to :func:`predict_folder`."""
+    if pathlib.Path(options.image).is_dir():
+        return predict_folder(options, explicit, printer)
+    _check_source(options)
     if pathlib.Path(options.output).suffix.lower() != ".png" or (
             options.raw_output and pathlib.Path(options.raw_output).suffix.lower() != ".png"):
         bad = options.output if pathlib.Path(options.output).suffix.lower() != ".png" \
@@ -464,14 +530,7 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
     steps = options.evidence.steps if "steps" in explicit else None
     if steps is not None and steps < 0:
         raise ValueError(f"--evidence_steps must be >= 0, got {steps}")
-    if options.model:
-        seg: Any = FileSegmenter(options.model)
-    elif options.saved_model:
-        seg = LoadedSegmenter(options.saved_model)
-    else:
-        seg = CheckpointSegmenter(options.checkpoint_dir, options.evidence,
-                                  align_inputs=options.align_inputs, explicit=explicit,
-                                  use_tuned=options.use_tuned_evidence, printer=printer)
+    seg = _open_segmenter(options, explicit, printer)
     info = seg.info
     size = predict_size(*full_size, seg.input_range, options.max_resize_value)
     if size is not None:

@@ -432,9 +432,11 @@ class ExportOptions:
 
 @dataclasses.dataclass
 class PredictOptions:
-    """One image, optionally with its tags as evidence (``tools.predict``)."""
+    """One image, optionally with its tags as evidence, or a folder of images
+    (``tools.predict``)."""
 
-    image: str = opt(None, "Input image (jpg/png).", required=True)
+    image: str = opt(None, "Input image (jpg/png), or a folder of them (then --output is "
+                     "the folder to write into).", required=True)
     saved_model: str | None = opt(None, "A SavedModel from tools.export_model.")
     checkpoint_dir: str | None = opt(None, "Or: a --train_logdir of tools.train.")
     model: str | None = opt(None, "Or: a model.tflite / model.onnx of tools.export_model "
