@@ -45,6 +45,10 @@ ARMS = [Arm(a.name, (*a.train_flags, *FIXED_SCALE)) for a in ARMS]
 SETTINGS = SweepSettings(variant="deeplabv3plus_mobilenetv2_tiny_scene", dataset="shapes_scene",
                          train_steps=1500, base_learning_rate=5e-3, crop="65,65",
                          max_resize_value=0, batch_size=8)
+# The metrics of the tasks an arm trains (the others are untrained heads: left blank).
+_DEPTH = ("depth_mae", "abs_rel", "delta1")
+TRAINED = {"stl_semantic": ("miou",), "stl_instance": ("offset_px",), "stl_depth": _DEPTH,
+           "sd_ew": ("miou", *_DEPTH), "sd_uw": ("miou", *_DEPTH)}
 # Lower is better for the errors, higher for the rest (the table's arrows).
 METRICS = {"miou": "mIoU (%)", "offset_px": "offset error (px)", "depth_mae": "depth MAE (px)",
            "abs_rel": "abs rel", "delta1": "delta<1.25"}
@@ -98,6 +102,9 @@ def table(rows: dict[str, dict]) -> str:
         seeds = sorted(s for a, s in by if a == arm)
         cells = []
         for key in METRICS:
+            if key not in TRAINED.get(arm, METRICS):
+                cells.append("")
+                continue
             scale = 100 if key == "miou" else 1
             values = [scale * by[(arm, s)][key] for s in seeds]
             m, sd = mean_std(values)
@@ -112,6 +119,8 @@ def table(rows: dict[str, dict]) -> str:
         parts = []
         for k in sig:  # sigma, and the sigma the task's final loss makes optimal
             task = k[len("sigma_"):]
+            if task == "instance" and arm.startswith("sd_"):
+                continue  # prior 0: its s only drifts
             sigma = mean_std([by[(arm, s)][k] for s in seeds])[0]
             loss = [by[(arm, s)].get(f"train_loss_{task}") for s in seeds]
             factor = 2.0 if task == "semantic" else 1.0
