@@ -44,6 +44,9 @@ CASES = {
     "deeplab_ext>Decoder": (dict(filters=8, low_level_filters=4),
                             [_x(1, 5, 5, 6), _x(1, 9, 9, 3)], 3 + 6 + 6, 2 + 4 + 4,
                             [(1, 9, 9, 8)]),
+    # 3x3 ConvBN (kernel, gamma, beta; moving mean, variance), then the 1x1 conv with bias
+    "deeplab_ext>TaskDecoder": (dict(filters=4, channels=2, norm=NORM), _x(2, 6, 6, 5),
+                                3 + 2, 2, [(2, 6, 6, 2)]),
     "deeplab_ext>AttentionMask": (dict(channels=4, norm=NORM), _x(2, 6, 6, 5), 6, 4,
                                   [(2, 6, 6, 4)]),
     "deeplab_ext>MaxPoolWithArgmax": ({}, _x(2, 5, 5, 3), 0, 0, [(2, 3, 3, 3), (2, 3, 3, 3)]),

@@ -164,8 +164,9 @@ def test_named_layers_groups_and_biases(tiny):
     for name in (*FEATURE_NAMES, "aspp", "decoder", "logits", "tag_head", "images"):
         assert name in names, name
     groups = variable_groups(tiny)
-    assert set(groups) == {"backbone", "aspp", "decoder", "logits", "tag_head"}
-    assert all(groups[k] for k in groups)
+    # task_heads: the scene variants' per-task decoders, empty here
+    assert set(groups) == {"backbone", "aspp", "decoder", "logits", "tag_head", "task_heads"}
+    assert all(groups[k] for k in groups if k != "task_heads") and not groups["task_heads"]
     assert sorted(v.path for v in groups["logits"]) == ["logits/bias", "logits/kernel"]
     assert sum(len(g) for g in groups.values()) == len(tiny.trainable_weights)
     biases = sorted(v.path for v in tiny.weights if v.path.endswith("/bias"))
