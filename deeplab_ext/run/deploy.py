@@ -195,9 +195,8 @@ class FileSegmenter:
         interpreter.allocate_tensors()
         (inp,) = interpreter.get_input_details()
         self.size = tuple(int(d) for d in inp["shape"][1:3])
-        outputs = interpreter.get_signature_runner().get_output_details()
         runner = interpreter.get_signature_runner()
-        self.output_names = sorted(outputs)
+        self.output_names = sorted(runner.get_output_details())
         (input_name,) = runner.get_input_details()
 
         def run(image: np.ndarray) -> dict[str, np.ndarray]:
