@@ -109,6 +109,9 @@ FRESH_SCRIPT = textwrap.dedent("""
         steps=tf.constant(int(inputs["steps"]), tf.int32))
     out.update({"evidence__" + k: v.numpy() for k, v in ev.items()})
     out["signatures"] = np.array(sorted(module.signatures))
+    out["reads_variables"] = np.array([  # serving from constants, the refit from variables
+        any(t.dtype == tf.resource for t in module.signatures[k].captured_inputs)
+        for k in ("serving_default", "segment_with_evidence")])
     out["project_modules"] = np.array(
         [m for m in sys.modules if m.split(".")[0] in ("deeplab_ext", "tf_mtl", "tools")], str)
     np.savez(sys.argv[3], **out)
@@ -129,6 +132,7 @@ def test_export_signatures_match_library_in_fresh_process(export_dir, library, v
     got = dict(np.load(outputs))
     assert sorted(got["signatures"]) == ["segment_with_evidence", "serving_default"]
     assert got["project_modules"].size == 0
+    assert got["reads_variables"].tolist() == [False, True]
 
     plain = library["plain"](tf.constant(images))
     tag_probs = library["tags"](images)["tags"].numpy()

@@ -65,6 +65,7 @@ from tf_mtl.inference import (
     multi_scale_probabilities,
     network_logits_fn,
     validate_scales,
+    with_constant_weights,
 )
 
 __all__ = [
@@ -101,17 +102,18 @@ class SegmenterServing(tf.Module):
         logits_fn = network_logits_fn(network, semantic_key)
         images_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
 
+        others = [k for k in network.output if k != semantic_key]
+
         def serve(images):
-            probs = multi_scale_probabilities(logits_fn, images, scales, flip)
+            raw = network(images, training=False)  # one call gives scale 1 and the others
+            probs = multi_scale_probabilities(logits_fn, images, scales, flip,
+                                              unscaled_logits=raw[semantic_key])
             out = {"semantic_probabilities": probs,
                    "semantic_predictions": tf.argmax(probs, -1, output_type=tf.int32)}
-            others = {k: v for k, v in network.output.items() if k != semantic_key}
-            if others:
-                raw = network(images, training=False)
-                for key in others:
-                    value = tf.cast(raw[key], tf.float32)
-                    out["tag_probabilities" if key == tags_key else key] = (
-                        tf.sigmoid(value) if key == tags_key else value)
+            for key in others:
+                value = tf.cast(raw[key], tf.float32)
+                out["tag_probabilities" if key == tags_key else key] = (
+                    tf.sigmoid(value) if key == tags_key else value)
             return out
 
         self.alignment = alignment or InputAlignment()
@@ -272,6 +274,8 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
     module = serving_module(network, info, evidence, inference_scales, add_flipped_images,
                             alignment, kind)
     signatures = module.signatures
+    if "saved_model" in formats:  # served from constants; the refit keeps the variables
+        signatures["serving_default"] = with_constant_weights(signatures["serving_default"])
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{export_path.name}.tmp-", dir=export_path.parent))
     try:
         if "saved_model" in formats:
