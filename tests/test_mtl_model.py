@@ -300,3 +300,24 @@ def test_summaries_log_each_steps_own_loss_not_the_running_mean(tmp_path):
         own.append(mean if batch == 0 else (batch + 1) * mean - batch * running[i - 1][1])
     np.testing.assert_allclose(logged, own, rtol=1e-5)
     assert abs(logged[1] - running[1][1]) > 1e-4  # the running mean is not what is drawn
+
+
+def test_eval_metrics_are_updated_by_evaluation_only():
+    """A task's ``eval_metrics`` (costly ones) never run in a train step; evaluate and
+    test_step update and report them; the config keeps them."""
+    x, y = tiny_data(4)
+    miou = StreamingMeanIoU(C, IGN, name="eval_miou")
+    tasks = [Task("semantic", SoftmaxCrossEntropyWithIgnore(C, IGN),
+                  eval_metrics=[miou]),
+             Task("tags", TagBCE(), metrics=[TagF1(T)])]
+    model = MultiTaskModel(tiny_net(), tasks, FixedWeighting(tasks))
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0).history
+    assert "semantic_eval_miou" not in history and "tags_tag_f1" in history
+    assert float(tf.reduce_sum(miou.total_cm)) == 0.0  # never updated by the two steps
+    got = model.evaluate(x, y, batch_size=2, verbose=0, return_dict=True)
+    assert float(tf.reduce_sum(miou.total_cm)) == float(np.sum(y["semantic"] != IGN))
+    assert got["semantic_eval_miou"] == pytest.approx(float(miou.result()))
+    clone = MultiTaskModel.from_config(model.get_config())
+    assert [type(m).__name__ for m in clone.tasks[0].eval_metrics] == ["StreamingMeanIoU"]
+    assert clone.tasks[0].metrics == []

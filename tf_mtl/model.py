@@ -100,7 +100,7 @@ class MultiTaskModel(keras.Model):
             )
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.task_loss_trackers = [keras.metrics.Mean(name=f"{t.name}_loss") for t in self.tasks]
-        self.task_metrics = [m for t in self.tasks for m in t.metrics]
+        self.task_metrics = [m for t in self.tasks for m in t.all_metrics]
         if getattr(network, "built", False):
             self.built = True
 
@@ -236,17 +236,19 @@ class MultiTaskModel(keras.Model):
         except (AttributeError, TypeError, ValueError):
             return None
 
-    def _update_and_log(self, y, outputs, total, losses, logs, batch_size) -> dict[str, Any]:
+    def _update_and_log(self, y, outputs, total, losses, logs, batch_size,
+                        training: bool = True) -> dict[str, Any]:
+        """Trackers and metrics updated and read; a train step skips ``eval_metrics``."""
         self.loss_tracker.update_state(total, sample_weight=batch_size)
         for task, tracker in zip(self.tasks, self.task_loss_trackers, strict=True):
             tracker.update_state(losses[task.name], sample_weight=batch_size)
-            for metric in task.metrics:
+            for metric in task.metrics if training else task.all_metrics:
                 metric.update_state(y[task.target_key],
                                     tf.cast(outputs[task.output_key], tf.float32))
         results: dict[str, Any] = {"loss": self.loss_tracker.result()}
         for task, tracker in zip(self.tasks, self.task_loss_trackers, strict=True):
             results[tracker.name] = tracker.result()
-            for metric in task.metrics:
+            for metric in task.metrics if training else task.all_metrics:
                 results.update(_metric_results(task.name, metric))
         results.update(logs)
         return results
@@ -303,7 +305,7 @@ class MultiTaskModel(keras.Model):
         outputs = self.forward(x, training=False)
         total, losses, logs = self.compute_total_loss(x, y, outputs, False, None)
         return self._reducible(self._update_and_log(y, outputs, total, losses, logs,
-                                                    self._batch_size(x)))
+                                                    self._batch_size(x), training=False))
 
     @staticmethod
     def _reducible(logs: dict[str, Any]) -> dict[str, Any]:
@@ -378,6 +380,7 @@ class MultiTaskModel(keras.Model):
             "tasks": [
                 {"name": t.name, "loss": ser(t.loss), "kind": t.kind,
                  "metrics": [ser(m) for m in t.metrics], "output": t.output,
+                 "eval_metrics": [ser(m) for m in t.eval_metrics],
                  "weight": t.weight, "target": t.target}
                 for t in self.tasks
             ],
@@ -392,7 +395,9 @@ class MultiTaskModel(keras.Model):
             Task(name=t["name"], loss=de(t["loss"], custom_objects=custom_objects),
                  kind=t["kind"], output=t["output"], weight=t["weight"],
                  target=t.get("target"),
-                 metrics=[de(m, custom_objects=custom_objects) for m in t["metrics"]])
+                 metrics=[de(m, custom_objects=custom_objects) for m in t["metrics"]],
+                 eval_metrics=[de(m, custom_objects=custom_objects)
+                               for m in t.get("eval_metrics", [])])
             for t in config.pop("tasks")
         ]
         network = de(config.pop("network"), custom_objects=custom_objects)

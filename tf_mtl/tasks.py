@@ -27,6 +27,9 @@ class Task:
       kind: "classification" or "regression"; uncertainty weighting uses
         1/sigma^2 for classification and 1/(2 sigma^2) for regression terms.
       metrics: keras metrics updated with `(y_true, y_pred)` of this task.
+      eval_metrics: metrics updated only when evaluating (``test_step``, ``tools.eval``),
+        never in a train step: costly ones (``InstanceQuality`` clusters the offsets in
+        NumPy) that would slow every step for a number nobody reads there.
       output: key of the step's outputs when it differs from `name` (a network output,
         a training-only head's output, or a tapped feature).
       weight: the fixed weight used by `FixedWeighting`.
@@ -41,6 +44,12 @@ class Task:
     output: str | None = None
     weight: float = 1.0
     target: str | None = None
+    eval_metrics: list = dataclasses.field(default_factory=list)
+
+    @property
+    def all_metrics(self) -> list:
+        """What evaluation updates: ``metrics`` then ``eval_metrics``."""
+        return [*self.metrics, *self.eval_metrics]
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

@@ -187,7 +187,7 @@ def _restore(options: EvalOptions, modes: Sequence[str],
     # Training-only branches whose tasks have metrics (e.g. --aux_tasks=edges) are scored
     # too: a multi-task comparison needs every task's number, served or not.
     branch = branches_from_record(network, family, info, meta.get("training_branches", {}))
-    branch.tasks = [t for t in branch.tasks if t.metrics]
+    branch.tasks = [t for t in branch.tasks if t.all_metrics]
     batches, alignment = load_split(
         network, info, meta, options.dataset_dir, options.eval_split,
         crop=options.eval_crop_size, max_examples=options.max_examples,
@@ -210,7 +210,7 @@ def _image_metrics(run: _Restored, printer: Callable[[str], None]) -> dict[str, 
                 f1.update_state(targets["tags"], out[tags_key])
                 tag_map.update_state(targets["tags"], out[tags_key])
             for task in run.image_tasks:
-                for metric in task.metrics:
+                for metric in task.all_metrics:
                     metric.update_state(targets[task.target_key], out[task.output_key])
     found: dict[str, dict] = {}
     if run.has_tags:
@@ -225,11 +225,11 @@ def _image_metrics(run: _Restored, printer: Callable[[str], None]) -> dict[str, 
         for images, targets in run.batches:
             out = outputs(images)
             for task in run.branch.tasks:
-                for metric in task.metrics:
+                for metric in task.all_metrics:
                     metric.update_state(targets[task.target_key], out[task.output_key])
     for task in [*run.image_tasks, *run.branch.tasks]:
-        values = {m.name: float(m.result()) for m in task.metrics}
-        for m in task.metrics:  # precision / recall beside an F1
+        values = {m.name: float(m.result()) for m in task.all_metrics}
+        for m in task.all_metrics:  # precision / recall beside an F1
             values.update({k: float(v) for k, v in getattr(m, "results", dict)().items()})
         found[task.name] = values
         printer(f"{task.name}: " + " ".join(f"{k} {v:.4f}" for k, v in values.items()))
