@@ -6,7 +6,9 @@ files of ``tools.export_model --format=litert,onnx`` (float) and the LiteRT file
 ``--quantize`` (int8 calibrated on ``--calibration_split``) are written once into
 ``--workdir``; then every image of the split is letterboxed into the files' fixed size
 (``deeplab_ext.run.deploy.letterbox``; the Keras model gets the same input) and predicted
-by each, the probabilities resized back to the image (bilinear) and scored as
+by each (and by the SavedModel's serving function reading variables instead of its constant
+weights, ``saved_model_variables``), the probabilities resized back to the image (bilinear) and
+scored as
 ``tools.eval`` scores (ignore label masked). Latency: interleaved rounds over the same
 images, median per image::
 
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     for q in ("dynamic_range", "float16", "int8"):
         files[f"litert_{q}"] = _export(args.checkpoint_dir, work / q, "litert", args.size, q,
                                        args.dataset_dir, args.calibration_split) / "model.tflite"
-    network, info, _ = restore_network(args.checkpoint_dir)
+    network, info, meta = restore_network(args.checkpoint_dir)
     size = tuple(int(v) for v in args.size.split(","))
     keras_fn = tf.function(lambda x: tf.nn.softmax(network(x, training=False)["semantic"]))
 
@@ -112,6 +114,21 @@ def main(argv: list[str] | None = None) -> dict:
                            image.shape[:2])
 
     runners["saved_model"] = saved_model_predict
+    # The same serving function reading the variables (as exports were before
+    # tf_mtl.inference.with_constant_weights): the cost of serving from variables.
+    from deeplab_ext.run.export import serving_module
+    from deeplab_ext.run.options import EvidenceOptions
+    from deeplab_ext.run.rundir import input_alignment
+
+    module = serving_module(network, info, EvidenceOptions(),
+                            alignment=input_alignment(network, meta))
+
+    def variables_predict(image: np.ndarray) -> np.ndarray:
+        x, region = letterbox(image, size)
+        probs = module.serve(tf.constant(x[None]))["semantic_probabilities"]
+        return unletterbox(probs.numpy()[0], region, image.shape[:2])
+
+    runners["saved_model_variables"] = variables_predict
     if args.released:
         runners["released_tflite"] = _released_runner(args.released)
         files["released_tflite"] = pathlib.Path(args.released)
@@ -147,6 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
             "pixel_agreement_with_keras": round(100 * float(np.mean(agree[name])), 3),
             "ms_per_image": round(1e3 * statistics.median(times[name]), 1),
             "bytes": files[name].stat().st_size if name in files else None}
+    rows["saved_model"]["bytes"] = sum(  # saved_model.pb (constant weights) + variables
+        f.stat().st_size for f in export.rglob("*") if f.is_file()
+        and f.name not in ("model.tflite", "model.onnx") and "assets" not in f.parts)
     base = rows["litert_float32"]["miou"]
     for row in rows.values():
         row["miou_minus_litert_float32"] = round(row["miou"] - base, 2)
