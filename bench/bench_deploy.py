@@ -14,7 +14,8 @@ images, median per image::
 
     .venv/bin/python -m bench.bench_deploy --checkpoint_dir=RUN --dataset_dir=SHARDS \\
         --split=val --workdir=/tmp/deploy [--size=257,257] [--calibration_split=train] \\
-        [--released=../shared/models/deeplabv3_mnv2_dm05_pascal_257.tflite]
+        [--released=../shared/models/deeplabv3_mnv2_dm05_pascal_257.tflite] \\
+        [--profile_dir=/tmp/deploy_profile]
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workdir", required=True)
     p.add_argument("--size", default="257,257")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--profile_dir", default=None,
+                   help="also trace the SavedModel on 8 photos with the TF profiler and print "
+                        "its op table (where the serving time goes)")
     p.add_argument("--released", default=None,
                    help="the released TFLite file the run was imported from (its input "
                         "rgb / 127.5 - 1, output logits), run by the same interpreter")
@@ -156,6 +160,16 @@ def main(argv: list[str] | None = None) -> dict:
                 t0 = time.perf_counter()
                 run(image)
                 times[name].append(time.perf_counter() - t0)
+    profile = None
+    if args.profile_dir:
+        from bench.bench_flops import op_table
+
+        tf.profiler.experimental.start(args.profile_dir)
+        for image, _ in examples[:8]:
+            saved_model_predict(image)
+        tf.profiler.experimental.stop()
+        profile = [{"op": op, "ms": round(ms, 1), "percent": round(pc, 1)}
+                   for op, ms, pc in op_table(args.profile_dir, top=12)]
     rows = {}
     for name in runners:
         miou = float(miou_from_counts(np.sum(counts[name], axis=0)))
@@ -172,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
         row["miou_minus_litert_float32"] = round(row["miou"] - base, 2)
     result = {"checkpoint_dir": args.checkpoint_dir, "split": args.split,
               "images": len(examples), "size": list(size), "rows": rows}
+    if profile:
+        result["saved_model_op_table_8_photos"] = profile
     print(json.dumps(result, indent=1))
     return result
 
