@@ -13,7 +13,6 @@ from tf_mtl.inference import (
     predict_segmentation,
     resize_bilinear_align_corners,
     scale_dimension,
-    with_constant_weights,
 )
 from tf_mtl.testing import build_toy_network
 
@@ -124,26 +123,6 @@ def test_unscaled_logits_replace_the_scale_one_unflipped_call(net, images):
     # It is really used: other logits give other probabilities.
     other = multi_scale_probabilities(fn, images, unscaled_logits=given * 0.0)
     np.testing.assert_allclose(other.numpy(), 0.2, atol=1e-6)
-
-
-def test_with_constant_weights_snapshots_the_variables(net, images):
-    serve = tf.function(lambda images: {"probs": tf.nn.softmax(net(images)["semantic"])},
-                        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
-    frozen = with_constant_weights(serve)
-    expect = serve(images)["probs"].numpy()
-    np.testing.assert_array_equal(frozen(images=tf.constant(images))["probs"].numpy(), expect)
-    concrete = frozen.get_concrete_function()
-    assert not any(t.dtype == tf.resource for t in concrete.captured_inputs)
-    assert any(t.dtype == tf.resource for t in serve.get_concrete_function().captured_inputs)
-    # A snapshot: changing the network's weights afterwards changes only the original.
-    kernel = net.trainable_variables[0]
-    old = kernel.numpy()
-    try:
-        kernel.assign(old * 2.0)
-        assert np.abs(serve(images)["probs"].numpy() - expect).max() > 1e-4
-        np.testing.assert_array_equal(frozen(images)["probs"].numpy(), expect)
-    finally:
-        kernel.assign(old)
 
 
 def test_flip_averaging_makes_prediction_flip_equivariant(net, images):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -220,33 +219,3 @@ class InputAlignment:
 
         return aligned
 
-
-def with_constant_weights(fn: Any) -> Any:
-    """A ``tf.function`` with an ``input_signature``, rebuilt with the variables it reads
-    folded in as constants; same inputs, outputs and keyword names.
-
-    Why: on CPU, TF's oneDNN kernels pre-pack constant filters once and Grappler folds
-    constant BatchNorm scales into the convolutions; a filter read from a variable is
-    re-packed at every call. Serving the imported dm05 release from a SavedModel took
-    43.8 ms per 257x257 photo with variables and 33.2 ms frozen, side by side on the same
-    machine (BENCHMARKS 24). The weights are then stored twice in a SavedModel that also
-    keeps its variables (for a refit signature).
-    """
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-
-    concrete = fn.get_concrete_function()
-    frozen = convert_variables_to_constants_v2(concrete)
-    args, kwargs = concrete.structured_input_signature
-    specs = list(args) + [kwargs[k] for k in sorted(kwargs)]
-    names = [s.name for s in specs]
-
-    def call(*inputs: tf.Tensor) -> Any:
-        return tf.nest.pack_sequence_as(concrete.structured_outputs, frozen(*inputs))
-
-    # The keyword names a SavedModel signature takes are the Python parameter names.
-    call.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
-    return tf.function(call, input_signature=[tf.TensorSpec(s.shape, s.dtype, name=n)
-                                              for s, n in zip(specs, names, strict=True)])

@@ -65,8 +65,8 @@ from tf_mtl.inference import (
     multi_scale_probabilities,
     network_logits_fn,
     validate_scales,
-    with_constant_weights,
 )
+from tf_mtl.serving_graph import with_constant_weights
 
 __all__ = [
     "CheckpointSegmenter",
