@@ -7,7 +7,8 @@ files of ``tools.export_model --format=litert,onnx`` (float) and the LiteRT file
 ``--workdir``; then every image of the split is letterboxed into the files' fixed size
 (``deeplab_ext.run.deploy.letterbox``; the Keras model gets the same input) and predicted
 by each (and by the SavedModel's serving function reading variables instead of its constant
-weights, ``saved_model_variables``), the probabilities resized back to the image (bilinear) and
+weights, ``saved_model_variables``, and on constants without BatchNorm folded,
+``saved_model_constants_unfolded``: what each step of ``tf_mtl.serving_graph`` buys), the probabilities resized back to the image (bilinear) and
 scored as
 ``tools.eval`` scores (ignore label masked). Latency: interleaved rounds over the same
 images, median per image::
@@ -133,6 +134,16 @@ def main(argv: list[str] | None = None) -> dict:
         return unletterbox(probs.numpy()[0], region, image.shape[:2])
 
     runners["saved_model_variables"] = variables_predict
+    from tf_mtl.serving_graph import with_constant_weights
+
+    unfolded = with_constant_weights(module.serve, fold=False)
+
+    def unfolded_predict(image: np.ndarray) -> np.ndarray:
+        x, region = letterbox(image, size)
+        probs = unfolded(tf.constant(x[None]))["semantic_probabilities"]
+        return unletterbox(probs.numpy()[0], region, image.shape[:2])
+
+    runners["saved_model_constants_unfolded"] = unfolded_predict
     if args.released:
         runners["released_tflite"] = _released_runner(args.released)
         files["released_tflite"] = pathlib.Path(args.released)
