@@ -99,6 +99,29 @@ def fold_batch_norms(graph_def: Any) -> int:
     return folded
 
 
+def _keep_reachable(graph_def: Any, outputs: list[str]) -> None:
+    """Drop the nodes no output reads data from (in place), and the control edges to them.
+
+    The frozen graph orders its former variable reads before the outputs by control edges
+    (a ``NoOp``); with the reads now constants, those edges would keep every replaced
+    constant alive, stored beside its folded copy.
+    """
+    nodes = {n.name: n for n in graph_def.node}
+    keep, todo = set(), [_name(o) for o in outputs]
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo.extend(_name(ref) for ref in nodes[name].input if not ref.startswith("^"))
+    kept = [n for n in graph_def.node if n.name in keep or n.op == "Placeholder"]
+    for n in kept:
+        refs = [r for r in n.input if not r.startswith("^") or _name(r) in keep]
+        del n.input[:]
+        n.input.extend(refs)
+    del graph_def.node[:]
+    graph_def.node.extend(kept)
+
+
 def with_constant_weights(fn: Any, fold: bool = True) -> Any:
     """A ``tf.function`` with an ``input_signature``, rebuilt with the variables it reads
     as constants (and, with ``fold``, BatchNorm folded into the convolutions); same inputs,
@@ -114,9 +137,11 @@ def with_constant_weights(fn: Any, fold: bool = True) -> Any:
     frozen = convert_variables_to_constants_v2(concrete)
     if fold:
         graph_def = frozen.graph.as_graph_def()
+        outputs = [t.name for t in frozen.outputs]
         if fold_batch_norms(graph_def):
+            _keep_reachable(graph_def, outputs)  # the replaced constants are not stored
             frozen = wrap_function.function_from_graph_def(
-                graph_def, [t.name for t in frozen.inputs], [t.name for t in frozen.outputs])
+                graph_def, [t.name for t in frozen.inputs], outputs)
     args, kwargs = concrete.structured_input_signature
     specs = list(args) + [kwargs[k] for k in sorted(kwargs)]
     names = [s.name for s in specs]
