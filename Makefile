@@ -23,7 +23,7 @@ $(VENV)/.installed: requirements.txt Makefile
 
 test: venv
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n auto --dist loadfile tests
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests
 
 demo: venv
 	$(PY) -m tools.demo $(DEMO_ARGS)
