@@ -9,7 +9,8 @@ per-task decoders), schedule and budget in every arm, 3 seeds:
 * single tasks (``stl_*``: the other tasks weighted 0, fixed weights);
 * semantic + depth and semantic + instance + depth, each with equal fixed weights
   (``*_ew``) and with uncertainty weighting (``*_uw``; the disabled instance task of
-  ``sd_uw`` has prior 0), and the normalised variant (``sid_uw_norm``).
+  ``sd_uw`` has prior 0), and the normalised variant (``sid_uw_norm``);
+* segmentation alone at 2x / 4x the learning rate (``stl_semantic_lr2x`` / ``_lr4x``).
 
 Rows: val mIoU, instance offset error (pixels), depth MAE / abs rel / delta1, and the
 learned sigmas with each task's final training loss (its residual)::
@@ -40,6 +41,12 @@ ARMS = [
     Arm("sid_ew", ("--loss_weighting=fixed",)),
     Arm("sid_uw", ("--loss_weighting=uncertainty",)),
     Arm("sid_uw_norm", ("--loss_weighting=uncertainty", "--weighting_options=normalize=true")),
+    # Controls: segmentation alone at 2x and 4x the learning rate (part of UW's gain may be
+    # the larger effective rate its weight 1/sigma^2 gives the semantic head).
+    Arm("stl_semantic_lr2x", ("--loss_weighting=fixed", _OFF + "instance=0,depth=0",
+                              "--base_learning_rate=0.01")),
+    Arm("stl_semantic_lr4x", ("--loss_weighting=fixed", _OFF + "instance=0,depth=0",
+                              "--base_learning_rate=0.02")),
 ]
 ARMS = [Arm(a.name, (*a.train_flags, *FIXED_SCALE)) for a in ARMS]
 SETTINGS = SweepSettings(variant="deeplabv3plus_mobilenetv2_tiny_scene", dataset="shapes_scene",
