@@ -55,7 +55,8 @@ SETTINGS = SweepSettings(variant="deeplabv3plus_mobilenetv2_tiny_scene", dataset
 # The metrics of the tasks an arm trains (the others are untrained heads: left blank).
 _DEPTH = ("depth_mae", "abs_rel", "delta1")
 TRAINED = {"stl_semantic": ("miou",), "stl_instance": ("offset_px",), "stl_depth": _DEPTH,
-           "sd_ew": ("miou", *_DEPTH), "sd_uw": ("miou", *_DEPTH)}
+           "sd_ew": ("miou", *_DEPTH), "sd_uw": ("miou", *_DEPTH),
+           "stl_semantic_lr2x": ("miou",), "stl_semantic_lr4x": ("miou",)}
 # Lower is better for the errors, higher for the rest (the table's arrows).
 METRICS = {"miou": "mIoU (%)", "offset_px": "offset error (px)", "depth_mae": "depth MAE (px)",
            "abs_rel": "abs rel", "delta1": "delta<1.25"}
