@@ -26,6 +26,8 @@ import json
 import pathlib
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -106,44 +108,34 @@ def main(argv: list[str] | None = None) -> dict:
     size = tuple(int(v) for v in args.size.split(","))
     keras_fn = tf.function(lambda x: tf.nn.softmax(network(x, training=False)["semantic"]))
 
-    def keras_predict(image: np.ndarray) -> np.ndarray:
-        x, region = letterbox(image, size)  # as the file client feeds its files
-        return unletterbox(keras_fn(tf.constant(x[None])).numpy()[0], region, image.shape[:2])
+    def letterboxed(probabilities: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], Any]:
+        """A runner: the image letterboxed (as the file client feeds its files), the batch's
+        probabilities ``probabilities(x[None])`` of its region resized back."""
+        def run(image: np.ndarray) -> np.ndarray:
+            x, region = letterbox(image, size)
+            probs = np.asarray(probabilities(x[None]))[0]
+            return unletterbox(probs, region, image.shape[:2])
+        return run
 
-    runners = {"keras": keras_predict}
     saved = LoadedSegmenter(export)
-
-    def saved_model_predict(image: np.ndarray) -> np.ndarray:
-        x, region = letterbox(image, size)
-        return unletterbox(saved.predict(x)["semantic_probabilities"][0], region,
-                           image.shape[:2])
-
-    runners["saved_model"] = saved_model_predict
     # The same serving function reading the variables (as exports were before
-    # tf_mtl.inference.with_constant_weights): the cost of serving from variables.
+    # tf_mtl.serving_graph), and on constants without BatchNorm folded: what each step buys.
     from deeplab_ext.run.export import serving_module
     from deeplab_ext.run.options import EvidenceOptions
     from deeplab_ext.run.rundir import input_alignment
+    from tf_mtl.serving_graph import with_constant_weights
 
     module = serving_module(network, info, EvidenceOptions(),
                             alignment=input_alignment(network, meta))
-
-    def variables_predict(image: np.ndarray) -> np.ndarray:
-        x, region = letterbox(image, size)
-        probs = module.serve(tf.constant(x[None]))["semantic_probabilities"]
-        return unletterbox(probs.numpy()[0], region, image.shape[:2])
-
-    runners["saved_model_variables"] = variables_predict
-    from tf_mtl.serving_graph import with_constant_weights
-
     unfolded = with_constant_weights(module.serve, fold=False)
-
-    def unfolded_predict(image: np.ndarray) -> np.ndarray:
-        x, region = letterbox(image, size)
-        probs = unfolded(tf.constant(x[None]))["semantic_probabilities"]
-        return unletterbox(probs.numpy()[0], region, image.shape[:2])
-
-    runners["saved_model_constants_unfolded"] = unfolded_predict
+    runners = {
+        "keras": letterboxed(lambda x: keras_fn(tf.constant(x))),
+        "saved_model": letterboxed(lambda x: saved.predict(x[0])["semantic_probabilities"]),
+        "saved_model_variables": letterboxed(
+            lambda x: module.serve(tf.constant(x))["semantic_probabilities"]),
+        "saved_model_constants_unfolded": letterboxed(
+            lambda x: unfolded(tf.constant(x))["semantic_probabilities"]),
+    }
     if args.released:
         runners["released_tflite"] = _released_runner(args.released)
         files["released_tflite"] = pathlib.Path(args.released)
@@ -177,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         tf.profiler.experimental.start(args.profile_dir)
         for image, _ in examples[:8]:
-            saved_model_predict(image)
+            runners["saved_model"](image)
         tf.profiler.experimental.stop()
         profile = [{"op": op, "ms": round(ms, 1), "percent": round(pc, 1)}
                    for op, ms, pc in op_table(args.profile_dir, top=12)]
