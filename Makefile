@@ -1,24 +1,26 @@
 # The README's two commands: `make demo` (main job) and `make test` (lint + tests).
-# Both create/update the virtual environment in .venv first.
+# Both install the project into the virtual environment .venv first (pip install -e, the
+# dependencies pinned in pyproject.toml): the CPU build of TensorFlow, or its CUDA build
+# where nvidia-smi finds a GPU.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-TF_VERSION := 2.21.0
 DEMO_ARGS ?=
 
 .PHONY: venv test demo clean-venv
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt Makefile
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-	  $(PY) -m pip install -q "tensorflow[and-cuda]==$(TF_VERSION)"; \
+	  $(PY) -m pip install -q -e ".[test,cuda]" && \
+	  $(PY) -m pip install -q --force-reinstall --no-deps \
+	    "tensorflow==$$($(PY) -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu"))')"; \
 	else \
-	  $(PY) -m pip install -q "tensorflow-cpu==$(TF_VERSION)"; \
+	  $(PY) -m pip install -q -e ".[test]"; \
 	fi
-	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
 test: venv

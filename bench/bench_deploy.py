@@ -15,7 +15,7 @@ images, median per image::
 
     .venv/bin/python -m bench.bench_deploy --checkpoint_dir=RUN --dataset_dir=SHARDS \\
         --split=val --workdir=/tmp/deploy [--size=257,257] [--calibration_split=train] \\
-        [--released=../shared/models/deeplabv3_mnv2_dm05_pascal_257.tflite] \\
+        [--released=deeplab_ext/assets/released-weights/deeplabv3_mnv2_dm05_pascal_257.tflite] \\
         [--profile_dir=/tmp/deploy_profile]
 """
 

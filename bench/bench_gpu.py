@@ -5,7 +5,7 @@
   refuses), images/s, timed interleaved;
 * peak device memory of a batch-1 train step at output stride 8 vs 16;
 * one evidence refit step per image (weights mode, the family's refit set), per precision;
-* inference of the imported released model (``../shared/models``' MobileNetV2-dm0.5
+* inference of the imported released model (the shipped MobileNetV2-dm0.5
   DeepLabv3, OS8) at 513x513.
 
 ``--tiny`` runs the same code on CPU in about a minute (a tiny variant at 65x65, batches
@@ -39,13 +39,14 @@ from bench.bench_weighting import (  # noqa: E402
     synthetic_batch,
     trainer_network,
 )
+from deeplab_ext.assets import WEIGHTS  # noqa: E402
 from deeplab_ext.models import build_network, group_variables  # noqa: E402
 from deeplab_ext.run.importing import import_original  # noqa: E402
 from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter  # noqa: E402
 from tf_mtl.precision import set_policy  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TFLITE = REPO.parent / "shared" / "models" / "deeplabv3_mnv2_dm05_pascal_257.tflite"
+TFLITE = WEIGHTS / "deeplabv3_mnv2_dm05_pascal_257.tflite"
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 FULL = {"variant": "deeplabv3plus_xception65_mt", "size": 513, "batches": (2, 4, 8, 16, 32, 64),
         "rounds": 5, "refit_steps": 5}

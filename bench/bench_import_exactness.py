@@ -23,13 +23,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from deeplab_ext.assets import COCO128_VOC, WEIGHTS  # noqa: E402
 from deeplab_ext.data.build_data import read_label_indices  # noqa: E402
 from deeplab_ext.models import build_network  # noqa: E402
 from deeplab_ext.run.importing import import_original  # noqa: E402
 from tf_mtl.metrics import image_iou_counts, miou_from_counts  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 MODELS = {  # file, variant, input size, the Keras tensor the export outputs
     "dm05": ("deeplabv3_mnv2_dm05_pascal_257.tflite", "deeplabv3_mobilenetv2_dm05", 257,
              "semantic"),
@@ -45,17 +45,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     from ai_edge_litert.interpreter import Interpreter
 
-    voc = SHARED / "data" / "coco128-voc"
+    voc = COCO128_VOC
     names = (voc / "ImageSets/Segmentation/trainval.txt").read_text().split()[:args.max_images]
     out = {}
     for key in args.models.split(","):
         file, variant, size, tensor = MODELS[key]
         network = build_network(variant, output_stride=8, input_shape=(size, size, 3))
-        report, _ = import_original(network, SHARED / "models" / file)
+        report, _ = import_original(network, WEIGHTS / file)
         keras_fn = tf.function(keras.Model(
             network.input, network.output["semantic"] if tensor == "semantic"
             else network.get_layer(tensor).output))
-        interpreter = Interpreter(model_path=str(SHARED / "models" / file))
+        interpreter = Interpreter(model_path=str(WEIGHTS / file))
         interpreter.allocate_tensors()
         inp = interpreter.get_input_details()[0]["index"]
         outp = interpreter.get_output_details()[0]["index"]

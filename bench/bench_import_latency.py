@@ -25,12 +25,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.bench_weighting import interleaved_times, median_ratio  # noqa: E402
+from deeplab_ext.assets import COCO128_VOC, WEIGHTS  # noqa: E402
 from deeplab_ext.models import build_network  # noqa: E402
 from deeplab_ext.run.importing import import_original  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TFLITE = REPO.parent / "shared" / "models" / "deeplabv3_mnv2_dm05_pascal_257.tflite"
-PHOTO = REPO.parent / "shared" / "data" / "coco128-voc" / "JPEGImages" / "000000000036.jpg"
+TFLITE = WEIGHTS / "deeplabv3_mnv2_dm05_pascal_257.tflite"
+PHOTO = COCO128_VOC / "JPEGImages" / "000000000036.jpg"
 
 
 def main(argv: list[str] | None = None) -> dict:

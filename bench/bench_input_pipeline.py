@@ -1,7 +1,7 @@
 """Input-pipeline throughput: 513x513 augmented training crops per second.
 
 python -m bench.bench_input_pipeline [--dataset_dir=DIR_WITH_TFRECORDS]
-Without --dataset_dir the coco128-voc sample (../shared/data) is converted into a temp dir.
+Without --dataset_dir the shipped coco128-voc photos (deeplab_ext/assets) is converted into a temp dir.
 `measure_pipeline_rate` is the function a training benchmark can call to compare the
 input rate with the train-step rate.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import resource
 import statistics
 import tempfile
@@ -29,10 +28,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from deeplab_ext.assets import COCO128_VOC  # noqa: E402
 from deeplab_ext.data import build_data  # noqa: E402
 from deeplab_ext.data.input_pipeline import make_dataset  # noqa: E402
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128-voc"
+SHARED = COCO128_VOC
 
 
 def measure_pipeline_rate(
@@ -64,7 +64,7 @@ def measure_pipeline_rate(
 
 
 def build_sample_records(output_dir: str | os.PathLike) -> str:
-    """Convert the shared coco128-voc sample to TFRecords in `output_dir`."""
+    """Convert the shipped coco128-voc photos to TFRecords in `output_dir`."""
     build_data.build_voc_dataset(
         SHARED / "JPEGImages", SHARED / "SegmentationClass", SHARED / "ImageSets/Segmentation",
         output_dir, dataset="coco128_voc", splits=["train"],

@@ -9,8 +9,7 @@ set -euo pipefail
 W=${1:?usage: bash bench/real_photos_seg_tags.sh WORKDIR [RELEASED_TFLITE]}
 source "$(dirname "$0")/coco128.sh"
 SRC=${2:-$TFLITE}
-[ -f "$W/import/model_config.json" ] || run $PY -m tools.import_weights --source="$SRC" \
-  --tag_head=segmentation --output_dir="$W/import"
+import_pooled "$SRC"
 run $PY -m tools.tune_evidence --checkpoint_dir="$W/import" --dataset_dir="$W/coco" \
   --tune_split=trainval --folds=2 --objective=pruned --kinds=l2,es \
   --learning_rates=0.001,0.003,0.01 --evidence_learning_rate=0.003 --evidence_alpha=0 \

@@ -56,6 +56,12 @@ def camvid_shards(workdir: pathlib.Path, camvid_dir: str, env: dict,
     """CamVid TFRecords in ``workdir/tfrecord`` (built once)."""
     shards = workdir / "tfrecord"
     if not (shards / "done").exists():
+        if not (pathlib.Path(camvid_dir) / "train.txt").is_file():
+            raise SystemExit(
+                f"--camvid_dir={camvid_dir}: the full CamVid split (SegNet's 367 train, 101 val "
+                "frames) is not there; the repository ships 6 frames only. Get it with "
+                "`python -m tools.download_data --dataset=camvid --download_dir=DIR` and pass "
+                "--camvid_dir=<the folder with train.txt in DIR>")
         run_tool("build_camvid_data", [f"--camvid_dir={camvid_dir}", f"--output_dir={shards}",
                                        *[f"--list_files={f}" for f in list_files]],
                  env, workdir / "prepare.log")
@@ -171,7 +177,9 @@ def main_for(description: str, arms: Sequence[Arm], argv: list[str] | None = Non
     late_names = list(getattr(late_arms, "names", ()))
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--workdir", required=True)
-    p.add_argument("--camvid_dir", default=str(REPO.parent / "shared" / "data" / "camvid"))
+    # The full CamVid split: on this project's machines beside the checkout (../shared).
+    p.add_argument("--camvid_dir", default=str(REPO.parent / "shared" / "data" / "camvid"),
+                   help="SegNet's CamVid folder (train.txt, train/, trainannot/, ...)")
     p.add_argument("--arms", default=",".join([*known, *late_names]))
     p.add_argument("--seeds", default="0,1,2")
     for field in dataclasses.fields(SweepSettings):

@@ -1,9 +1,15 @@
-"""Shared test setup: quiet TF, fixed seeds, paths to the shared real data."""
+"""Shared test setup: quiet TF, fixed seeds, paths to the real photos and released weights
+shipped with the package (``deeplab_ext.assets``: a clone alone runs the suite)."""
 
 import os
 import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Released weights imported or downloaded by name go to a cache of this test process, never
+# the user's ($DEEPLAB_MTL_HOME; the tools run as subprocesses inherit it).
+import tempfile  # noqa: E402
+
+os.environ["DEEPLAB_MTL_HOME"] = tempfile.mkdtemp(prefix="deeplab_mtl_home_")
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -16,8 +22,12 @@ import tensorflow as tf  # noqa: E402
 # configuration is still what those tests exercise.
 tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
+from deeplab_ext.assets import ASSETS, WEIGHTS  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+REAL_DATA = ASSETS / "real-data"  # coco128-voc (97 photos) and camvid-sample (6 frames)
+DM05 = WEIGHTS / "deeplabv3_mnv2_dm05_pascal_257.tflite"  # mobilenetv2_dm05_coco_voc_trainaug
+MNV2_DR = WEIGHTS / "deeplabv3_mnv2_pascal_513_dr.tflite"  # mobilenetv2_coco_voc_trainaug
 
 
 # `make test` runs files whole on two workers (`-n auto --dist loadfile
@@ -111,10 +121,9 @@ def copy_run(run: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> pathlib.Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"real test data not found at {SHARED_DATA} (expected ../shared/data)")
-    return SHARED_DATA
+def real_data() -> pathlib.Path:
+    """The shipped real data: ``coco128-voc/`` and ``camvid-sample/`` (read only)."""
+    return REAL_DATA
 
 
 def tool_env() -> dict[str, str]:

@@ -15,9 +15,9 @@ MEAN = preprocess.MEAN_PIXEL_INCEPTION
 
 
 @pytest.fixture(scope="module")
-def voc_records(shared_data, tmp_path_factory):
+def voc_records(real_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("voc_records")
-    voc = shared_data / "coco128-voc"
+    voc = real_data / "coco128-voc"
     build_data.build_voc_dataset(
         voc / "JPEGImages",
         voc / "SegmentationClass",
@@ -129,7 +129,7 @@ def test_training_stream_reproducible_with_seed(voc_records):
     assert not np.array_equal(a[0], c[0])
 
 
-def test_eval_deterministic_and_tags_are_image_level(voc_records, shared_data):
+def test_eval_deterministic_and_tags_are_image_level(voc_records, real_data):
     """Eval: same output every pass; tags come from the full mask, not the 17x17 crop."""
     info = get_dataset_info("coco128_voc")
     ds = make_dataset("coco128_voc", voc_records, "val", crop_size=(17, 17), batch_size=8,
@@ -141,7 +141,7 @@ def test_eval_deterministic_and_tags_are_image_level(voc_records, shared_data):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(t1, t2)
     tags = np.concatenate([t for _, t in p1])
-    voc = shared_data / "coco128-voc"
+    voc = real_data / "coco128-voc"
     names = (voc / "ImageSets/Segmentation/val.txt").read_text().split()
     for name, row in zip(names, tags, strict=True):
         mask = np.array(Image.open(voc / "SegmentationClass" / f"{name}.png"))

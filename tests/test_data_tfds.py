@@ -31,8 +31,8 @@ def _check_tags(tags, mask, info):
     assert {info.tag_class_ids[i] for i in np.flatnonzero(tags)} == present
 
 
-def test_voc_layout_builder(data_dir, shared_data):
-    voc = shared_data / "coco128-voc"
+def test_voc_layout_builder(data_dir, real_data):
+    voc = real_data / "coco128-voc"
     info = get_dataset_info("pascal_voc_seg")
     ds = _load("voc_layout_seg/small", "val", data_dir, voc)
     examples = list(ds.as_numpy_iterator())
@@ -46,8 +46,8 @@ def test_voc_layout_builder(data_dir, shared_data):
         _check_tags(ex["tags"], source, info)
 
 
-def test_camvid_layout_builder(data_dir, shared_data):
-    camvid = shared_data / "camvid"
+def test_camvid_layout_builder(data_dir, real_data):
+    camvid = real_data / "camvid-sample"
     info = get_dataset_info("camvid")
     ds = _load("camvid_layout_seg/small", "train", data_dir, camvid)
     examples = list(ds.as_numpy_iterator())

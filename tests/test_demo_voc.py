@@ -8,51 +8,85 @@ import os
 import subprocess
 import sys
 
-import cv2
-
-from tests.conftest import REPO
+from tests.conftest import DM05, REPO
 
 
-def test_demo_dataset_override_voc_folder(tmp_path, shared_data):
-    """`make demo DEMO_ARGS=--data=<VOC folder> --tf_initial_checkpoint=<released file>`:
-    converts, starts from the original's released model (its new tag head trained alone),
-    evaluates full-size real photos."""
+def test_demo_dataset_override_voc_folder(tmp_path, real_data):
+    """`make demo DEMO_ARGS="--data=<VOC folder> --weights=NAME --train_groups=tag_head"`:
+    converts, starts from the original's released model by name (its new tag head trained
+    alone), evaluates full-size real photos."""
     work = tmp_path / "demo_voc"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    released = shared_data.parent / "models" / "deeplabv3_mnv2_dm05_pascal_257.tflite"
     proc = subprocess.run(
         [sys.executable, "-m", "tools.demo", f"--workdir={work}",
-         f"--data={shared_data / 'coco128-voc'}", "--train_steps=4", "--train_batch_size=2",
-         "--model_variant=deeplabv3_mobilenetv2_dm05_mt", f"--tf_initial_checkpoint={released}",
-         "--train_groups=tag_head", "--num_tune=0",
+         f"--data={real_data / 'coco128-voc'}", "--train_steps=4", "--train_batch_size=2",
+         "--model_variant=deeplabv3_mobilenetv2_dm05_mt",
+         "--weights=mobilenetv2_dm05_coco_voc_trainaug",  # by name, through tools.train
+         "--train_groups=tag_head", "--num_tune=0", "--report_photos=2",
          "--max_eval_images=3", "--evidence_steps=1", "--evidence_modes=none,prune"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((work / "eval" / "eval_results.json").read_text())
     assert results["dataset"] == "pascal_voc_seg" and results["num_images"] == 3
     assert "loaded 272 variables" in proc.stdout and "froze" in proc.stdout
+    assert "--tf_initial_checkpoint=mobilenetv2_dm05_coco_voc_trainaug: " in proc.stdout
     # The released model sees these photos (from scratch the demo learns background only).
     assert results["modes"]["none"]["miou"] > 0.2, results["modes"]["none"]["miou"]
-    # Full-size photos of different sizes still make one comparison figure.
-    assert cv2.imread(str(work / "eval" / "comparison.png")) is not None
+    # Full-size photos of different sizes: every prediction saved at its photo's size.
+    for row in results["per_image"]:
+        assert (work / "eval" / "predictions" / "none" / f"{row['name']}.png").is_file()
     assert (work / "report.html").is_file()
 
 
-def test_demo_from_released_weights_trains_nothing(tmp_path, shared_data):
-    """`make demo DEMO_ARGS="--data=<VOC folder> --tf_initial_checkpoint=<released file>
-    --tag_head=segmentation"`: imports (no training), tunes for pruned rows on train,
-    evaluates val, exports, and serves what it exported (pruned after the refit)."""
-    work = tmp_path / "demo_pooled"
+def _run_demo(work, *flags):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    released = shared_data.parent / "models" / "deeplabv3_mnv2_dm05_pascal_257.tflite"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.demo", f"--workdir={work}",
-         f"--data={shared_data / 'coco128-voc'}", f"--tf_initial_checkpoint={released}",
-         "--tag_head=segmentation", "--num_tune=3", "--tune_candidates=2",
-         "--max_eval_images=3"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "tools.demo", f"--workdir={work}", *flags],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    assert max(len(line) for line in (proc.stdout + proc.stderr).splitlines()) <= 500
+    return proc.stdout
+
+
+def test_make_demo_is_the_real_photo_job_with_held_out_settings(tmp_path):
+    """`make demo` as shipped, on fewer val photos: the shipped release imported by name
+    with tags pooled from its segmentation, the table's refit settings (tuned on the
+    shipped train photos, not on val) applied without tuning again, the evidence table
+    with intervals, the export, a served prediction and a report whose pictures come first."""
+    from deeplab_ext.weights import get_entry
+
+    work = tmp_path / "demo"
+    out = _run_demo(work, "--max_eval_images=4", "--report_photos=2")
+    assert "nothing to train" in out and "Training " not in out and "Tuning" not in out
+    assert "released-weights table" in out
+    tuned = json.loads((work / "train" / "evidence_tuned.json").read_text())
+    recorded = get_entry("mobilenetv2_dm05_coco_voc_trainaug").files[0].evidence
+    assert tuned["tune_split"] == recorded["tuned_on"]["split"] == "train"
+    results = json.loads((work / "eval" / "eval_results.json").read_text())
+    assert list(results["modes"]) == ["none", "prune", "bp_l2", "bp_l2_prune"]
+    assert results["split"] == "val" and results["num_images"] == 4
+    for kind, entry in tuned["kinds"].items():  # the recorded settings are what refitted
+        assert results["evidence_by_kind"][kind] == entry["evidence"]
+    assert "vs" in results["modes"]["bp_l2_prune"]  # paired intervals
+    page = (work / "report.html").read_text()
+    # The pictures first, then the table; each photo with its tags and per-photo change.
+    assert page.index("The photos the evidence changed most") < page.index("<table>")
+    assert page.count('<figure class="wide">') == 2 and "this photo's mIoU" in page
+    assert "Held out: the refit settings were tuned for the pruned row on" in page
+    assert '"pruned": true' in out  # tools.predict served the export's choice
+    meta = json.loads((work / "export" / "assets" / "deeplab_export.json").read_text())
+    assert meta["evidence_tuned_on"]["tune_split"] == "train"  # the provenance travels
+    for line in ("tensorboard --logdir", "python -m tools.predict "
+                 "--checkpoint_dir=mobilenetv2_dm05_coco_voc_trainaug"):
+        assert line in out
+
+
+def test_demo_from_a_released_file_tunes_on_train(tmp_path, real_data):
+    """`make demo DEMO_ARGS="--weights=<released file>"`: the table has no settings for a
+    file given by path, so they are tuned for pruned rows on the folder's train photos,
+    then val is scored, exported and served (pruned after the refit)."""
+    work = tmp_path / "demo_pooled"
+    out = _run_demo(work, f"--data={real_data / 'coco128-voc'}", f"--weights={DM05}",
+                    "--num_tune=3", "--tune_candidates=2", "--max_eval_images=3")
     assert "nothing to train" in out and "Training " not in out
     assert "is the layout of --model_variant=deeplabv3_mobilenetv2_dm05" in out
     results = json.loads((work / "eval" / "eval_results.json").read_text())
@@ -60,8 +94,8 @@ def test_demo_from_released_weights_trains_nothing(tmp_path, shared_data):
     assert results["tags"]["f1"] > 0.3  # tags pooled from the released segmentation
     tuned = json.loads((work / "train" / "evidence_tuned.json").read_text())
     assert tuned["objective"] == "pruned" and list(tuned["kinds"]) == ["l2"]
+    assert tuned["tune_split"] == "train" and tuned["num_images"] == 3
     meta = json.loads((work / "export" / "assets" / "deeplab_export.json").read_text())
     assert meta["evidence_prune"] is True and meta["model"]["tag_head"] == "segmentation"
-    assert '"pruned": true' in out  # tools.predict served the export's choice
+    assert '"pruned": true' in out
     assert (work / "report.html").is_file()
-    assert max(len(line) for line in (out + proc.stderr).splitlines()) <= 500

@@ -11,15 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA, run_tool
+from tests.conftest import DM05, REAL_DATA, run_tool
 
-DM05 = REPO.parent / "shared" / "models" / "deeplabv3_mnv2_dm05_pascal_257.tflite"
-PHOTOS = sorted((SHARED_DATA / "coco128-voc" / "JPEGImages").glob("*.jpg"))[:3]
+PHOTOS = sorted((REAL_DATA / "coco128-voc" / "JPEGImages").glob("*.jpg"))[:3]
 SIZE = (257, 257)
-
-pytestmark = pytest.mark.skipif(not DM05.is_file() or not PHOTOS,
-                                reason="needs ../shared/models and ../shared/data")
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -122,7 +117,7 @@ def test_eval_scores_the_shipped_files(exported, tmp_path):
     from deeplab_ext.run.evaluation import evaluate
     from deeplab_ext.run.options import EvalOptions
 
-    voc = SHARED_DATA / "coco128-voc"
+    voc = REAL_DATA / "coco128-voc"
     build_data.build_voc_dataset(voc / "JPEGImages", voc / "SegmentationClass",
                                  voc / "ImageSets" / "Segmentation", tmp_path / "tf",
                                  dataset="coco128_voc", splits=("val",))

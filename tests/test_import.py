@@ -1,7 +1,7 @@
 """Importing the original DeepLab's released weights (tools.import_weights).
 
 The reference is real: the original's own TFLite export of `mobilenetv2_dm05_coco_voc_
-trainaug` (../shared/models), run by the LiteRT interpreter on real photos of
+trainaug` (shipped in deeplab_ext/assets), run by the LiteRT interpreter on real photos of
 coco128-voc. TF1 checkpoints of the other released backbones are generated here under
 the names the original's code gives its variables, written independently of the
 importer's name map (from the original's scope structure, see each generator).
@@ -19,22 +19,21 @@ import pytest
 import tensorflow as tf
 
 from deeplab_ext.models import build_network
-from tests.conftest import REPO
+from tests.conftest import DM05
 from tf_mtl.metrics import image_iou_counts, miou_from_counts
 
-MODELS = REPO.parent / "shared" / "models"
-TFLITE = MODELS / "deeplabv3_mnv2_dm05_pascal_257.tflite"
+TFLITE = DM05
 SIZE = 257  # the export's fixed input size
 LOGIT_ATOL = 1e-3  # measured: at most 8e-5 on logits of magnitude ~30
 
 
 @pytest.fixture(scope="module")
-def photos(shared_data) -> list[tuple[np.ndarray, np.ndarray]]:
+def photos(real_data) -> list[tuple[np.ndarray, np.ndarray]]:
     """Six real photos and their VOC labels, resized to the export's 257x257 (bilinear /
     nearest): the preprocessing both sides share."""
     from deeplab_ext.data.build_data import read_label_indices
 
-    voc = shared_data / "coco128-voc"
+    voc = real_data / "coco128-voc"
     names = (voc / "ImageSets/Segmentation/val.txt").read_text().split()[:6]
     out = []
     for name in names:
@@ -304,7 +303,7 @@ def test_tf1_checkpoint_with_the_original_names_imports_into_each_backbone(
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_import_tool_writes_a_run_directory_every_tool_accepts(tmp_path, shared_data):
+def test_import_tool_writes_a_run_directory_every_tool_accepts(tmp_path, real_data):
     from deeplab_ext.run.importing import import_weights
     from deeplab_ext.run.options import ImportOptions, TrainOptions
     from deeplab_ext.run.rundir import restore_network

@@ -2,7 +2,7 @@
 full-integer quantisation.
 
 References are real: the original's width-1.0 MobileNetV2 VOC export (dynamic-range int8,
-tensor names stripped, atrous convolutions as SPACE_TO_BATCH_ND wrappers, ../shared/models)
+tensor names stripped, atrous convolutions as SPACE_TO_BATCH_ND wrappers, shipped in deeplab_ext/assets)
 run by the LiteRT interpreter on coco128-voc photos, and a full-integer export made here by
 the TF converter from the imported dm05 model with a representative set of real photos.
 """
@@ -16,12 +16,10 @@ import pytest
 import tensorflow as tf
 
 from deeplab_ext.models import build_network
-from tests.conftest import REPO
+from tests.conftest import DM05, MNV2_DR
 from tf_mtl.metrics import image_iou_counts, miou_from_counts
 
-MODELS = REPO.parent / "shared" / "models"
-DR = MODELS / "deeplabv3_mnv2_pascal_513_dr.tflite"
-DM05 = MODELS / "deeplabv3_mnv2_dm05_pascal_257.tflite"
+DR = MNV2_DR
 SIZE = 513  # the width-1.0 export's fixed input; its output is the stride-8 logits, 65x65
 # Measured on 6 val photos: at most 0.27 on logits of magnitude ~25. The interpreter's
 # hybrid kernels quantise activations on the fly; the import computes in float with the
@@ -29,10 +27,10 @@ SIZE = 513  # the width-1.0 export's fixed input; its output is the stride-8 log
 DR_LOGIT_ATOL = 0.5
 
 
-def _photos(shared_data, split: str, count: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _photos(real_data, split: str, count: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     from deeplab_ext.data.build_data import read_label_indices
 
-    voc = shared_data / "coco128-voc"
+    voc = real_data / "coco128-voc"
     names = (voc / f"ImageSets/Segmentation/{split}.txt").read_text().split()[:count]
     out = []
     for name in names:
@@ -68,7 +66,7 @@ def _miou(logits: list[np.ndarray], labels: list[np.ndarray]) -> float:
     return float(miou_from_counts(np.sum(counts, axis=0)))
 
 
-def test_width_1_export_with_stripped_names_imports_by_structure(shared_data):
+def test_width_1_export_with_stripped_names_imports_by_structure(real_data):
     from deeplab_ext.run.importing import TFLITE_STRUCTURE, import_original
 
     network = build_network("deeplabv3_mobilenetv2", output_stride=8,
@@ -77,7 +75,7 @@ def test_width_1_export_with_stripped_names_imports_by_structure(shared_data):
     assert folded and report.format == TFLITE_STRUCTURE
     assert len(report.loaded) == len(network.weights) == 272
     assert not report.missing and not report.skipped and not report.unused
-    photos = _photos(shared_data, "val", 6, SIZE)
+    photos = _photos(real_data, "val", 6, SIZE)
     reference = _interpret(DR, [image / 127.5 - 1.0 for image, _ in photos])
     logits_model = keras.Model(network.input, network.get_layer("logits").output)
     ours = [logits_model(image[None], training=False).numpy()[0] for image, _ in photos]
@@ -124,7 +122,7 @@ def test_structure_gives_the_names_weights_on_a_named_export():
 
 
 @pytest.fixture(scope="module")
-def full_integer(shared_data, tmp_path_factory):
+def full_integer(real_data, tmp_path_factory):
     """The imported dm05 model at 129x129, converted by the TF converter to a full-integer
     TFLite file (uint8 input, int8 weights with per-axis scales, int32 biases), calibrated
     on 8 real photos."""
@@ -133,7 +131,7 @@ def full_integer(shared_data, tmp_path_factory):
     size = 129
     network = build_network("deeplabv3_mobilenetv2_dm05", input_shape=(size, size, 3))
     import_original(network, DM05)
-    calibration = [image for image, _ in _photos(shared_data, "train", 8, size)]
+    calibration = [image for image, _ in _photos(real_data, "train", 8, size)]
     seg = keras.Model(network.input, network.output["semantic"])
     converter = tf.lite.TFLiteConverter.from_keras_model(seg)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -145,7 +143,7 @@ def full_integer(shared_data, tmp_path_factory):
     return path, network, size
 
 
-def test_full_integer_export_imports_dequantised(full_integer, shared_data):
+def test_full_integer_export_imports_dequantised(full_integer, real_data):
     from deeplab_ext.run.importing import TFLITE_STRUCTURE, import_original
     from tf_mtl.released import tflite_weight_ops
 
@@ -160,7 +158,7 @@ def test_full_integer_export_imports_dequantised(full_integer, shared_data):
     want = source.get_layer("logits").kernel.numpy()
     step = np.abs(want).max(axis=(0, 1, 2)) / 127
     assert np.all(np.abs(got - want) <= step[None, None, None] * 0.51 + 1e-7)
-    photos = [image for image, _ in _photos(shared_data, "val", 12, size)]
+    photos = [image for image, _ in _photos(real_data, "val", 12, size)]
     reference = _interpret(path, photos)  # raw uint8 RGB in, float logits out
 
     def agreement(net) -> float:

@@ -1,8 +1,10 @@
-"""Runs every shell snippet of README.md (```sh blocks) on tiny budgets; fails if one breaks.
+"""Runs every shell snippet of README.md and the docs/ pages (```sh blocks) on tiny
+budgets; fails if one breaks.
 
-`/tmp/...` paths are redirected into a temporary folder and `../shared/data` to the real
-shared data. `make ...` lines are the README's two commands themselves (CI runs `make
-test`; `make demo` is the main job, exercised on a tiny budget in test_demo.py).
+`/tmp/...` paths are redirected into a temporary folder; the shipped photos and weights
+are used where they are (paths relative to the repository root). `make ...` lines are the
+README's two commands themselves (CI runs `make test`; `make demo` is the main job,
+exercised on a tiny budget in test_demo_voc.py).
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import shlex
 import subprocess
 import sys
 
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO
 
 README = REPO / "README.md"
+# The pages in the order their snippets run: data before the imports that score it, the
+# training run before its evaluation, export and serving.
+PAGES = [README] + [REPO / "docs" / f"{name}.md" for name in (
+    "models", "data", "weights", "training", "multitask", "evidence", "deploy")]
 
 
 def readme_commands() -> list[str]:
-    text = README.read_text()
+    text = "\n".join(page.read_text() for page in PAGES)
     blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
     cmds = []
     for block in blocks:
@@ -39,9 +45,7 @@ def test_readme_has_the_two_commands():
 
 
 def _localise(cmd: str, tmp: pathlib.Path) -> list[str]:
-    cmd = cmd.replace("/tmp/", f"{tmp}/").replace("../shared/data", str(SHARED_DATA))
-    cmd = cmd.replace("../shared/models", str(SHARED_DATA.parent / "models"))
-    args = shlex.split(cmd)
+    args = shlex.split(cmd.replace("/tmp/", f"{tmp}/"))
     if args[0] == "python":
         args[0] = sys.executable
     elif args[0] == "saved_model_cli":
@@ -83,7 +87,7 @@ def test_readme_chains_cover_every_snippet():
     assert chain("run") and chain("data")
 
 
-def test_readme_cli_snippets_run(tmp_path, shared_data):
+def test_readme_cli_snippets_run(tmp_path, real_data):
     ran = run_chain("run", tmp_path)
     assert {"tools.train", "tools.eval", "tools.export_model", "tools.predict", "tools.vis",
             "tools.build_synthetic_data", "tools.tune_evidence"} <= tools_of(ran)
@@ -96,3 +100,17 @@ def test_readme_cli_snippets_run(tmp_path, shared_data):
     assert (run / "vis" / "segmentation_results" / "000000_prediction.png").is_file()
     cli = [out for c, out in ran if c.startswith("saved_model_cli")][0]
     assert "segment_with_evidence" in cli and "serving_default" in cli
+
+
+def test_every_page_is_linked_and_every_link_resolves():
+    """The README's first screen reaches every docs/ page, and no page links a file that
+    is not there."""
+    readme = README.read_text()
+    pages = sorted((REPO / "docs").glob("*.md"))
+    assert {p for p in PAGES[1:]} == set(pages)
+    for page in pages:
+        assert f"(docs/{page.name})" in readme, page.name
+    for page in [README, *pages]:
+        for target in re.findall(r"\]\(([\w./-]+\.md)\)", page.read_text()):
+            assert (page.parent / target).exists(), (page.name, target)
+    assert "DEMO_" not in readme  # the demo's numbers are filled in from a run

@@ -6,7 +6,7 @@ from __future__ import annotations
 from tests.test_readme import run_chain, tools_of
 
 
-def test_readme_data_and_import_snippets_run(tmp_path, shared_data):
+def test_readme_data_and_import_snippets_run(tmp_path, real_data):
     from tests.test_cityscapes import _write_layout
 
     _write_layout(tmp_path / "cityscapes")  # the README's /tmp/cityscapes: a tiny layout

@@ -14,11 +14,9 @@ import pytest
 import tensorflow as tf
 
 from deeplab_ext.models import build_network, group_variables, variable_groups
-from tests.conftest import REPO, run_tool, tool_env
+from tests.conftest import DM05, run_tool, tool_env
 from tf_mtl import evidence as ev
 from tf_mtl.evidence import refitter as refitter_module
-
-DM05 = REPO.parent / "shared" / "models" / "deeplabv3_mnv2_dm05_pascal_257.tflite"
 
 
 def numpy_pooling(probs: np.ndarray, pooling: str, r: float) -> np.ndarray:
@@ -124,7 +122,7 @@ def test_refit_through_the_frozen_trunk_equals_the_whole_network(monkeypatch):
                                ).split is None
 
 
-def test_released_model_gets_tags_exports_and_serves_them(tmp_path, shared_data):
+def test_released_model_gets_tags_exports_and_serves_them(tmp_path, real_data):
     """tools.import_weights --tag_head=segmentation gives the released model tags with no
     training; its export, loaded in a fresh process that imports only TensorFlow, serves
     them: segment_with_evidence with steps=0 is serving_default, 10 steps move the tags
@@ -139,7 +137,7 @@ def test_released_model_gets_tags_exports_and_serves_them(tmp_path, shared_data)
     proc = run_tool("export_model", f"--checkpoint_dir={run}", f"--export_path={export}",
                     "--evidence_learning_rate=0.003", "--evidence_alpha=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    photo = shared_data / "coco128-voc" / "JPEGImages" / "000000000036.jpg"
+    photo = real_data / "coco128-voc" / "JPEGImages" / "000000000036.jpg"
     script = textwrap.dedent(f"""
         import json, cv2, numpy as np, tensorflow as tf
         m = tf.saved_model.load({str(export)!r})

@@ -400,11 +400,11 @@ def test_eval_checkpoint_of_another_model_is_refused(resumed_run, data_dir, tmp_
     assert_user_error(proc, "does not match model deeplabv3plus_mobilenetv2_mt", str(other))
 
 
-def test_eval_on_another_datasets_shards_is_refused(resumed_run, shared_data, tmp_path):
+def test_eval_on_another_datasets_shards_is_refused(resumed_run, real_data, tmp_path):
     """A shapes_evidence checkpoint on CamVid shards: refused before any metric."""
     from deeplab_ext.data import build_data
 
-    camvid = shared_data / "camvid"
+    camvid = real_data / "camvid-sample"
     pairs = (camvid / "val.txt").read_text().splitlines()[:2]
     (tmp_path / "val.txt").write_text("\n".join(pairs) + "\n")
     shards = tmp_path / "camvid_shards"

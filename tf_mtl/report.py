@@ -40,6 +40,9 @@ th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
 figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
 figcaption { font-size: 0.9em; color: #555; max-width: 640px; }
 img { max-width: 640px; border: 1px solid #ddd; }
+figure.wide { display: block; margin: 0.5em 0 1.6em; }
+figure.wide img { max-width: 100%; }
+figure.wide figcaption { max-width: none; font-size: 1em; color: #222; }
 .bar { background: #4c72b0; height: 0.8em; display: inline-block; }
 .notes { white-space: pre-wrap; background: #fafafa; border-left: 3px solid #ccc; padding: 0.5em 1em; }
 """
@@ -62,8 +65,9 @@ def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
         raise
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "x"
+def _slug(text: str, limit: int = 48) -> str:
+    """A file-name part from a caption (captions can be long: a whole command line)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:limit].strip("_") or "x"
 
 
 def _fmt(value: Any) -> str:
@@ -214,8 +218,15 @@ def write_html_report(
     images: Sequence[ImageInput] = (),
     notes: str | Sequence[str] | None = None,
     scalar_groups: Mapping[str, Sequence[str]] | None = None,
+    gallery: Sequence[ImageInput] = (),
+    gallery_title: str = "Examples",
+    notes_after: str | Sequence[str] | None = None,
 ) -> list[pathlib.Path]:
     """Write a self-contained HTML report to `path` (PNGs next to it); return the files written.
+
+    In reading order: `notes` (the summary), `gallery` (the pictures a reader looks at
+    first, at the page's full width, under `gallery_title`), the tables, per-class IoU,
+    curves, `images` (smaller figures) and `notes_after`.
 
     - `tables`: `(caption, header, rows)`; numbers are shown with 6 significant digits.
     - `per_class_iou`: `{class_name: IoU in [0, 1]}` -> table with bars + bar chart + mean.
@@ -248,10 +259,20 @@ def write_html_report(
 
     body: list[str] = [f"<h1>{html.escape(title)}</h1>"]
 
-    if notes:
-        paragraphs = [notes] if isinstance(notes, str) else list(notes)
-        body.append("<h2>Notes</h2>")
-        body.extend(f'<p class="notes">{html.escape(str(p))}</p>' for p in paragraphs)
+    def add_notes(heading: str, text: str | Sequence[str] | None) -> None:
+        if text:
+            paragraphs = [text] if isinstance(text, str) else list(text)
+            body.append(f"<h2>{html.escape(heading)}</h2>")
+            body.extend(f'<p class="notes">{html.escape(str(p))}</p>' for p in paragraphs)
+
+    add_notes("Summary" if gallery else "Notes", notes)
+    if gallery:
+        body.append(f"<h2>{html.escape(gallery_title)}</h2>")
+        for caption, image in gallery:
+            src = save_png("photo", caption[:40], _image_png(caption, image))
+            cap = html.escape(caption)
+            body.append(f'<figure class="wide"><img src="{html.escape(src, quote=True)}" '
+                        f'alt="{cap}"><figcaption>{cap}</figcaption></figure>')
 
     if tables:
         body.append("<h2>Results</h2>")
@@ -301,6 +322,8 @@ def write_html_report(
         for caption, image in images:
             src = save_png("img", caption, _image_png(caption, image))
             body.append(_figure_html(src, caption))
+
+    add_notes("Notes", notes_after)
 
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

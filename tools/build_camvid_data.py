@@ -10,7 +10,8 @@ from __future__ import annotations
 from absl import app, flags
 
 from deeplab_ext.data import build_data
-from tools import common_flags
+
+from . import common_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("camvid_dir", "./CamVid", "Folder holding train.txt, val.txt (test.txt).")
@@ -51,5 +52,10 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     common_flags.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -16,7 +16,8 @@ from __future__ import annotations
 from absl import flags
 
 from deeplab_ext.data import build_data
-from tools import common_flags
+
+from . import common_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("cityscapes_root", "./cityscapes",
@@ -41,5 +42,10 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     common_flags.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -9,7 +9,8 @@ from __future__ import annotations
 from absl import app, flags
 
 from deeplab_ext.data import synthetic
-from tools import common_flags
+
+from . import common_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "./data/shapes_evidence", "Where to write the shards.")
@@ -62,5 +63,10 @@ def main() -> None:
     print(f"wrote {counts} to {FLAGS.output_dir}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     common_flags.run(main)
+
+
+if __name__ == "__main__":
+    cli()

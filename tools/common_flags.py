@@ -200,6 +200,13 @@ def _parse(argv: list[str]) -> list[str]:
 
 def run(main: Callable[[], Any]) -> None:
     """``app.run`` for a tool whose ``main()`` takes no arguments (flags are parsed)."""
+    # --helpshort lists the key flags of the module named by argv[0]: a console script's
+    # path, not the tool's module, when run as ``deeplab-<tool>``.
+    for flag in FLAGS.get_key_flags_for_module(main.__module__):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    script = sys.modules["__main__"]
+    if not script.__doc__:  # the console script's wrapper: --help shows the tool's own text
+        script.__doc__ = sys.modules[main.__module__].__doc__
 
     def _main(argv: list[str]) -> int:
         if len(argv) > 1:

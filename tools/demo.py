@@ -1,16 +1,18 @@
-"""The main job (`make demo`): train, evaluate with evidence, export, serve, report.
+"""The main job (`make demo`): the evidence table on real photos, export, serve, report.
 
-`python -m tools.demo` uses the built-in dataset; `--data=../shared/data/coco128-voc`
-(any VOC- or CamVid-layout folder) converts and uses that instead. The refit settings
-are tuned for the trained model on a split of their own (the search starts at the
-demo's `DemoOptions.evidence`: --evidence_learning_rate=0.1 --evidence_clip_norm=0.5);
---evidence_* flags given on the command line win over the tuned ones.
+`python -m tools.demo` imports the shipped release (mobilenetv2_dm05_coco_voc_trainaug)
+with tags pooled from its segmentation and the refit settings the released-weights table
+records for it (tuned on the shipped coco128-voc train photos), scores the val photos,
+exports, serves a photo and writes demo_out/report.html. `--weights=NAME|FILE` takes
+another release, `--data=FOLDER` (VOC or CamVid layout) other photos, `--builtin` is the
+training demo on the built-in dataset; --evidence_* flags given win over tuned settings.
 """
 
 from __future__ import annotations
 
 from deeplab_ext.run.options import DemoOptions
-from tools import common_flags
+
+from . import common_flags
 
 common_flags.define_flags(DemoOptions)
 
@@ -22,5 +24,10 @@ def main() -> None:
              explicit=common_flags.explicit_evidence())
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     common_flags.run(main)
+
+
+if __name__ == "__main__":
+    cli()

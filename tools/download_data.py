@@ -13,7 +13,8 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from deeplab_ext.data import download
-from tools import common_flags
+
+from . import common_flags
 
 FLAGS = flags.FLAGS
 
@@ -78,5 +79,10 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     common_flags.run(main)
+
+
+if __name__ == "__main__":
+    cli()

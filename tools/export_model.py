@@ -8,7 +8,8 @@ and as LiteRT / ONNX files for deployment.
 from __future__ import annotations
 
 from deeplab_ext.run.options import ExportOptions
-from tools import common_flags
+
+from . import common_flags
 
 common_flags.define_flags(ExportOptions)
 
@@ -23,5 +24,10 @@ def main() -> None:
     common_flags.printer(f"Exported {what} to {path}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     common_flags.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -9,7 +9,8 @@ then `tools.eval/vis/export_model/predict --checkpoint_dir=RUN`, or
 from __future__ import annotations
 
 from deeplab_ext.run.options import ImportOptions
-from tools import common_flags
+
+from . import common_flags
 
 common_flags.define_flags(ImportOptions)
 
@@ -20,5 +21,10 @@ def main() -> None:
     import_weights(common_flags.options_from_flags(ImportOptions), printer=common_flags.printer)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     common_flags.run(main)
+
+
+if __name__ == "__main__":
+    cli()

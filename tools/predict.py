@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 
 from deeplab_ext.run.options import PredictOptions
-from tools import common_flags
+
+from . import common_flags
 
 common_flags.define_flags(PredictOptions)
 
@@ -25,5 +26,10 @@ def main() -> None:
     common_flags.printer(json.dumps(report, indent=1))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     common_flags.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -8,7 +8,8 @@ from the last checkpoint in --train_logdir.
 from __future__ import annotations
 
 from deeplab_ext.run.options import TrainOptions
-from tools import common_flags
+
+from . import common_flags
 
 common_flags.define_flags(TrainOptions)
 
@@ -19,5 +20,10 @@ def main() -> None:
     train(common_flags.options_from_flags(TrainOptions), printer=common_flags.printer)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     common_flags.run(main)
+
+
+if __name__ == "__main__":
+    cli()

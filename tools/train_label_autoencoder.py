@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 from deeplab_ext.run.options import LabelAutoencoderOptions
-from tools import common_flags
+
+from . import common_flags
 
 common_flags.define_flags(LabelAutoencoderOptions)
 
@@ -20,5 +21,10 @@ def main() -> None:
                             printer=common_flags.printer)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     common_flags.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -9,7 +9,8 @@ tools.export_model and tools.predict then refit with the chosen settings and say
 from __future__ import annotations
 
 from deeplab_ext.run.options import TuneOptions
-from tools import common_flags
+
+from . import common_flags
 
 common_flags.define_flags(TuneOptions)
 
@@ -20,5 +21,10 @@ def main() -> None:
     tune_evidence(common_flags.options_from_flags(TuneOptions), printer=common_flags.printer)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     common_flags.run(main)
+
+
+if __name__ == "__main__":
+    cli()

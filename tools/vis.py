@@ -10,7 +10,8 @@ Cityscapes: labelIds). The dataset comes from the checkpoint's model_config.json
 from __future__ import annotations
 
 from deeplab_ext.run.options import VisOptions
-from tools import common_flags
+
+from . import common_flags
 
 common_flags.define_flags(VisOptions)
 
@@ -21,5 +22,10 @@ def main() -> None:
     visualize(common_flags.options_from_flags(VisOptions), printer=common_flags.printer)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
     common_flags.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -35,7 +35,7 @@ import tensorflow as tf
 from deeplab_ext.data import tfrecord
 from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info, info_to_dict
 
-try:  # Pillow is installed with matplotlib (requirements.txt); keep a fallback anyway.
+try:  # Pillow is a dependency (pyproject.toml); keep a fallback anyway.
     from PIL import Image as _PILImage
 except ImportError:  # pragma: no cover - exercised by monkeypatching _PILImage in tests
     _PILImage = None

@@ -53,6 +53,14 @@ def list_shards(dataset_dir: str | os.PathLike, split: str) -> list[str]:
     return files
 
 
+def split_filenames(dataset_dir: str | os.PathLike, split: str) -> list[str]:
+    """Each example's ``image/filename``, in the order evaluation reads them (shard after
+    shard, each in the converter's list order)."""
+    ds = tf.data.TFRecordDataset(list_shards(dataset_dir, split)).map(
+        lambda s: tfrecord.parse_example(s)["image/filename"])
+    return [name.decode() for name in ds.as_numpy_iterator()]
+
+
 def tags_from_names(names: Sequence[str], info: DatasetInfo | str) -> np.ndarray:
     """Multi-hot float32 `[num_tags]` from a user's list of class names (the evidence)."""
     info = get_dataset_info(info)

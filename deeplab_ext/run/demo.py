@@ -1,48 +1,52 @@
-"""The main job: data -> train a multi-task DeepLab -> evidence table -> export -> serve -> report.
+"""The main job: a model with tags -> the evidence table on held-out photos -> export ->
+a served prediction -> a report a person reads.
 
-`make demo` runs this on the built-in `shapes_evidence` dataset; `--data=FOLDER`
-points it at a VOC-layout or CamVid-layout folder instead (converted to the
-original TFRecord format first). Every stage prints progress and its wall time.
+``make demo`` runs it on real photos from the clone alone: the shipped release
+(``mobilenetv2_dm05_coco_voc_trainaug``) imported with tags pooled from its segmentation,
+the refit settings the released-weights table records for it (tuned on coco128-voc's train
+photos), scored on the shipped val photos. ``--data=FOLDER`` scores a VOC- or CamVid-layout
+folder instead, ``--weights=NAME|FILE`` another release, and ``--builtin`` is the training
+demo (a tiny multi-task network trained on the built-in dataset). Every stage prints
+progress and its wall time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Collection
 
 import cv2
 import numpy as np
 
-from deeplab_ext.data import download, input_pipeline, synthetic
-from deeplab_ext.data.datasets import get_dataset_info
-from deeplab_ext.models.tag_heads import SEGMENTATION
-from deeplab_ext.run.evaluation import evaluate
-from deeplab_ext.run.export import export_checkpoint
+from deeplab_ext.assets import COCO128_VOC
+from deeplab_ext.data import download, input_pipeline, pictures, synthetic
+from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info
+from deeplab_ext.models.tag_heads import ENCODER, SEGMENTATION
+from deeplab_ext.run.evaluation import PREDICTIONS, evaluate
+from deeplab_ext.run.evidence import load_tuned
+from deeplab_ext.run.export import export_checkpoint, predict_image
 from deeplab_ext.run.importing import import_weights
 from deeplab_ext.run.modes import bootstrap_baselines, check_modes, vs_cell
 from deeplab_ext.run.options import (
     DEMO_VARIANT,
+    DEMO_WEIGHTS,
     DemoOptions,
     EvalOptions,
     EvidenceOptions,
     ExportOptions,
     ImportOptions,
+    PredictOptions,
     TrainOptions,
     TuneOptions,
 )
-from deeplab_ext.run.refit_kinds import EVIDENCE_MODES
+from deeplab_ext.run.refit_kinds import EVIDENCE_MODES, mode_of
 from deeplab_ext.run.trainer import train
 from deeplab_ext.run.tuning import describe_settings, tune_evidence
 from tf_mtl import tbevents
 from tf_mtl.report import write_html_report
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 class _Stage:
@@ -59,8 +63,9 @@ class _Stage:
 def prepare_data(options: DemoOptions, out: pathlib.Path, printer,
                  num_tune: int) -> tuple[str, str, str]:
     """(dataset name, TFRecord dir, tuning split): the built-in dataset with its own
-    generated tuning split ("test"), or a converted user folder (tuned on "train")."""
-    if options.data is None:
+    generated tuning split ("test"), or a converted folder (tuned on "train"): the user's,
+    else the shipped coco128-voc photos."""
+    if options.builtin and options.data is None:
         data_dir = out / "data" / "shapes_evidence"
         marker = data_dir / (f"done-{options.num_train}-{options.num_val}-{num_tune}-"
                              f"{options.image_size}")
@@ -74,7 +79,7 @@ def prepare_data(options: DemoOptions, out: pathlib.Path, printer,
         else:
             printer(f"Using the built-in dataset already in {data_dir}")
         return "shapes_evidence", str(data_dir), "test"
-    root = pathlib.Path(options.data)
+    root = pathlib.Path(options.data) if options.data else COCO128_VOC
     if not root.is_dir():
         raise FileNotFoundError(f"--data={root}: no such folder (a VOC- or CamVid-layout folder)")
     for layout, dataset in (("voc", "pascal_voc_seg"), ("camvid", "camvid")):
@@ -85,7 +90,8 @@ def prepare_data(options: DemoOptions, out: pathlib.Path, printer,
         data_dir = out / "data" / f"{dataset}_{root.name}"
         reports = download.convert_layout(layout, data_root, data_dir)
         for split, rep in reports.items():
-            printer(f"Converted {layout} {split}: {rep.summary() if hasattr(rep, 'summary') else rep}")
+            printer(f"Converted {root.name} {split}: "
+                    f"{rep.summary() if hasattr(rep, 'summary') else rep}")
         return dataset, str(data_dir), "train"
     raise ValueError(
         f"--data={root}: neither a VOC layout (JPEGImages/, SegmentationClass/, "
@@ -93,42 +99,21 @@ def prepare_data(options: DemoOptions, out: pathlib.Path, printer,
     )
 
 
-def _sample_image(dataset: str, data_dir: str, path: pathlib.Path) -> list[str]:
-    """Write the first val image as PNG; return its ground-truth tag names."""
-    info = get_dataset_info(dataset)
-    ds = input_pipeline.make_dataset(info, data_dir, "val", crop_size=None, batch_size=1,
-                                     is_training=False)
+def _example(info: DatasetInfo, data_dir: str, split: str, index: int
+             ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One evaluation example: the photo (uint8 RGB), its label map and its tag names."""
+    ds = input_pipeline.make_dataset(info, data_dir, split, crop_size=None, batch_size=1,
+                                     is_training=False).skip(index).take(1)
     images, targets = next(iter(ds))
-    cv2.imwrite(str(path), images[0].numpy().astype(np.uint8)[..., ::-1])
     tags = targets["tags"][0].numpy()
-    return [info.tag_names[i] for i in np.flatnonzero(tags > 0.5)]
-
-
-def _tuning_tables(tuning: dict | None) -> list[tuple]:
-    """The report's tables of the refit settings chosen and of the search behind them."""
-    if tuning is None:
-        return []
-    return [(f"Refit settings chosen for this model on {tuning['tune_split']!r} "
-             f"({tuning['num_images']} images)", ["kind", "refit", "settings"],
-             _chosen_rows(tuning)),
-            ("The tuning search (mIoU on the tuning split)",
-             ["kind", "candidate", "mIoU (%)", "vs no refit"],
-             [[r["kind"], r["candidate"], f"{100 * r['miou']:.2f}",
-               f"{100 * r['vs_no_refit']:+.2f}"] for r in tuning["table"]])]
-
-
-def _chosen_rows(tuning: dict) -> list[list[str]]:
-    rows = []
-    for kind, entry in tuning["kinds"].items():
-        settings = describe_settings(kind, entry["evidence"])
-        rows.append([kind, "yes" if entry["refit"] else "no (plain inference was as good)",
-                     settings])
-    return rows
+    return (images[0].numpy().astype(np.uint8), targets["semantic"][0].numpy(),
+            [info.tag_names[i] for i in np.flatnonzero(tags > 0.5)])
 
 
 # Refit start point and learning rates when tags are pooled from the segmentation of
-# released weights: the rates of BENCHMARKS 19 (a segmentation-tag refit moves the
-# segmentation directly, ten times less than a trained head's refit needs).
+# released weights the table has no settings for: the rates of BENCHMARKS 19 (a
+# segmentation-tag refit moves the segmentation directly, ten times less than a trained
+# head's refit needs).
 POOLED_EVIDENCE = EvidenceOptions(learning_rate=0.003, alpha=0.0)
 POOLED_LEARNING_RATES = (0.001, 0.003, 0.01)
 ALL_MODES = ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune")
@@ -137,10 +122,12 @@ POOLED_MODES = ("none", "prune", "bp_l2", "bp_l2_prune")
 
 @dataclasses.dataclass(frozen=True)
 class DemoPlan:
-    """What this demo does, from its options: train (the built-in job), or import released
-    weights and pool their segmentation's tags (nothing trained)."""
+    """What this demo does, from its options: import released weights and pool their
+    segmentation's tags (nothing trained: the default), or train (``--builtin``; a folder
+    without ``--weights``; ``--tag_head=encoder`` or ``--train_groups`` on weights)."""
 
-    pooled: bool  # --tag_head=segmentation on given weights: import, no training
+    pooled: bool
+    weights: str | None
     variant: str | None
     modes: tuple[str, ...]
     num_tune: int
@@ -151,12 +138,15 @@ class DemoPlan:
 
     @classmethod
     def of(cls, options: DemoOptions, explicit: Collection[str]) -> DemoPlan:
-        pooled = options.tag_head == SEGMENTATION and options.tf_initial_checkpoint is not None
+        trains = (options.builtin or options.tag_head == ENCODER or bool(options.train_groups)
+                  or (options.data is not None and options.weights is None))
+        pooled = not trains
         evidence = options.evidence
         if pooled:  # the pooled start point, but what the user gave on the command line
             evidence = dataclasses.replace(POOLED_EVIDENCE, **{
                 f: getattr(options.evidence, f) for f in explicit})
         return cls(pooled=pooled,
+                   weights=options.weights or (DEMO_WEIGHTS if pooled else None),
                    variant=options.model_variant or (None if pooled else DEMO_VARIANT),
                    modes=tuple(options.evidence_modes or (POOLED_MODES if pooled else ALL_MODES)),
                    num_tune=24 if options.num_tune is None and pooled else
@@ -178,35 +168,43 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
     out.mkdir(parents=True, exist_ok=True)
     plan = DemoPlan.of(options, explicit)
     check_modes(plan.modes)
+    if options.report_photos < 0:
+        raise ValueError(f"--report_photos must be >= 0, got {options.report_photos}")
     stage = _Stage(8, printer)
     t0 = time.time()
 
     stage("Data")
     dataset, data_dir, tune_split = prepare_data(options, out, printer, plan.num_tune)
-    builtin = options.data is None
     logdir = out / "train"
     if plan.pooled:
-        stage("Import the weights; tags pooled from their segmentation (nothing to train)")
+        stage(f"Import {plan.weights}; tags pooled from its segmentation (nothing to train)")
         import_weights(ImportOptions(
-            source=options.tf_initial_checkpoint, model_variant=plan.variant,
-            output_dir=str(logdir), dataset=dataset, tag_head=SEGMENTATION), printer=printer)
+            source=plan.weights, model_variant=plan.variant, output_dir=str(logdir),
+            dataset=dataset, tag_head=SEGMENTATION), printer=printer)
     else:
         stage(f"Train {plan.variant} with uncertainty weighting")
-        train(train_options(options, plan.variant, dataset, data_dir, logdir, builtin),
-              printer=printer)
+        train(train_options(options, plan.variant, dataset, data_dir, logdir), printer=printer)
 
-    stage(f"Tune the refit settings of this model on the {tune_split!r} split (never val)")
-    tuning = tune(options, plan, logdir, data_dir, tune_split, builtin, printer)
+    tuning = load_tuned(logdir) if plan.pooled else None
+    if tuning is not None:
+        stage("Refit settings: the released-weights table's, tuned on other photos")
+        printer("Refit settings " + _provenance(tuning))
+    else:
+        stage(f"Tune the refit settings of this model on the {tune_split!r} split (never val)")
+        tuning = tune(options, plan, logdir, data_dir, tune_split, printer)
 
     stage("Evaluate: the evidence table (tags from the ground truth)")
-    crop = options.crop_size if builtin else max(options.crop_size, 129)
+    crop = options.crop_size if options.builtin else max(options.crop_size, 129)
     eval_dir = out / "eval"
     results = evaluate(EvalOptions(
         checkpoint_dir=str(logdir), dataset_dir=data_dir, eval_logdir=str(eval_dir),
-        eval_split="val", eval_crop_size=(crop, crop) if builtin else None,
+        eval_split="val", eval_crop_size=(crop, crop) if options.builtin else None,
         evidence_modes=plan.modes, evidence=plan.evidence,
-        max_examples=options.max_eval_images, num_vis_examples=6,
+        max_examples=options.max_eval_images, num_vis_examples=0, save_predictions=True,
     ), printer=printer, explicit=explicit)
+    info = get_dataset_info(dataset)
+    served_mode = _served_mode(plan, tuning)
+    shown = changed_most(results, eval_dir, served_mode, options.report_photos)
 
     stage("Export the SavedModel")
     export_dir = export_checkpoint(ExportOptions(
@@ -214,31 +212,73 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
         explicit=explicit, printer=printer)
     printer(f"SavedModel in {export_dir}")
 
-    stage("Serve: tools.predict through the SavedModel on a sample image with its tags")
-    served = serve_sample(dataset, data_dir, export_dir, out, printer)
+    stage("Serve: tools.predict through the SavedModel on the photo the evidence changed most")
+    served = serve_sample(info, data_dir, shown[0]["index"] if shown else 0, export_dir, out,
+                          printer)
 
     stage("Report")
-    report = write_report(out, results, tuning, served, logdir, dataset, t0)
+    photos = (pathlib.Path(options.data).name if options.data else
+              "the built-in dataset" if options.builtin else "coco128-voc (shipped)")
+    report = write_report(out, results, tuning, served, logdir, info, data_dir, shown,
+                          served_mode, plan, photos, t0)
 
     stage("Done")
-    if tuning is not None:
-        printer(tuning["report"])
     printer(results["table"])
     printer("\nWhere things are:")
     printer(f"  report       {report}")
-    printer(f"  checkpoints  {logdir}")
+    printer(f"  model        {logdir}")
     printer(f"  eval results {eval_dir / 'eval_results.json'}")
     printer(f"  SavedModel   {export_dir}")
-    if not plan.pooled:
-        printer(f"  TensorBoard  tensorboard --logdir {logdir}")
+    printer("\nTo go on:")
+    for line in next_commands(plan, out, logdir, export_dir, served):
+        printer(f"  {line}")
     printer(f"Total {time.time() - t0:.0f}s")
     return {"results": results, "report": str(report), "export": str(export_dir),
             "train_logdir": str(logdir), "predict": served["report"]}
 
 
+def _provenance(tuning: dict) -> str:
+    """Where a run's refit settings come from, in a sentence."""
+    kind = tuning["serving_kind"]
+    return (f"tuned for the {tuning.get('objective', 'plain')} row on "
+            f"{tuning['dataset_dir']}:{tuning['tune_split']} ({tuning['num_images']} images, "
+            f"none of those scored here; by {tuning.get('source', 'tools.tune_evidence')}): "
+            f"{kind} with {describe_settings(kind, tuning['kinds'][kind]['evidence'])}")
+
+
+def _served_mode(plan: DemoPlan, tuning: dict | None) -> str:
+    """The row the export serves (its kind, pruned when tuned for pruned rows), or the
+    first refit row evaluated when that one was not."""
+    kind = (tuning or {}).get("serving_kind", "l2")
+    pruned = (tuning or {}).get("objective", plan.objective) == "pruned"
+    mode = mode_of(kind, pruned)
+    if mode in plan.modes:
+        return mode
+    return next((m for m in plan.modes if EVIDENCE_MODES[m].kind is not None), plan.modes[-1])
+
+
+def changed_most(results: dict, eval_dir: pathlib.Path, served_mode: str, count: int
+                 ) -> list[dict]:
+    """The photos whose served prediction differs most from the pruned (else plain) one,
+    with their per-photo IoU in each row: what the refit changed, gains and losses alike."""
+    base = "prune" if "prune" in results["modes"] else "none"
+    rows = []
+    for index, entry in enumerate(results["per_image"]):
+        name = entry["name"]
+        served = cv2.imread(str(eval_dir / PREDICTIONS / served_mode / f"{name}.png"),
+                            cv2.IMREAD_GRAYSCALE)
+        other = cv2.imread(str(eval_dir / PREDICTIONS / base / f"{name}.png"),
+                           cv2.IMREAD_GRAYSCALE)
+        rows.append({"index": index, "name": name, "miou": entry["miou"],
+                     "changed": float(np.mean(served != other))})
+    rows.sort(key=lambda r: -r["changed"])
+    return rows[:count]
+
+
 def train_options(options: DemoOptions, variant: str, dataset: str, data_dir: str,
-                  logdir: pathlib.Path, builtin: bool) -> TrainOptions:
+                  logdir: pathlib.Path) -> TrainOptions:
     """The demo's training run: Adam, uncertainty weighting, the built-in dataset's crop."""
+    builtin = options.builtin and options.data is None
     crop = options.crop_size if builtin else max(options.crop_size, 129)
     return TrainOptions(
         train_logdir=str(logdir), dataset_dir=data_dir, dataset=dataset,
@@ -249,25 +289,25 @@ def train_options(options: DemoOptions, variant: str, dataset: str, data_dir: st
         save_interval_steps=max(100, options.train_steps // 4), save_summaries_steps=25,
         log_every_n_steps=max(25, options.train_steps // 20),
         min_scale_factor=0.75 if builtin else 0.5, max_scale_factor=1.25 if builtin else 2.0,
-        tf_initial_checkpoint=options.tf_initial_checkpoint, train_groups=options.train_groups,
+        tf_initial_checkpoint=options.weights, train_groups=options.train_groups,
         tag_head=options.tag_head,
         # Pretrained BatchNorm stays as it is: batches of 8 cannot estimate its statistics
         # (the original's advice), and a TFLite import's is folded.
-        fine_tune_batch_norm=options.tf_initial_checkpoint is None,
+        fine_tune_batch_norm=options.weights is None,
         loss_weighting="uncertainty",
         seed=options.seed if options.train_seed is None else options.train_seed)
 
 
 def tune(options: DemoOptions, plan: DemoPlan, logdir: pathlib.Path, data_dir: str,
-         tune_split: str, builtin: bool, printer: Callable[[str], None]) -> dict | None:
+         tune_split: str, printer: Callable[[str], None]) -> dict | None:
     """tools.tune_evidence on the tuning split, for the refit kinds of the table's rows."""
     if not plan.num_tune or not plan.kinds:
         printer("no tuning (--num_tune=0 or no refit rows): the refit settings are the start "
                 "point's")
         return None
-    if not builtin:
-        printer("(a user folder has no split of its own for tuning: its training images "
-                f"stand in{', which the model has seen' if not plan.pooled else ''})")
+    if not (options.builtin and options.data is None):
+        printer("(a folder has no split of its own for tuning: its training images stand in"
+                f"{', which the model has seen' if not plan.pooled else ''})")
     extra = {"learning_rates": plan.learning_rates} if plan.learning_rates else {}
     return tune_evidence(TuneOptions(
         checkpoint_dir=str(logdir), dataset_dir=data_dir, tune_split=tune_split,
@@ -275,43 +315,121 @@ def tune(options: DemoOptions, plan: DemoPlan, logdir: pathlib.Path, data_dir: s
         objective=plan.objective, evidence=plan.evidence, **extra), printer=printer)
 
 
-def serve_sample(dataset: str, data_dir: str, export_dir: pathlib.Path, out: pathlib.Path,
-                 printer: Callable[[str], None]) -> dict:
-    """tools.predict through the export on the first val image with its tags, as a user
-    runs it: with what the export serves (its tuned refit steps, its pruning)."""
+def serve_sample(info: DatasetInfo, data_dir: str, index: int, export_dir: pathlib.Path,
+                 out: pathlib.Path, printer: Callable[[str], None]) -> dict:
+    """tools.predict through the export on one val photo with its tags, as a user runs
+    it: with what the export serves (its tuned refit steps, its pruning)."""
+    photo, _, tags = _example(info, data_dir, "val", index)
     sample = out / "sample.png"
-    tags = _sample_image(dataset, data_dir, sample)
+    cv2.imwrite(str(sample), photo[..., ::-1])
     pred_png = out / "sample_prediction.png"
-    cmd = [sys.executable, "-m", "tools.predict", f"--saved_model={export_dir}",
-           f"--image={sample}", f"--output={pred_png}"]
+    args = [f"--saved_model={export_dir}", f"--image={sample}", f"--output={pred_png}"]
     if tags:
-        cmd.append(f"--tags={','.join(tags)}")
-    printer("$ " + " ".join(cmd[1:]))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"tools.predict failed:\n{proc.stderr[-2000:]}")
-    report = json.loads(proc.stdout[proc.stdout.index("{"):])
-    printer(proc.stdout.strip())
-    return {"report": report, "sample": sample, "prediction": pred_png, "tags": tags}
+        args.append(f"--tags={','.join(tags)}")
+    printer("$ python -m tools.predict " + " ".join(args))
+    report = predict_image(PredictOptions(saved_model=str(export_dir), image=str(sample),
+                                          output=str(pred_png), tags=tuple(tags) or None),
+                           printer=printer)
+    printer(json.dumps({k: v for k, v in report.items() if not k.startswith("tag_prob")}))
+    return {"report": report, "sample": sample, "prediction": pred_png, "tags": tags,
+            "command": "python -m tools.predict " + " ".join(args)}
+
+
+def next_commands(plan: DemoPlan, out: pathlib.Path, logdir: pathlib.Path,
+                  export_dir: pathlib.Path, served: dict) -> list[str]:
+    """The commands a user runs next: TensorBoard, a prediction of their own photo."""
+    source = (f"--checkpoint_dir={plan.weights}" if plan.pooled and plan.weights
+              and not pathlib.Path(plan.weights).exists() else f"--checkpoint_dir={logdir}")
+    return [f"tensorboard --logdir {out}   # the evaluation's numbers"
+            + ("" if plan.pooled else " and the training curves"),
+            f"python -m tools.predict {source} --image=YOUR_PHOTO.jpg --tags=person,dog "
+            "--output=out.png",
+            f"python -m tools.predict --saved_model={export_dir} --image={served['sample']} "
+            f"--tags={','.join(served['tags']) or 'TAGS'} --output=out.png   # the export",
+            "make demo DEMO_ARGS=\"--data=YOUR_VOC_OR_CAMVID_FOLDER\"   # your photos"]
+
+
+def _tuning_tables(tuning: dict | None) -> list[tuple]:
+    """The report's tables of the refit settings chosen and of the search behind them."""
+    if tuning is None:
+        return []
+    rows = [[kind, "yes" if entry["refit"] else "no (plain inference was as good)",
+             describe_settings(kind, entry["evidence"])]
+            for kind, entry in tuning["kinds"].items()]
+    tables = [(f"Refit settings of this model, tuned for the {tuning.get('objective', 'plain')} "
+               f"row on {tuning['dataset_dir']}:{tuning['tune_split']} "
+               f"({tuning['num_images']} images)", ["kind", "refit", "settings"], rows)]
+    if tuning.get("table"):
+        tables.append(("The tuning search (mIoU on the tuning split)",
+                       ["kind", "candidate", "mIoU (%)", "vs no refit"],
+                       [[r["kind"], r["candidate"], f"{100 * r['miou']:.2f}",
+                         f"{100 * r['vs_no_refit']:+.2f}"] for r in tuning["table"]]))
+    return tables
+
+
+def _photo_picture(info: DatasetInfo, data_dir: str, eval_dir: pathlib.Path, row: dict,
+                   served_mode: str) -> tuple[np.ndarray, list[str]]:
+    """One photo as the report shows it: plain | pruned / refitted | truth, each overlaid
+    on the photo, a legend of every class drawn below."""
+    photo, label, tags = _example(info, data_dir, "val", row["index"])
+    what = {"none": "plain", "prune": "pruned to the tags",
+            served_mode: "refitted" + (" + pruned" if EVIDENCE_MODES[served_mode].prune
+                                       else "") + " (served)"}
+    columns = [(m, f"{EVIDENCE_MODES[m].row}: {what[m]}") for m in ("none", "prune", served_mode)
+               if (eval_dir / PREDICTIONS / m).is_dir()]
+    maps = [(f"{name}", cv2.imread(str(eval_dir / PREDICTIONS / m / f"{row['name']}.png"),
+                                   cv2.IMREAD_GRAYSCALE)) for m, name in columns]
+    maps.append(("ground truth", label))
+    # A prediction made at an --eval_crop_size larger than the photo was padded
+    # bottom/right: its photo's part.
+    height, width = photo.shape[:2]
+    maps = [(title, m[:height, :width]) for title, m in maps]
+    panels = [(title, pictures.overlay(photo, m, info.colormap, ignore_label=info.ignore_label,
+                                       background=info.background_class))
+              for title, m in maps]
+    shown_h = (420 if height > width else 300) if max(height, width) > 200 else 240
+    lines = [pictures.panel_row(panels[i:i + 2], height=shown_h)
+             for i in range(0, len(panels), 2)]
+    widest = max(x.shape[1] for x in lines)
+    lines = [np.pad(x, ((0, 8), (0, widest - x.shape[1]), (0, 0)), constant_values=255)
+             for x in lines]
+    classes = set().union(*(np.unique(m).tolist() for _, m in maps))
+    picture = pictures.with_legend(np.concatenate(lines, 0), classes, info.class_names,
+                                   info.colormap,
+                                   unpainted=(info.background_class, info.ignore_label))
+    return picture, tags
 
 
 def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: dict,
-                 logdir: pathlib.Path, dataset: str, t0: float) -> pathlib.Path:
-    """demo_out/report.html: the tables, per-class IoU, curves and pictures."""
+                 logdir: pathlib.Path, info: DatasetInfo, data_dir: str, shown: list[dict],
+                 served_mode: str, plan: DemoPlan, photos: str, t0: float) -> pathlib.Path:
+    """demo_out/report.html: first the photos the evidence changed most (large, overlaid,
+    with a legend, their tags and per-photo IoU), then the tables, per-class IoU, curves."""
+    modes = results["modes"]
     baselines = bootstrap_baselines(results)
     table_rows = [[row["name"], f"{100 * row['miou']:.2f}", mode, f"{row['seconds']:.1f}"]
-                  + [vs_cell(row, b) for b in baselines]
-                  for mode, row in results["modes"].items()]
+                  + [vs_cell(row, b) for b in baselines] for mode, row in modes.items()]
     table_header = ["method", "mIoU (%)", "mode", "seconds"] + [
         f"vs {EVIDENCE_MODES[b].row} (95% CI over images)" for b in baselines]
-    best_mode = max(results["modes"], key=lambda m: results["modes"][m]["miou"])
-    tag_rows = [[k, f"{v:.4f}"] for k, v in results.get("tags", {}).items()]
+    served_row = EVIDENCE_MODES[served_mode].row
+    gallery = []
+    for row in shown:
+        picture, tags = _photo_picture(info, data_dir, out / "eval", row, served_mode)
+        iou = row["miou"]
+        steps = " -> ".join(f"{EVIDENCE_MODES[m].row} {100 * iou[m]:.1f}"
+                            for m in ("none", "prune", served_mode) if m in iou)
+        change = (f"; the refit moved {100 * row['changed']:.1f}% of the pixels, "
+                  f"{100 * (iou[served_mode] - iou['prune']):+.1f} points over pruning"
+                  if "prune" in iou and served_mode in iou else "")
+        gallery.append((f"{row['name'].split('_', 1)[-1]}: tags {', '.join(tags) or 'none'}; "
+                        f"this photo's mIoU {steps}{change}", picture))
     predicted, tags = served["report"], served["tags"]
-    pred_rows = [[n, f"{predicted.get('tag_probabilities_before', {}).get(n, float('nan')):.3f}",
-                  f"{predicted.get('tag_probabilities_after', {}).get(n, float('nan')):.3f}",
+    before = predicted.get("tag_probabilities_before", {})
+    after = predicted.get("tag_probabilities_after", {})
+    pred_rows = [[n, f"{before[n]:.3f}", f"{after.get(n, before[n]):.3f}",
                   "yes" if n in tags else ""]
-                 for n in get_dataset_info(dataset).tag_names]
+                 for n in before if n in tags or before[n] >= 0.05 or after.get(n, 0) >= 0.05]
+    tag_rows = [[k, f"{v:.4f}"] for k, v in results.get("tags", {}).items()]
     scalars = tbevents.read_scalars(logdir / "train") if (logdir / "train").is_dir() else {}
     groups = {
         "Task losses (each step's own)": [k for k in scalars
@@ -325,32 +443,56 @@ def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: 
         "Learning rate": [k for k in scalars if k.endswith("learning_rate")],
     }
     groups = {k: v for k, v in groups.items() if v}
-    images = []
-    if results.get("comparison_png"):
-        images.append(("Input | ground truth | one column per evidence mode",
-                       results["comparison_png"]))
-    images.append(("Sample image", str(served["sample"])))
-    how = (f"{predicted.get('steps_taken', 0)} refit steps"
-           f"{', pruned' if predicted.get('pruned') else ''}") if tags else "no tags"
-    images.append((f"Served prediction with evidence {tags} ({how}: what the export serves)",
-                   str(served["prediction"])))
     report = out / "report.html"
     write_html_report(
-        report, title=f"DeepLab multi-task demo: {results['model']} on {results['dataset']}",
+        report,
+        title=f"Evidence at prediction time: {plan.weights if plan.pooled else results['model']}"
+              f" on {photos} {results['split']} ({results['num_images']} images)",
+        notes=_summary(results, tuning, served_mode, plan),
+        gallery=gallery,
+        gallery_title=(f"The photos the evidence changed most: {EVIDENCE_MODES['none'].row} "
+                       f"(plain), {EVIDENCE_MODES['prune'].row} (pruned), {served_row} "
+                       "(refitted, what the export serves) and the ground truth"),
         tables=[
-            ("Evidence at prediction time (val mIoU, tags from ground truth)",
+            ("Evidence at prediction time (val mIoU, tags from the ground truth)",
              table_header, table_rows),
-            ("Tag head on val", ["metric", "value"], tag_rows),
-            ("tools.predict through the SavedModel: tag probabilities",
-             ["tag", "before", "after refit", "in evidence"], pred_rows),
+            (f"Served: {served['command']}", ["tag", "before", "after the refit", "given"],
+             pred_rows),
+            ("Tags on val (pooled from the segmentation)" if plan.pooled else "Tag head on val",
+             ["metric", "value"], tag_rows),
             *_tuning_tables(tuning),
         ],
-        per_class_iou={k: v for k, v in results["modes"][best_mode]["per_class_iou"].items()
+        per_class_iou={k: v for k, v in modes[served_mode]["per_class_iou"].items()
                        if v is not None},
         scalars={k: scalars[k] for keys in groups.values() for k in keys},
         scalar_groups=groups,
-        images=images,
-        notes=[f"Per-class IoU shown for the best row ({results['modes'][best_mode]['name']}).",
-               f"Total demo time {time.time() - t0:.0f}s."],
+        images=[(f"The served prediction ({served['command']})", str(served["prediction"]))],
+        notes_after=[f"Per-class IoU shown for {served_row}.",
+                     f"Total demo time {time.time() - t0:.0f}s."],
     )
     return report
+
+
+def _summary(results: dict, tuning: dict | None, served_mode: str, plan: DemoPlan
+             ) -> list[str]:
+    """The report's first lines: what the evidence did, with its interval, and where its
+    settings came from."""
+    modes = results["modes"]
+    lines = []
+    if {"none", "prune", served_mode} <= set(modes):
+        plain, pruned, refit = modes["none"], modes["prune"], modes[served_mode]
+        versus = vs_cell(refit, "prune")
+        lines.append(
+            f"Without the tags the model scores {100 * plain['miou']:.2f} mIoU "
+            f"({plain['name']}). Given each image's tags, pruning the untagged classes gives "
+            f"{100 * pruned['miou']:.2f} ({pruned['name']}); refitting to the tags first gives "
+            f"{100 * refit['miou']:.2f} ({refit['name']})"
+            + (f": {versus} points over pruning alone (95% paired bootstrap interval over "
+               f"the {results['num_images']} images; an interval above 0 is a gain the "
+               "images support)." if versus else "."))
+    if tuning is not None:
+        lines.append("Held out: the refit settings were " + _provenance(tuning) + ".")
+    if plan.pooled:
+        lines.append("Nothing was trained: the tags come from the released model's own "
+                     "segmentation (each class's probability pooled over the image).")
+    return lines

@@ -20,9 +20,11 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_ext.data import colormap as cmap
+from deeplab_ext.data import input_pipeline
 from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.registry import family_of
 from deeplab_ext.run.evidence import evidence_by_kind
+from deeplab_ext.run.importing import checkpoint_dir_or_name
 from deeplab_ext.run.label_structure import decoder_path
 from deeplab_ext.run.modes import (
     ModeRun,
@@ -30,6 +32,7 @@ from deeplab_ext.run.modes import (
     check_modes,
     format_table,
     load_split,
+    per_image_miou,
     run_modes,
 )
 from deeplab_ext.run.options import EvalOptions
@@ -107,6 +110,8 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
     modes = _check(options)
     if options.model:
         return evaluate_file(options, modes, printer)
+    options = dataclasses.replace(options, checkpoint_dir=checkpoint_dir_or_name(
+        options.checkpoint_dir, printer=printer))
     run = _restore(options, modes, printer)
     evidence = evidence_by_kind(options.checkpoint_dir, options.evidence, explicit,
                                 use_tuned=options.use_tuned_evidence, printer=printer)
@@ -124,14 +129,22 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
     results.update(_image_metrics(run, printer))
     vis_rows = [{"image": b[0][0].numpy(), "label": b[1]["semantic"][0].numpy(), "pred": {}}
                 for b in run.batches[: options.num_vis_examples]]
+    names = [f"{i:05d}_{pathlib.Path(f).stem}" for i, f in enumerate(
+        input_pipeline.split_filenames(options.dataset_dir, options.eval_split)
+        [: len(run.batches)])]
+    sink = (_prediction_writer(pathlib.Path(options.eval_logdir) / PREDICTIONS, names)
+            if options.save_predictions else None)
     runs = run_modes(run.network, run.info, run.batches, modes, options.evidence, evidence,
                      options.eval_scales, options.add_flipped_images, run.alignment,
-                     keep_predictions=len(vis_rows), printer=printer)
+                     keep_predictions=len(vis_rows), printer=printer, sink=sink)
     for mode, mode_run in runs.items():
         for row_vis, pred in zip(vis_rows, mode_run.predictions, strict=True):
             row_vis["pred"][mode] = pred
         results["modes"][mode] = row = mode_row(mode, mode_run, run.info)
         _print_row(row, len(run.batches), printer)
+    per_image = {m: per_image_miou(r.counts) for m, r in runs.items()}
+    results["per_image"] = [{"name": name, "miou": {m: per_image[m][i] for m in modes}}
+                            for i, name in enumerate(names)]
     if options.label_decoder_path_miou:
         results["label_decoder_path"] = _decoder_path_miou(run, printer)
     if options.bootstrap_samples > 0:
@@ -164,6 +177,8 @@ class _Restored:
 
 def _check(options: EvalOptions) -> list[str]:
     modes = check_modes(options.evidence_modes)
+    if options.save_predictions and not options.eval_logdir:
+        raise ValueError("--save_predictions writes into --eval_logdir: give one")
     if options.bootstrap_samples < 0:
         raise ValueError(f"--bootstrap_samples must be >= 0 (0 turns the intervals off), "
                          f"got {options.bootstrap_samples}")
@@ -240,7 +255,6 @@ def evaluate_file(options: EvalOptions, modes: Sequence[str],
                   printer: Callable[[str], None] = print) -> dict[str, Any]:
     """``tools.eval --model=FILE``: the mIoU a shipped LiteRT / ONNX file gets on a split,
     plain (DL-MT) and pruned to the ground-truth tags (DL-MT-Pr); the files carry no refit."""
-    from deeplab_ext.data import input_pipeline
     from deeplab_ext.run.deploy import FileSegmenter
     from deeplab_ext.run.evidence import keep_classes
     from tf_mtl.evidence import prune_probabilities
@@ -341,10 +355,38 @@ def _decoder_path_miou(run: _Restored, printer: Callable[[str], None]) -> dict[s
     return {"miou": miou}
 
 
+PREDICTIONS = "predictions"  # <eval_logdir>/predictions/<mode>/<name>.png (--save_predictions)
+
+
+def _prediction_writer(folder: pathlib.Path, names: Sequence[str]
+                       ) -> Callable[[str, int, np.ndarray], None]:
+    """``run_modes``'s sink for --save_predictions: one class-id PNG per image and mode."""
+    def write(mode: str, index: int, pred: np.ndarray) -> None:
+        (folder / mode).mkdir(parents=True, exist_ok=True)
+        _, png = cv2.imencode(".png", pred.astype(np.uint8))
+        atomic_write(folder / mode / f"{names[index]}.png", png.tobytes())
+    return write
+
+
+def _write_summaries(out: pathlib.Path, results: dict) -> None:
+    """The rows' mIoU and the tag metrics as TensorBoard scalars in the eval folder (the
+    original's eval.py wrote its mIoU there too), at the checkpoint's step."""
+    step = int(str(results["checkpoint"]).rsplit("-", 1)[-1]) if str(
+        results["checkpoint"]).rsplit("-", 1)[-1].isdigit() else 0
+    with tf.summary.create_file_writer(str(out)).as_default():
+        for row in results["modes"].values():
+            tf.summary.scalar(f"evidence/{row['name']}_miou", row["miou"], step=step)
+        for name, value in results.get("tags", {}).items():
+            tf.summary.scalar(f"tags/{name}", value, step=step)
+    tf.summary.flush()
+
+
 def _write(out: pathlib.Path, results: dict, vis_rows: list[dict], modes: Sequence[str],
            info: DatasetInfo, printer: Callable[[str], None]) -> None:
-    """eval_results.json and comparison.png, each written atomically."""
+    """eval_results.json and comparison.png, each written atomically; the TensorBoard
+    scalars."""
     out.mkdir(parents=True, exist_ok=True)
+    _write_summaries(out, results)
     atomic_write(out / "eval_results.json", json.dumps(results, indent=2))
     if vis_rows:
         fig = comparison_figure(vis_rows, modes, info,

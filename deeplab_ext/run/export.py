@@ -55,6 +55,7 @@ from deeplab_ext.run.evidence import (
     load_tuned,
     make_refitter,
 )
+from deeplab_ext.run.importing import checkpoint_dir_or_name
 from deeplab_ext.run.locking import directory_lock
 from deeplab_ext.run.options import EvidenceOptions, ExportOptions, PredictOptions
 from deeplab_ext.run.refit_kinds import REFIT_KINDS
@@ -179,9 +180,12 @@ def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str
                        input_range: dict | None = None,
                        formats: Sequence[str] = ("saved_model",),
                        file_size: Sequence[int] | None = None,
-                       litert_settings: dict | None = None) -> pathlib.Path:
+                       litert_settings: dict | None = None,
+                       metadata: dict | None = None) -> pathlib.Path:
     """Write the export atomically (temp dir + rename); returns the export path. ``formats``:
-    ``saved_model`` and the files of ``deeplab_ext.run.deploy`` (at ``file_size``).
+    ``saved_model`` and the files of ``deeplab_ext.run.deploy`` (at ``file_size``);
+    ``metadata``: more keys for ``assets/deeplab_export.json`` (where the refit settings
+    were tuned, say).
 
     The path must be absent, empty, or an earlier export (its ``assets`` marker and only
     the files a SavedModel has): anything else is refused before anything is written, so
@@ -203,7 +207,7 @@ def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str
                              add_flipped_images=add_flipped_images, model_config=model_config,
                              alignment=alignment, kind=kind, prune=prune,
                              input_range=input_range, formats=formats, file_size=file_size,
-                             litert_settings=litert_settings)
+                             litert_settings=litert_settings, metadata=metadata)
 
 
 # What tf.saved_model.save and the file formats write: an earlier export holds these and
@@ -264,7 +268,8 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
                   alignment: InputAlignment | None, kind: str, prune: bool,
                   input_range: dict | None, formats: Sequence[str] = ("saved_model",),
                   file_size: Sequence[int] | None = None,
-                  litert_settings: dict | None = None) -> pathlib.Path:
+                  litert_settings: dict | None = None,
+                  metadata: dict | None = None) -> pathlib.Path:
     evidence = evidence or EvidenceOptions()
     formats = list(dict.fromkeys(formats))
     files = [f for f in formats if f != "saved_model"]
@@ -292,7 +297,8 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
                 "evidence_prune": bool(prune),
                 "input_range": input_range or {},
                 "signatures": sorted(signatures) if "saved_model" in formats else [],
-                "files": written, "file_input_size": list(file_size) if written else None}
+                "files": written, "file_input_size": list(file_size) if written else None,
+                **(metadata or {})}
         (tmp / "assets").mkdir(exist_ok=True)
         (tmp / "assets" / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=list))
         old = None
@@ -325,6 +331,8 @@ def export_checkpoint(options: ExportOptions, explicit: Collection[str] = (),
     if options.quantize != "none" and "litert" not in options.format:
         raise ValueError(f"--quantize={options.quantize} applies to the LiteRT file: add "
                          "litert to --format")
+    options = dataclasses.replace(options, checkpoint_dir=checkpoint_dir_or_name(
+        options.checkpoint_dir, printer=printer))
     network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
     alignment = input_alignment(network, meta) if options.align_inputs else None
     kind, evidence, prune = serving_evidence(options.checkpoint_dir, options.evidence,
@@ -337,13 +345,19 @@ def export_checkpoint(options: ExportOptions, explicit: Collection[str] = (),
                                       options.calibration_split, options.calibration_examples,
                                       size)
     litert_settings = litert_quantization(options.quantize, calibration)
+    tuned = load_tuned(options.checkpoint_dir) if options.use_tuned_evidence else None
+    # Where the served refit settings come from, kept with the model they serve.
+    tuned_on = None if tuned is None else {
+        k: tuned.get(k) for k in ("dataset_dir", "tune_split", "num_images", "objective",
+                                  "source")}
     return export_saved_model(network, info, options.export_path, evidence=evidence,
                               inference_scales=options.inference_scales,
                               add_flipped_images=options.add_flipped_images,
                               model_config=meta["model"], alignment=alignment, kind=kind,
                               prune=prune, printer=printer,
                               input_range=input_range(meta), formats=options.format,
-                              file_size=size, litert_settings=litert_settings)
+                              file_size=size, litert_settings=litert_settings,
+                              metadata={"evidence_tuned_on": tuned_on})
 
 
 def read_export_metadata(export_path: str | os.PathLike) -> dict:
@@ -465,7 +479,8 @@ def _open_segmenter(options: PredictOptions, explicit: Collection[str],
         return FileSegmenter(options.model)
     if options.saved_model:
         return LoadedSegmenter(options.saved_model)
-    return CheckpointSegmenter(options.checkpoint_dir, options.evidence,
+    return CheckpointSegmenter(checkpoint_dir_or_name(options.checkpoint_dir, printer=printer),
+                               options.evidence,
                                align_inputs=options.align_inputs, explicit=explicit,
                                use_tuned=options.use_tuned_evidence, printer=printer)
 
@@ -516,19 +531,14 @@ def predict_folder(options: PredictOptions, explicit: Collection[str] = (),
 def predict_image(options: PredictOptions, explicit: Collection[str] = (),
                   printer: Callable[[str], None] = print) -> dict[str, Any]:
     """``tools.predict``: segment one image (with its tags as evidence, if given), write
-    the colour (and raw) PNG; returns the report printed as JSON. The refit steps are
-    the export's or run's own unless ``steps`` is in ``explicit`` (--evidence_steps given).
-    A folder of images goes to :func:`predict_folder`."""
+    the colour (and raw) PNG and the side-by-side picture; print the tags before and after
+    the refit; return the report printed as JSON. The refit steps are the export's or run's
+    own unless ``steps`` is in ``explicit`` (--evidence_steps given). A folder of images
+    goes to :func:`predict_folder`."""
     if pathlib.Path(options.image).is_dir():
         return predict_folder(options, explicit, printer)
     _check_source(options)
-    if pathlib.Path(options.output).suffix.lower() != ".png" or (
-            options.raw_output and pathlib.Path(options.raw_output).suffix.lower() != ".png"):
-        bad = options.output if pathlib.Path(options.output).suffix.lower() != ".png" \
-            else options.raw_output
-        flag = "--output" if bad == options.output else "--raw_output"
-        raise ValueError(f"{flag}={bad}: predictions are written as PNG images (class ids "
-                         "and colours stay exact); give a file name ending in .png")
+    outputs = _output_paths(options)
     image = read_image(options.image)
     full_size = image.shape[:2]
     steps = options.evidence.steps if "steps" in explicit else None
@@ -562,16 +572,27 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
     if prune:
         probs = prune_probabilities(probs, tags[None], list(info.tag_class_ids),
                                     keep_classes(info)).numpy()
-    pred = probs[0].argmax(-1).astype(np.uint8)
-    if pred.shape != tuple(full_size):
-        pred = cv2.resize(pred, (full_size[1], full_size[0]), interpolation=cv2.INTER_NEAREST)
-    out_path = pathlib.Path(options.output)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out_path), label_to_color_image(pred, info.colormap)[..., ::-1])
+
+    def class_map(p: np.ndarray) -> np.ndarray:
+        pred = p[0].argmax(-1).astype(np.uint8)
+        if pred.shape != tuple(full_size):
+            pred = cv2.resize(pred, (full_size[1], full_size[0]),
+                              interpolation=cv2.INTER_NEAREST)
+        return pred
+
+    pred = class_map(probs)
+    outputs["output"].parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(outputs["output"]), label_to_color_image(pred, info.colormap)[..., ::-1])
     if options.raw_output:
         cv2.imwrite(options.raw_output, pred)
-    report: dict[str, Any] = {"output": str(out_path), "pruned": bool(prune),
+    report: dict[str, Any] = {"output": str(outputs["output"]), "pruned": bool(prune),
                               "classes_predicted": [info.class_names[c] for c in np.unique(pred)]}
+    if "side_by_side" in outputs:
+        how = ("refitted" if refit else "") + (" + pruned" if prune else "")
+        _side_by_side(outputs["side_by_side"], read_image(options.image), info,
+                      class_map(plain["semantic_probabilities"]), pred,
+                      f"with the tags: {how.strip(' +')}" if tags is not None else None)
+        report["side_by_side"] = str(outputs["side_by_side"])
     if refit:
         report["refit_steps"] = seg.default_steps if steps is None else steps
         report["steps_taken"] = int(out["steps_taken"][0])
@@ -579,7 +600,69 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
     if "tag_probabilities" in plain:
         names = list(info.tag_names)
         report["tag_probabilities_before"] = dict(
-            zip(names, np.round(plain["tag_probabilities"][0], 4).tolist(), strict=True))
+            zip(names, [round(float(v), 4) for v in plain["tag_probabilities"][0]], strict=True))
         report["tag_probabilities_after"] = dict(
-            zip(names, np.round(out["tag_probabilities"][0], 4).tolist(), strict=True))
+            zip(names, [round(float(v), 4) for v in out["tag_probabilities"][0]], strict=True))
+        _print_tags(report, tags, names, refit, printer)
     return report
+
+
+def _output_paths(options: PredictOptions) -> dict[str, pathlib.Path]:
+    """The files one prediction writes, checked: PNG names, none of them the input image
+    and no two the same (a photo is never overwritten by its own prediction)."""
+    out = {"output": pathlib.Path(options.output)}
+    if options.raw_output:
+        out["raw_output"] = pathlib.Path(options.raw_output)
+    if options.side_by_side != "none":
+        out["side_by_side"] = pathlib.Path(
+            options.side_by_side or out["output"].with_name(
+                f"{out['output'].stem}_side_by_side.png"))
+    for flag, path in out.items():
+        if path.suffix.lower() != ".png":
+            raise ValueError(f"--{flag}={path}: predictions are written as PNG images (class "
+                             "ids and colours stay exact); give a file name ending in .png")
+    image = pathlib.Path(options.image).resolve()
+    seen: dict[pathlib.Path, str] = {}
+    for flag, path in out.items():
+        resolved = path.resolve()
+        if resolved == image:
+            raise ValueError(f"--{flag}={path} is the input --image: it would be overwritten; "
+                             "choose another file name")
+        if resolved in seen:
+            raise ValueError(f"--{flag}={path} is also --{seen[resolved]}: one would replace "
+                             "the other; give them different names")
+        seen[resolved] = flag
+    return out
+
+
+def _side_by_side(path: pathlib.Path, photo: np.ndarray, info: DatasetInfo,
+                  plain: np.ndarray, final: np.ndarray, final_title: str | None) -> None:
+    """photo | plain prediction | prediction with the evidence, overlaid, with a legend."""
+    from deeplab_ext.data import pictures
+
+    photo = photo.astype(np.uint8)
+    panels = [("photo", photo),
+              ("plain prediction", pictures.overlay(photo, plain, info.colormap,
+                                                    ignore_label=info.ignore_label,
+                                                    background=info.background_class))]
+    if final_title is not None:
+        panels.append((final_title, pictures.overlay(photo, final, info.colormap,
+                                                     ignore_label=info.ignore_label,
+                                                     background=info.background_class)))
+    picture = pictures.with_legend(
+        pictures.panel_row(panels), {*np.unique(plain), *np.unique(final)}, info.class_names,
+        info.colormap, unpainted=(info.background_class, info.ignore_label))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), picture[..., ::-1])
+
+
+def _print_tags(report: dict, tags: np.ndarray | None, names: list[str], refit: bool,
+                printer: Callable[[str], None]) -> None:
+    """The tags a person wants to see: those given, and those the model believes (>= 5%)."""
+    before, after = report["tag_probabilities_before"], report["tag_probabilities_after"]
+    given = set() if tags is None else {n for n, t in zip(names, tags, strict=True) if t > 0.5}
+    shown = [n for n in names if n in given or before[n] >= 0.05 or after[n] >= 0.05]
+    printer("tag probabilities" + (" before -> after the refit" if refit else "") + ":")
+    for n in shown:
+        change = f" -> {after[n]:.2f}" if refit else ""
+        printer(f"  {n:<14} {before[n]:.2f}{change}{'   (given)' if n in given else ''}")

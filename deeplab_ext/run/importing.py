@@ -16,9 +16,11 @@ statistics of any data: fine-tuning from such an import must keep BatchNorm froz
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
+import shutil
 from collections.abc import Callable
 
 import keras
@@ -33,8 +35,11 @@ from deeplab_ext.models.registry import (
     get_variant,
     group_variables,
 )
-from deeplab_ext.run.options import ImportOptions
+from deeplab_ext.models.tag_heads import SEGMENTATION
+from deeplab_ext.run.evidence import TUNED_FILE, save_tuned
+from deeplab_ext.run.options import EvidenceOptions, ImportOptions
 from deeplab_ext.run.rundir import MODEL_CONFIG_FILE, load_run_config, run_family, save_run_config
+from deeplab_ext.weights import Resolved, cache_home, get_entry, is_weights_name, resolve
 from tf_mtl.checkpoint import LoadReport, load_initial_checkpoint
 from tf_mtl.released import (
     expected_scopes,
@@ -47,10 +52,12 @@ from tf_mtl.released import (
 
 __all__ = [
     "check_coverage",
+    "checkpoint_dir_or_name",
     "import_original",
     "import_weights",
     "initial_weights",
     "is_original_checkpoint",
+    "local_source",
     "source_format",
 ]
 
@@ -192,20 +199,85 @@ def released_candidates() -> list[str]:
     return [v for family in all_families() for v in family.released_variants]
 
 
+def local_source(source: str, flag: str, printer: Callable[[str], None] = print
+                 ) -> tuple[str, Resolved | None]:
+    """A released model's name resolved to its local file (shipped, cached or downloaded:
+    ``deeplab_ext.weights``), or ``source`` as given (a path always wins over a name)."""
+    if not is_weights_name(source):
+        if not os.path.exists(source) and os.sep not in source and "." not in source:
+            get_entry(source, flag)  # looks like a name, is none: the error lists them
+        return source, None
+    found = resolve(source, flag=flag, printer=printer)
+    printer(f"{flag}={source}: {found.entry.description}; {found.file.format} "
+            f"({found.where}) {found.path}")
+    return str(found.path), found
+
+
+RUNS = "runs"  # cache_home()/runs/<name>: a released model imported once for --checkpoint_dir
+
+
+def checkpoint_dir_or_name(value: str, flag: str = "--checkpoint_dir",
+                           printer: Callable[[str], None] = print) -> str:
+    """A run directory as given, or a released model's name: its import in the cache
+    (``$DEEPLAB_MTL_HOME/runs/<name>``, made once: tags pooled from its segmentation and the
+    table's tuned refit settings), so ``tools.predict --checkpoint_dir=NAME`` needs no
+    import step of the user's."""
+    if not is_weights_name(value):
+        return value
+    run = cache_home() / RUNS / value
+    fingerprint = get_entry(value, flag).fingerprint
+    meta = run / MODEL_CONFIG_FILE
+    if meta.is_file():
+        made_from = json.loads(meta.read_text()).get("imported", {}).get("released_entry")
+        if made_from == fingerprint:
+            printer(f"{flag}={value}: the import in {run}")
+            return str(run)
+        printer(f"{flag}={value}: the table's entry changed since {run} was imported; "
+                "importing again")
+    # Imported beside its final place and renamed in whole: a killed import is never
+    # taken for a finished one, and leftovers of one are removed here.
+    run.parent.mkdir(parents=True, exist_ok=True)
+    for stale in run.parent.glob(f".{value}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = run.with_name(f".{value}.tmp-{os.getpid()}")
+    import_weights(ImportOptions(source=value, output_dir=str(tmp), tag_head=SEGMENTATION),
+                   printer)
+    if run.exists():  # stale (made from another entry): moved aside, then removed
+        old = run.with_name(f".{value}.old-{os.getpid()}")
+        os.replace(run, old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(tmp, run)
+    except OSError:  # another process finished the same import first
+        shutil.rmtree(tmp, ignore_errors=True)
+    printer(f"{flag}={value}: imported into {run} (tags pooled from its segmentation)")
+    return str(run)
+
+
 def import_weights(options: ImportOptions, printer: Callable[[str], None] = print
                    ) -> LoadReport:
     """Build the variant, load the weights, write the run directory.
 
-    The source is the original's released weights (``--model_variant`` names the layout;
-    without it, each family's released layouts are tried, smallest first), or a run of
-    this zoo, whose own record gives the model and dataset: ``--tag_head=segmentation``
-    then makes the segmentation-tag twin of a trained model, nothing trained.
+    The source is a released model's name (its table entry gives the variant, classes,
+    crop and output stride, and refit settings tuned for it where measured), the original's
+    released file (``--model_variant`` names the layout; without it, each family's released
+    layouts are tried, smallest first), or a run of this zoo, whose own record gives the
+    model and dataset: ``--tag_head=segmentation`` then makes the segmentation-tag twin of a
+    trained model, nothing trained.
     """
+    source, released = local_source(options.source, "--source", printer)
+    if released is not None:
+        file = released.file
+        options = dataclasses.replace(
+            options, source=source, model_variant=options.model_variant or released.entry.variant,
+            dataset=options.dataset or released.entry.dataset,
+            output_stride=options.output_stride or file.output_stride,
+            train_crop_size=options.train_crop_size or file.crop)
     overrides = dict(output_stride=options.output_stride, tag_head=options.tag_head,
                      seg_tag_pooling=options.seg_tag_pooling,
                      seg_tag_temperature=options.seg_tag_temperature)
     record = _source_record(options.source)
-    extra: dict = {"train_crop_size": list(options.train_crop_size)}
+    extra: dict = {"train_crop_size": list(options.train_crop_size or (513, 513))}
     if record is not None and not options.model_variant:
         family = run_family(record)
         info = info_from_dict(record["dataset"])
@@ -215,7 +287,7 @@ def import_weights(options: ImportOptions, printer: Callable[[str], None] = prin
                                              "max_resize_value") if record.get(k)})
         candidates = [(family, cfg)]
     else:
-        info = get_dataset_info(options.dataset)
+        info = get_dataset_info(options.dataset or "pascal_voc_seg")
         names = [options.model_variant] if options.model_variant else released_candidates()
         candidates = []
         for name in names:
@@ -247,14 +319,39 @@ def import_weights(options: ImportOptions, printer: Callable[[str], None] = prin
     out = pathlib.Path(options.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tf.train.CheckpointManager(tf.train.Checkpoint(network=network), str(out), 1).save(0)
-    save_run_config(out, family, cfg, info, {
-        **extra,
-        "imported": {"source": os.path.abspath(options.source), "format": report.format,
-                     "batch_norm_folded": folded, "loaded": len(report.loaded),
-                     "missing": report.missing, "skipped": report.skipped,
-                     "unused": report.unused}})
+    imported = {"source": os.path.abspath(options.source), "format": report.format,
+                "batch_norm_folded": folded, "loaded": len(report.loaded),
+                "missing": report.missing, "skipped": report.skipped, "unused": report.unused}
+    if released is not None:
+        imported.update(released_name=released.entry.name, released_file=released.file.url,
+                        released_entry=released.entry.fingerprint)
+    save_run_config(out, family, cfg, info, {**extra, "imported": imported})
     pooled = getattr(cfg, "tag_head", "") == "segmentation"
+    if released is not None:
+        _write_released_evidence(out, released, cfg, printer)
     printer(f"Wrote run directory {out} ({cfg.name}, {info.name}"
             f"{', tags pooled from the segmentation' if pooled else ''}); BatchNorm "
             f"{'folded (fine-tune with --fine_tune_batch_norm=false)' if folded else 'as trained'}")
     return report
+
+
+def _write_released_evidence(out: pathlib.Path, released: Resolved, cfg,
+                             printer: Callable[[str], None]) -> None:
+    """The refit settings the table records for this file, as ``evidence_tuned.json``
+    (what ``tools.tune_evidence`` writes), when the import has the tag head they were
+    tuned for: evaluation, export and predict then refit with them."""
+    tuned = released.file.evidence
+    if not tuned or getattr(cfg, "tag_head", None) != tuned["tag_head"]:
+        return
+    where = tuned["tuned_on"]
+    kinds = {kind: {"evidence": dataclasses.asdict(EvidenceOptions(**settings)), "refit": True}
+             for kind, settings in tuned["kinds"].items()}
+    save_tuned(out, {
+        "tune_split": where["split"], "dataset_dir": where["data"],
+        "num_images": where["images"], "model": cfg.name, "kinds": kinds,
+        "serving_kind": tuned["serving_kind"], "objective": tuned["objective"],
+        "table": [], "source": f"`{tuned['command']}`, recorded for {released.entry.name} "
+                               "in the released-weights table"})
+    printer(f"Refit settings from the released-weights table: tuned for the "
+            f"{tuned['objective']} row on {where['data']}:{where['split']} "
+            f"({where['images']} images), written to {out / TUNED_FILE}")

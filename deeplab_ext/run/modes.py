@@ -25,11 +25,16 @@ from deeplab_ext.run.refit_kinds import EVIDENCE_MODES, REFIT_KINDS
 from deeplab_ext.run.rundir import input_alignment
 from tf_mtl.evidence import prune_probabilities
 from tf_mtl.inference import InputAlignment, multi_scale_probabilities, network_logits_fn
-from tf_mtl.metrics import image_iou_counts, miou_from_counts, paired_bootstrap_miou
+from tf_mtl.metrics import (
+    image_iou_counts,
+    iou_from_counts,
+    miou_from_counts,
+    paired_bootstrap_miou,
+)
 
 __all__ = ["BASELINES", "ErrorBreakdown", "ModeRun", "add_bootstrap", "bootstrap_baselines",
-           "check_modes", "format_table", "load_split", "make_predictor", "run_modes",
-           "vs_cell"]
+           "check_modes", "format_table", "load_split", "make_predictor", "per_image_miou",
+           "run_modes", "vs_cell"]
 
 
 def check_modes(modes: Sequence[str]) -> list[str]:
@@ -86,12 +91,16 @@ def run_modes(network, info: DatasetInfo, batches: Sequence, modes: Sequence[str
               scales: Sequence[float] = (1.0,), flip: bool = False,
               alignment: InputAlignment | None = None, errors: bool = True,
               keep_predictions: int = 0,
-              printer: Callable[[str], None] | None = None) -> dict[str, ModeRun]:
+              printer: Callable[[str], None] | None = None,
+              sink: Callable[[str, int, np.ndarray], None] | None = None
+              ) -> dict[str, ModeRun]:
     """Predict every batch with each evidence mode (tags from the ground truth).
 
     Modes that differ only by pruning share one pass: a refit is run once per image and
     kind, and its probabilities are then taken as they are and pruned. A kind refits with
-    its settings in ``by_kind`` (tuned ones, say), else with ``evidence``.
+    its settings in ``by_kind`` (tuned ones, say), else with ``evidence``. ``sink(mode,
+    image index, class map)`` receives every prediction as it is made (nothing is kept in
+    memory for it).
     """
     by_kind = dict(by_kind or {})
     tag_ids, keep = list(info.tag_class_ids), keep_classes(info)
@@ -109,6 +118,7 @@ def run_modes(network, info: DatasetInfo, batches: Sequence, modes: Sequence[str
         counts: dict[str, list] = {m: [] for m in group}
         kept: dict[str, list] = {m: [] for m in group}
         taken, back = [], []
+        index = 0
         for images, targets in batches:
             out = predict(images, targets["tags"])
             labels, tags = targets["semantic"].numpy(), targets["tags"]
@@ -123,6 +133,10 @@ def run_modes(network, info: DatasetInfo, batches: Sequence, modes: Sequence[str
                     breakdown[mode].update(labels, preds, tags.numpy())
                 if len(kept[mode]) < keep_predictions:
                     kept[mode].append(preds[0])
+                if sink is not None:
+                    for i, pred in enumerate(preds):
+                        sink(mode, index + i, pred)
+            index += len(labels)
             if "steps_taken" in out:
                 taken.append(out["steps_taken"].numpy().reshape(-1))
                 back.append(out["fell_back"].numpy().reshape(-1))
@@ -224,6 +238,14 @@ def load_split(network, info: DatasetInfo, meta: dict, dataset_dir: str, split: 
         np.concatenate([np.unique(b[1]["semantic"].numpy()) for b in batches]), info,
         dataset_dir, split, whose="the checkpoint's dataset")
     return batches, alignment
+
+
+def per_image_miou(counts: Sequence[np.ndarray]) -> list[float]:
+    """Each image's own mIoU (over the classes in its truth or its prediction), from the
+    per-image counts of :class:`ModeRun`: which photos a mode helped, which it hurt."""
+    with np.errstate(invalid="ignore"):
+        return [float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+                for iou in (iou_from_counts(c) for c in counts)]
 
 
 BASELINES = ("none", "prune")  # every other row is compared with these when present

@@ -153,7 +153,10 @@ class TrainOptions:
                                                "model family (DeepLab: backbone, aspp, decoder, "
                                                "logits, tag_head), freeze the rest; default: "
                                                "all. E.g. tag_head on a pretrained import.")
-    tf_initial_checkpoint: str | None = opt(None, "Local checkpoint to initialise from.")
+    tf_initial_checkpoint: str | None = opt(None, "Weights to initialise from: a released "
+                                            "model's name (tools.model_info --list_weights), "
+                                            "the original's file (TFLite, TF1 checkpoint), a "
+                                            "run directory or a zoo checkpoint.")
     initialize_last_layer: bool = opt(True, "Also load the logits from the checkpoint.")
     allow_partial_init: bool = allow_partial_opt()
     output_stride: int | None = opt(None, "8, 16 or 32 (default: the variant's).")
@@ -280,11 +283,13 @@ class LabelAutoencoderOptions:
 class ImportOptions:
     """Released weights of the original into a run directory (``tools.import_weights``)."""
 
-    source: str = opt(None, "The weights: a TFLite file of the original (float, dynamic-range "
-                      "or full-integer; tensor names kept or stripped), its TF1 checkpoint "
-                      "(model.ckpt-N prefix or its folder), a Keras Applications ImageNet "
-                      "backbone .h5 (MobileNetV2), or a run directory of this zoo (its "
-                      "record gives the model and dataset).", required=True)
+    source: str = opt(None, "The weights: a released model's name (python -m "
+                      "tools.model_info --list_weights: shipped, cached or downloaded), a "
+                      "TFLite file of the original (float, dynamic-range or full-integer; "
+                      "tensor names kept or stripped), its TF1 checkpoint (model.ckpt-N "
+                      "prefix or its folder), a Keras Applications ImageNet backbone .h5 "
+                      "(MobileNetV2), or a run directory of this zoo (its record gives the "
+                      "model and dataset).", required=True)
     model_variant: str | None = opt(None, "Zoo variant with the source's layout, e.g. "
                                     "deeplabv3_mobilenetv2_dm05 (its _mt twin adds a new tag "
                                     "head); default: a run's own, or the released layout "
@@ -292,23 +297,27 @@ class ImportOptions:
     output_dir: str = opt(None, "Run directory to write (every tool accepts it as "
                           "--checkpoint_dir, tools.train as --tf_initial_checkpoint).",
                           required=True)
-    dataset: str = opt("pascal_voc_seg", "The classes the weights were trained on.")
+    dataset: str | None = opt(None, "The classes the weights were trained on (default: a "
+                              "released name's, else pascal_voc_seg).")
     tag_head: str | None = tag_head_opt()
     seg_tag_pooling: str | None = seg_tag_pooling_opt()
     seg_tag_temperature: float | None = seg_tag_temperature_opt()
-    output_stride: int | None = opt(None, "8, 16 or 32 (default: the variant's); the "
-                                    "weights do not depend on it.")
+    output_stride: int | None = opt(None, "8, 16 or 32 (default: a released name's, else "
+                                    "the variant's); the weights do not depend on it.")
     allow_partial_init: bool = allow_partial_opt()
-    train_crop_size: tuple[int, int] = opt((513, 513), "The crop the weights were trained on "
-                                           "(the original's 513): the input grid "
-                                           "predictions pad onto.", positive=True)
+    train_crop_size: tuple[int, int] | None = opt(None, "The crop the weights were trained on "
+                                                  "(default: a released name's, else the "
+                                                  "original's 513): the input grid "
+                                                  "predictions pad onto.", positive=True)
 
 
 @dataclasses.dataclass
 class EvalOptions:
     """Evaluation and the evidence table (``tools.eval``)."""
 
-    checkpoint_dir: str | None = opt(None, "A --train_logdir of tools.train.")
+    checkpoint_dir: str | None = opt(None, "A --train_logdir of tools.train, or a released "
+                                     "model's name (imported once into the cache, tags "
+                                     "pooled from its segmentation).")
     model: str | None = opt(None, "Or: a model.tflite / model.onnx of tools.export_model "
                             "--format=litert,onnx, scored as shipped (modes none, prune).")
     dataset_dir: str = opt(None, "Folder with the TFRecord shards.", required=True)
@@ -329,6 +338,10 @@ class EvalOptions:
     max_examples: int | None = opt(None, "Evaluate only the first N images.",
                                    flag="max_number_of_examples")
     num_vis_examples: int = opt(4, "Images in comparison.png.")
+    save_predictions: bool = opt(False, "Also write each image's class map per row (PNG of "
+                                 "class ids) to <eval_logdir>/predictions/<mode>/, named "
+                                 "<index>_<image name>.png as per_image in "
+                                 "eval_results.json lists them.")
     checkpoint_path: str | None = opt(None, "A specific checkpoint (default: the latest).")
     bootstrap_samples: int = opt(1000, "Resamples of the images for the 95% interval of each "
                                  "row's difference to DL-MT and DL-MT-Pr (0 = off).")
@@ -386,7 +399,8 @@ class TuneOptions:
 class VisOptions:
     """Visualisation (``tools.vis``); names follow the original vis.py flags."""
 
-    checkpoint_dir: str = opt(None, "A --train_logdir of tools.train.", required=True)
+    checkpoint_dir: str = opt(None, "A --train_logdir of tools.train, or a released model's "
+                              "name (imported once into the cache).", required=True)
     dataset_dir: str = opt(None, "Folder with the TFRecord shards.", required=True)
     vis_logdir: str = opt(None, "Where the images are written.", required=True)
     vis_split: str = opt("val", "Split to visualise.")
@@ -404,7 +418,8 @@ class VisOptions:
 class ExportOptions:
     """SavedModel export (``tools.export_model``), and the LiteRT / ONNX files."""
 
-    checkpoint_dir: str = opt(None, "A --train_logdir of tools.train.", required=True)
+    checkpoint_dir: str = opt(None, "A --train_logdir of tools.train, or a released model's "
+                              "name (imported once into the cache).", required=True)
     export_path: str = opt(None, "Directory of the export (replaced atomically).",
                            required=True)
     format: tuple[str, ...] = opt(("saved_model",), "What to write into --export_path: "
@@ -438,7 +453,10 @@ class PredictOptions:
     image: str = opt(None, "Input image (jpg/png), or a folder of them (then --output is "
                      "the folder to write into).", required=True)
     saved_model: str | None = opt(None, "A SavedModel from tools.export_model.")
-    checkpoint_dir: str | None = opt(None, "Or: a --train_logdir of tools.train.")
+    checkpoint_dir: str | None = opt(None, "Or: a --train_logdir of tools.train, or a "
+                                     "released model's name (tools.model_info "
+                                     "--list_weights: imported once into the cache, tags "
+                                     "pooled from its segmentation).")
     model: str | None = opt(None, "Or: a model.tflite / model.onnx of tools.export_model "
                             "--format=litert,onnx (no refit: --tags prunes).")
     tags: tuple[str, ...] | None = opt(None, "Class names present in the image (the evidence).")
@@ -447,6 +465,10 @@ class PredictOptions:
                              "predictions, tools.tune_evidence --objective=pruned).")
     output: str = opt("prediction.png", "Colour segmentation PNG to write.")
     raw_output: str | None = opt(None, "Optional raw class-index PNG.")
+    side_by_side: str | None = opt(None, "One image: also write the photo | the plain "
+                                   "prediction | the prediction with the evidence, overlaid "
+                                   "on the photo, with a legend of the classes (default: "
+                                   "<output>_side_by_side.png; 'none' = not written).")
     max_resize_value: int | None = opt(None, "Predict an image whose longer side exceeds this "
                                        "at this size (the class map is resized back); "
                                        "default: the run's training max_resize_value, else "
@@ -467,22 +489,31 @@ def _demo_evidence() -> EvidenceOptions:
     return EvidenceOptions(learning_rate=0.1, clip_norm=0.5)
 
 
+DEMO_WEIGHTS = "mobilenetv2_dm05_coco_voc_trainaug"  # shipped, with tuned refit settings
+
+
 @dataclasses.dataclass
 class DemoOptions:
-    """The main job (``make demo``)."""
+    """The main job (``make demo``): by default a released model on the shipped real photos,
+    nothing trained; ``--builtin`` trains on the built-in dataset instead."""
 
     workdir: str = opt("demo_out", "Where data, checkpoints, export and report go.")
-    data: str | None = opt(None, "A VOC- or CamVid-layout folder (default: built-in dataset).")
+    builtin: bool = opt(False, "The training demo: train the tiny multi-task network on the "
+                        "built-in shapes dataset (15-35 min on 2 cores) instead of the "
+                        "real-photo job.")
+    data: str | None = opt(None, "A VOC- or CamVid-layout folder (default: the shipped "
+                           "coco128-voc photos; with --builtin, the built-in dataset). Without "
+                           "--weights a network is trained on it.")
+    weights: str | None = opt(None, "The weights: a released model's name (python -m "
+                              "tools.model_info --list_weights), the original's file (TFLite, "
+                              "TF1 checkpoint), a run directory of tools.import_weights or a "
+                              f"zoo checkpoint (default: {DEMO_WEIGHTS} for the real-photo "
+                              "job). With tags pooled from their segmentation (the default) "
+                              "nothing is trained; with --tag_head=encoder or --train_groups "
+                              "the network trains from them, BatchNorm frozen.")
     model_variant: str | None = opt(None, "Zoo variant (*_mt; default: "
                                     f"{DEMO_VARIANT} when training, the weights' own layout "
-                                    "with --tag_head=segmentation).")
-    tf_initial_checkpoint: str | None = opt(None, "Start from these weights: a run directory "
-                                            "of tools.import_weights, the original's released "
-                                            "file (TFLite, TF1 checkpoint), or a zoo checkpoint. "
-                                            "BatchNorm then stays frozen. With "
-                                            "--tag_head=segmentation nothing is trained: the "
-                                            "weights are imported and the tags pooled from "
-                                            "their segmentation.")
+                                    "otherwise).")
     tag_head: str | None = tag_head_opt()
     train_groups: tuple[str, ...] | None = opt(None, "Train only these variable groups (e.g. "
                                                "tag_head on a pretrained model).")
@@ -496,14 +527,17 @@ class DemoOptions:
     num_tune: int | None = opt(None, "Images the refit settings are tuned on, 0 = no tuning "
                                "(the built-in dataset generates a 'test' split of this size; "
                                "a user folder lends 'train'); default 50, or 24 when nothing "
-                               "is trained (--tag_head=segmentation on released weights).")
+                               "is trained. Released weights whose settings the table records "
+                               "(tuned on other photos) are not tuned again.")
     tune_candidates: int | None = opt(None, "Refit settings tried per kind while tuning "
                                       "(default 8; 6 when nothing is trained).")
     max_eval_images: int | None = opt(None, "Evaluate only the first N val images.")
     evidence_modes: tuple[str, ...] | None = opt(
         None, "Rows of the evidence table (default none,prune,bp_l2,bp_es,bp_l2_prune,"
-        "bp_es_prune; with --tag_head=segmentation on released weights none,prune,bp_l2,"
-        "bp_l2_prune, the rows its 10-minute budget affords). Their refit kinds are tuned.")
+        "bp_es_prune when training; none,prune,bp_l2,bp_l2_prune when nothing is trained). "
+        "Their refit kinds are tuned.")
+    report_photos: int = opt(6, "Photos shown in the report, those the evidence changed most "
+                             "first.")
     evidence: EvidenceOptions = group(_demo_evidence, "evidence_")
     seed: int = opt(0, "Seed of the built-in dataset (and of training, unless --train_seed).")
     train_seed: int | None = opt(None, "Seed of training only: another model on the same data.")

@@ -27,7 +27,7 @@ from deeplab_ext.data import colormap as cmap
 from deeplab_ext.data import input_pipeline
 from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info
 from deeplab_ext.models.registry import ModelFamily, build_network, get_variant, group_variables
-from deeplab_ext.run.importing import check_coverage, initial_weights
+from deeplab_ext.run.importing import check_coverage, initial_weights, local_source
 from deeplab_ext.run.locking import directory_lock
 from deeplab_ext.run.options import TrainOptions
 from deeplab_ext.run.rundir import latest_checkpoint, save_run_config
@@ -360,10 +360,10 @@ def _initialise(network: keras.Model, options: TrainOptions, family: ModelFamily
                 printer: Callable[[str], None]) -> None:
     """--tf_initial_checkpoint (its coverage checked), then the freezing flags."""
     if options.tf_initial_checkpoint:
+        source, _ = local_source(options.tf_initial_checkpoint, "--tf_initial_checkpoint",
+                                 printer)
         report, folded = initial_weights(
-            network, options.tf_initial_checkpoint,
-            initialize_last_layer=options.initialize_last_layer,
-        )
+            network, source, initialize_last_layer=options.initialize_last_layer)
         printer(report.summary())
         frozen = () if not options.train_groups else tuple(
             g for g in family.variable_groups if g not in options.train_groups)

@@ -85,6 +85,7 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
     import tensorflow as tf
 
     from deeplab_ext.models.registry import family_of
+    from deeplab_ext.run.importing import checkpoint_dir_or_name
     from deeplab_ext.run.rundir import input_alignment, restore_network
     from deeplab_ext.run.tasks import task_pictures
     from tf_mtl.inference import InputAlignment, predict_segmentation, validate_scales
@@ -93,7 +94,8 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
     if options.max_number_of_images is not None and options.max_number_of_images < 1:
         raise ValueError(
             f"--max_number_of_images must be >= 1, got {options.max_number_of_images}")
-    network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
+    checkpoint_dir = checkpoint_dir_or_name(options.checkpoint_dir, printer=printer)
+    network, info, meta = restore_network(checkpoint_dir, options.checkpoint_path)
     colormap_type = options.colormap_type or info.colormap
     if colormap_type not in COLORMAP_TYPES:
         raise ValueError(
