@@ -70,7 +70,7 @@ def test_make_demo_is_the_real_photo_job_with_held_out_settings(tmp_path):
     page = (work / "report.html").read_text()
     # The pictures first, then the table; each photo with its tags and per-photo change.
     assert page.index("The photos the evidence changed most") < page.index("<table>")
-    assert page.count('<figure class="wide">') == 2 and "this photo's mIoU" in page
+    assert page.count('<figure class="wide">') == 2 and "per-photo mIoU" in page
     assert "Held out: the refit settings were tuned for the pruned row on" in page
     assert '"pruned": true' in out  # tools.predict served the export's choice
     meta = json.loads((work / "export" / "assets" / "deeplab_export.json").read_text())

@@ -422,7 +422,7 @@ def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: 
                   f"{100 * (iou[served_mode] - iou['prune']):+.1f} points over pruning"
                   if "prune" in iou and served_mode in iou else "")
         gallery.append((f"{row['name'].split('_', 1)[-1]}: tags {', '.join(tags) or 'none'}; "
-                        f"this photo's mIoU {steps}{change}", picture))
+                        f"per-photo mIoU {steps}{change}", picture))
     predicted, tags = served["report"], served["tags"]
     before = predicted.get("tag_probabilities_before", {})
     after = predicted.get("tag_probabilities_after", {})
