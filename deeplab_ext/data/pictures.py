@@ -52,20 +52,20 @@ def panel_row(panels: Sequence[tuple[str, np.ndarray]], height: int = 360,
               gap: int = 8) -> np.ndarray:
     """Images side by side, each resized to ``height`` (aspect kept) under its title."""
     title_h = max(22, height // 12)
-    scale = title_h / 40
+    widths = [max(1, round(image.shape[1] * height / image.shape[0])) for _, image in panels]
+    # One text size for the row: the largest at which every title fits its panel.
+    scale = min([title_h / 40] + [title_h / 40 * (w - 8) / max(1, cv2.getTextSize(
+        title, _FONT, title_h / 40, 1)[0][0]) for (title, _), w in zip(panels, widths,
+                                                                        strict=True)])
     tiles = []
-    for title, image in panels:
-        h, w = image.shape[:2]
-        width = max(1, round(w * height / h))
+    for (title, image), width in zip(panels, widths, strict=True):
         resized = cv2.resize(np.asarray(image, np.uint8), (width, height),
                              interpolation=cv2.INTER_NEAREST if image.ndim == 2
                              else cv2.INTER_AREA)
         if resized.ndim == 2:
             resized = np.repeat(resized[..., None], 3, -1)
         head = np.full((title_h, width, 3), 255, np.uint8)
-        fit = min(scale, scale * (width - 8) / max(1, cv2.getTextSize(title, _FONT, scale,
-                                                                        1)[0][0]))
-        _text(head, title, (4, round(title_h * 0.75)), fit)
+        _text(head, title, (4, round(title_h * 0.75)), scale)
         tiles.append(np.concatenate([head, resized], 0))
     spacer = np.full((height + title_h, gap, 3), 255, np.uint8)
     row = [tiles[0]]
