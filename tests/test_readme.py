@@ -113,4 +113,4 @@ def test_every_page_is_linked_and_every_link_resolves():
     for page in [README, *pages]:
         for target in re.findall(r"\]\(([\w./-]+\.md)\)", page.read_text()):
             assert (page.parent / target).exists(), (page.name, target)
-    assert "DEMO_" not in readme  # the demo's numbers are filled in from a run
+    assert not re.search(r"\| DEMO_\w+ \|", readme)  # the demo's numbers come from a run

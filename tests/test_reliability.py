@@ -218,8 +218,12 @@ def _bad_inputs(run_dir: pathlib.Path, data_dir: pathlib.Path, tmp: pathlib.Path
         ImportOptions,
         PredictOptions,
         TrainOptions,
+        TuneOptions,
+        VisOptions,
     )
     from deeplab_ext.run.trainer import train
+    from deeplab_ext.run.tuning import tune_evidence
+    from deeplab_ext.run.vis import visualize
 
     quiet = lambda line: None  # noqa: E731
 
@@ -232,6 +236,13 @@ def _bad_inputs(run_dir: pathlib.Path, data_dir: pathlib.Path, tmp: pathlib.Path
     def evaluates(run: pathlib.Path, data: pathlib.Path = data_dir, **kw):
         return lambda: evaluate(EvalOptions(checkpoint_dir=str(run), dataset_dir=str(data),
                                             **kw), printer=quiet)
+
+    def recordless(name: str) -> pathlib.Path:
+        dest = tmp / name
+        shutil.copytree(data_dir, dest)
+        for record in dest.glob("*.dataset.json"):
+            record.unlink()
+        return dest
 
     random_shards, cut_shards = damaged_shards("random"), damaged_shards("truncated")
     voc = REAL_DATA / "coco128-voc"
@@ -300,6 +311,72 @@ def _bad_inputs(run_dir: pathlib.Path, data_dir: pathlib.Path, tmp: pathlib.Path
          lambda: predict_image(PredictOptions(image=str(png), checkpoint_dir=str(run_dir),
                                               output=str(tmp / "p.png"), prune=True),
                                printer=quiet), "--prune needs --tags"),
+        # Round 3 (issue 40): each probe that lost data or gave a wrong result, exit 0.
+        ("import_weights", "--output_dir=<a trained run>", None,
+         lambda: import_weights(ImportOptions(source=str(DM05), output_dir=str(run_dir)),
+                                printer=quiet), "is not empty"),
+        ("import_weights", "--source=RUN --tag_head=segmentation --output_dir=RUN",
+         [f"--source={run_dir}", "--tag_head=segmentation", f"--output_dir={run_dir}"], None,
+         "is not empty"),
+        ("import_weights", "--source=<a file of random bytes>", None,
+         lambda: import_weights(ImportOptions(source=str(_random_file(tmp)),
+                                              output_dir=str(tmp / "w2")), printer=quiet),
+         "not weights this tool reads"),
+        ("import_weights", "--source=<a missing file>", None,
+         lambda: import_weights(ImportOptions(source=str(tmp / "gone.tflite"),
+                                              output_dir=str(tmp / "w3")), printer=quiet),
+         "no such file or folder"),
+        ("predict", "--output=<the input image>", None,
+         lambda: predict_image(PredictOptions(image=str(png), checkpoint_dir=str(run_dir),
+                                              output=str(png)), printer=quiet),
+         "is also --image"),
+        ("predict", "--raw_output=<the --output file>", None,
+         lambda: predict_image(PredictOptions(image=str(png), checkpoint_dir=str(run_dir),
+                                              output=str(tmp / "o.png"),
+                                              raw_output=str(tmp / "o.png")), printer=quiet),
+         "is also --output"),
+        ("predict", "a truncated JPEG", None,
+         lambda: predict_image(PredictOptions(image=str(_truncated_jpeg(tmp)),
+                                              checkpoint_dir=str(run_dir),
+                                              output=str(tmp / "t.png")), printer=quiet),
+         "corrupt or truncated jpeg"),
+        ("predict", "--model=FILE with --evidence_steps", [
+            f"--model={tmp / 'none.tflite'}", f"--image={png}", "--evidence_steps=3"], None,
+         "has no refit"),
+        ("eval", "shards without their dataset record", None,
+         evaluates(run_dir, recordless("bare")), "has no record of its dataset"),
+        ("vis", "a pascal_voc_seg run on shapes_evidence shards", None,
+         lambda: visualize(VisOptions(checkpoint_dir=str(voc_run), dataset_dir=str(data_dir),
+                                      vis_logdir=str(tmp / "vis")), printer=quiet),
+         "written for another dataset"),
+        ("export_model", "--export_input_size off the training grid", None,
+         lambda: export_checkpoint(ExportOptions(
+             checkpoint_dir=str(run_dir), export_path=str(tmp / "grid"), format=("litert",),
+             export_input_size=(32, 32)), printer=quiet), "off the size grid"),
+        ("export_model", "--calibration_dataset_dir without --quantize=int8",
+         [f"--checkpoint_dir={run_dir}", f"--export_path={tmp / 'cal'}", "--format=litert",
+          f"--calibration_dataset_dir={data_dir}"], None, "--quantize=int8 only"),
+        ("export_model", "--format=litert --quantize=int8 --calibration_dataset_dir=<missing>",
+         None, lambda: export_checkpoint(ExportOptions(
+             checkpoint_dir=str(run_dir), export_path=str(tmp / "q"), format=("litert",),
+             quantize="int8", calibration_dataset_dir=str(tmp / "nowhere")), printer=quiet),
+         "--calibration_dataset_dir="),
+        ("export_model", "--export_path under a file",
+         [f"--checkpoint_dir={run_dir}", f"--export_path={png}/export"], None,
+         "as if it were a folder"),
+        ("train", "resuming with another --loss_weighting",
+         train_args(copy_run("resume"), data_dir, 6, "--loss_weighting=pcgrad"), None,
+         "was trained with --loss_weighting=uncertainty"),
+        ("train", "a loss that becomes NaN (learning rate 1e30)",
+         train_args(tmp / "nan", data_dir, 6, "--base_learning_rate=1e30"), None,
+         "training diverged at step"),
+        ("eval", "a checkpoint with NaN weights", None, evaluates(_nan_run(run_dir, tmp)),
+         "not finite"),
+        ("tune_evidence", "a tuning split where no image has a tag", None,
+         lambda: tune_evidence(TuneOptions(checkpoint_dir=str(copy_run("untagged")),
+                                           dataset_dir=str(_untagged_shards(data_dir, tmp)),
+                                           tune_split="val", max_candidates=2),
+                               printer=quiet), "none of its"),
     ]
 
 
@@ -310,6 +387,60 @@ _STATE = 'model_checkpoint_path: "ckpt-99"\nall_model_checkpoint_paths: "ckpt-99
 def _with_file(root: pathlib.Path, name: str, text: str) -> pathlib.Path:
     (root / name).write_text(text)
     return root
+
+
+def _random_file(tmp: pathlib.Path) -> pathlib.Path:
+    path = tmp / "random.bin"
+    path.write_bytes(np.random.default_rng(0).bytes(5000))
+    return path
+
+
+def _truncated_jpeg(tmp: pathlib.Path) -> pathlib.Path:
+    """A real photo cut in half: OpenCV reads it (grey below the cut), TF's decoder not."""
+    data = (REAL_DATA / "coco128-voc" / "JPEGImages" / "000000000036.jpg").read_bytes()
+    path = tmp / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _nan_run(run_dir: pathlib.Path, tmp: pathlib.Path) -> pathlib.Path:
+    """A run directory whose checkpoint holds a NaN weight (what a diverged run saved
+    before the guard existed)."""
+    import tensorflow as tf
+
+    from deeplab_ext.run.rundir import restore_network
+
+    network, _, _ = restore_network(run_dir)
+    weight = network.trainable_weights[0]
+    weight.assign(np.full(weight.shape, np.nan, np.float32))
+    out = tmp / "nan_run"
+    out.mkdir()
+    shutil.copy(run_dir / "model_config.json", out / "model_config.json")
+    tf.train.CheckpointManager(tf.train.Checkpoint(network=network), str(out), 1).save(0)
+    return out
+
+
+def _untagged_shards(data_dir: pathlib.Path, tmp: pathlib.Path) -> pathlib.Path:
+    """The val split with every label map set to background: no image has a tag."""
+    import cv2
+
+    from deeplab_ext.data import tfrecord
+
+    out = tmp / "untagged"
+    shutil.copytree(data_dir, out)
+    examples = tfrecord.read_examples(sorted(out.glob("val-*.tfrecord")))
+    for shard in out.glob("val-*.tfrecord"):
+        shard.unlink()
+    record = json.loads((out / "val.dataset.json").read_text())
+    with tfrecord.AtomicShardWriter(out, "val", 1, record=record) as writer:
+        for ex in examples:
+            h, w = int(ex["image/height"]), int(ex["image/width"])
+            label = cv2.imencode(".png", np.zeros((h, w), np.uint8))[1].tobytes()
+            writer.write(0, tfrecord.image_seg_to_tfexample(
+                ex["image/encoded"], ex["image/filename"].decode(), h, w, label,
+                ex["image/format"].decode()))
+        writer.commit()
+    return out
 
 
 def _png(tmp: pathlib.Path) -> pathlib.Path:

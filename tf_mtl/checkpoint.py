@@ -89,7 +89,7 @@ def _resolve_tf_prefix(path: str) -> str | None:
     return None
 
 
-def checkpoint_format(path: str) -> str:
+def checkpoint_format(path: str, flag: str = FLAG) -> str:
     """``weights.h5``, ``keras`` or ``tf_checkpoint``; clear error when nothing is there."""
     path = os.fspath(path)
     if path.endswith(".keras") and os.path.isfile(path):
@@ -99,7 +99,7 @@ def checkpoint_format(path: str) -> str:
     if _resolve_tf_prefix(path) is not None:
         return "tf_checkpoint"
     raise FileNotFoundError(
-        f"{FLAG}={path}: no such checkpoint. Give an existing *.weights.h5 or *.keras file, "
+        f"{flag}={path}: no such checkpoint. Give an existing *.weights.h5 or *.keras file, "
         "a TF checkpoint prefix (the part before .index, e.g. ckpt-3), or a directory "
         "containing a 'checkpoint' file."
     )
@@ -138,7 +138,7 @@ def _h5_entries(h5file) -> dict[str, tuple[tuple[int, ...], Callable[[], np.ndar
     return entries
 
 
-def _read_h5_source(path: str, fmt: str):
+def _read_h5_source(path: str, fmt: str, flag: str = FLAG):
     import h5py
 
     try:
@@ -152,17 +152,17 @@ def _read_h5_source(path: str, fmt: str):
         else:
             h5 = h5py.File(path, "r")
     except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{FLAG}={path}: cannot read it as a Keras {fmt} file ({e})") from e
+        raise ValueError(f"{flag}={path}: cannot read it as a Keras {fmt} file ({e})") from e
     return h5, _h5_entries(h5)
 
 
-def _read_tf_source(path: str):
+def _read_tf_source(path: str, flag: str = FLAG):
     prefix = _resolve_tf_prefix(path)
     try:
         reader = tf.train.load_checkpoint(prefix)
         shapes = reader.get_variable_to_shape_map()
     except Exception as e:  # noqa: BLE001 - TF raises several types here
-        raise ValueError(f"{FLAG}={path}: cannot read the TF checkpoint ({e})") from e
+        raise ValueError(f"{flag}={path}: cannot read the TF checkpoint ({e})") from e
     entries, stored = {}, {}
     for path_key, key in _object_paths(reader, shapes).items():
         entries[path_key] = (tuple(shapes[key]), lambda k=key: np.asarray(reader.get_tensor(k)))
@@ -268,6 +268,7 @@ def load_initial_checkpoint(
     *,
     initialize_last_layer: bool = True,
     last_layers: Sequence[str] = ("logits",),
+    flag: str = FLAG,
 ) -> LoadReport:
     """Copy matching weights (same name, same shape) from a local checkpoint into ``model``.
 
@@ -276,13 +277,13 @@ def load_initial_checkpoint(
     original's ``--initialize_last_layer=false``. Shape mismatches are skipped, not fatal.
     """
     path = os.fspath(path)
-    fmt = checkpoint_format(path)
+    fmt = checkpoint_format(path, flag)
     h5 = None
     if fmt == "tf_checkpoint":
-        source, stored = _read_tf_source(path)  # several paths may name one stored value
+        source, stored = _read_tf_source(path, flag)  # several paths may name one stored value
         targets = _tf_targets(model)
     else:
-        h5, source = _read_h5_source(path, fmt)
+        h5, source = _read_h5_source(path, fmt, flag)
         stored = {k: k for k in source}
         targets = _h5_targets(model)
     try:
@@ -315,7 +316,7 @@ def load_initial_checkpoint(
             h5.close()
     if not report.loaded:
         raise ValueError(
-            f"{FLAG}={path}: no variable of model {model.name!r} matched the checkpoint "
+            f"{flag}={path}: no variable of model {model.name!r} matched the checkpoint "
             f"(missing {len(report.missing)}, unused {len(report.unused)}); is it a "
             "checkpoint of a DeepLab model with the same backbone?"
         )

@@ -70,7 +70,7 @@ FOLDED_VARIANCE = _FoldedVariance()
 _BIAS_SUFFIXES = ("/Conv2D_bias", "/depthwise_bias", "/biases")
 
 
-def tf1_checkpoint_entries(path: str | os.PathLike) -> Entries:
+def tf1_checkpoint_entries(path: str | os.PathLike, flag: str = "--source") -> Entries:
     """Every variable of a TF1 checkpoint (prefix ``model.ckpt-N`` or its directory)."""
     path = os.fspath(path)
     prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
@@ -78,12 +78,12 @@ def tf1_checkpoint_entries(path: str | os.PathLike) -> Entries:
         reader = tf.train.load_checkpoint(prefix)
         shapes = reader.get_variable_to_shape_map()
     except Exception as e:  # noqa: BLE001 - TF raises several types here
-        raise ValueError(f"--source={path}: cannot read it as a TF1 checkpoint ({e})") from e
+        raise ValueError(f"{flag}={path}: cannot read it as a TF1 checkpoint ({e})") from e
     return Entries({name: (tuple(shape), lambda n=name: np.asarray(reader.get_tensor(n)))
                     for name, shape in shapes.items() if name != "global_step"})
 
 
-def _interpreter(path: str) -> Any:
+def _interpreter(path: str, flag: str = "--source") -> Any:
     """The LiteRT interpreter of ``path`` without default delegates (the graph as stored:
     XNNPACK would merge ops into delegate nodes), tensors allocated."""
     try:
@@ -97,7 +97,7 @@ def _interpreter(path: str) -> Any:
             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
-        raise ValueError(f"--source={path}: cannot read it as a TFLite model ({e})") from e
+        raise ValueError(f"{flag}={path}: cannot read it as a TFLite model ({e})") from e
     return interpreter
 
 
@@ -117,12 +117,13 @@ def dequantize(values: np.ndarray, quantization: Mapping[str, Any]) -> np.ndarra
     return (values.astype(np.float32) - zero.reshape(shape)) * scales.reshape(shape)
 
 
-def tflite_entries(path: str | os.PathLike, require_names: bool = True) -> Entries:
+def tflite_entries(path: str | os.PathLike, require_names: bool = True,
+                   flag: str = "--source") -> Entries:
     """The constant tensors of a TFLite model, renamed and laid out as TF1 variables
     (by the tensor names the original's converter kept; stripped names: use
     :func:`tflite_weight_ops` and :func:`structural_entries`)."""
     path = os.fspath(path)
-    interpreter = _interpreter(path)
+    interpreter = _interpreter(path, flag)
     entries = Entries()
     for detail in interpreter.get_tensor_details():
         name, index, shape = detail["name"], detail["index"], tuple(detail["shape"])
@@ -149,7 +150,7 @@ def tflite_entries(path: str | os.PathLike, require_names: bool = True) -> Entri
                           "BatchNorm/moving_variance"):
                 entries.group[f"{scope}/{alias}"] = name
     if not entries and require_names:
-        raise ValueError(f"--source={path}: no named conv weights in this TFLite model")
+        raise ValueError(f"{flag}={path}: no named conv weights in this TFLite model")
     return entries
 
 
@@ -181,13 +182,13 @@ _PASS_THROUGH = ("RESHAPE", "QUANTIZE", "DEQUANTIZE", "SQUEEZE")
 _GLOBAL_POOLS = ("MEAN", "AVERAGE_POOL_2D")
 
 
-def tflite_weight_ops(path: str | os.PathLike) -> list[WeightOp]:
+def tflite_weight_ops(path: str | os.PathLike, flag: str = "--source") -> list[WeightOp]:
     """Every CONV_2D / DEPTHWISE_CONV_2D of a TFLite model in graph order, its weights
     dequantised (float, dynamic-range int8 with per-tensor scales, or full-integer int8 /
     uint8 with zero points, per-axis scales and int32 biases), read by the graph's structure
     alone: exports with stripped tensor names import through :func:`structural_entries`."""
     path = os.fspath(path)
-    interpreter = _interpreter(path)
+    interpreter = _interpreter(path, flag)
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()  # noqa: SLF001 - the only graph view LiteRT offers
     producer = {int(t): op for op in ops for t in op["outputs"]}
@@ -259,7 +260,7 @@ def tflite_weight_ops(path: str | os.PathLike) -> list[WeightOp]:
                 item.scale, item.offset = np.ones([channels], np.float32), offset
         found.append(item)
     if not found:
-        raise ValueError(f"--source={path}: no convolution with constant weights in this "
+        raise ValueError(f"{flag}={path}: no convolution with constant weights in this "
                          "TFLite model")
     return found
 

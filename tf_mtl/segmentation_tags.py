@@ -80,7 +80,9 @@ class SegmentationTags(keras.layers.Layer):
             n = tf.cast(tf.shape(flat)[1], tf.float32)
             pooled = (tf.reduce_logsumexp(r * flat, axis=1) - tf.math.log(n)) / r
         pooled = tf.clip_by_value(pooled, self.eps, 1.0 - self.eps)
-        return tf.math.log(pooled) - tf.math.log1p(-pooled)
+        # log(1 - s), not log1p(-s): ONNX has no Log1p, and with s <= 1 - eps the two agree
+        # to float32 round-off.
+        return tf.math.log(pooled) - tf.math.log(1.0 - pooled)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], len(self.class_ids))

@@ -13,6 +13,7 @@ dataclasses of ``deeplab_ext.run.options``, and one way to run and to fail.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib
 import os
 import sys
@@ -133,7 +134,14 @@ def options_from_flags(cls: type, prefix: str = "") -> Any:
         if value is not None and (meta.get("multi") or typing.get_origin(tp) is tuple):
             value = _convert_tuple(list(value), tp, name, meta.get("positive", False))
         kwargs[f.name] = value
-    return cls(**kwargs)
+    options = cls(**kwargs)
+    if not prefix and hasattr(options, "unused_flags"):
+        # A flag the chosen mode does not read is refused, not silently ignored (the
+        # options class says which flags each of its modes reads).
+        problems = options.unused_flags(frozenset(n for n in FLAGS if FLAGS[n].present))
+        if problems:
+            raise ValueError(problems[0])
+    return options
 
 
 def explicit_fields(cls: type, prefix: str = "") -> frozenset[str]:
@@ -162,6 +170,50 @@ def user_errors() -> tuple[type[BaseException], ...]:
     if tf is not None:
         errors.append(tf.errors.OpError)  # e.g. a corrupt image met inside tf.data
     return tuple(errors)
+
+
+# What the OS said, in a user's words, and what to do: (errno, words in TF's messages).
+_OS_PROBLEMS = (
+    (errno.EROFS, "Read-only file system", "is on a read-only file system",
+     "choose a folder you can write to"),
+    (errno.ENOSPC, "No space left on device", "has no space left on its disk",
+     "free some space, or choose a folder on another disk"),
+    (errno.ENOTDIR, "Not a directory", "goes through a file as if it were a folder",
+     "choose a path whose parents are folders"),
+    (errno.EEXIST, "File exists", "is a file where a folder is needed (the path goes "
+     "through it as if it were a folder)", "choose a path whose parents are folders"),
+    (errno.EACCES, "Permission denied", "cannot be written (permission denied)",
+     "choose a folder you may write to, or change its permissions"),
+)
+
+
+def _flag_of(path: str | None, text: str) -> str:
+    """The flag the user gave whose path the failing one is (or lies under), else ''."""
+    for name in FLAGS:
+        flag = FLAGS[name]
+        value = flag.value if flag.present else None
+        if not isinstance(value, str) or not value or "/" not in value and "." not in value:
+            continue
+        full = os.path.abspath(value)
+        failing = os.path.abspath(path) if path else None
+        if (failing and (failing.startswith(full) or full.startswith(failing + os.sep))
+                or value in text):
+            return f"--{name}={value}"
+    return ""
+
+
+def os_error_line(error: BaseException) -> str | None:
+    """One line for a read-only, full, not-a-folder or forbidden path, naming the flag it
+    came from and a fix (not the OS's raw words), or None for other errors."""
+    text = getattr(error, "message", None) or str(error)
+    code = getattr(error, "errno", None)
+    for number, words, what, fix in _OS_PROBLEMS:
+        if code == number or words in text:
+            path = getattr(error, "filename", None)
+            flag = _flag_of(path, text)
+            where = f"{flag}: {path or 'the path'}" if flag else (path or "a path it writes")
+            return error_line(f"{where} {what}; nothing more was written. To fix: {fix}")
+    return None
 
 
 def error_line(message: Any) -> str:
@@ -225,7 +277,12 @@ def run(main: Callable[[], Any]) -> None:
         except user_errors() as e:
             if os.environ.get("DEEPLAB_TRACEBACK"):
                 raise
-            status = fail(e)
+            described = os_error_line(e)
+            if described is not None:
+                print(described, file=sys.stderr, flush=True)
+                status = EXIT_USER_ERROR
+            else:
+                status = fail(e)
             _quiet_teardown()
             return status
         return int(result or 0)

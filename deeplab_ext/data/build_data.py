@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from deeplab_ext.data import tfrecord
 from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info, info_to_dict
+from deeplab_ext.paths import check_outputs
 
 try:  # Pillow is a dependency (pyproject.toml); keep a fallback anyway.
     from PIL import Image as _PILImage
@@ -77,12 +78,35 @@ class ConversionReport:
 
 
 def sniff_image_format(data: bytes) -> str:
-    """'jpeg' or 'png' from the magic bytes ('' when neither)."""
+    """'jpeg', 'png' or 'bmp' from the magic bytes ('' when none)."""
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
     if data[:8] == _PNG_MAGIC:
         return "png"
+    if data[:2] == b"BM":
+        return "bmp"
     return ""
+
+
+def decode_image_file(path: str | os.PathLike) -> tuple[np.ndarray, bytes, str]:
+    """Read and fully decode an image file: (RGB uint8 [H, W, 3], raw bytes, format). The
+    one reader of the converters and of ``tools.predict``, so an image is accepted by both
+    or refused by both (TensorFlow's decoders catch truncated JPEGs, which OpenCV silently
+    accepts, grey at the bottom)."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise BadExampleError(path, "image file does not exist")
+    with open(path, "rb") as f:
+        data = f.read()
+    fmt = sniff_image_format(data)
+    if not fmt:
+        raise BadExampleError(path, "not a JPEG, PNG or BMP image (unreadable or corrupt file)")
+    try:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+        detail = re.sub(r"\{\{.*?\}\}", "", e.message).strip()[:120]
+        raise BadExampleError(path, f"corrupt or truncated {fmt} image ({detail})") from None
+    return image.numpy(), data, fmt
 
 
 def read_image(path: str | os.PathLike) -> tuple[bytes, str, int, int]:
@@ -91,21 +115,10 @@ def read_image(path: str | os.PathLike) -> tuple[bytes, str, int, int]:
     Decoding with TensorFlow's own decoders guarantees the reader can decode it at train time
     (and catches truncated JPEGs, which OpenCV silently accepts).
     """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise BadExampleError(path, "image file does not exist")
-    with open(path, "rb") as f:
-        data = f.read()
-    fmt = sniff_image_format(data)
-    if not fmt:
-        raise BadExampleError(path, "not a JPEG or PNG image (unreadable or corrupt file)")
-    try:
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        height, width = int(image.shape[0]), int(image.shape[1])
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        detail = re.sub(r"\{\{.*?\}\}", "", e.message).strip()[:120]
-        raise BadExampleError(path, f"corrupt or truncated {fmt} image ({detail})") from None
-    return data, fmt, height, width
+    image, data, fmt = decode_image_file(path)
+    if fmt not in ("jpeg", "png"):  # the TFRecord format's image/format
+        raise BadExampleError(path, f"a {fmt} image: convert it to JPEG or PNG first")
+    return data, fmt, int(image.shape[0]), int(image.shape[1])
 
 
 def _png_chunks(data: bytes) -> dict[str, bytes]:
@@ -545,6 +558,7 @@ def remove_gt_colormap(
         raise FileNotFoundError(
             f"--original_gt_folder={src} holds no *.{segmentation_format} files"
         )
+    check_outputs({"--original_gt_folder": src}, {"--output_dir": output_dir})
     out = pathlib.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for path in files:

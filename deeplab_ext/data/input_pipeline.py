@@ -39,13 +39,14 @@ CONVERTERS = (
 )
 
 
-def list_shards(dataset_dir: str | os.PathLike, split: str) -> list[str]:
+def list_shards(dataset_dir: str | os.PathLike, split: str, flag: str = "--dataset_dir"
+                ) -> list[str]:
     """Sorted shard paths of `split`; a clear error (dir, pattern, converter) when none."""
     pattern = tfrecord.shard_glob(dataset_dir, split)
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(
-            f"no TFRecord shards for split {split!r} in --dataset_dir={dataset_dir} "
+            f"no TFRecord shards for split {split!r} in {flag}={dataset_dir} "
             f"(expected files matching {os.path.basename(pattern)}, e.g. "
             f"{os.path.basename(tfrecord.shard_filename('', split, 0, 4))}); build them with "
             f"{CONVERTERS}"
@@ -242,13 +243,32 @@ def check_labels_match(labels: np.ndarray, info: DatasetInfo, dataset_dir: str |
 
 
 def check_dataset_record(info: DatasetInfo, dataset_dir: str | os.PathLike, split: str,
-                         whose: str = "--dataset") -> None:
+                         whose: str = "--dataset", *, named: str | None = None,
+                         require_record: bool = False, flag: str = "--dataset_dir") -> None:
     """Refuse shards whose converter recorded another dataset: other classes (by name and
     count) or another ignore label. Shards of a dataset with the same classes under another
     name (coco128_voc for pascal_voc_seg) are the same task and pass. Shards without a
-    record (older converters) are checked by their label values only."""
+    record (older converters, other tools) hold a dataset nobody wrote down: with
+    ``require_record`` (a checkpoint's tools: its classes are not the user's statement about
+    the shards) they are refused unless the user ``named`` the dataset they hold (which
+    must have ``info``'s classes); otherwise only their label values are checked."""
     path = tfrecord.record_path(dataset_dir, split)
     if not os.path.isfile(path):
+        if named is not None:
+            stated = get_dataset_info(named)
+            if (list(stated.class_names), stated.ignore_label) != (
+                    list(info.class_names), info.ignore_label):
+                raise ValueError(f"--dataset={named}: {stated.num_classes} classes, ignore "
+                                 f"label {stated.ignore_label}, not those of {whose} "
+                                 f"{info.name!r} ({info.num_classes}, ignore label "
+                                 f"{info.ignore_label}): these shards cannot be scored by it")
+        elif require_record:
+            raise ValueError(
+                f"{flag}={dataset_dir} split {split!r} has no record of its dataset "
+                f"({os.path.basename(path)}, which this project's converters write): its "
+                f"label values would be read as {whose} {info.name!r}'s classes whatever they "
+                f"are. Convert the split again ({CONVERTERS}), or say which dataset it holds "
+                f"with --dataset=NAME")
         return
     try:
         with open(path) as f:
@@ -259,7 +279,7 @@ def check_dataset_record(info: DatasetInfo, dataset_dir: str | os.PathLike, spli
                          f"split again ({CONVERTERS})") from e
     if names != list(info.class_names) or ignore != info.ignore_label:
         raise ValueError(
-            f"--dataset_dir={dataset_dir} split {split!r} holds {record.get('name')!r} "
+            f"{flag}={dataset_dir} split {split!r} holds {record.get('name')!r} "
             f"({len(names)} classes {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; "
             f"ignore label {ignore}), not {whose} {info.name!r} ({info.num_classes} classes "
             f"{', '.join(info.class_names[:4])}{', ...' if info.num_classes > 4 else ''}; "
@@ -269,10 +289,12 @@ def check_dataset_record(info: DatasetInfo, dataset_dir: str | os.PathLike, spli
 
 
 def check_shards_match(info: DatasetInfo, dataset_dir: str | os.PathLike, split: str,
-                       num_examples: int = 16, whose: str = "--dataset") -> None:
+                       num_examples: int = 16, whose: str = "--dataset", *,
+                       named: str | None = None, require_record: bool = False) -> None:
     """:func:`check_dataset_record`, every shard read through (a corrupt or truncated
     one is named), then :func:`check_labels_match` on the first ``num_examples`` labels."""
-    check_dataset_record(info, dataset_dir, split, whose)
+    check_dataset_record(info, dataset_dir, split, whose, named=named,
+                         require_record=require_record)
     labels = []
     for path in list_shards(dataset_dir, split):
         for record in read_checked(path):

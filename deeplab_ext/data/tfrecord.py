@@ -144,6 +144,13 @@ class AtomicShardWriter:
         self.final_paths = [
             shard_filename(self.output_dir, split, i, num_shards) for i in range(num_shards)
         ]
+        # Temporary files of an earlier conversion of this split that was killed: never
+        # published, nothing reads them; removed so they do not pile up.
+        shards = os.path.basename(shard_glob(self.output_dir, split))
+        record = os.path.basename(record_path(self.output_dir, split))
+        for leftover in [*self.output_dir.glob(f".{shards}.tmp-*"),
+                         *self.output_dir.glob(f"{record}.tmp-*")]:
+            leftover.unlink(missing_ok=True)
         self.temp_paths = [
             str(self.output_dir / f".{os.path.basename(p)}.tmp-{token}") for p in self.final_paths
         ]

@@ -30,8 +30,8 @@ from deeplab_ext.data.datasets import info_from_dict
 from deeplab_ext.data.preprocess import MEAN_PIXEL_INCEPTION
 from deeplab_ext.models.registry import family_of
 
-__all__ = ["FILE_FORMATS", "QUANTIZE", "FileSegmenter", "calibration_images",
-           "litert_quantization", "serving_network", "write_model_files"]
+__all__ = ["FILE_FORMATS", "QUANTIZE", "FileSegmenter", "calibration_images", "check_file",
+           "litert_quantization", "open_runtime", "serving_network", "write_model_files"]
 
 # Format -> the file it writes in the export directory.
 FILE_FORMATS = {"litert": "model.tflite", "onnx": "model.onnx"}
@@ -107,6 +107,9 @@ def write_model_files(network: keras.Model, directory: pathlib.Path, formats: Se
     if not formats:
         return {}
     model = serving_network(network, size)
+    # Keras' ONNX exporter refuses a model that was never called (the LiteRT one calls it
+    # itself): one call on the fixed-size input, so each format works alone, in any order.
+    model(np.zeros((1, int(size[0]), int(size[1]), 3), np.float32), training=False)
     written = {}
     for fmt in formats:
         path = directory / FILE_FORMATS[fmt]
@@ -118,8 +121,82 @@ def write_model_files(network: keras.Model, directory: pathlib.Path, formats: Se
                                  "(pip install onnx tf2onnx)") from e
         extra = dict(litert_settings or {}) if fmt == "litert" else {}
         model.export(str(path), format=fmt, verbose=False, **extra)
+        check_file(path, model, extra)
         written[fmt] = path.name
     return written
+
+
+# A written file must compute the model: its probabilities on a probe image within this of
+# the Keras model's (float files), or the same class on this share of pixels (quantised).
+FILE_ATOL, QUANTISED_AGREEMENT = 1e-3, 0.9
+
+
+def check_file(path: pathlib.Path, model: keras.Model, litert_settings: dict) -> None:
+    """Refuse a file its converter wrote wrong: one that its runtime cannot load (an op the
+    format lacks), that computes something else than ``model``, or that is not quantised
+    as ``litert_settings`` asked. The file is removed; the error says why."""
+    size = tuple(int(d) for d in model.inputs[0].shape[1:3])
+    probe = np.random.default_rng(0).uniform(0, 255, (1, *size, 3)).astype(np.float32)
+    want = np.asarray(model(probe, training=False)["semantic_probabilities"])
+    flag = f"--format={'litert' if path.suffix == '.tflite' else 'onnx'}"
+    try:
+        run, _, dtypes = open_runtime(path)
+        got = np.asarray(run(probe)["semantic_probabilities"])
+    except Exception as e:  # noqa: BLE001 - each runtime raises its own types
+        path.unlink(missing_ok=True)
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{flag}: the converter wrote {path.name}, but its runtime cannot run "
+                         f"it ({why}); nothing was exported. The network has an op the "
+                         "format lacks: export --format=saved_model, or report it") from None
+    quantised = bool(litert_settings.get("optimizations"))
+    if quantised:
+        asked = ("int8" if "representative_dataset" in litert_settings else "float16"
+                 if litert_settings.get("target_spec") else "int8")
+        if not any(d == asked for d in dtypes):
+            path.unlink(missing_ok=True)
+            raise ValueError(f"--quantize: the converter wrote a file with no {asked} tensor "
+                             f"(a float file) for {path.name}; nothing was exported. Try "
+                             "another --quantize, or more --calibration_examples")
+        agree = float(np.mean(got.argmax(-1) == want.argmax(-1)))
+        ok, detail = agree >= QUANTISED_AGREEMENT, f"{100 * agree:.1f}% of the pixels agree"
+    else:
+        diff = float(np.max(np.abs(got - want)))
+        ok, detail = diff <= FILE_ATOL, f"probabilities differ by up to {diff:.2g}"
+    if not ok:
+        path.unlink(missing_ok=True)
+        raise ValueError(f"{flag}: {path.name} does not compute the network ({detail} on a "
+                         "probe image); nothing was exported")
+
+
+def open_runtime(path: pathlib.Path) -> tuple[Callable[[np.ndarray], dict], tuple[int, int],
+                                               list[str]]:
+    """A LiteRT or ONNX file in its runtime: (run(images [1, h, w, 3]) -> {output: array},
+    its input size (h, w), the dtypes of its tensors)."""
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(str(path))
+        interpreter.allocate_tensors()
+        (inp,) = interpreter.get_input_details()
+        runner = interpreter.get_signature_runner()
+        (input_name,) = runner.get_input_details()
+        dtypes = [np.dtype(d["dtype"]).name for d in interpreter.get_tensor_details()]
+        return (lambda image: runner(**{input_name: image}),
+                tuple(int(d) for d in inp["shape"][1:3]), dtypes)
+    if suffix == ".onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (inp,) = session.get_inputs()
+        names = [o.name for o in session.get_outputs()]
+
+        def run(image: np.ndarray) -> dict[str, np.ndarray]:
+            return dict(zip(names, session.run(None, {inp.name: image}), strict=True))
+
+        return run, tuple(int(d) for d in inp.shape[1:3]), [
+            t.type for t in (*session.get_inputs(), *session.get_outputs())]
+    raise ValueError("not a .tflite or .onnx file")
 
 
 def calibration_images(info: Any, dataset_dir: str, split: str, count: int,
@@ -130,8 +207,9 @@ def calibration_images(info: Any, dataset_dir: str, split: str, count: int,
 
     from deeplab_ext.data.input_pipeline import check_dataset_record, decode_example, list_shards
 
-    check_dataset_record(info, dataset_dir, split, whose="the checkpoint's dataset")
-    records = tf.data.TFRecordDataset(list_shards(dataset_dir, split)).take(count)
+    flag = "--calibration_dataset_dir"  # the ranges are those of the checkpoint's images
+    check_dataset_record(info, dataset_dir, split, whose="the checkpoint's dataset", flag=flag)
+    records = tf.data.TFRecordDataset(list_shards(dataset_dir, split, flag)).take(count)
     for serialized in records:
         image = decode_example(serialized)[0].numpy().astype(np.float32)
         yield cv2.resize(image, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
@@ -156,6 +234,22 @@ def unletterbox(probs: np.ndarray, region: tuple[int, int], shape: Sequence[int]
     return out[..., None] if out.ndim == 2 else out  # one class: cv2 drops the axis
 
 
+def _check_fingerprint(path: pathlib.Path, meta: dict, marker: pathlib.Path) -> None:
+    """The file must be one its folder's export wrote (its sha256 as recorded there): a
+    file copied beside another export's metadata would be read with that export's classes."""
+    from deeplab_ext.data.fetch import sha256_file
+
+    recorded = (meta.get("file_sha256") or {}).get(path.name)
+    if recorded is None and "file_sha256" not in meta:
+        return  # an export written before files carried fingerprints
+    if recorded is None or sha256_file(path) != recorded:
+        raise ValueError(f"--model={path}: {marker} records "
+                         f"{'no such file' if recorded is None else 'another file of this name'}"
+                         ": this file was not written by the export in its folder, whose "
+                         "classes and sizes would be read for it. Keep each file in the "
+                         "export directory tools.export_model wrote it into")
+
+
 class FileSegmenter:
     """A LiteRT (``.tflite``) or ONNX (``.onnx``) file of ``tools.export_model``, with the
     classes recorded beside it (``assets/deeplab_export.json`` of its directory)."""
@@ -174,49 +268,16 @@ class FileSegmenter:
         self.meta = json.loads(marker.read_text())
         self.info = info_from_dict(self.meta["dataset"])
         self.input_range = dict(self.meta.get("input_range") or {})
+        _check_fingerprint(self.path, self.meta, marker)
         suffix = self.path.suffix.lower()
         try:
-            if suffix == ".tflite":
-                self._load_litert()
-            elif suffix == ".onnx":
-                self._load_onnx()
-            else:
-                raise ValueError("not a .tflite or .onnx file")
+            self._run, self.size, _ = open_runtime(self.path)
+            self.output_names = sorted(self._run(np.zeros((1, *self.size, 3), np.float32)))
         except Exception as e:  # noqa: BLE001 - each runtime raises its own types
             why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise ValueError(f"--model={path}: cannot load it as a {suffix or '?'} model "
                              f"({why}); it is corrupt or truncated, or not a model file. "
                              "Export it again with tools.export_model --format=...") from None
-
-    def _load_litert(self) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        interpreter = Interpreter(str(self.path))
-        interpreter.allocate_tensors()
-        (inp,) = interpreter.get_input_details()
-        self.size = tuple(int(d) for d in inp["shape"][1:3])
-        runner = interpreter.get_signature_runner()
-        self.output_names = sorted(runner.get_output_details())
-        (input_name,) = runner.get_input_details()
-
-        def run(image: np.ndarray) -> dict[str, np.ndarray]:
-            return runner(**{input_name: image})
-
-        self._run = run
-
-    def _load_onnx(self) -> None:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        (inp,) = session.get_inputs()
-        self.size = tuple(int(d) for d in inp.shape[1:3])
-        self.output_names = sorted(o.name for o in session.get_outputs())
-
-        def run(image: np.ndarray) -> dict[str, np.ndarray]:
-            values = session.run(None, {inp.name: image})
-            return dict(zip([o.name for o in session.get_outputs()], values, strict=True))
-
-        self._run = run
 
     def predict(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """One RGB image ``[H, W, 3]`` (0..255), letterboxed into the file's input size

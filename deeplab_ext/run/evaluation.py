@@ -208,7 +208,8 @@ def _restore(options: EvalOptions, modes: Sequence[str],
         crop=options.eval_crop_size, max_examples=options.max_examples,
         align=options.align_inputs, min_resize_value=options.min_resize_value,
         max_resize_value=options.max_resize_value, printer=printer,
-        targets=list(dict.fromkeys(t.target_key for t in image_tasks + branch.tasks)))
+        targets=list(dict.fromkeys(t.target_key for t in image_tasks + branch.tasks)),
+        named=options.dataset)
     return _Restored(network, family, info, meta, image_tasks, branch, batches, alignment)
 
 
@@ -266,7 +267,8 @@ def evaluate_file(options: EvalOptions, modes: Sequence[str],
     seg = FileSegmenter(options.model)
     info = seg.info
     input_pipeline.check_shards_match(info, options.dataset_dir, options.eval_split,
-                                      num_examples=0, whose="the model's dataset")
+                                      num_examples=0, whose="the model's dataset",
+                                      named=options.dataset, require_record=True)
     ds = input_pipeline.make_dataset(info, options.dataset_dir, options.eval_split,
                                      crop_size=None, batch_size=1, is_training=False)
     if options.max_examples:

@@ -29,6 +29,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -40,8 +41,10 @@ import tensorflow as tf
 
 from deeplab_ext.data.colormap import label_to_color_image
 from deeplab_ext.data.datasets import DatasetInfo, info_from_dict, info_to_dict
+from deeplab_ext.data.fetch import sha256_file
 from deeplab_ext.data.input_pipeline import tags_from_names
 from deeplab_ext.models.registry import family_of
+from deeplab_ext.paths import check_distinct, check_outputs
 from deeplab_ext.run.deploy import (
     FILE_FORMATS,
     FileSegmenter,
@@ -282,6 +285,11 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
     if "saved_model" in formats:  # served from constants; the refit keeps the variables
         signatures["serving_default"] = with_constant_weights(signatures["serving_default"])
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{export_path.name}.tmp-", dir=export_path.parent))
+    # mkdtemp makes it private (0700); the export gets the permissions any new folder of
+    # the user's would (their umask), so a server account can read it.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         if "saved_model" in formats:
             tf.saved_model.save(module, str(tmp), signatures=signatures)
@@ -298,6 +306,9 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
                 "input_range": input_range or {},
                 "signatures": sorted(signatures) if "saved_model" in formats else [],
                 "files": written, "file_input_size": list(file_size) if written else None,
+                # Each file's fingerprint: a file is read with this metadata only if it is
+                # the one this export wrote.
+                "file_sha256": {name: sha256_file(tmp / name) for name in written.values()},
                 **(metadata or {})}
         (tmp / "assets").mkdir(exist_ok=True)
         (tmp / "assets" / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=list))
@@ -338,6 +349,16 @@ def export_checkpoint(options: ExportOptions, explicit: Collection[str] = (),
     kind, evidence, prune = serving_evidence(options.checkpoint_dir, options.evidence,
                                              explicit, options.use_tuned_evidence, printer)
     size = options.export_input_size or tuple(meta.get("train_crop_size") or ()) or None
+    if (size and alignment is not None and {"litert", "onnx"} & set(options.format)
+            and not alignment.is_aligned(*size)):
+        on_grid = alignment.aligned_size(*size)
+        raise ValueError(
+            f"--export_input_size={size[0]},{size[1]} is off the size grid the model was "
+            f"trained on (stride {alignment.stride}, training crop "
+            f"{'x'.join(map(str, meta.get('train_crop_size') or []))}): every image would "
+            f"reach the file shifted against that grid, which costs accuracy without a word. "
+            f"Use {on_grid[0]},{on_grid[1]}, or pass --noalign_inputs to export at this size "
+            "anyway")
     calibration = None
     if options.calibration_dataset_dir:
         def calibration() -> Any:
@@ -456,11 +477,14 @@ class CheckpointSegmenter(_Segmenter):
 
 
 def read_image(path: str | os.PathLike, flag: str = "--image") -> np.ndarray:
-    """RGB float32 [H, W, 3] in 0..255; a clear error naming the flag otherwise."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"{flag}={path}: not found or not a readable image file")
-    return img[..., ::-1].astype(np.float32)
+    """RGB float32 [H, W, 3] in 0..255, read as the converters read images (a truncated
+    JPEG is refused by both); a clear error naming the flag otherwise."""
+    from deeplab_ext.data.build_data import BadExampleError, decode_image_file
+
+    try:
+        return decode_image_file(path)[0].astype(np.float32)
+    except BadExampleError as e:
+        raise ValueError(f"{flag}={path}: {e.reason}") from None
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -485,6 +509,19 @@ def _open_segmenter(options: PredictOptions, explicit: Collection[str],
                                use_tuned=options.use_tuned_evidence, printer=printer)
 
 
+class _LineProgress:
+    """``Progbar.add`` as a line per tenth of the work, for output that is not a terminal."""
+
+    def __init__(self, total: int, printer: Callable[[str], None]):
+        self.total, self.done, self.printer = total, 0, printer
+        self.every = max(1, total // 10)
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.done % self.every == 0 or self.done == self.total:
+            self.printer(f"  {self.done}/{self.total} images")
+
+
 def predict_folder(options: PredictOptions, explicit: Collection[str] = (),
                    printer: Callable[[str], None] = print) -> dict[str, Any]:
     """``tools.predict --image=FOLDER --output=OUT_DIR``: every image of the folder (jpg,
@@ -502,6 +539,7 @@ def predict_folder(options: PredictOptions, explicit: Collection[str] = (),
     if not images:
         raise ValueError(f"--image={folder}: no {', '.join(IMAGE_SUFFIXES)} images in it")
     targets = [(out / f"{p.stem}.png", out / "raw" / f"{p.stem}.png") for p in images]
+    check_distinct(zip(images, (colour for colour, _ in targets), strict=True), "--image")
     existing = [str(t) for pair in targets for t in pair if t.exists()]
     if existing:
         raise ValueError(f"--output={out} already holds {existing[0]}"
@@ -509,7 +547,9 @@ def predict_folder(options: PredictOptions, explicit: Collection[str] = (),
                          "nothing was overwritten; choose a new --output folder")
     seg = _open_segmenter(options, explicit, printer)
     (out / "raw").mkdir(parents=True, exist_ok=True)
-    bar = keras.utils.Progbar(len(images), unit_name="image")
+    # A progress bar on a terminal; redirected output gets plain lines (no escapes).
+    bar = (keras.utils.Progbar(len(images), unit_name="image") if sys.stdout.isatty()
+           else _LineProgress(len(images), printer))
     classes: set[int] = set()
     for path, (colour, raw) in zip(images, targets, strict=True):
         image = read_image(path)
@@ -621,17 +661,7 @@ def _output_paths(options: PredictOptions) -> dict[str, pathlib.Path]:
         if path.suffix.lower() != ".png":
             raise ValueError(f"--{flag}={path}: predictions are written as PNG images (class "
                              "ids and colours stay exact); give a file name ending in .png")
-    image = pathlib.Path(options.image).resolve()
-    seen: dict[pathlib.Path, str] = {}
-    for flag, path in out.items():
-        resolved = path.resolve()
-        if resolved == image:
-            raise ValueError(f"--{flag}={path} is the input --image: it would be overwritten; "
-                             "choose another file name")
-        if resolved in seen:
-            raise ValueError(f"--{flag}={path} is also --{seen[resolved]}: one would replace "
-                             "the other; give them different names")
-        seen[resolved] = flag
+    check_outputs({"--image": options.image}, {f"--{k}": v for k, v in out.items()})
     return out
 
 

@@ -36,11 +36,12 @@ from deeplab_ext.models.registry import (
     group_variables,
 )
 from deeplab_ext.models.tag_heads import SEGMENTATION
+from deeplab_ext.paths import new_directory
 from deeplab_ext.run.evidence import TUNED_FILE, save_tuned
 from deeplab_ext.run.options import EvidenceOptions, ImportOptions
 from deeplab_ext.run.rundir import MODEL_CONFIG_FILE, load_run_config, run_family, save_run_config
 from deeplab_ext.weights import Resolved, cache_home, get_entry, is_weights_name, resolve
-from tf_mtl.checkpoint import LoadReport, load_initial_checkpoint
+from tf_mtl.checkpoint import LoadReport, checkpoint_format, load_initial_checkpoint
 from tf_mtl.released import (
     expected_scopes,
     load_named_weights,
@@ -65,7 +66,7 @@ TFLITE, TF1, KERAS_APPLICATIONS = "tflite", "tf1_checkpoint", "keras_application
 TFLITE_STRUCTURE = "tflite, matched by graph structure"
 
 
-def source_format(path: str | os.PathLike) -> str:
+def source_format(path: str | os.PathLike, flag: str = "--source") -> str:
     """``tflite`` or ``tf1_checkpoint``; a clear error naming the flag otherwise."""
     path = os.fspath(path)
     if path.endswith(".tflite") and os.path.isfile(path):
@@ -75,7 +76,7 @@ def source_format(path: str | os.PathLike) -> str:
     if is_original_checkpoint(path):
         return TF1
     raise FileNotFoundError(
-        f"--source={path}: not a TFLite file (*.tflite), a TF1 checkpoint of the original "
+        f"{flag}={path}: not a TFLite file (*.tflite), a TF1 checkpoint of the original "
         "(a model.ckpt-N prefix, or a folder with a 'checkpoint' file) nor a Keras "
         "Applications ImageNet backbone (*.h5)")
 
@@ -94,28 +95,29 @@ def is_original_checkpoint(path: str | os.PathLike) -> bool:
 
 
 def import_original(network: keras.Model, source: str | os.PathLike, *,
-                    initialize_last_layer: bool = True) -> tuple[LoadReport, bool]:
+                    initialize_last_layer: bool = True, flag: str = "--source"
+                    ) -> tuple[LoadReport, bool]:
     """Load released weights into ``network``: (report, whether BatchNorm came folded)."""
     family = family_of(network)
     if family.original_names is None:
         raise ValueError(f"model family {family.name!r} names no original weights to import")
-    fmt = source_format(source)
+    fmt = source_format(source, flag)
     if fmt == KERAS_APPLICATIONS:
         if family.pretrained_backbone is None:
             raise ValueError(f"model family {family.name!r} takes no ImageNet backbone file")
         entries = family.pretrained_backbone(network, os.fspath(source))
     elif fmt == TFLITE:
-        entries = tflite_entries(source, require_names=False)
+        entries = tflite_entries(source, require_names=False, flag=flag)
         expected = expected_scopes(network, family.original_names(network),
                                    family.original_pooled_scopes)
         kernels = [f"{scope}/{'depthwise_weights' if kind == 'depthwise' else 'weights'}"
                    for scope, kind, _, _ in expected]
         if not all(k in entries for k in kernels):
             # Tensor names stripped (or another converter's): match by graph structure.
-            entries = structural_entries(tflite_weight_ops(source), expected)
+            entries = structural_entries(tflite_weight_ops(source, flag), expected)
             fmt = TFLITE_STRUCTURE
     else:
-        entries = tf1_checkpoint_entries(source)
+        entries = tf1_checkpoint_entries(source, flag)
 
     def skip(path: str) -> str | None:
         if not initialize_last_layer and path.split("/", 1)[0] == "logits":
@@ -126,14 +128,15 @@ def import_original(network: keras.Model, source: str | os.PathLike, *,
                                 source=os.fspath(source), fmt=fmt, skip=skip)
     if not report.loaded:
         raise ValueError(
-            f"--source={source}: no variable of {network.name} found in it (missing "
+            f"{flag}={source}: no variable of {network.name} found in it (missing "
             f"{len(report.missing)}, unused {len(report.unused)}): is it the original's "
             "model with this backbone?")
     return report, fmt in (TFLITE, TFLITE_STRUCTURE)
 
 
 def initial_weights(network: keras.Model, path: str | os.PathLike, *,
-                    initialize_last_layer: bool = True) -> tuple[LoadReport, bool]:
+                    initialize_last_layer: bool = True, flag: str = "--tf_initial_checkpoint"
+                    ) -> tuple[LoadReport, bool]:
     """``--tf_initial_checkpoint``: the original's released weights (TFLite, TF1) by name, or
     a checkpoint of this zoo (a run directory, ``.weights.h5``, ``.keras``) by layer.
 
@@ -142,10 +145,12 @@ def initial_weights(network: keras.Model, path: str | os.PathLike, *,
     """
     path = os.fspath(path)
     if (path.endswith(".tflite") and os.path.isfile(path)) or is_original_checkpoint(path):
-        return import_original(network, path, initialize_last_layer=initialize_last_layer)
+        return import_original(network, path, initialize_last_layer=initialize_last_layer,
+                               flag=flag)
     # .h5 here is a zoo checkpoint (model.save_weights); a Keras Applications ImageNet
     # backbone goes through tools.import_weights first.
-    report = load_initial_checkpoint(network, path, initialize_last_layer=initialize_last_layer)
+    report = load_initial_checkpoint(network, path, initialize_last_layer=initialize_last_layer,
+                                     flag=flag)
     run = pathlib.Path(path) if os.path.isdir(path) else pathlib.Path(path).parent
     meta = run / MODEL_CONFIG_FILE
     folded = meta.is_file() and json.loads(meta.read_text()).get("imported", {}).get(
@@ -265,7 +270,10 @@ def import_weights(options: ImportOptions, printer: Callable[[str], None] = prin
     model and dataset: ``--tag_head=segmentation`` then makes the segmentation-tag twin of a
     trained model, nothing trained.
     """
+    # Checked before anything is read or downloaded: an import never replaces a run.
+    out = new_directory(options.output_dir, "--output_dir", "imported run directory")
     source, released = local_source(options.source, "--source", printer)
+    _check_source(source)
     if released is not None:
         file = released.file
         options = dataclasses.replace(
@@ -299,7 +307,7 @@ def import_weights(options: ImportOptions, printer: Callable[[str], None] = prin
         family, cfg = candidate
         network = build_network(cfg)
         try:
-            report, folded = initial_weights(network, options.source)
+            report, folded = initial_weights(network, options.source, flag="--source")
             check_coverage(network, report, "--source", allow_partial=(
                 options.allow_partial_init and len(candidates) == 1), printer=printer)
         except ValueError as e:
@@ -316,8 +324,12 @@ def import_weights(options: ImportOptions, printer: Callable[[str], None] = prin
                          f"{[c.name for _, c in candidates]} matches it (last: {last_error}); "
                          "give --model_variant") from last_error
     printer(report.summary())
-    out = pathlib.Path(options.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # Written beside its place and renamed in whole: a killed import leaves no half run
+    # directory (its leftovers are removed by the next import there).
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    final, out = out, out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tf.train.CheckpointManager(tf.train.Checkpoint(network=network), str(out), 1).save(0)
     imported = {"source": os.path.abspath(options.source), "format": report.format,
                 "batch_norm_folded": folded, "loaded": len(report.loaded),
@@ -329,10 +341,38 @@ def import_weights(options: ImportOptions, printer: Callable[[str], None] = prin
     pooled = getattr(cfg, "tag_head", "") == "segmentation"
     if released is not None:
         _write_released_evidence(out, released, cfg, printer)
+    new_directory(final, "--output_dir", "imported run directory")  # still new
+    os.replace(out, final)
+    out = final
     printer(f"Wrote run directory {out} ({cfg.name}, {info.name}"
             f"{', tags pooled from the segmentation' if pooled else ''}); BatchNorm "
             f"{'folded (fine-tune with --fine_tune_batch_norm=false)' if folded else 'as trained'}")
     return report
+
+
+SOURCES = ("a released model's name (python -m tools.model_info --list_weights), the "
+           "original's .tflite file or TF1 checkpoint (model.ckpt-N), a Keras Applications "
+           ".h5, or a run directory or checkpoint of this zoo")
+
+
+def _check_source(source: str) -> None:
+    """Refuse a --source that is not there, or is no kind of weights this tool reads, with
+    what it takes: before the released layouts are tried one by one."""
+    if not os.path.exists(source) and not os.path.exists(source + ".index"):
+        raise FileNotFoundError(f"--source={source}: no such file or folder. Give {SOURCES}")
+    if _source_record(source) is not None:
+        return
+    try:
+        fmt = source_format(source)
+    except FileNotFoundError:
+        try:
+            checkpoint_format(source, "--source")  # a checkpoint of this zoo
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--source={source}: not weights this tool reads. Give "
+                                    f"{SOURCES}") from None
+        return
+    if fmt == TFLITE:
+        tflite_entries(source, require_names=False)  # unreadable: one error, not one per layout
 
 
 def _write_released_evidence(out: pathlib.Path, released: Resolved, cfg,
@@ -354,4 +394,4 @@ def _write_released_evidence(out: pathlib.Path, released: Resolved, cfg,
                                "in the released-weights table"})
     printer(f"Refit settings from the released-weights table: tuned for the "
             f"{tuned['objective']} row on {where['data']}:{where['split']} "
-            f"({where['images']} images), written to {out / TUNED_FILE}")
+            f"({where['images']} images), recorded as the run directory's {TUNED_FILE}")

@@ -200,13 +200,14 @@ def load_split(network, info: DatasetInfo, meta: dict, dataset_dir: str, split: 
                crop: tuple[int, int] | None = None, max_examples: int | None = None,
                align: bool = True, min_resize_value: int | None = None,
                max_resize_value: int | None = None, printer: Callable[[str], None] = print,
-               targets: Sequence[str] = input_pipeline.DEFAULT_TARGETS
-               ) -> tuple[list, InputAlignment]:
+               targets: Sequence[str] = input_pipeline.DEFAULT_TARGETS,
+               named: str | None = None) -> tuple[list, InputAlignment]:
     """The split's (images, targets) batches of one image each, checked against the
     checkpoint's dataset, and the input alignment to predict them with. Images (and
     labels, as the original's eval does) are resized into the run's training
     ``min/max_resize_value`` range unless other values are given: a model trained on
-    frames shrunk to 241 pixels sees full-size frames at the wrong scale."""
+    frames shrunk to 241 pixels sees full-size frames at the wrong scale. ``named``: the
+    dataset the user says the shards hold (shards without a record need it)."""
     min_resize_value = min_resize_value or meta.get("min_resize_value")
     max_resize_value = max_resize_value or meta.get("max_resize_value")
     if min_resize_value or max_resize_value:
@@ -222,7 +223,8 @@ def load_split(network, info: DatasetInfo, meta: dict, dataset_dir: str, split: 
                 "--eval_crop_size")
     # Shards of another dataset, or corrupt ones, are refused before anything is scored.
     input_pipeline.check_shards_match(info, dataset_dir, split, num_examples=0,
-                                      whose="the checkpoint's dataset")
+                                      whose="the checkpoint's dataset", named=named,
+                                      require_record=True)
     dataset = input_pipeline.make_dataset(info, dataset_dir, split, crop_size=crop,
                                           batch_size=1, is_training=False,
                                           min_resize_value=min_resize_value,

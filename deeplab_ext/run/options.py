@@ -11,6 +11,7 @@ for list values that must be > 0, ``prefix`` for a nested group).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from deeplab_ext.data.colormap import ADE20K, CAMVID, CITYSCAPES, PASCAL
@@ -77,6 +78,15 @@ def allow_partial_opt() -> Any:
     return opt(False, "Start from weights that cover less than 90% of the backbone (and of "
                "the groups --train_groups leaves frozen); by default such a source, written "
                "for another variant, is refused.")
+
+
+def unused(given: frozenset[str], flags: tuple[str, ...] | str, why: str) -> list[str]:
+    """The refusal of ``flags`` (names, or a prefix ending in ``_``) where they were given
+    but the chosen mode does not read them: ``unused_flags`` of an options class."""
+    names = sorted(n for n in given if n.startswith(flags)) if isinstance(flags, str) else [
+        n for n in flags if n in given]
+    return [f"--{', --'.join(names)}: {why}; drop {'it' if len(names) == 1 else 'them'}"] \
+        if names else []
 
 
 def group(factory: Any, prefix: str, help: str = "") -> Any:  # noqa: A002
@@ -321,6 +331,10 @@ class EvalOptions:
     model: str | None = opt(None, "Or: a model.tflite / model.onnx of tools.export_model "
                             "--format=litert,onnx, scored as shipped (modes none, prune).")
     dataset_dir: str = opt(None, "Folder with the TFRecord shards.", required=True)
+    dataset: str | None = opt(None, "The dataset the shards hold, for shards written "
+                              "without a record of it (<split>.dataset.json, which this "
+                              "project's converters write); it must have the checkpoint's "
+                              "classes. Default: the shards' own record.")
     eval_logdir: str | None = opt(None, "Where eval_results.json and comparison.png go.")
     eval_split: str = opt("val", "Split to evaluate.")
     eval_crop_size: tuple[int, int] | None = opt(None, "Pad/crop to h,w (default: full images).",
@@ -353,6 +367,18 @@ class EvalOptions:
                                         "training-only decoder path (feature -> 1x1 conv -> "
                                         "frozen label decoder), read back from the checkpoint.")
 
+    def unused_flags(self, given: frozenset[str]) -> list[str]:
+        if not self.model:
+            return []
+        return (unused(given, "evidence_", "--model scores a LiteRT / ONNX file, which has no "
+                       "refit")
+                + unused(given, ("checkpoint_path", "use_tuned_evidence", "eval_scales",
+                                 "add_flipped_images", "align_inputs", "eval_crop_size",
+                                 "label_decoder_path_miou", "min_resize_value",
+                                 "max_resize_value", "save_predictions"),
+                         "--model scores the file at its own fixed size as shipped; these "
+                         "apply to --checkpoint_dir"))
+
 
 @dataclasses.dataclass
 class TuneOptions:
@@ -360,6 +386,10 @@ class TuneOptions:
 
     checkpoint_dir: str = opt(None, "A --train_logdir of tools.train.", required=True)
     dataset_dir: str = opt(None, "Folder with the TFRecord shards.", required=True)
+    dataset: str | None = opt(None, "The dataset the shards hold, for shards written "
+                              "without a record of it (<split>.dataset.json, which this "
+                              "project's converters write); it must have the checkpoint's "
+                              "classes. Default: the shards' own record.")
     tune_split: str = opt("test", "Split to tune on: not the one you report (the built-in "
                           "dataset's generator writes a 'test' split for this).")
     eval_crop_size: tuple[int, int] | None = opt(None, "Pad/crop to h,w (default: full "
@@ -394,6 +424,12 @@ class TuneOptions:
     evidence: EvidenceOptions = group(EvidenceOptions, "evidence_",
                                       "The search's start point.")
 
+    def unused_flags(self, given: frozenset[str]) -> list[str]:
+        if self.folds:
+            return []
+        return unused(given, ("eval_scales", "add_flipped_images"),
+                      "they score the held-out folds of --folds=K; give --folds")
+
 
 @dataclasses.dataclass
 class VisOptions:
@@ -402,6 +438,10 @@ class VisOptions:
     checkpoint_dir: str = opt(None, "A --train_logdir of tools.train, or a released model's "
                               "name (imported once into the cache).", required=True)
     dataset_dir: str = opt(None, "Folder with the TFRecord shards.", required=True)
+    dataset: str | None = opt(None, "The dataset the shards hold, for shards written "
+                              "without a record of it (<split>.dataset.json, which this "
+                              "project's converters write); it must have the checkpoint's "
+                              "classes. Default: the shards' own record.")
     vis_logdir: str = opt(None, "Where the images are written.", required=True)
     vis_split: str = opt("val", "Split to visualise.")
     colormap_type: str | None = opt(None, "Colormap of the prediction PNGs (default: the "
@@ -444,6 +484,15 @@ class ExportOptions:
                                    "chose for this run, when it has them (--evidence_* flags "
                                    "given still win).")
 
+    def unused_flags(self, given: frozenset[str]) -> list[str]:
+        files = {"litert", "onnx"} & set(self.format)
+        return ((unused(given, ("export_input_size",), "it sizes the LiteRT / ONNX files; "
+                        "add litert or onnx to --format") if not files else [])
+                + (unused(given, ("calibration_dataset_dir", "calibration_split",
+                                  "calibration_examples"),
+                          "they calibrate --quantize=int8 only") if self.quantize != "int8"
+                   else []))
+
 
 @dataclasses.dataclass
 class PredictOptions:
@@ -478,6 +527,19 @@ class PredictOptions:
     evidence: EvidenceOptions = group(EvidenceOptions, "evidence_")
     use_tuned_evidence: bool = opt(True, "--checkpoint_dir: refit with the run's tuned "
                                    "settings when it has them (flags given still win).")
+
+    def unused_flags(self, given: frozenset[str]) -> list[str]:
+        problems = []
+        if self.model:
+            problems += unused(given, "evidence_", "a LiteRT / ONNX file has no refit (--tags "
+                               "prunes)")
+        if self.model or self.saved_model:
+            problems += unused(given, ("align_inputs", "use_tuned_evidence"), "they apply to "
+                               "--checkpoint_dir; an export serves what it was exported with")
+        if os.path.isdir(self.image):
+            problems += unused(given, ("raw_output", "side_by_side"), "with --image=FOLDER, "
+                               "--output is the folder (raw class ids go to its raw/)")
+        return problems
 
 
 DEMO_VARIANT = "deeplabv3plus_mobilenetv2_tiny_mt"

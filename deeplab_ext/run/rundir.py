@@ -151,7 +151,20 @@ def restore_network(checkpoint_dir: str | os.PathLike, checkpoint_path: str | No
             f"Checkpoint {path} does not match model {config.name} (was it written for another "
             f"--model_variant or dataset?): {problem[:300]}"
         )
+    broken = non_finite_weights(network)
+    if broken:
+        raise ValueError(f"checkpoint {path} holds weights that are not finite (NaN or inf: "
+                         f"{', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): its "
+                         "training diverged, and what it predicts means nothing. Use an earlier "
+                         "checkpoint (--checkpoint_path) or train again with a lower rate")
     return network, info, {**meta, "checkpoint_path": path}
+
+
+def non_finite_weights(model: keras.Model) -> list[str]:
+    """The weights of ``model`` holding a NaN or an infinity (their paths)."""
+    return [w.path for w in model.weights
+            if keras.backend.is_float_dtype(w.dtype)
+            and not bool(tf.reduce_all(tf.math.is_finite(w)))]
 
 
 def input_alignment(network: keras.Model, meta: dict) -> InputAlignment:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import pathlib
 import shutil
@@ -30,7 +31,12 @@ from deeplab_ext.models.registry import ModelFamily, build_network, get_variant,
 from deeplab_ext.run.importing import check_coverage, initial_weights, local_source
 from deeplab_ext.run.locking import directory_lock
 from deeplab_ext.run.options import TrainOptions
-from deeplab_ext.run.rundir import latest_checkpoint, save_run_config
+from deeplab_ext.run.rundir import (
+    MODEL_CONFIG_FILE,
+    latest_checkpoint,
+    non_finite_weights,
+    save_run_config,
+)
 from deeplab_ext.run.tasks import (
     Branch,
     TaskContext,
@@ -170,18 +176,48 @@ class ProgressCallback(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class SaverCallback(keras.callbacks.Callback):
-    def __init__(self, manager: tf.train.CheckpointManager, every: int):
+class FiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first step whose loss is not finite (a diverged run must not
+    end "Done" with a NaN checkpoint that every later tool would use)."""
+
+    def __init__(self) -> None:
         super().__init__()
-        self.manager, self.every = manager, max(1, every)
+        self.bad_step: int | None = None
+        self.value = float("nan")
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and self.bad_step is None:
+            value = float(np.asarray(loss))
+            if not np.isfinite(value):
+                self.bad_step, self.value = int(self.model.optimizer.iterations.numpy()), value
+                self.model.stop_training = True
+
+    def diverged(self, network: keras.Model) -> bool:
+        """A step already failed, or the weights about to be saved are not finite."""
+        if self.bad_step is None and non_finite_weights(network):
+            self.bad_step = int(self.model.optimizer.iterations.numpy())
+            self.model.stop_training = True
+        return self.bad_step is not None
+
+
+class SaverCallback(keras.callbacks.Callback):
+    """A checkpoint every ``every`` steps and at the end, never of non-finite weights."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, every: int, guard: FiniteGuard,
+                 network: keras.Model):
+        super().__init__()
+        self.manager, self.every, self.guard, self.network = manager, max(1, every), guard, network
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if step % self.every == 0:
+        if step % self.every == 0 and not self.guard.diverged(self.network):
             self.manager.save(checkpoint_number=step)
 
     def on_train_end(self, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
+        if self.guard.diverged(self.network):
+            return
         if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(
             f"-{step}"
         ):
@@ -286,7 +322,9 @@ def _train(options: TrainOptions, printer: Callable[[str], None], branch: Branch
         save_run_config(run.logdir, run.family, run.cfg, run.info, {
             "train_crop_size": list(run.crop), "min_resize_value": options.min_resize_value,
             "max_resize_value": options.max_resize_value,
-            "training_branches": branch_record(options, options.training_branches)})
+            "training_branches": branch_record(options, options.training_branches),
+            "loss_weighting": {"method": options.loss_weighting,
+                               "options": options.weighting_options}})
     total = options.training_number_of_steps
     if built.resumed_from >= total:
         printer(f"Already trained for {built.resumed_from} >= {total} steps; nothing to do.")
@@ -344,6 +382,7 @@ def _prepare(options: TrainOptions, printer: Callable[[str], None],
         printer(f"DWA: task weights from the average losses of windows of {window} steps")
     if stack is not None:  # one writer per run directory (the chief: the others write elsewhere)
         stack.enter_context(directory_lock(logdir, "--train_logdir", printer=printer))
+    _check_same_method(options, logdir)
     logdir.mkdir(parents=True, exist_ok=True)
     seed = options.seed
     if options.deterministic:
@@ -354,6 +393,25 @@ def _prepare(options: TrainOptions, printer: Callable[[str], None],
         keras.utils.set_random_seed(seed)
     precision.set_policy(options.mixed_precision)
     return _Run(info, family, cfg, logdir, crop, seed, window)
+
+
+def _check_same_method(options: TrainOptions, logdir: pathlib.Path) -> None:
+    """A resumed run keeps the loss weighting it was trained with: another one would drop
+    the method's state (its weights, momenta, windows) and go on as a different run."""
+    record = logdir / MODEL_CONFIG_FILE
+    if not record.is_file() or latest_checkpoint(logdir, "--train_logdir") is None:
+        return
+    before = json.loads(record.read_text()).get("loss_weighting")
+    if before is None:  # a run recorded before the method was
+        return
+    now = {"method": options.loss_weighting, "options": options.weighting_options}
+    if before != now:
+        raise ValueError(
+            f"--loss_weighting={now['method']} --weighting_options={now['options']!r}: "
+            f"{logdir} was trained with --loss_weighting={before['method']} "
+            f"--weighting_options={before['options']!r}; resuming with another would drop "
+            "its state and go on as another run. Resume with those, or train into a new "
+            "--train_logdir")
 
 
 def _initialise(network: keras.Model, options: TrainOptions, family: ModelFamily,
@@ -445,6 +503,7 @@ def _fit(options: TrainOptions, run: _Run, built: _Built, dataset: tf.data.Datas
         f"strategy={options.distribution_strategy} ({strategy.num_replicas_in_sync} "
         f"replicas). Logs: {run.logdir}"
     )
+    guard = FiniteGuard()
     history = built.model.fit(
         dataset,
         steps_per_epoch=chunk,
@@ -453,10 +512,18 @@ def _fit(options: TrainOptions, run: _Run, built: _Built, dataset: tf.data.Datas
         verbose=0,
         callbacks=[
             ProgressCallback(total, options.log_every_n_steps, printer),
-            SaverCallback(built.manager, options.save_interval_steps),
+            guard,
+            SaverCallback(built.manager, options.save_interval_steps, guard, built.network),
         ],
     )
     built.writer.flush()
+    if guard.bad_step is not None:
+        kept = built.manager.latest_checkpoint
+        raise RuntimeError(
+            f"training diverged at step {guard.bad_step} (loss {guard.value}, or weights not "
+            f"finite): stopped, nothing of it saved; "
+            + (f"the last finite checkpoint is {kept}" if kept else "no checkpoint was written")
+            + ". Lower --base_learning_rate (or clip the task weights), then train again")
     final = int(built.model.optimizer.iterations.numpy())
     logs = {k: float(np.asarray(v[-1])) for k, v in history.history.items() if v}
     printer(f"Done at step {final}; checkpoint {built.manager.latest_checkpoint}")

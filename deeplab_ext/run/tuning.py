@@ -118,7 +118,13 @@ def _tune(options: TuneOptions, printer: Callable[[str], None]) -> dict:
     batches, alignment = load_split(network, info, meta, options.dataset_dir,
                                     options.tune_split, crop=options.eval_crop_size,
                                     max_examples=options.max_examples,
-                                    align=options.align_inputs, printer=printer)
+                                    align=options.align_inputs, printer=printer,
+                                    named=options.dataset)
+    if not any(float(np.max(targets["tags"])) > 0.5 for _, targets in batches):
+        raise ValueError(f"--tune_split={options.tune_split}: none of its {len(batches)} images "
+                         "has a tag (an object of a tagged class), so no refit can be told "
+                         "from plain inference; nothing was written. Tune on a split with "
+                         "objects")
     if options.folds:
         return cross_fit(network, info, meta, batches, alignment, options, printer)
     printer(f"Tuning refit settings of {meta['model']['name']} on {info.name}:"

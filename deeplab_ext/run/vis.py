@@ -84,6 +84,7 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
     """Predict every image of the split and write images, colour and raw predictions."""
     import tensorflow as tf
 
+    from deeplab_ext.data import input_pipeline
     from deeplab_ext.models.registry import family_of
     from deeplab_ext.run.importing import checkpoint_dir_or_name
     from deeplab_ext.run.rundir import input_alignment, restore_network
@@ -105,6 +106,11 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
         raise ValueError(
             f"--colormap_type={colormap_type} has {num_colours} colours, dataset {info.name} "
             f"has {info.num_classes} classes: choose a larger colormap")
+    # Shards of another dataset (or without a record of theirs) are refused before
+    # anything is drawn with the wrong classes.
+    input_pipeline.check_shards_match(info, options.dataset_dir, options.vis_split,
+                                      num_examples=0, whose="the checkpoint's dataset",
+                                      named=options.dataset, require_record=True)
     root = pathlib.Path(options.vis_logdir)
     save_dir = root / SEMANTIC_PREDICTION_SAVE_FOLDER
     raw_dir = root / RAW_SEMANTIC_PREDICTION_SAVE_FOLDER
