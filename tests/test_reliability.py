@@ -426,7 +426,7 @@ def _untagged_shards(data_dir: pathlib.Path, tmp: pathlib.Path) -> pathlib.Path:
 
     from deeplab_ext.data import tfrecord
 
-    out = tmp / "untagged"
+    out = tmp / "untagged_shards"
     shutil.copytree(data_dir, out)
     examples = tfrecord.read_examples(sorted(out.glob("val-*.tfrecord")))
     for shard in out.glob("val-*.tfrecord"):

@@ -266,9 +266,9 @@ def check_dataset_record(info: DatasetInfo, dataset_dir: str | os.PathLike, spli
             raise ValueError(
                 f"{flag}={dataset_dir} split {split!r} has no record of its dataset "
                 f"({os.path.basename(path)}, which this project's converters write): its "
-                f"label values would be read as {whose} {info.name!r}'s classes whatever they "
-                f"are. Convert the split again ({CONVERTERS}), or say which dataset it holds "
-                f"with --dataset=NAME")
+                f"label values would be read as the classes of {whose} {info.name!r}, whatever "
+                f"they are. Convert the split again ({CONVERTERS}), or say which dataset it "
+                f"holds with --dataset=NAME")
         return
     try:
         with open(path) as f:
