@@ -267,9 +267,29 @@ def build_multitask_model(
         network, tasks, get_weighting(options.loss_weighting, tasks, method_options, **kwargs),
         loss_terms=branch.loss_terms, heads=branch.heads, summary_writer=summary_writer,
         summary_every_n_steps=options.save_summaries_steps, image_summary_fn=image_summary_fn,
+        gradient_multipliers=_last_layer_multipliers(network, family, options),
     )
     model.compile(optimizer=make_optimizer(options))
     return model
+
+
+LAST_LAYERS = ("logits",)  # the original's last layers: the classifier
+
+
+def _last_layer_multipliers(network: keras.Model, family: ModelFamily,
+                            options: TrainOptions) -> dict[str, float]:
+    """``--last_layer_gradient_multiplier`` as {variable path: factor} (none at 1)."""
+    factor = options.last_layer_gradient_multiplier
+    if not (np.isfinite(factor) and factor > 0):
+        raise ValueError(f"--last_layer_gradient_multiplier must be a finite number > 0, got "
+                         f"{factor}")
+    if factor == 1.0:
+        return {}
+    missing = [g for g in LAST_LAYERS if g not in family.variable_groups]
+    if missing:
+        raise ValueError(f"--last_layer_gradient_multiplier: model family {family.name!r} has "
+                         f"no {', '.join(missing)} group")
+    return {v.path: factor for v in group_variables(network, LAST_LAYERS)}
 
 
 def restore_training(ckpt: tf.train.Checkpoint, path: str) -> None:
