@@ -293,10 +293,11 @@ def check_shards_match(info: DatasetInfo, dataset_dir: str | os.PathLike, split:
                        named: str | None = None, require_record: bool = False) -> None:
     """:func:`check_dataset_record`, every shard read through (a corrupt or truncated
     one is named), then :func:`check_labels_match` on the first ``num_examples`` labels."""
+    shards = list_shards(dataset_dir, split)  # none at all: that error first
     check_dataset_record(info, dataset_dir, split, whose, named=named,
                          require_record=require_record)
     labels = []
-    for path in list_shards(dataset_dir, split):
+    for path in shards:
         for record in read_checked(path):
             if len(labels) < num_examples:
                 labels.append(decode_example(record)[1].numpy().ravel())
