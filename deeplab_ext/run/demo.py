@@ -196,24 +196,7 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
     stage("Data")
     dataset, data_dir, tune_split = prepare_data(options, out, printer, plan.num_tune)
     logdir = out / "train"  # a training run, when there is one
-    if plan.pooled:
-        stage(f"Import {plan.weights}; tags pooled from its segmentation (nothing to train)")
-        model = _import_once(plan.weights, out / "model", dataset, plan.variant, printer)
-    else:
-        start = None
-        if plan.weights is not None:  # the release in its own layout, then trained on
-            start = _import_once(plan.weights, out / "release", None, None, printer)
-        variant = plan.variant or (load_run_config(start)["model"]["name"] if start else None)
-        stage(f"Train {variant}" + (f" from {plan.weights}" if start else "") + " on "
-              f"{dataset}")
-        train(train_options(options, plan, variant, dataset, data_dir, logdir, start),
-              printer=printer)
-        model = logdir
-        if not _has_tags(logdir):
-            printer("The trained network has no tag head: its tags are pooled from its "
-                    "segmentation for the evidence table")
-            model = _import_once(str(logdir), out / "model", None, None, printer,
-                                 replace=True)
+    model = _make_model(options, plan, out, dataset, data_dir, logdir, stage, printer)
 
     tuning = load_tuned(model) if plan.pooled else None
     if tuning is not None:
@@ -264,6 +247,29 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
     printer(f"Total {time.time() - t0:.0f}s")
     return {"results": results, "report": str(report), "export": str(export_dir),
             "train_logdir": str(logdir), "model": str(model), "predict": served["report"]}
+
+
+def _make_model(options: DemoOptions, plan: DemoPlan, out: pathlib.Path, dataset: str,
+                data_dir: str, logdir: pathlib.Path, stage: _Stage,
+                printer: Callable[[str], None]) -> pathlib.Path:
+    """The run directory the evidence table is made with: the release imported with its
+    tags pooled (nothing trained), or a network trained (from scratch or from the release)
+    and, when it has no tag head, its twin with tags pooled from its segmentation."""
+    if plan.pooled:
+        stage(f"Import {plan.weights}; tags pooled from its segmentation (nothing to train)")
+        return _import_once(plan.weights, out / "model", dataset, plan.variant, printer)
+    start = None
+    if plan.weights is not None:  # the release in its own layout, then trained on
+        start = _import_once(plan.weights, out / "release", None, None, printer)
+    variant = plan.variant or (load_run_config(start)["model"]["name"] if start else None)
+    stage(f"Train {variant}" + (f" from {plan.weights}" if start else "") + f" on {dataset}")
+    train(train_options(options, plan, variant, dataset, data_dir, logdir, start),
+          printer=printer)
+    if _has_tags(logdir):
+        return logdir
+    printer("The trained network has no tag head: its tags are pooled from its segmentation "
+            "for the evidence table")
+    return _import_once(str(logdir), out / "model", None, None, printer, replace=True)
 
 
 def _has_tags(run: pathlib.Path) -> bool:
@@ -469,18 +475,9 @@ def _photo_picture(info: DatasetInfo, data_dir: str, eval_dir: pathlib.Path, row
     return picture, tags
 
 
-def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: dict,
-                 logdir: pathlib.Path, info: DatasetInfo, data_dir: str, shown: list[dict],
-                 served_mode: str, plan: DemoPlan, photos: str, t0: float) -> pathlib.Path:
-    """demo_out/report.html: first the photos the evidence changed most (large, overlaid,
-    with a legend, their tags and per-photo IoU), then the tables, per-class IoU, curves."""
-    modes = results["modes"]
-    baselines = bootstrap_baselines(results)
-    table_rows = [[row["name"], f"{100 * row['miou']:.2f}", mode, f"{row['seconds']:.1f}"]
-                  + [vs_cell(row, b) for b in baselines] for mode, row in modes.items()]
-    table_header = ["method", "mIoU (%)", "mode", "seconds"] + [
-        f"vs {EVIDENCE_MODES[b].row} (95% CI over images)" for b in baselines]
-    served_row = EVIDENCE_MODES[served_mode].row
+def _gallery(results: dict, out: pathlib.Path, info: DatasetInfo, data_dir: str,
+             shown: list[dict], served_mode: str) -> list[tuple[str, np.ndarray]]:
+    """Each shown photo's picture and its caption: tags and per-photo mIoU per row."""
     gallery = []
     for row in shown:
         picture, tags = _photo_picture(info, data_dir, out / "eval", row, served_mode)
@@ -492,13 +489,11 @@ def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: 
                   if "prune" in iou and served_mode in iou else "")
         gallery.append((f"{row['name'].split('_', 1)[-1]}: tags {', '.join(tags) or 'none'}; "
                         f"per-photo mIoU {steps}{change}", picture))
-    predicted, tags = served["report"], served["tags"]
-    before = predicted.get("tag_probabilities_before", {})
-    after = predicted.get("tag_probabilities_after", {})
-    pred_rows = [[n, f"{before[n]:.3f}", f"{after.get(n, before[n]):.3f}",
-                  "yes" if n in tags else ""]
-                 for n in before if n in tags or before[n] >= 0.05 or after.get(n, 0) >= 0.05]
-    tag_rows = [[k, f"{v:.4f}"] for k, v in results.get("tags", {}).items()]
+    return gallery
+
+
+def _training_curves(logdir: pathlib.Path) -> tuple[dict, dict]:
+    """The training run's scalars (none without one) and their plot groups."""
     scalars = tbevents.read_scalars(logdir / "train") if (logdir / "train").is_dir() else {}
     groups = {
         "Task losses (each step's own)": [k for k in scalars
@@ -512,13 +507,35 @@ def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: 
         "Learning rate": [k for k in scalars if k.endswith("learning_rate")],
     }
     groups = {k: v for k, v in groups.items() if v}
+    return {k: scalars[k] for keys in groups.values() for k in keys}, groups
+
+
+def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: dict,
+                 logdir: pathlib.Path, info: DatasetInfo, data_dir: str, shown: list[dict],
+                 served_mode: str, plan: DemoPlan, photos: str, t0: float) -> pathlib.Path:
+    """demo_out/report.html: first the photos the evidence changed most (large, overlaid,
+    with a legend, their tags and per-photo IoU), then the tables, per-class IoU, curves."""
+    modes = results["modes"]
+    baselines = bootstrap_baselines(results)
+    table_rows = [[row["name"], f"{100 * row['miou']:.2f}", mode, f"{row['seconds']:.1f}"]
+                  + [vs_cell(row, b) for b in baselines] for mode, row in modes.items()]
+    table_header = ["method", "mIoU (%)", "mode", "seconds"] + [
+        f"vs {EVIDENCE_MODES[b].row} (95% CI over images)" for b in baselines]
+    served_row = EVIDENCE_MODES[served_mode].row
+    predicted, tags = served["report"], served["tags"]
+    before = predicted.get("tag_probabilities_before", {})
+    after = predicted.get("tag_probabilities_after", {})
+    pred_rows = [[n, f"{before[n]:.3f}", f"{after.get(n, before[n]):.3f}",
+                  "yes" if n in tags else ""]
+                 for n in before if n in tags or before[n] >= 0.05 or after.get(n, 0) >= 0.05]
+    scalars, groups = _training_curves(logdir)
     report = out / "report.html"
     write_html_report(
         report,
         title=f"Evidence at prediction time: {plan.weights if plan.pooled else results['model']}"
               f" on {photos} {results['split']} ({results['num_images']} images)",
         notes=_summary(results, tuning, served_mode, plan),
-        gallery=gallery,
+        gallery=_gallery(results, out, info, data_dir, shown, served_mode),
         gallery_title=(f"The photos the evidence changed most: {EVIDENCE_MODES['none'].row} "
                        f"(plain), {EVIDENCE_MODES['prune'].row} (pruned), {served_row} "
                        "(refitted, what the export serves) and the ground truth"),
@@ -528,13 +545,12 @@ def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: 
             (f"Served: {served['command']}", ["tag", "before", "after the refit", "given"],
              pred_rows),
             ("Tags on val (pooled from the segmentation)" if plan.pooled else "Tag head on val",
-             ["metric", "value"], tag_rows),
+             ["metric", "value"], [[k, f"{v:.4f}"] for k, v in results.get("tags", {}).items()]),
             *_tuning_tables(tuning),
         ],
         per_class_iou={k: v for k, v in modes[served_mode]["per_class_iou"].items()
                        if v is not None},
-        scalars={k: scalars[k] for keys in groups.values() for k in keys},
-        scalar_groups=groups,
+        scalars=scalars, scalar_groups=groups,
         images=[(f"The served prediction ({served['command']})", str(served["prediction"]))],
         notes_after=[f"Per-class IoU shown for {served_row}.",
                      f"Total demo time {time.time() - t0:.0f}s."],
