@@ -182,8 +182,8 @@ def ref_aligned(g):
 
 
 def ref_nash(g, max_norm=1.0):
+    """alpha_i (K alpha)_i = 1 with the raw Gram matrix (the authors' fixed point)."""
     k = g @ g.T
-    k = k / np.linalg.norm(k)
     a = np.ones(len(g))
     for _ in range(200):  # Newton on K a = 1/a, plain steps kept positive
         f = k @ a - 1 / a
@@ -192,9 +192,11 @@ def ref_nash(g, max_norm=1.0):
         while (a - t * step <= 0).any():
             t /= 2
         a = a - t * step
-    assert np.linalg.norm(k @ a - 1 / a) < 1e-6
+    assert np.abs(a * (k @ a) - 1).max() < 1e-10
     d = a @ g
-    return d * min(1.0, max_norm / (np.linalg.norm(d) + 1e-6)), a
+    if max_norm > 0:
+        d = d * min(1.0, max_norm / (np.linalg.norm(d) + 1e-6))
+    return d, a
 
 
 # ------------------------------------------------------------------------ tests
@@ -252,12 +254,16 @@ def test_mgda_finds_the_min_norm_point(n):
     np.testing.assert_allclose(d, ref, atol=1e-4)
 
 
-def test_mgda_loss_plus_normaliser():
-    d, _, _, _ = _update("mgda", 3, "mgda_gn=loss+")
+@pytest.mark.parametrize("gn", ["l2", "loss", "loss+"])
+def test_mgda_normalisers_choose_weights_for_the_raw_gradients(gn):
+    """The authors' code: weights from the normalised gradients, applied to the raw ones."""
+    d, _, _, _ = _update("mgda", 3, f"mgda_gn={gn}")
     g = C.astype(np.float64)
-    gn = _losses(THETA0) * np.linalg.norm(g, axis=1)
-    gh = g / gn[:, None]
-    np.testing.assert_allclose(d, ref_min_norm(gh) @ gh, atol=1e-4)
+    norms, losses = np.linalg.norm(g, axis=1), _losses(THETA0).astype(np.float64)
+    gn_i = {"l2": norms, "loss": losses, "loss+": losses * norms}[gn]
+    w = ref_min_norm(g / gn_i[:, None])
+    np.testing.assert_allclose(d, w @ g, atol=1e-4)
+    assert np.linalg.norm(d - w @ (g / gn_i[:, None])) > 0.1 * np.linalg.norm(d)  # not those
 
 
 def test_cagrad_matches_reference():
@@ -285,13 +291,46 @@ def test_aligned_mtl_matches_reference():
     np.testing.assert_allclose(d, ref_aligned(C.astype(np.float64)), rtol=1e-4, atol=1e-6)
 
 
-def test_nash_mtl_solves_the_bargaining_equation():
+@pytest.mark.parametrize("scale", [1.0, 0.05])
+def test_nash_mtl_solves_the_bargaining_equation(scale):
+    """The raw Gram matrix: alpha scales as 1 / scale. At scale 0.05 T |K|_F < 1 (the
+    old normalised equation's update was not clipped there); max_norm=0: no clip."""
+    c = C * scale
+    model, layer = _model("nash_mtl", 3, "max_norm=0", c=c)
+    logs = _step(model, 3)
+    d = THETA0 - layer.theta.numpy()
+    ref, alpha = ref_nash(c.astype(np.float64), max_norm=0)
+    got = model.weighting.alpha.numpy().astype(np.float64)
+    k = c.astype(np.float64) @ c.T.astype(np.float64)
+    # the authors' equation alpha_i (G G^T alpha)_i = 1, to 1e-5 relative
+    np.testing.assert_allclose(got * (k @ got), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(got, alpha, rtol=1e-5)
+    np.testing.assert_allclose(d, ref, rtol=1e-5, atol=1e-7)
+    # task-specific biases descend alpha_i L_i (not clipped)
+    np.testing.assert_allclose([-b.numpy() for b in layer.bias], alpha, rtol=1e-5)
+    assert 1 <= logs["nash_steps"] <= 20 and logs["nash_residual"] < 1e-6
+
+
+def test_nash_mtl_clips_the_shared_update():
     d, model, layer, _ = _update("nash_mtl", 3)
     ref, alpha = ref_nash(C.astype(np.float64))
-    np.testing.assert_allclose(d, ref, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(model.weighting.alpha.numpy(), alpha, rtol=1e-4)
-    # task-specific biases descend alpha_i L_i (not clipped)
-    np.testing.assert_allclose([-b.numpy() for b in layer.bias], alpha, rtol=1e-4)
+    np.testing.assert_allclose(d, ref, rtol=1e-5, atol=1e-7)
+    # at the fixed point |sum alpha_i g_i| = sqrt(T) > max_norm = 1: clipped to norm 1
+    np.testing.assert_allclose(np.linalg.norm(alpha @ C), np.sqrt(3), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(d), 1.0, rtol=1e-5)
+    np.testing.assert_allclose([-b.numpy() for b in layer.bias], alpha, rtol=1e-5)
+
+
+def test_nash_mtl_warm_start_is_scale_free():
+    """From the previous alpha at another gradient scale the solver still converges."""
+    from tf_mtl.weighting.solvers import nash_weights
+    k = tf.constant(C @ C.T, tf.float32)
+    for start in ([1.0, 1.0, 1.0], [1e4, 1e-3, 5.0]):
+        alpha, steps, res = nash_weights(k * 1e-6, tf.constant(start), 50)
+        a = alpha.numpy().astype(np.float64)
+        np.testing.assert_allclose(a * ((C @ C.T).astype(np.float64) * 1e-6 @ a), 1.0,
+                                   rtol=1e-5)
+        assert res.numpy() < 1e-9 and 1 <= steps.numpy() < 50
 
 
 def test_gradnorm_weights_follow_the_gradnorm_loss():
@@ -402,14 +441,18 @@ def _rep_update(alpha_rows):
     return X.T @ (alpha_rows / len(X))
 
 
-@pytest.mark.parametrize("name", ["mgda_ub", "pcgrad", "imtl", "aligned_mtl"])
+@pytest.mark.parametrize("name", ["mgda_ub", "mgda_ub+loss+", "pcgrad", "imtl", "aligned_mtl"])
 def test_representation_gradient_methods(name):
-    model, dense = _rep_model(name, "rep_grad=true,rep_features=rep")
+    name, _, gn = name.partition("+")
+    options = "rep_grad=true,rep_features=rep" + (f",mgda_gn={gn}" if gn else "")
+    model, dense = _rep_model(name, options)
     x, y = X, {n: np.zeros((2, 1), np.float32) for n in NAMES}
     model.train_on_batch(x, y)
     g = C.astype(np.float64)  # the batch-summed representation gradients are the rows c_i
-    if name == "mgda_ub":
-        comb = ref_min_norm(g) @ g
+    if name == "mgda_ub":  # loss+: weights from the normalised rows, applied to the raw
+        n = (C @ W0.T @ X.T).sum(1) / len(X) + CONST if gn else np.ones(3)  # mean losses
+        n = n * np.linalg.norm(g, axis=1) if gn else n
+        comb = ref_min_norm(g / n[:, None]) @ g
     elif name == "pcgrad":
         orders = random_orders(model.weighting.random_seed(tf.constant(0)), 3).numpy()
         comb = ref_pcgrad(g, orders)

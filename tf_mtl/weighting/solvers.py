@@ -94,23 +94,42 @@ def cagrad_weights(k: tf.Tensor, c: float, iters: int = 100) -> tf.Tensor:
     return w
 
 
-def nash_weights(k: tf.Tensor, start: tf.Tensor, iters: int = 20) -> tf.Tensor:
-    """The Nash bargaining solution of Navon et al. 2022: alpha > 0 with
-    (K alpha)_i = 1 / alpha_i. It is the minimiser of the self-concordant
-    f(alpha) = alpha^T K alpha / 2 - sum_i log alpha_i, found by damped Newton steps
-    (Newton decrement lambda; step 1 / (1 + lambda) stays feasible), warm-started at
-    ``start``. A small ridge keeps f bounded when task gradients are linearly dependent
-    (the paper assumes they are not)."""
-    n = int(k.shape[0])
-    kr = k + 1e-6 * tf.eye(n, dtype=k.dtype)
+def nash_weights(k: tf.Tensor, start: tf.Tensor, max_iter: int = 20, tol: float = 1e-9
+                 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(alpha, Newton steps taken, max_i |alpha_i (K alpha)_i - 1|): the Nash bargaining
+    solution of Navon et al. 2022, alpha > 0 with alpha_i (K alpha)_i = 1 for the raw
+    Gram matrix K = G G^T (the authors' and LibMTL's fixed point: their normalisation
+    of K only conditions the convex program and is undone in its constraint).
 
-    def body(i, a):
-        g = tf.linalg.matvec(kr, a) - 1.0 / a
-        h = kr + tf.linalg.diag(1.0 / tf.square(a))
+    Solved in float64 on beta = sqrt(s) alpha, s = |K|_F, which satisfies the same
+    equation with K / s: beta minimises the self-concordant
+    f(beta) = beta^T (K / s) beta / 2 - sum_i log beta_i; damped Newton steps (Newton
+    decrement lambda, step 1 / (1 + lambda) stays feasible) until the residual is below
+    ``tol`` or ``max_iter`` steps, warm-started at ``start`` rescaled to the best multiple.
+    A ridge of 1e-10 s keeps f bounded when task gradients are linearly dependent (the
+    paper assumes they are not). An all-zero K (nothing to bargain over) returns ``start``.
+    """
+    n = int(k.shape[0])
+    k64 = tf.cast(k, tf.float64)
+    s = tf.norm(k64)
+    kn = k64 / tf.maximum(s, 1e-300) + 1e-10 * tf.eye(n, dtype=tf.float64)
+    b0 = tf.cast(tf.where(start > 0, start, tf.ones_like(start)), tf.float64)
+    b0 = b0 * tf.sqrt(float(n) / tf.tensordot(b0, tf.linalg.matvec(kn, b0), 1))
+
+    def residual(b):
+        return tf.reduce_max(tf.abs(b * tf.linalg.matvec(kn, b) - 1.0))
+
+    def body(i, b, r):
+        g = tf.linalg.matvec(kn, b) - 1.0 / b
+        h = kn + tf.linalg.diag(1.0 / tf.square(b))
         d = -tf.linalg.solve(h, g[:, None])[:, 0]
         lam = tf.sqrt(tf.maximum(-tf.tensordot(g, d, 1), 0.0))
-        return i + 1, a + d / (1.0 + lam)
+        b = b + d / (1.0 + lam)
+        return i + 1, b, residual(b)
 
-    start = tf.where(start > 0, start, tf.ones_like(start))
-    _, a = tf.while_loop(lambda i, a: i < iters, body, (tf.constant(0), start))
-    return a
+    steps, b, r = tf.while_loop(lambda i, b, r: tf.logical_and(i < max_iter, r > tol), body,
+                                (tf.constant(0), b0, residual(b0)))
+    alpha = tf.cast(b / tf.sqrt(tf.maximum(s, 1e-300)), k.dtype)
+    solved = s > 0
+    return (tf.where(solved, alpha, start), tf.where(solved, steps, 0),
+            tf.cast(tf.where(solved, r, 0.0), k.dtype))
