@@ -29,6 +29,8 @@ class MGDA(GradientWeighting):
     for two tasks). Task-specific variables get their task's unweighted gradient, as in
     LibMTL (the authors' code scales those losses by w too)."""
 
+    gram_dtype = tf.float64
+
     def __init__(self, tasks: Any = None, mgda_gn: str = "none", **kwargs: Any) -> None:
         super().__init__(tasks, **kwargs)
         if mgda_gn not in _NORMALIZERS:
@@ -39,12 +41,14 @@ class MGDA(GradientWeighting):
 
     def normalizers(self, k: tf.Tensor, losses: tf.Tensor) -> tf.Tensor:
         norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(k), 0.0))
+        losses = tf.cast(losses, k.dtype)
         return {"none": tf.ones_like(losses), "l2": norms, "loss": losses,
                 "loss+": losses * norms}[self.mgda_gn]
 
     def coefficients(self, k, losses, step):
         inv = 1.0 / (self.normalizers(k, losses) + 1e-12)
-        return min_norm_element(k * inv[:, None] * inv[None, :]), {}
+        w, steps = min_norm_element(k * inv[:, None] * inv[None, :])
+        return w, {"mgda_steps": tf.cast(steps, tf.float32)}
 
     def get_config(self) -> dict:
         config = super().get_config()
