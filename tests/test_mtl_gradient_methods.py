@@ -466,9 +466,7 @@ def test_representation_gradient_methods(name):
     else:
         comb = ref_aligned(g)
     ref = _rep_update(np.tile(comb, (2, 1)))
-    # Frank-Wolfe (mgda_ub) stops at a change of 1e-5: a looser stated tolerance
-    atol = 1e-4 if name == "mgda_ub" else 1e-6
-    np.testing.assert_allclose(W0 - dense.kernel.numpy(), ref, rtol=1e-4, atol=atol)
+    np.testing.assert_allclose(W0 - dense.kernel.numpy(), ref, rtol=1e-4, atol=1e-6)
 
 
 def test_graddrop_keeps_each_sign_with_its_purity():

@@ -24,10 +24,13 @@ class MGDA(GradientWeighting):
     only choose the weights: the update is sum_i w_i g_i of the raw gradients, as the
     authors' code does (it scales the raw losses by w; the normalisation is "optional and
     not included in the paper") and LibMTL's representation-gradient path; LibMTL's
-    parameter-gradient path applies w to g_i / n_i instead. At a vertex the weights are
-    exactly 1 and 0 (the authors' MinNormSolver, copied by LibMTL, returns 0.999 / 0.001
-    for two tasks). Task-specific variables get their task's unweighted gradient, as in
-    LibMTL (the authors' code scales those losses by w too)."""
+    parameter-gradient path applies w to g_i / n_i instead. The min-norm point is exact
+    (``solvers.min_norm_element``: the closed form for two tasks, with weights exactly 1
+    and 0 at a vertex; Wolfe's algorithm in float64 for more): the authors'
+    MinNormSolver, copied by LibMTL, returns 0.999 / 0.001 at a vertex of two tasks and
+    stops its Frank-Wolfe iteration up to 5e-2 short for three (BENCHMARKS 26).
+    Task-specific variables get their task's unweighted gradient, as in LibMTL (the
+    authors' code scales those losses by w too)."""
 
     gram_dtype = tf.float64
 

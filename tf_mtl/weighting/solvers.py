@@ -134,8 +134,8 @@ def cagrad_weights(k: tf.Tensor, c: float, max_iter: int = 100
     b = 1/T, |g0| = sqrt(mean(K) + 1e-8): the dual of CAGrad's inner problem as LibMTL
     states it (Liu et al. 2021). Dividing the objective by s = max_i K_ii leaves the
     minimiser unchanged; solved in float64 by :func:`simplex_minimize` to a duality gap
-    of 1e-13 (LibMTL's SLSQP stops at its default 1e-6 and fails outright when the
-    gradients' norms differ by decades)."""
+    of 1e-13 (first-order methods stall on nearly parallel gradients; LibMTL's SLSQP
+    stops at its default tolerance of 1e-6)."""
     n = int(k.shape[0])
     k64 = tf.cast(k, tf.float64)
     s = tf.maximum(tf.reduce_max(tf.linalg.diag_part(k64)), 1e-300)
