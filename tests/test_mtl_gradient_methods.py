@@ -316,12 +316,17 @@ def test_nash_mtl_solves_the_bargaining_equation(scale):
     assert 1 <= logs["nash_steps"] <= 20 and logs["nash_residual"] < 1e-6
 
 
-def test_nash_mtl_clips_the_shared_update():
-    d, model, layer, _ = _update("nash_mtl", 3)
-    ref, alpha = ref_nash(C.astype(np.float64))
+@pytest.mark.parametrize("scale", [1.0, 0.05])
+def test_nash_mtl_clips_the_shared_update(scale):
+    """Also where T |K|_F < 1 (scale 0.05), which the normalised equation left unclipped."""
+    c = C * scale
+    model, layer = _model("nash_mtl", 3, c=c)
+    _step(model, 3)
+    d = THETA0 - layer.theta.numpy()
+    ref, alpha = ref_nash(c.astype(np.float64))
     np.testing.assert_allclose(d, ref, rtol=1e-5, atol=1e-7)
     # at the fixed point |sum alpha_i g_i| = sqrt(T) > max_norm = 1: clipped to norm 1
-    np.testing.assert_allclose(np.linalg.norm(alpha @ C), np.sqrt(3), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(alpha @ c), np.sqrt(3), rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(d), 1.0, rtol=1e-5)
     np.testing.assert_allclose([-b.numpy() for b in layer.bias], alpha, rtol=1e-5)
 
