@@ -226,7 +226,11 @@ def load_libmtl(root: pathlib.Path) -> types.ModuleType:
         raise SystemExit(f"--libmtl_dir={root}: no LibMTL/weighting/abstract_weighting.py "
                          "there; pass the folder of a LibMTL checkout (git clone "
                          "https://github.com/median-research-group/LibMTL)")
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("PyTorch is not installed; the bench needs it and LibMTL's solvers: "
+                         ".venv/bin/pip install -r bench/requirements-libmtl.txt") from None
     # torch.symeig was removed from torch (it raises); Aligned_MTL still calls it
     torch.symeig = lambda m, eigenvectors=True: torch.linalg.eigh(m)
     for name, path in (("LibMTL", pkg), ("LibMTL.weighting", pkg / "weighting")):
@@ -248,9 +252,15 @@ class _Proxy:
 
 def run_libmtl(method: Method, case: Case) -> list[Step]:
     import torch
-    cls = getattr(importlib.import_module(f"LibMTL.weighting.{method.theirs}"), method.theirs)
+    try:
+        cls = getattr(importlib.import_module(f"LibMTL.weighting.{method.theirs}"),
+                      method.theirs)
+    except ImportError as e:
+        raise SystemExit(f"LibMTL's {method.theirs} needs {e.name}: .venv/bin/pip install -r "
+                         "bench/requirements-libmtl.txt") from None
     t = case.tasks
     module = sys.modules[cls.__module__]
+    originals = dict(vars(module))  # the patched names are restored at the end
     step_box = [0]
     ours = get_weighting(method.ours, [Task(NAMES[i], _mean) for i in range(t)],
                          method.options, **method.kwargs(t))
@@ -329,6 +339,7 @@ def run_libmtl(method: Method, case: Case) -> list[Step]:
         out.append(Step(update, heads, None if w is None else np.asarray(w, np.float64), state))
         if method.theirs == "FAMO":  # the trainer's update_w with the batch's new losses
             h.update_w(torch.from_numpy(case.losses[s + 1]))
+    vars(module).update(originals)
     return out
 
 
