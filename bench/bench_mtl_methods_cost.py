@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
     fns, kinds = {}, {}
     for label, method, options, kind in arms(selected):
         opts = train_options(a.variant, a.crop, a.batch, dataset=dataset, aux_tasks=("edges",),
-                             loss_weighting=method, weighting_options=options)
+                             loss_weighting=method, weighting_options=options,
+                             dwa_window_steps=2)
         branch = build_branches(TaskContext(network, family, info, opts), opts.training_branches)
-        model = build_multitask_model(network, family, info, opts, branch=branch,
-                                      dwa_window_steps=2)
+        model = build_multitask_model(network, family, info, opts, branch=branch)
         y = {t.target_key: y_all[t.target_key] for t in model.tasks}
         assert len(model.tasks) == 3, [t.name for t in model.tasks]
         fns[label] = (lambda m, yy: lambda: m.train_on_batch(x, yy, return_dict=True))(model, y)

@@ -21,7 +21,7 @@ def test_demo_dataset_override_voc_folder(tmp_path, real_data):
         [sys.executable, "-m", "tools.demo", f"--workdir={work}",
          f"--data={real_data / 'coco128-voc'}", "--train_steps=4", "--train_batch_size=2",
          "--model_variant=deeplabv3_mobilenetv2_dm05_mt",
-         "--weights=mobilenetv2_dm05_coco_voc_trainaug",  # by name, through tools.train
+         "--weights=mobilenetv2_dm05_coco_voc_trainaug",  # by name, imported once
          "--train_groups=tag_head", "--num_tune=0", "--report_photos=2",
          "--max_eval_images=3", "--evidence_steps=1", "--evidence_modes=none,prune"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -29,7 +29,12 @@ def test_demo_dataset_override_voc_folder(tmp_path, real_data):
     results = json.loads((work / "eval" / "eval_results.json").read_text())
     assert results["dataset"] == "pascal_voc_seg" and results["num_images"] == 3
     assert "loaded 272 variables" in proc.stdout and "froze" in proc.stdout
-    assert "--tf_initial_checkpoint=mobilenetv2_dm05_coco_voc_trainaug: " in proc.stdout
+    # The name was resolved (shipped file) and imported once into the workdir, in the
+    # release's own layout; the training started from that import.
+    release = json.loads((work / "release" / "model_config.json").read_text())
+    assert release["imported"]["released_name"] == "mobilenetv2_dm05_coco_voc_trainaug"
+    assert "Train deeplabv3_mobilenetv2_dm05_mt from mobilenetv2_dm05_coco_voc_trainaug" \
+        in proc.stdout
     # The released model sees these photos (from scratch the demo learns background only).
     assert results["modes"]["none"]["miou"] > 0.2, results["modes"]["none"]["miou"]
     # Full-size photos of different sizes: every prediction saved at its photo's size.

@@ -172,7 +172,7 @@ def test_weighting_options_are_parsed_and_checked():
         parse_weighting_options("cagrad", "alpha=1")
     with pytest.raises(ValueError, match="must be a float"):
         parse_weighting_options("cagrad", "calpha=big")
-    with pytest.raises(ValueError, match="not a known loss weighting"):
+    with pytest.raises(ValueError, match="unknown loss weighting"):
         get_weighting("pcgard", _tasks(2))
     with pytest.raises(ValueError, match="representation gradients only"):
         get_weighting("graddrop", _tasks(2), "rep_grad=false")

@@ -150,7 +150,7 @@ def test_registry_and_config_roundtrip():
     assert float(u.sigma("seg")) == pytest.approx(5.0)
     d = get_weighting("dwa", TASKS, temperature=3.0)
     assert d.temperature == 3.0
-    with pytest.raises(ValueError, match="--loss_weighting='gradnrom'.*valid names: .*dwa"):
+    with pytest.raises(ValueError, match="--loss_weighting=gradnrom: unknown loss weighting.*known: .*dwa"):
         get_weighting("gradnrom", TASKS)
     clone = UncertaintyWeighting.from_config(u.get_config())
     assert clone.kinds == {"seg": "classification", "depth": "regression"}

@@ -45,3 +45,26 @@ def test_every_built_in_axis_refuses_a_second_plug_in_of_a_taken_name():
     with pytest.raises(ValueError, match="already registered"):
         datasets.register_custom_dataset("camvid", ["a", "b"])
     assert set(models.FAMILIES.names()) >= {"deeplab", "segnet", "mtan"}
+
+
+def test_a_methods_options_are_resolved_once_with_the_old_flags_as_aliases(shapes_data):
+    """--initial_sigma and --dwa_window_steps are aliases of the methods' own options; the
+    option a method fills with one pass over the data (DWA's window) is counted by the run,
+    not by a name the trainer knows."""
+    from deeplab_ext.run.trainer import method_options
+    from tests.conftest import tiny_train_options
+
+    def resolved(**kw):
+        return method_options(tiny_train_options("unused", shapes_data, **kw), shapes_data)
+
+    assert resolved(loss_weighting="uncertainty")["initial_sigma"] == 1.0
+    assert resolved(loss_weighting="uncertainty", initial_sigma=2.0)["initial_sigma"] == 2.0
+    assert resolved(loss_weighting="uncertainty",
+                    weighting_options="initial_sigma=3")["initial_sigma"] == 3.0
+    with pytest.raises(ValueError, match="give initial_sigma once"):
+        resolved(loss_weighting="uncertainty", initial_sigma=2.0,
+                 weighting_options="initial_sigma=3")
+    # 6 training images at batch 2: one pass is 3 steps.
+    assert resolved(loss_weighting="dwa")["window_steps"] == 3
+    assert resolved(loss_weighting="dwa", dwa_window_steps=5)["window_steps"] == 5
+    assert "window_steps" not in resolved(loss_weighting="cagrad", dwa_window_steps=5)

@@ -372,6 +372,18 @@ def _bad_inputs(run_dir: pathlib.Path, data_dir: pathlib.Path, tmp: pathlib.Path
          "training diverged at step"),
         ("eval", "a checkpoint with NaN weights", None, evaluates(_nan_run(run_dir, tmp)),
          "not finite"),
+        *[("train", f"--loss_weighting={method} --weighting_options={opts}", None,
+           trains(data_dir, loss_weighting=method, weighting_options=opts), needle)
+          for method, opts, needle in (
+              ("cagrad", "calpha=-1", "must be >= 0.0"),
+              ("cagrad", "calpha=nan", "must be a finite number"),
+              ("nash_mtl", "optim_niter=0", "must be >= 1"),
+              ("famo", "w_lr=-1", "must be > 0.0"),
+              ("famo", "w_lr=nan", "must be a finite number"),
+              ("gradnorm", "alpha=-1", "must be >= 0.0"),
+              ("gradnorm", "alpha=inf", "must be a finite number"))],
+        ("train", "--initial_sigma=0", None, trains(data_dir, initial_sigma=0.0),
+         "initial_sigma=0.0 for --loss_weighting=uncertainty must be > 0.0"),
         ("tune_evidence", "a tuning split where no image has a tag", None,
          lambda: tune_evidence(TuneOptions(checkpoint_dir=str(copy_run("untagged")),
                                            dataset_dir=str(_untagged_shards(data_dir, tmp)),

@@ -80,11 +80,13 @@ def allow_partial_opt() -> Any:
                "for another variant, is refused.")
 
 
-def unused(given: frozenset[str], flags: tuple[str, ...] | str, why: str) -> list[str]:
-    """The refusal of ``flags`` (names, or a prefix ending in ``_``) where they were given
-    but the chosen mode does not read them: ``unused_flags`` of an options class."""
-    names = sorted(n for n in given if n.startswith(flags)) if isinstance(flags, str) else [
-        n for n in flags if n in given]
+def unused(given: frozenset[str], flags: tuple[str, ...] | str, why: str,
+           keep: tuple[str, ...] = ()) -> list[str]:
+    """The refusal of ``flags`` (names, or a prefix ending in ``_``; ``keep`` are the names
+    under the prefix that the mode does read) where they were given but the chosen mode does
+    not read them: ``unused_flags`` of an options class."""
+    names = sorted(n for n in given if n.startswith(flags) and n not in keep) \
+        if isinstance(flags, str) else [n for n in flags if n in given]
     return [f"--{', --'.join(names)}: {why}; drop {'it' if len(names) == 1 else 'them'}"] \
         if names else []
 
@@ -199,9 +201,10 @@ class TrainOptions:
                                  "calpha=0.4 for cagrad; rep_grad=true for gradients of the "
                                  "shared features instead of the shared weights). Unknown keys "
                                  "are an error that lists the method's options.")
-    initial_sigma: float = opt(1.0, "Uncertainty weighting: initial sigma.")
-    dwa_window_steps: int = opt(0, "DWA: steps per averaging window (0 = one pass over "
-                                "--train_split at --train_batch_size).")
+    initial_sigma: float = opt(1.0, "Alias of --weighting_options=initial_sigma=S "
+                               "(uncertainty weighting's initial sigma).")
+    dwa_window_steps: int = opt(0, "Alias of --weighting_options=window_steps=N (DWA's steps "
+                                "per averaging window; 0 = one pass over --train_split).")
     training_branches: tuple[str, ...] = opt((), "Training-only branches to add, by registered "
                                              "name (deeplab_ext.run.tasks.register_branch).")
     label_decoder: str | None = opt(None, "Regularise with a frozen label-map decoder "
@@ -375,7 +378,8 @@ class EvalOptions:
         if not self.model:
             return []
         return (unused(given, "evidence_", "--model scores a LiteRT / ONNX file, which has no "
-                       "refit")
+                       "refit (--evidence_modes=none,prune is what it scores)",
+                       keep=("evidence_modes",))
                 + unused(given, ("checkpoint_path", "use_tuned_evidence", "eval_scales",
                                  "add_flipped_images", "align_inputs", "eval_crop_size",
                                  "label_decoder_path_miou", "min_resize_value",

@@ -49,7 +49,7 @@ from deeplab_ext.run.tasks import task_names as network_task_names
 from tf_mtl import distribute, precision
 from tf_mtl.model import MultiTaskModel
 from tf_mtl.schedules import get_learning_rate_schedule
-from tf_mtl.weighting import get_weighting, parse_weighting_options
+from tf_mtl.weighting import get_weighting, parse_weighting_options, weighting_class
 
 __all__ = ["TrainResult", "build_multitask_model", "model_config_for", "train"]
 
@@ -161,33 +161,54 @@ def num_examples(dataset_dir: str, split: str) -> int:
     return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
 
 
+def method_options(options: TrainOptions, dataset_dir: str | None = None
+                   ) -> dict[str, Any]:
+    """The loss weighting's options, resolved once: ``--weighting_options`` (checked where
+    the method declares them), the old flags ``--initial_sigma`` and ``--dwa_window_steps``
+    as aliases of its ``initial_sigma`` / ``window_steps``, and the option a method fills
+    with one pass over the training split (``LossWeighting.epoch_option``, when 0) counted
+    from ``dataset_dir``."""
+    resolved = parse_weighting_options(options.loss_weighting, options.weighting_options)
+    given = options.weighting_options
+    for flag, key, default in (("--initial_sigma", "initial_sigma", 1.0),
+                               ("--dwa_window_steps", "window_steps", 0)):
+        value = getattr(options, flag[2:])
+        if value == default or key not in resolved:
+            continue
+        if f"{key}=" in given:
+            raise ValueError(f"{flag}={value} and --weighting_options={given}: give "
+                             f"{key} once (the flag is an alias of the option)")
+        resolved[key] = parse_weighting_options(options.loss_weighting, {key: value})[key]
+    epoch = getattr(weighting_class(options.loss_weighting), "epoch_option", None)
+    if epoch and not resolved.get(epoch) and dataset_dir is not None:
+        resolved[epoch] = math.ceil(num_examples(dataset_dir, options.train_split)
+                                    / options.train_batch_size)
+    return resolved
+
+
 def build_multitask_model(
     network: keras.Model, family: ModelFamily, info: DatasetInfo, options: TrainOptions,
     *, branch: Branch | None = None, summary_writer: Any = None,
-    image_summary_fn: Callable | None = None, dwa_window_steps: int | None = None,
+    image_summary_fn: Callable | None = None, resolved: dict[str, Any] | None = None,
 ) -> MultiTaskModel:
     """The compiled MultiTaskModel of a run: the network's tasks (+ a branch's), the loss
-    weighting and the optimizer of ``options``."""
+    weighting (``resolved``: its options from :func:`method_options`) and the optimizer of
+    ``options``."""
     branch = branch or Branch()
     ctx = TaskContext(network, family, info, options)
     tasks = build_tasks(ctx) + branch.tasks
-    kwargs: dict[str, Any] = {}
-    if options.loss_weighting == "uncertainty":
-        kwargs["initial_sigma"] = options.initial_sigma
-    elif options.loss_weighting == "dwa":
-        kwargs["window_steps"] = dwa_window_steps
-    method_options = parse_weighting_options(options.loss_weighting, options.weighting_options)
-    if "rep_features" in method_options and "rep_features=" not in options.weighting_options:
+    resolved = dict(method_options(options) if resolved is None else resolved)
+    if "rep_features" in resolved and "rep_features=" not in options.weighting_options:
         names = {layer.name for layer in network.layers}
         shared = [f for f in family.shared_features if f in names]
         if shared:
-            method_options["rep_features"] = "+".join(shared)
-        elif method_options.get("rep_grad"):
+            resolved["rep_features"] = "+".join(shared)
+        elif resolved.get("rep_grad"):
             raise ValueError(f"--weighting_options=rep_grad=true: family {family.name!r} "
                              "names no shared features; add rep_features=NAME[+NAME] (a "
                              f"cut every task's gradient passes: {family.feature_names})")
     model = MultiTaskModel(
-        network, tasks, get_weighting(options.loss_weighting, tasks, method_options, **kwargs),
+        network, tasks, get_weighting(options.loss_weighting, tasks, resolved),
         loss_terms=branch.loss_terms, heads=branch.heads, summary_writer=summary_writer,
         summary_every_n_steps=options.save_summaries_steps, image_summary_fn=image_summary_fn,
         gradient_multipliers=_last_layer_multipliers(network, family, options),
@@ -287,7 +308,7 @@ class _Run:
     logdir: pathlib.Path
     crop: tuple[int, int]
     seed: int | None
-    dwa_window: int | None
+    method_options: dict[str, Any]
 
 
 @dataclasses.dataclass
@@ -309,20 +330,18 @@ def _prepare(options: TrainOptions, printer: Callable[[str], None],
     if options.training_number_of_steps < 1:
         raise ValueError(f"--training_number_of_steps must be >= 1, got "
                          f"{options.training_number_of_steps}")
-    parse_weighting_options(options.loss_weighting, options.weighting_options)  # fail early
+    resolved = method_options(options)  # fail early, before the shards are counted
     info = get_dataset_info(options.dataset)
     logdir = pathlib.Path(options.train_logdir)
     family, cfg = model_config_for(options, info)
     crop = tuple(int(c) for c in options.train_crop_size)
     # Shards of another dataset would train silently wrong: refuse before building anything.
     input_pipeline.check_shards_match(info, options.dataset_dir, options.train_split)
-    window = None
-    if options.loss_weighting == "dwa":
-        # DWA compares average losses of whole data epochs (Liu et al.), not Keras "epochs"
-        # (here: checkpoint chunks).
-        window = options.dwa_window_steps or math.ceil(
-            num_examples(options.dataset_dir, options.train_split) / options.train_batch_size)
-        printer(f"DWA: task weights from the average losses of windows of {window} steps")
+    resolved = method_options(options, options.dataset_dir)
+    epoch = getattr(weighting_class(options.loss_weighting), "epoch_option", None)
+    if epoch:
+        printer(f"--loss_weighting={options.loss_weighting}: {epoch}={resolved[epoch]} (steps "
+                "of one pass over the training split unless given)")
     if stack is not None:  # one writer per run directory (the chief: the others write elsewhere)
         stack.enter_context(directory_lock(logdir, "--train_logdir", printer=printer))
     _check_same_method(options, logdir)
@@ -335,7 +354,7 @@ def _prepare(options: TrainOptions, printer: Callable[[str], None],
     if seed is not None:
         keras.utils.set_random_seed(seed)
     precision.set_policy(options.mixed_precision)
-    return _Run(info, family, cfg, logdir, crop, seed, window)
+    return _Run(info, family, cfg, logdir, crop, seed, resolved)
 
 
 def _check_same_method(options: TrainOptions, logdir: pathlib.Path) -> None:
@@ -398,7 +417,7 @@ def _build(options: TrainOptions, run: _Run, branch: Branch | None, save_dir: pa
                                      label_maps=branch.label_maps,
                                      pictures=task_pictures(network, run.family))
                           if options.save_summaries_images else None),
-        dwa_window_steps=run.dwa_window)
+        resolved=run.method_options)
     model.optimizer.build(model.trainable_variables)
     ckpt = model.make_checkpoint()
     manager = tf.train.CheckpointManager(

@@ -18,12 +18,14 @@ imports every module in it, so adding a method is adding a file.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import keras
 import tensorflow as tf
 
+from tf_mtl.registry import Registry, discover
 from tf_mtl.tasks import Task
 
 
@@ -49,6 +51,10 @@ class LossWeighting(keras.layers.Layer):
     Subclasses implement `combine`; `logs` contain `<task>_weight` (the effective
     multiplier of the task loss) and, where meaningful, `<task>_sigma`.
     """
+
+    # The option a run fills with the steps of one pass over its training split when the
+    # user leaves it 0 (DWA's window): a method declares it, the trainer needs no name.
+    epoch_option: ClassVar[str | None] = None
 
     #: Whether the step must hand this weighting each task's gradient.
     needs_task_gradients: ClassVar[bool] = False
@@ -256,27 +262,44 @@ class GradientWeighting(LossWeighting):
 # -------------------------------------------------------------------- registry
 @dataclasses.dataclass(frozen=True)
 class WeightingSpec:
-    """A registered method: its class, defaults of its options, and the paper."""
+    """A registered method: its class, defaults of its options, their checks, the paper."""
 
     name: str
     cls: type
     options: Mapping[str, Any]
     reference: str
+    checks: Mapping[str, tuple[Callable[[Any], bool], str]] = dataclasses.field(
+        default_factory=dict)
 
 
-_REGISTRY: dict[str, WeightingSpec] = {}
+def _discover() -> None:
+    """Every module of this package is a method (adding a method is adding a file)."""
+    discover("tf_mtl.weighting", skip=("base", "solvers"))
+
+
+WEIGHTINGS_REGISTRY: Registry[WeightingSpec] = Registry("loss weighting", "--loss_weighting",
+                                                        discover=_discover)
 _COMMON_GRADIENT_OPTIONS = {"rep_grad": False, "rep_features": "encoder", "seed": 0}
 
 
-def register_weighting(name: str, reference: str = "", **defaults: Any
-                       ) -> Callable[[type], type]:
+def register_weighting(name: str, reference: str = "", *,
+                       checks: Mapping[str, tuple[Callable[[Any], bool], str]] | None = None,
+                       override: bool = False, **defaults: Any) -> Callable[[type], type]:
     """Class decorator: ``--loss_weighting=name`` builds this class. ``defaults`` are the
-    method's ``--weighting_options`` with their defaults (LibMTL's unless stated)."""
+    method's ``--weighting_options`` with their defaults (LibMTL's unless stated);
+    ``checks``: ``{option: (predicate, "what it must be")}``, the range of each option,
+    declared with it (every float option must also be finite). A name already taken is
+    refused unless ``override``."""
     def wrap(cls: type) -> type:
         options = dict(defaults)
         if issubclass(cls, GradientWeighting):
             options = {**_COMMON_GRADIENT_OPTIONS, **options}
-        _REGISTRY[name] = WeightingSpec(name, cls, options, reference)
+        unknown = sorted(set(checks or {}) - set(options))
+        if unknown:
+            raise ValueError(f"register_weighting({name!r}): checks of unknown options {unknown}")
+        WEIGHTINGS_REGISTRY.register(
+            name, WeightingSpec(name, cls, options, reference, dict(checks or {})),
+            override=override)
         if not hasattr(cls, "registered_name"):
             cls.registered_name = name
         return cls
@@ -284,7 +307,29 @@ def register_weighting(name: str, reference: str = "", **defaults: Any
 
 
 def registered_weightings() -> dict[str, WeightingSpec]:
-    return dict(_REGISTRY)
+    return dict(WEIGHTINGS_REGISTRY.items())
+
+
+def weighting_class(name: str) -> type:
+    """The class ``--loss_weighting=name`` builds (what it declares: its options, the run
+    inputs it wants, e.g. ``epoch_option``)."""
+    return _spec(name).cls
+
+
+def at_least(low: float, strict: bool = False) -> tuple[Callable[[Any], bool], str]:
+    """An option's check: ``>= low`` (``> low`` when ``strict``)."""
+    return ((lambda v: v > low) if strict else (lambda v: v >= low),
+            f"{'>' if strict else '>='} {low}")
+
+
+def between(low: float, high: float) -> tuple[Callable[[Any], bool], str]:
+    """An option's check: in ``[low, high]``."""
+    return (lambda v: low <= v <= high), f"in [{low}, {high}]"
+
+
+def one_of(*values: Any) -> tuple[Callable[[Any], bool], str]:
+    """An option's check: one of ``values``."""
+    return (lambda v: v in values), f"one of {', '.join(map(str, values))}"
 
 
 def _parse_value(text: str, default: Any, key: str, method: str) -> Any:
@@ -329,16 +374,19 @@ def parse_weighting_options(name: str, text: str | Mapping[str, Any] | None
             known = ", ".join(f"{o}={d}" for o, d in spec.options.items()) or "none"
             raise ValueError(f"--weighting_options: {k!r} is not an option of "
                              f"--loss_weighting={name}; its options: {known}")
-        options[k] = _parse_value(v, spec.options[k], k, name)
+        options[k] = value = _parse_value(v, spec.options[k], k, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--weighting_options: {k}={v.strip()} for --loss_weighting="
+                             f"{spec.name} must be a finite number")
+        if k in spec.checks and not spec.checks[k][0](value):
+            raise ValueError(f"--weighting_options: {k}={v.strip()} for --loss_weighting="
+                             f"{spec.name} must be {spec.checks[k][1]} (default "
+                             f"{spec.options[k]!r})")
     return options
 
 
 def _spec(name: str) -> WeightingSpec:
-    key = (name or "").strip().lower()
-    if key not in _REGISTRY:
-        raise ValueError(f"--loss_weighting={name!r} is not a known loss weighting; valid "
-                         f"names: {', '.join(sorted(_REGISTRY))}.")
-    return _REGISTRY[key]
+    return WEIGHTINGS_REGISTRY.get((name or "").strip().lower(), "--loss_weighting")
 
 
 def get_weighting(name: str, tasks: Sequence[Task], options: str | Mapping[str, Any] | None

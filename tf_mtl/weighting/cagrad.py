@@ -7,12 +7,13 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tf_mtl.weighting.base import GradientWeighting, register_weighting
+from tf_mtl.weighting.base import GradientWeighting, at_least, one_of, register_weighting
 from tf_mtl.weighting.solvers import cagrad_weights
 
 
 @register_weighting("cagrad", "Liu et al., Conflict-Averse Gradient Descent, NeurIPS 2021",
-                    calpha=0.5, rescale=1)
+                    calpha=0.5, rescale=1,
+                    checks={"calpha": at_least(0.0), "rescale": one_of(0, 1, 2)})
 @keras.saving.register_keras_serializable(package="tf_mtl")
 class CAGrad(GradientWeighting):
     """d = g0 + lambda g_w, g0 the mean gradient, w the solution of

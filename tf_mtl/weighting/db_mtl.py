@@ -7,11 +7,12 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tf_mtl.weighting.base import GradientWeighting, gram, register_weighting
+from tf_mtl.weighting.base import GradientWeighting, at_least, between, gram, register_weighting
 
 
 @register_weighting("db_mtl", "Lin et al., Dual-Balancing for Multi-Task Learning, 2023",
-                    beta=0.9, beta_sigma=0.0)
+                    beta=0.9, beta_sigma=0.0,
+                    checks={"beta": between(0.0, 1.0), "beta_sigma": at_least(0.0)})
 @keras.saving.register_keras_serializable(package="tf_mtl")
 class DBMTL(GradientWeighting):
     """Loss-scale balancing: every task descends log(L_i + 1e-8). Gradient-magnitude

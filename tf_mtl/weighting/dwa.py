@@ -9,11 +9,14 @@ import keras
 import tensorflow as tf
 
 from tf_mtl.tasks import Task
-from tf_mtl.weighting.base import LossWeighting, register_weighting
+from tf_mtl.weighting.base import LossWeighting, at_least, register_weighting
 from tf_mtl.weighting.base import task_names_of as _names
 
 
-@register_weighting("dwa", "Liu, Johns & Davison, CVPR 2019", temperature=2.0)
+@register_weighting("dwa", "Liu, Johns & Davison, CVPR 2019", temperature=2.0,
+                    window_steps=0,
+                    checks={"temperature": at_least(0.0, strict=True),
+                            "window_steps": at_least(0)})
 @keras.saving.register_keras_serializable(package="tf_mtl")
 class DynamicWeightAverage(LossWeighting):
     """Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019, MTAN).
@@ -21,9 +24,12 @@ class DynamicWeightAverage(LossWeighting):
     w_k = K * softmax_k(r_k / T), r_k = Lbar_k(t-1) / Lbar_k(t-2), where Lbar are the
     task's average losses over the last two completed windows (epochs, or
     `window_steps` train steps). Weights are 1 until two windows are complete. The
-    state is non-trainable; with `window_steps=None` call `end_window()` at each
-    epoch end (`DWAEpochCallback` does it).
+    state is non-trainable; with `window_steps=None` (or 0) call `end_window()` at each
+    epoch end (`DWAEpochCallback` does it). In a run, `window_steps=0` is one pass over the
+    training split (``epoch_option``).
     """
+
+    epoch_option = "window_steps"
 
     def __init__(
         self,
@@ -36,10 +42,10 @@ class DynamicWeightAverage(LossWeighting):
         super().__init__(_names(tasks, task_names), **kwargs)
         if not temperature > 0:
             raise ValueError(f"DWA temperature must be > 0, got {temperature}.")
-        if window_steps is not None and int(window_steps) < 1:
-            raise ValueError(f"DWA window_steps must be >= 1 or None, got {window_steps}.")
+        if window_steps is not None and int(window_steps) < 0:
+            raise ValueError(f"DWA window_steps must be >= 0 or None, got {window_steps}.")
         self.temperature = float(temperature)
-        self.window_steps = None if window_steps is None else int(window_steps)
+        self.window_steps = int(window_steps) if window_steps else None
         k = len(self.task_names)
         common = dict(trainable=False, dtype="float32", aggregation="mean")
         self.loss_sum = self.add_weight(shape=(k,), initializer="zeros", name="loss_sum", **common)

@@ -11,6 +11,7 @@ import tensorflow as tf
 from tf_mtl.tasks import Task
 from tf_mtl.weighting.base import (
     LossWeighting,
+    at_least,
     prior_weights,
     register_weighting,
     task_names_of,
@@ -19,7 +20,8 @@ from tf_mtl.weighting.base import (
 _EPS = 1e-8
 
 
-@register_weighting("famo", "Liu et al., FAMO, NeurIPS 2023", w_lr=0.025, w_gamma=1e-3)
+@register_weighting("famo", "Liu et al., FAMO, NeurIPS 2023", w_lr=0.025, w_gamma=1e-3,
+                    checks={"w_lr": at_least(0.0, strict=True), "w_gamma": at_least(0.0)})
 @keras.saving.register_keras_serializable(package="tf_mtl")
 class FAMO(LossWeighting):
     """Loss weights that equalise the tasks' log-loss decrease, in O(1) memory and time.

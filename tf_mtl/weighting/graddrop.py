@@ -7,11 +7,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tf_mtl.weighting.base import GradientWeighting, register_weighting
+from tf_mtl.weighting.base import GradientWeighting, between, register_weighting
 
 
 @register_weighting("graddrop", "Chen et al., Just Pick a Sign, NeurIPS 2020", leak=0.0,
-                    rep_grad=True)
+                    rep_grad=True, checks={"leak": between(0.0, 1.0)})
 @keras.saving.register_keras_serializable(package="tf_mtl")
 class GradDrop(GradientWeighting):
     """At the shared representation x: per element, the sign purity

@@ -7,10 +7,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tf_mtl.weighting.base import GradientWeighting, register_weighting
+from tf_mtl.weighting.base import GradientWeighting, at_least, register_weighting
 
 
-@register_weighting("gradnorm", "Chen et al., GradNorm, ICML 2018", alpha=1.5)
+@register_weighting("gradnorm", "Chen et al., GradNorm, ICML 2018", alpha=1.5,
+                    checks={"alpha": at_least(0.0)})
 @keras.saving.register_keras_serializable(package="tf_mtl")
 class GradNorm(GradientWeighting):
     """Weights w = T softmax(v) (LibMTL's parametrisation: they sum to T). The update is

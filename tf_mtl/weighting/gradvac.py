@@ -7,11 +7,12 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tf_mtl.weighting.base import GradientWeighting, register_weighting
+from tf_mtl.weighting.base import GradientWeighting, between, register_weighting
 from tf_mtl.weighting.pcgrad import random_orders
 
 
-@register_weighting("gradvac", "Wang et al., Gradient Vaccine, ICLR 2021", beta=0.5)
+@register_weighting("gradvac", "Wang et al., Gradient Vaccine, ICLR 2021", beta=0.5,
+                    checks={"beta": between(0.0, 1.0)})
 @keras.saving.register_keras_serializable(package="tf_mtl")
 class GradVac(GradientWeighting):
     """Keeps an EMA target phi_ij (decay ``beta``) of the cosine between tasks i and j.

@@ -8,14 +8,15 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tf_mtl.weighting.base import GradientWeighting, register_weighting
+from tf_mtl.weighting.base import GradientWeighting, one_of, register_weighting
 from tf_mtl.weighting.solvers import min_norm_element
 
 _NORMALIZERS = ("none", "l2", "loss", "loss+")
 
 
 @register_weighting("mgda", "Sener & Koltun, Multi-Task Learning as Multi-Objective "
-                    "Optimization, NeurIPS 2018", mgda_gn="none")
+                    "Optimization, NeurIPS 2018", mgda_gn="none",
+                    checks={"mgda_gn": one_of("none", "l2", "loss", "loss+")})
 @keras.saving.register_keras_serializable(package="tf_mtl")
 class MGDA(GradientWeighting):
     """w = argmin_{w in simplex} |sum_i w_i g_i / n_i|^2 with the gradient normaliser n_i
@@ -60,6 +61,7 @@ class MGDA(GradientWeighting):
 
 
 @register_weighting("mgda_ub", "Sener & Koltun 2018, MGDA-UB: min-norm on the shared "
-                    "representation", mgda_gn="none", rep_grad=True)
+                    "representation", mgda_gn="none", rep_grad=True,
+                    checks={"mgda_gn": one_of("none", "l2", "loss", "loss+")})
 class MGDAUpperBound(MGDA):
     """MGDA on the gradients of the shared representation (rep_grad on by default)."""

@@ -7,12 +7,14 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tf_mtl.weighting.base import GradientWeighting, register_weighting
+from tf_mtl.weighting.base import GradientWeighting, at_least, register_weighting
 from tf_mtl.weighting.solvers import nash_weights
 
 
 @register_weighting("nash_mtl", "Navon et al., Multi-Task Learning as a Bargaining Game, "
-                    "ICML 2022", update_weights_every=1, optim_niter=20, max_norm=1.0)
+                    "ICML 2022", update_weights_every=1, optim_niter=20, max_norm=1.0,
+                    checks={"update_weights_every": at_least(1), "optim_niter": at_least(1),
+                            "max_norm": at_least(0.0)})
 @keras.saving.register_keras_serializable(package="tf_mtl")
 class NashMTL(GradientWeighting):
     """alpha > 0 solving alpha_i (K alpha)_i = 1 for the raw Gram matrix K = G G^T (the

@@ -10,11 +10,12 @@ import keras
 import tensorflow as tf
 
 from tf_mtl.tasks import VALID_KINDS, Task
-from tf_mtl.weighting.base import LossWeighting, prior_weights, register_weighting
+from tf_mtl.weighting.base import LossWeighting, at_least, prior_weights, register_weighting
 from tf_mtl.weighting.base import task_names_of as _names
 
 
-@register_weighting("uncertainty", "Kendall, Gal & Cipolla, CVPR 2018", normalize=False)
+@register_weighting("uncertainty", "Kendall, Gal & Cipolla, CVPR 2018", normalize=False,
+                    initial_sigma=1.0, checks={"initial_sigma": at_least(0.0, strict=True)})
 @keras.saving.register_keras_serializable(package="tf_mtl")
 class UncertaintyWeighting(LossWeighting):
     """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
