@@ -1,18 +1,19 @@
 """Evidence with wrong tags (issue 43): a release's evidence table on held-out photos with
 the exact tags, one tag dropped, one false tag added, and both, and the soft rows with the
-setting ``tools.tune_evidence --objective=soft`` chose on *other* photos under noise.
+settings ``tools.tune_evidence --objective=soft`` chose on *other* photos under noise.
 
-1. Tuning, on ``--tune_split`` (coco128-voc's 65 train photos) with ``--tune_noise`` (one
-   true tag dropped per photo): ``tune_evidence`` (what the CLI runs) on a copy of the
-   run, starting from the refit settings the released-weights table records (its
-   ``evidence_tuned.json``), searching the prune strength and the tag confidence (the
-   budget ``--max_candidates`` leaves the refit settings as recorded). It writes the
-   prior without a refit (DL-MT-SPr) and the best soft refit (DL-BP-L2-SPr).
+1. Tuning, on ``--tune_split`` (coco128-voc's 65 train photos), once per noise model of
+   ``--tune_noise`` (one true tag dropped on every photo; on half of them):
+   ``tune_evidence`` (what the CLI runs) on a copy of the run, starting from the refit
+   settings the released-weights table records (its ``evidence_tuned.json``), searching
+   the prune strength and the tag confidence (the budget ``--max_candidates`` leaves the
+   refit settings as recorded). Each gives a prior without a refit (DL-MT-SPr) and the best
+   soft refit (DL-BP-L2-SPr).
 2. Scoring, on ``--eval_split`` (the 32 val photos), per condition of ``--conditions``
    (the noise seeded per photo, so every row sees the same tags): DL-MT, DL-MT-Pr,
-   DL-MT-SPr, DL-BP-L2, DL-BP-L2-Pr (the table's settings, the seed's rows) and
-   DL-BP-L2-SPr, with 95% paired bootstrap intervals against DL-MT, DL-MT-Pr and
-   DL-BP-L2-Pr. No photo scored chose a setting.
+   DL-BP-L2, DL-BP-L2-Pr (the table's settings, the seed's rows) and each tuning's
+   DL-MT-SPr and DL-BP-L2-SPr, with 95% paired bootstrap intervals against DL-MT,
+   DL-MT-Pr and DL-BP-L2-Pr. No photo scored chose a setting.
 
     bash bench/noisy_tags.sh W [RELEASE_NAME]
 """
@@ -51,9 +52,10 @@ CONDITIONS = ("exact", "drop:1,seed:0", "add:1,seed:0", "drop:1,add:1,seed:0")
 ROWS = ("none", "prune", "soft_prune", "bp_l2", "bp_l2_prune", "bp_l2_soft_prune")
 
 
-def tune_soft(args, hard: EvidenceOptions) -> dict:
-    """The soft setting, tuned on other photos than those scored (reused if done)."""
-    soft_run = pathlib.Path(args.workdir) / "soft"
+def tune_soft(args, hard: EvidenceOptions, noise: str) -> dict:
+    """The soft setting for one noise model, tuned on other photos than those scored (reused
+    if done)."""
+    soft_run = pathlib.Path(args.workdir) / ("soft_" + noise.replace(":", "").replace(",", "_"))
     tuned = load_tuned(soft_run) if soft_run.is_dir() else None
     if tuned and tuned.get("objective") == "soft":
         print(f"reusing the soft tuning in {soft_run}")
@@ -64,21 +66,22 @@ def tune_soft(args, hard: EvidenceOptions) -> dict:
     (soft_run / "evidence_tuned.json").unlink()
     tune_evidence(TuneOptions(
         checkpoint_dir=str(soft_run), dataset_dir=args.dataset_dir, tune_split=args.tune_split,
-        kinds=("l2",), objective="soft", tag_noise=args.tune_noise,
+        kinds=("l2",), objective="soft", tag_noise=noise,
         max_candidates=args.max_candidates, evidence=hard,
         learning_rates=(hard.learning_rate,), clip_norms=(hard.clip_norm,)))
     return load_tuned(soft_run)
 
 
-def score(network, info, batches, alignment, rows, samples: int) -> dict:
+def score(network, info, batches, alignment, rows, samples: int,
+          labels: dict[str, str]) -> dict:
     runs = run_rows(network, info, batches, rows, alignment=alignment, errors=False,
                     printer=print)
     results = {"eval_scales": [1.0], "add_flipped_images": False,
                "num_images": len(batches), "modes": {}}
     for name, mode, settings in rows:
         r = runs[name]
-        results["modes"][name] = row = {"name": EVIDENCE_MODES[mode].row, "miou": r.miou,
-                                        "seconds": r.seconds}
+        results["modes"][name] = row = {"name": EVIDENCE_MODES[mode].row + labels.get(name, ""),
+                                        "miou": r.miou, "seconds": r.seconds}
         if EVIDENCE_MODES[mode].soft:
             row.update(prune_strength=settings.prune_strength,
                        tag_confidence=settings.tag_confidence)
@@ -88,7 +91,7 @@ def score(network, info, batches, alignment, rows, samples: int) -> dict:
     add_bootstrap(results, {n: r.counts for n, r in runs.items()}, samples)
     # The soft rows against the seed's pruned refit: how much of its gain they keep.
     counts = {n: np.stack(r.counts) for n, r in runs.items()}
-    for soft in ("soft_prune", "bp_l2_soft_prune"):
+    for soft in [n for n, mode, _ in rows if EVIDENCE_MODES[mode].soft]:
         st = paired_bootstrap_miou(counts, [(soft, "bp_l2_prune")], num_samples=samples)
         results["modes"][soft].setdefault("vs", {})["bp_l2_prune"] = st[(soft, "bp_l2_prune")]
     results["table"] = format_table(results)
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--output", required=True)
     p.add_argument("--tune_split", default="train")
     p.add_argument("--eval_split", default="val")
-    p.add_argument("--tune_noise", default="drop:1,seed:1")
+    p.add_argument("--tune_noise", default="drop:1,seed:1;drop:1,rate:0.5,seed:1",
+                   help="';'-separated noise models, one soft tuning each")
     p.add_argument("--conditions", default=";".join(CONDITIONS),
                    help="';'-separated: exact, or a --tag_noise spec")
     p.add_argument("--max_candidates", type=int, default=4,
@@ -115,34 +119,37 @@ def main(argv: list[str] | None = None) -> dict:
 
     hard_tuned = load_tuned(args.checkpoint_dir)
     hard = EvidenceOptions(**hard_tuned["kinds"]["l2"]["evidence"])
-    t0 = time.time()
-    soft_tuned = tune_soft(args, hard)
-    tuning_seconds = round(time.time() - t0, 1)
-    prior = EvidenceOptions(**soft_tuned["no_refit"]["evidence"])
-    soft_l2 = EvidenceOptions(**soft_tuned["kinds"]["l2"]["best"])
-    print(f"soft prior (no refit): prune_strength={prior.prune_strength}, tag_confidence="
-          f"{prior.tag_confidence}; soft refit: prune_strength={soft_l2.prune_strength}, "
-          f"tag_confidence={soft_l2.tag_confidence} (chosen over no refit: "
-          f"{soft_tuned['kinds']['l2']['refit']})")
+    rows = [("none", "none", hard), ("prune", "prune", hard), ("bp_l2", "bp_l2", hard),
+            ("bp_l2_prune", "bp_l2_prune", hard)]
+    labels, softs = {}, []
+    for i, noise in enumerate(args.tune_noise.split(";")):
+        t0 = time.time()
+        tuned = tune_soft(args, hard, noise)
+        prior = EvidenceOptions(**tuned["no_refit"]["evidence"])
+        soft_l2 = EvidenceOptions(**tuned["kinds"]["l2"]["best"])
+        print(f"tuned with {noise}: prior (no refit) prune_strength={prior.prune_strength}, "
+              f"tag_confidence={prior.tag_confidence}; soft refit prune_strength="
+              f"{soft_l2.prune_strength}, tag_confidence={soft_l2.tag_confidence} (chosen over "
+              f"no refit: {tuned['kinds']['l2']['refit']})")
+        rows += [(f"soft_prune_{i}", "soft_prune", prior),
+                 (f"bp_l2_soft_prune_{i}", "bp_l2_soft_prune", soft_l2)]
+        label = f" (tuned: {noise.replace(',seed:1', '')})"
+        labels.update({f"soft_prune_{i}": label, f"bp_l2_soft_prune_{i}": label})
+        softs.append({"tune_noise": noise, "prior": dataclasses.asdict(prior),
+                      "soft_refit": dataclasses.asdict(soft_l2),
+                      "tuning": {k: tuned[k] for k in ("kinds", "no_refit", "table",
+                                                       "tags_given", "seconds")},
+                      "report": tuned.get("report"), "seconds": round(time.time() - t0, 1)})
 
     out_path = pathlib.Path(args.output)
     payload = json.loads(out_path.read_text()) if out_path.is_file() else {}
     payload.update({"checkpoint_dir": args.checkpoint_dir, "tune_split": args.tune_split,
-                    "tune_noise": args.tune_noise, "eval_split": args.eval_split,
-                    "hard": dataclasses.asdict(hard), "prior": dataclasses.asdict(prior),
-                    "soft_refit": dataclasses.asdict(soft_l2),
-                    "soft_tuning": {k: soft_tuned[k] for k in ("kinds", "no_refit", "table",
-                                                                "tags_given", "seconds")},
-                    "soft_tuning_report": soft_tuned.get("report")})
-    payload.setdefault("tuning_seconds", tuning_seconds)
+                    "eval_split": args.eval_split, "hard": dataclasses.asdict(hard),
+                    "soft": softs})
     payload.setdefault("conditions", {})
     network, info, meta = restore_network(args.checkpoint_dir)
     batches, alignment = load_split(network, info, meta, args.dataset_dir, args.eval_split)
     names = input_pipeline.split_filenames(args.dataset_dir, args.eval_split)[: len(batches)]
-    rows = [("none", "none", hard), ("prune", "prune", hard),
-            ("soft_prune", "soft_prune", prior), ("bp_l2", "bp_l2", hard),
-            ("bp_l2_prune", "bp_l2_prune", hard), ("bp_l2_soft_prune", "bp_l2_soft_prune",
-                                                   soft_l2)]
     for condition in args.conditions.split(";"):
         if condition in payload["conditions"]:
             print(f"{condition}: done before, kept")
@@ -151,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         given, records = source.apply(batches, names, info)
         print(f"{condition}: {source.label}")
         t1 = time.time()
-        results = score(network, info, given, alignment, rows, args.bootstrap_samples)
+        results = score(network, info, given, alignment, rows, args.bootstrap_samples, labels)
         results.update(tags=records, seconds=round(time.time() - t1, 1))
         print(results["table"])
         payload["conditions"][condition] = results

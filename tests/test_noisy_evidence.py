@@ -4,6 +4,7 @@ on the suite's tiny run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -114,6 +115,12 @@ def test_eval_reads_the_soft_prior_the_tuning_chose(soft_tuned, shapes_data, tmp
     out = _eval(run, shapes_data, tmp_path / "eval", evidence_modes=("prune", "soft_prune"))
     assert out["evidence_by_kind"]["none"] == tuned["no_refit"]["evidence"]
     assert out["evidence_by_kind"]["l2"] == tuned["kinds"]["l2"]["evidence"]
+    # served (export, tools.predict --checkpoint_dir): pruned, with the tuned prior
+    from deeplab_ext.run.export import serving_evidence
+
+    kind, served, prune = serving_evidence(run, EvidenceOptions(), printer=lambda line: None)
+    assert prune and kind == "l2"
+    assert dataclasses.asdict(served) == tuned["kinds"]["l2"]["evidence"]
 
 
 def test_the_soft_flags_are_refused_where_nothing_reads_them(tiny_run, shapes_data, tmp_path):

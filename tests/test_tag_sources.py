@@ -41,6 +41,17 @@ def test_noise_drops_and_adds_exactly_k_seeded_per_image():
     picks = [tuple(drop.apply(true, i)[1]) for i in range(20)]
     assert len(set(picks)) == 3  # every true tag is dropped for some image
     assert [tuple(TagNoise(drop=1, seed=4).apply(true, i)[1]) for i in range(20)] != picks
+    # rate: that share of the images, the others untouched; those touched get the noise
+    # rate 1 gives them (the same streams)
+    half = TagNoise(drop=1, seed=3, rate=0.5)
+    touched = [i for i in range(200) if half.apply(true, i)[1]]
+    assert 70 <= len(touched) <= 130
+    for i in range(20):
+        noisy, dropped, _ = half.apply(true, i)
+        if dropped:
+            assert dropped == drop.apply(true, i)[1]
+        else:
+            np.testing.assert_array_equal(noisy, true)
     # fewer tags than asked: all of them; none: nothing
     assert TagNoise(drop=5).apply(true, 0)[0].sum() == 0
     assert TagNoise(drop=1).apply(np.zeros(20, np.float32), 0)[1] == []
@@ -52,6 +63,8 @@ def test_noise_drops_and_adds_exactly_k_seeded_per_image():
     ("drop:1,drop:2", "'drop:2' is not one of"),
     ("drop:-1", "'drop:-1' must be >= 0"),
     ("seed:3", "drops and adds nothing"),
+    ("drop:1,rate:0", "must be in \\(0, 1\\]"),
+    ("drop:1,rate:nan", "must be in \\(0, 1\\]"),
 ])
 def test_bad_noise_specs_name_the_flag(spec, message):
     with pytest.raises(ValueError, match=f"--tag_noise={spec}: .*{message}"):
@@ -61,6 +74,7 @@ def test_bad_noise_specs_name_the_flag(spec, message):
 def test_noise_spec_round_trip():
     assert TagNoise.parse("add:2, drop:1,seed:7") == TagNoise(drop=1, add=2, seed=7)
     assert TagNoise.parse("drop:1").describe() == "drop:1,add:0,seed:0"
+    assert TagNoise.parse("drop:1,rate:0.5").describe() == "drop:1,add:0,seed:0,rate:0.5"
 
 
 def test_soft_tags_by_name_and_their_refusals():

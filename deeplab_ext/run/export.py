@@ -167,11 +167,12 @@ def serving_evidence(checkpoint_dir: str | os.PathLike, evidence: EvidenceOption
                      printer: Callable[[str], None] = print
                      ) -> tuple[str, EvidenceOptions, bool]:
     """(kind, settings, prune) the run is served with: the kind tuning found best, with its
-    tuned settings (flags given win) and whether they were tuned for pruned rows (then
-    clients prune after the refit); or the L2 refit with ``evidence``, unpruned."""
+    tuned settings (flags given win) and whether they were tuned for pruned rows, hard or
+    soft (then clients prune after the refit, with the settings' strength); or the L2 refit
+    with ``evidence``, unpruned."""
     tuned = load_tuned(checkpoint_dir) if use_tuned else None
     kind = tuned["serving_kind"] if tuned else "l2"
-    prune = bool(tuned) and tuned.get("objective") == "pruned"
+    prune = bool(tuned) and tuned.get("objective") in ("pruned", "soft")
     return kind, evidence_by_kind(checkpoint_dir, evidence, explicit, use_tuned=use_tuned,
                                   printer=printer)[kind], prune
 

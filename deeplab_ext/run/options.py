@@ -385,7 +385,8 @@ class EvalOptions:
     tag_noise: str = opt("", "Score the rows with noisy tags, as users' tags are: per image "
                          "drop K true tags and/or add K false ones (drawn from the dataset's "
                          "classes absent from it), seeded per image: drop:1,add:1,seed:0 (any "
-                         "of them). Recorded per image in eval_results.json.")
+                         "of them; rate:0.5 touches half the images only). Recorded per image "
+                         "in eval_results.json.")
     tags_from: str | None = opt(None, "Score the rows with your own tags: a .json {image: "
                                 "[\"person\", \"dog:0.6\"]} or .csv (image,person dog:0.6) "
                                 "file naming every image of the split.")

@@ -32,26 +32,33 @@ __all__ = ["TagNoise", "TagSource", "read_tags_file", "tag_source"]
 @dataclasses.dataclass(frozen=True)
 class TagNoise:
     """Per image: ``drop`` true tags removed and ``add`` false ones added (as many as the
-    image has), drawn with a generator seeded by ``(seed, image index)``."""
+    image has), drawn with a generator seeded by ``(seed, image index)``; ``rate`` < 1
+    touches that share of the images only (each drawn by its own seeded stream: a user
+    whose tags are wrong now and then)."""
 
     drop: int = 0
     add: int = 0
     seed: int = 0
+    rate: float = 1.0
 
     @classmethod
     def parse(cls, spec: str, flag: str = "--tag_noise") -> TagNoise:
-        """``drop:K,add:K,seed:N`` (any of them, any order)."""
-        values: dict[str, int] = {}
+        """``drop:K,add:K,seed:N,rate:R`` (any of them, any order)."""
+        values: dict[str, float] = {}
         for part in [p.strip() for p in spec.split(",") if p.strip()]:
             key, _, value = part.partition(":")
-            if key not in ("drop", "add", "seed") or key in values:
-                raise ValueError(f"{flag}={spec}: {part!r} is not one of drop:K, add:K, seed:N "
-                                 "(each at most once), e.g. drop:1,add:1,seed:0")
+            if key not in ("drop", "add", "seed", "rate") or key in values:
+                raise ValueError(f"{flag}={spec}: {part!r} is not one of drop:K, add:K, seed:N, "
+                                 "rate:R (each at most once), e.g. drop:1,add:1,seed:0")
             try:
-                values[key] = int(value)
+                values[key] = float(value) if key == "rate" else int(value)
             except ValueError:
-                raise ValueError(f"{flag}={spec}: {part!r} needs a whole number, e.g. "
-                                 f"{key}:1") from None
+                raise ValueError(f"{flag}={spec}: {part!r} needs a "
+                                 f"{'number' if key == 'rate' else 'whole number'}, e.g. "
+                                 f"{key}:{'0.5' if key == 'rate' else 1}") from None
+            if key == "rate" and not 0 < values[key] <= 1:  # NaN fails too
+                raise ValueError(f"{flag}={spec}: {part!r}: the share of images with noise "
+                                 "must be in (0, 1]")
             if values[key] < 0:
                 raise ValueError(f"{flag}={spec}: {part!r} must be >= 0")
         noise = cls(**values)
@@ -63,6 +70,8 @@ class TagNoise:
     def apply(self, tags: np.ndarray, index: int) -> tuple[np.ndarray, list[int], list[int]]:
         """(the noisy tags, the tag indices dropped, those added) of image ``index``."""
         tags = np.asarray(tags, np.float32)
+        if self.rate < 1 and np.random.default_rng([self.seed, index, 2]).random() >= self.rate:
+            return tags.copy(), [], []
         present, absent = np.flatnonzero(tags >= 0.5), np.flatnonzero(tags < 0.5)
         drop_rng = np.random.default_rng([self.seed, index, 0])
         add_rng = np.random.default_rng([self.seed, index, 1])
@@ -74,7 +83,8 @@ class TagNoise:
         return noisy, dropped, added
 
     def describe(self) -> str:
-        return f"drop:{self.drop},add:{self.add},seed:{self.seed}"
+        rate = f",rate:{self.rate:g}" if self.rate < 1 else ""
+        return f"drop:{self.drop},add:{self.add},seed:{self.seed}{rate}"
 
 
 def read_tags_file(path: str | pathlib.Path, info: DatasetInfo, flag: str = "--tags_from"
