@@ -66,7 +66,7 @@ def tune_soft(args, hard: EvidenceOptions, noise: str) -> dict:
     (soft_run / "evidence_tuned.json").unlink()
     tune_evidence(TuneOptions(
         checkpoint_dir=str(soft_run), dataset_dir=args.dataset_dir, tune_split=args.tune_split,
-        kinds=("l2",), objective="soft", tag_noise=noise,
+        kinds=("l2",), objective="soft", tag_noise=noise, tag_confidences=(1.0, 0.7),
         max_candidates=args.max_candidates, evidence=hard,
         learning_rates=(hard.learning_rate,), clip_norms=(hard.clip_norm,)))
     return load_tuned(soft_run)
@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="';'-separated noise models, one soft tuning each")
     p.add_argument("--conditions", default=";".join(CONDITIONS),
                    help="';'-separated: exact, or a --tag_noise spec")
-    p.add_argument("--max_candidates", type=int, default=4,
-                   help="passes of the soft refit's search + 1 (4: the prior only)")
+    p.add_argument("--max_candidates", type=int, default=3,
+                   help="passes of the soft refit's search + 1 (3: the prior only: every "
+                   "strength at tag confidence 1 and 0.7)")
     p.add_argument("--bootstrap_samples", type=int, default=1000)
     args = p.parse_args(argv)
 

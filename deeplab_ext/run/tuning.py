@@ -206,7 +206,7 @@ def search(network, info, batches: list, alignment, options: TuneOptions,
     if soft:  # no refit has a prior to tune too: a refit must beat the best of those
         prior_search = _KindSearch(None, baseline, run, None, options, printer)
         prior_search.coordinate_descent(prior_dimensions(options), budget=False)
-        no_refit = prior_search.choice(baseline)
+        no_refit = prior_search.choice()
         start = EvidenceOptions(**no_refit["evidence"])
         plain = prior_search.seen[_key(start)]
         table = prior_search.rows
@@ -227,7 +227,7 @@ def search(network, info, batches: list, alignment, options: TuneOptions,
         kind_search.coordinate_descent(
             candidate_dimensions(kind, options, refit_sets, refit_first=segmentation_tags))
         table += kind_search.rows
-        kinds[kind] = kind_search.choice(baseline)
+        kinds[kind] = kind_search.choice()
     serving_kind = max(kinds, key=lambda k: (kinds[k]["miou"], -options.kinds.index(k)))
     return {"kinds": kinds, "serving_kind": serving_kind, "table": table,
             "objective": options.objective, **found, "seconds": round(time.time() - t0, 1)}
@@ -290,7 +290,7 @@ class _KindSearch:
                     best, best_miou = candidate, miou
         self.best = best
 
-    def choice(self, baseline: str) -> dict:
+    def choice(self) -> dict:
         """The kind's entry of evidence_tuned.json: the best candidate that beats no refit
         confidently enough (``choose``), else no refit (with the start point's prior)."""
         options, plain = self.options, self.plain
@@ -301,11 +301,9 @@ class _KindSearch:
                 continue  # the baseline itself
             p_greater = 1.0
             if options.bootstrap_samples > 0:
-                counts = {baseline: np.stack(plain.counts), self.mode: np.stack(result.counts)}
-                pair = (self.mode, baseline) if self.mode != baseline else None
-                if pair is None:  # the prior search: a candidate against its start point
-                    counts = {"candidate": np.stack(result.counts), baseline: counts[baseline]}
-                    pair = ("candidate", baseline)
+                pair = ("candidate", "no refit")  # (the prior search: one mode for both)
+                counts = {"candidate": np.stack(result.counts),
+                          "no refit": np.stack(plain.counts)}
                 vs_no_refit[key] = paired_bootstrap_miou(
                     counts, [pair], num_samples=options.bootstrap_samples)[pair]
                 p_greater = vs_no_refit[key]["p_greater"]
