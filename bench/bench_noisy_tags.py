@@ -99,12 +99,46 @@ def score(network, info, batches, alignment, rows, samples: int,
     return results
 
 
+def summary(payload: dict) -> str:
+    """One table over the conditions: each row's mIoU and its difference to DL-MT with the
+    95% paired interval; then the soft rows against DL-BP-L2-Pr, and the share of
+    DL-BP-L2-Pr's gain over DL-MT they keep."""
+    conditions = list(payload["conditions"])
+    first = payload["conditions"][conditions[0]]["modes"]
+    lines = ["| method | " + " | ".join(conditions) + " |",
+             "|---|" + "---|" * len(conditions)]
+
+    def cell(row: dict, base: str) -> str:
+        st = row.get("vs", {}).get(base)
+        return "" if st is None else (f" ({100 * st['diff']:+.2f} [{100 * st['low']:+.2f}, "
+                                      f"{100 * st['high']:+.2f}])")
+
+    for name in first:
+        cells = []
+        for c in conditions:
+            row = payload["conditions"][c]["modes"][name]
+            cells.append(f"{100 * row['miou']:.2f}{cell(row, 'none')}")
+        lines.append(f"| {first[name]['name']} | " + " | ".join(cells) + " |")
+    lines += ["", "| soft row vs DL-BP-L2-Pr | " + " | ".join(conditions) + " |",
+              "|---|" + "---|" * len(conditions)]
+    for name in [n for n in first if "soft" in n]:
+        cells = []
+        for c in conditions:
+            rows = payload["conditions"][c]["modes"]
+            gain = rows["bp_l2_prune"]["miou"] - rows["none"]["miou"]
+            kept = (rows[name]["miou"] - rows["none"]["miou"]) / gain if gain > 0 else None
+            cells.append(cell(rows[name], "bp_l2_prune").strip(" ()")
+                         + ("" if kept is None else f"; keeps {100 * kept:.0f}% of its gain"))
+        lines.append(f"| {first[name]['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint_dir", required=True,
+    p.add_argument("--checkpoint_dir",
                    help="an import by name (its evidence_tuned.json: the table's settings)")
-    p.add_argument("--dataset_dir", required=True)
-    p.add_argument("--workdir", required=True, help="where the soft tuning's run copy goes")
+    p.add_argument("--dataset_dir")
+    p.add_argument("--workdir", help="where the soft tuning's run copy goes")
     p.add_argument("--output", required=True)
     p.add_argument("--tune_split", default="train")
     p.add_argument("--eval_split", default="val")
@@ -116,7 +150,14 @@ def main(argv: list[str] | None = None) -> dict:
                    help="passes of the soft refit's search + 1 (3: the prior only: every "
                    "strength at tag confidence 1 and 0.7)")
     p.add_argument("--bootstrap_samples", type=int, default=1000)
+    p.add_argument("--summarize", action="store_true",
+                   help="print the summary table of --output and exit")
     args = p.parse_args(argv)
+    if args.summarize:
+        print(summary(json.loads(pathlib.Path(args.output).read_text())))
+        return {}
+    if not (args.checkpoint_dir and args.dataset_dir and args.workdir):
+        p.error("--checkpoint_dir, --dataset_dir and --workdir are required")
 
     hard_tuned = load_tuned(args.checkpoint_dir)
     hard = EvidenceOptions(**hard_tuned["kinds"]["l2"]["evidence"])
@@ -165,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         payload["conditions"][condition] = results
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(payload, indent=1, default=list))
+    print(summary(payload))
     print(f"Wrote {out_path}")
     return payload
 

@@ -121,6 +121,17 @@ def test_eval_reads_the_soft_prior_the_tuning_chose(soft_tuned, shapes_data, tmp
     kind, served, prune = serving_evidence(run, EvidenceOptions(), printer=lambda line: None)
     assert prune and kind == "l2"
     assert dataclasses.asdict(served) == tuned["kinds"]["l2"]["evidence"]
+    # ... and the export carries the prior to its client (a strength given wins)
+    from deeplab_ext.run.export import LoadedSegmenter, export_checkpoint
+    from deeplab_ext.run.options import ExportOptions
+
+    export = export_checkpoint(
+        ExportOptions(checkpoint_dir=str(run), export_path=str(tmp_path / "export"),
+                      evidence=EvidenceOptions(prune_strength=0.4)),
+        explicit=frozenset({"prune_strength"}), printer=lambda line: None)
+    client = LoadedSegmenter(export)
+    assert client.prune and client.prune_strength == 0.4
+    assert client.tag_confidence == served.tag_confidence
 
 
 def test_the_soft_flags_are_refused_where_nothing_reads_them(tiny_run, shapes_data, tmp_path):

@@ -1,9 +1,10 @@
 """Evaluating a trained network: mIoU, per-class IoU, tag F1 and the evidence table.
 
 The library behind `tools.eval` (the original's eval.py). Each evidence mode is one
-row of the reference table (DL-MT, DL-MT-Pr, DL-BP-L2, DL-BP-ES, ... -Pr), computed
-with tags taken from the ground truth, with the original's `eval_scales` and
-`add_flipped_images` applied to every mode.
+row of the reference table (DL-MT, DL-MT-Pr, DL-BP-L2, DL-BP-ES, ... -Pr, and the soft
+rows -SPr), computed with tags taken from the ground truth, made noisy (`--tag_noise`) or
+read from a file (`--tags_from`): `run.tag_sources`, with the original's `eval_scales`
+and `add_flipped_images` applied to every mode.
 """
 
 from __future__ import annotations
