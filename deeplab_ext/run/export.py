@@ -605,10 +605,11 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
                 "the class map is resized back; --max_resize_value=0 keeps the full size)")
         image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     # Soft evidence: flags given win over what the export or run was set up with.
-    strength, confidence = (
-        getattr(options.evidence, f) if f in explicit else getattr(seg, f, 1.0)
-        for f in ("prune_strength", "tag_confidence"))
-    tags = tags_from_names(options.tags, info) * confidence if options.tags else None
+    soft = dataclasses.replace(options.evidence, **{
+        f: getattr(options.evidence, f) if f in explicit else getattr(seg, f, 1.0)
+        for f in ("prune_strength", "tag_confidence")})
+    strength = soft.prune_strength
+    tags = soft.soft_tags(tags_from_names(options.tags, info)) if options.tags else None
     if options.prune and tags is None:
         raise ValueError("--prune needs --tags")
     if "prune_strength" in explicit and (tags is None or options.prune is False):
@@ -621,7 +622,7 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
     prune = (options.prune if options.prune is not None
              else tags is not None and (bool(options.model) or seg.prune
                                         or "prune_strength" in explicit))
-    if prune and options.prune is None and not options.model:
+    if prune and options.prune is None and not options.model and seg.prune:
         printer("Pruning classes absent from --tags after the refit: the refit settings "
                 "were tuned for pruned predictions (--noprune turns it off)")
     plain = seg.predict(image)

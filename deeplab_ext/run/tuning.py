@@ -409,8 +409,9 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
 def describe_settings(kind: str, evidence: dict) -> str:
     """The settings a kind uses, as ``name=value`` (the report and the tuning table)."""
     keys = ("learning_rate", "clip_norm", *REFIT_KINDS[kind].fields, "anchor", "refit",
-            "safeguard", "prune_strength", "tag_confidence")
-    return ", ".join(f"{k}={evidence[k]}" for k in keys if k in evidence)
+            "safeguard")
+    soft = [k for k in ("prune_strength", "tag_confidence") if evidence.get(k, 1.0) != 1.0]
+    return ", ".join(f"{k}={evidence[k]}" for k in (*keys, *soft) if k in evidence)
 
 
 def format_tuning(payload: dict) -> str:
