@@ -64,6 +64,9 @@ def test_the_soft_prior_is_chosen_when_it_beats_the_seeds_pruning_confidently():
     search.coordinate_descent(prior_dimensions(options), budget=False)
     entry = search.choice()
     assert passes == [1.0, 0.8]  # the strengths of one confidence came with its pass
+    assert [r["candidate"] for r in search.rows[:2]] == [  # the prior in every label
+        "no refit (DL-MT-SPr), prune_strength=1.0, tag_confidence=1.0",
+        "no refit (DL-MT-SPr), prune_strength=0.5, tag_confidence=1.0"]
     assert entry["refit"] and entry["passes"] == 2 and entry["candidates"] == 5
     assert entry["evidence"]["prune_strength"] == 0.5 and entry["evidence"]["tag_confidence"] == 1
     assert entry["miou"] == pytest.approx(0.6 / 1.4, abs=0.01) and entry["vs_no_refit"]["low"] > 0

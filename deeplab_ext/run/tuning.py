@@ -80,10 +80,13 @@ def _key(candidate: EvidenceOptions) -> str:
     return repr(dataclasses.asdict(candidate))
 
 
-def _label(candidate: EvidenceOptions, base: EvidenceOptions) -> str:
+def _label(candidate: EvidenceOptions, base: EvidenceOptions, shown: tuple[str, ...] = ()
+           ) -> str:
+    """The fields where a candidate differs from ``base``, and those ``shown`` always (the
+    soft prior: its search starts where the prior without a refit ended, not at base)."""
     changed = [f"{f.name}={getattr(candidate, f.name)}" for f in dataclasses.fields(candidate)
-               if getattr(candidate, f.name) != getattr(base, f.name)]
-    return ", ".join(changed) or "start point"
+               if getattr(candidate, f.name) != getattr(base, f.name) and f.name not in shown]
+    return ", ".join(changed + [f"{f}={getattr(candidate, f)}" for f in shown]) or "start point"
 
 
 def choose(no_refit: float, refits: list[tuple[float, float, Any]],
@@ -267,7 +270,9 @@ class _KindSearch:
             result = self.seen[key]
             if self.plain is None:  # the no-refit prior's search: its start is its baseline
                 self.plain = result
-            label = _label(candidate, self.options.evidence)
+            label = _label(candidate, self.options.evidence,
+                           ("prune_strength", "tag_confidence")
+                           if self.options.objective == "soft" else ())
             if self.kind is None:
                 label = f"no refit ({EVIDENCE_MODES[self.mode].row}), {label}"
             row = {"kind": self.kind or "-", "candidate": label, "miou": result.miou,
