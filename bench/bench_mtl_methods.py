@@ -4,7 +4,8 @@ DeepLab with semantic + tags + Canny edges (``--aux_tasks=edges``), the same net
 budget per arm, 3 seeds, rows appended as they land (a stopped sweep resumes).
 
 Arms: equal weights (``ew``), uncertainty (``uw``), DWA, PCGrad, CAGrad, Nash-MTL, FAMO
-and MGDA-UB (representation gradients), plus the single-task baselines of Delta_m:
+and MGDA-UB (representation gradients; ``mgda_ub_lossplus`` with the authors' loss+
+normaliser), plus the single-task baselines of Delta_m:
 segmentation alone (``stl_semantic``: no tag head, no edges), tags alone (``stl_tags``:
 the segmentation loss weighted 0, no edges) and edges alone (``stl_edges``: segmentation
 and tags weighted 0). Delta_m is over the three val metrics (mIoU, tag F1, edge ODS F1 of the
@@ -35,6 +36,9 @@ ARMS = [
     Arm("nash_mtl", ("--loss_weighting=nash_mtl", *_MT)),
     Arm("famo", ("--loss_weighting=famo", *_MT)),
     Arm("mgda_ub", ("--loss_weighting=mgda_ub", *_MT)),
+    # The authors' sample normaliser (issue 41: it now only chooses the weights).
+    Arm("mgda_ub_lossplus", ("--loss_weighting=mgda_ub", "--weighting_options=mgda_gn=loss+",
+                             *_MT)),
     Arm("stl_semantic", ("--loss_weighting=fixed",), variant="deeplabv3plus_mobilenetv2_tiny"),
     Arm("stl_tags", ("--loss_weighting=fixed", "--task_weights=semantic=0")),
     Arm("stl_edges", ("--loss_weighting=fixed", "--task_weights=semantic=0,tags=0", *_MT)),

@@ -91,7 +91,7 @@ def stationarity_gap(x: np.ndarray) -> float:
     both objectives (the Pareto front)."""
     _, g = gradients(tf.constant(x, tf.float32))
     k = tf.matmul(g, g, transpose_b=True)
-    alpha = min_norm_element(k)
+    alpha, _ = min_norm_element(k)
     return float(tf.norm(tf.tensordot(alpha, g, 1)))
 
 

@@ -49,6 +49,7 @@ class SweepSettings:
     crop: str = "177,241"
     max_resize_value: int = 241
     batch_size: int = 8
+    curve_points: int = 1  # > 1: val mIoU also at every train_steps / curve_points
 
 
 def camvid_shards(workdir: pathlib.Path, camvid_dir: str, env: dict,
@@ -78,12 +79,14 @@ def run_arm(arm: Arm, seed: int, settings: SweepSettings, workdir: pathlib.Path,
     log = run / "log.txt"
     s = settings
     resize = [f"--max_resize_value={s.max_resize_value}"] if s.max_resize_value else []
+    every = max(1, s.train_steps // max(1, s.curve_points))
     train = [f"--train_logdir={run / 'train'}", f"--dataset={s.dataset}",
              f"--dataset_dir={shards}", f"--model_variant={arm.variant or s.variant}",
              f"--train_crop_size={s.crop}", *resize,
              f"--train_batch_size={s.batch_size}", f"--training_number_of_steps={s.train_steps}",
              "--optimizer=adam", f"--base_learning_rate={s.base_learning_rate}",
-             f"--save_interval_steps={s.train_steps}", "--save_summaries_images=false",
+             f"--save_interval_steps={every}", f"--max_checkpoints_to_keep={s.curve_points + 1}",
+             "--save_summaries_images=false",
              f"--seed={seed}", *[f.format(workdir=workdir) for f in arm.train_flags]]
     t0 = time.time()
     run_tool("train", train, env, log)
@@ -93,8 +96,18 @@ def run_arm(arm: Arm, seed: int, settings: SweepSettings, workdir: pathlib.Path,
                 "--num_vis_examples=0", *arm.eval_flags]
     run_tool("eval", evaluate, env, log)
     res = json.loads((run / "eval" / "eval_results.json").read_text())
+    curve = []
+    for step in range(every, s.train_steps, every) if s.curve_points > 1 else ():
+        at = [a for a in evaluate if not a.startswith("--eval_logdir=")] + [
+            f"--eval_logdir={run / f'eval_{step}'}",
+            f"--checkpoint_path={run / 'train' / f'ckpt-{step}'}"]
+        run_tool("eval", at, env, log)
+        curve.append([step, json.loads((run / f"eval_{step}" / "eval_results.json")
+                                       .read_text())["modes"]["none"]["miou"]])
     return {"run": f"{arm.name}_seed{seed}", "arm": arm.name, "seed": seed,
             "miou": res["modes"]["none"]["miou"], "tag_f1": res.get("tags", {}).get("f1"),
+            **({"curve": [*curve, [s.train_steps, res["modes"]["none"]["miou"]]]}
+               if s.curve_points > 1 else {}),
             **(extract(res) if extract else {}),
             "train_command": "python -m tools.train " + " ".join(train),
             "eval_command": "python -m tools.eval " + " ".join(evaluate),

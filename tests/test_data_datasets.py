@@ -92,7 +92,7 @@ def test_dataset_record_round_trip_reregisters_custom_dataset():
         overwrite=True)
     record = datasets.info_to_dict(info)
     assert record["tag_names"] == ["crop", "weed"] and record["tag_class_ids"] == [1, 2]
-    del datasets.DATASETS["my_fields_record"]  # as in a new process
+    datasets.DATASETS.unregister("my_fields_record")  # as in a new process
     back = datasets.info_from_dict(record)
     assert back == info and datasets.get_dataset_info("my_fields_record") == info
     assert datasets.info_from_dict("pascal_voc_seg").num_classes == 21  # older records

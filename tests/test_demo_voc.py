@@ -58,7 +58,7 @@ def test_make_demo_is_the_real_photo_job_with_held_out_settings(tmp_path):
     out = _run_demo(work, "--max_eval_images=4", "--report_photos=2")
     assert "nothing to train" in out and "Training " not in out and "Tuning" not in out
     assert "released-weights table" in out
-    tuned = json.loads((work / "train" / "evidence_tuned.json").read_text())
+    tuned = json.loads((work / "model" / "evidence_tuned.json").read_text())
     recorded = get_entry("mobilenetv2_dm05_coco_voc_trainaug").files[0].evidence
     assert tuned["tune_split"] == recorded["tuned_on"]["split"] == "train"
     results = json.loads((work / "eval" / "eval_results.json").read_text())
@@ -82,20 +82,38 @@ def test_make_demo_is_the_real_photo_job_with_held_out_settings(tmp_path):
 
 def test_demo_from_a_released_file_tunes_on_train(tmp_path, real_data):
     """`make demo DEMO_ARGS="--weights=<released file>"`: the table has no settings for a
-    file given by path, so they are tuned for pruned rows on the folder's train photos,
-    then val is scored, exported and served (pruned after the refit)."""
+    file given by path, so they are tuned for pruned rows on the train photos, then val is
+    scored, exported and served (pruned after the refit); a rerun reuses the import."""
     work = tmp_path / "demo_pooled"
-    out = _run_demo(work, f"--data={real_data / 'coco128-voc'}", f"--weights={DM05}",
-                    "--num_tune=3", "--tune_candidates=2", "--max_eval_images=3")
+    out = _run_demo(work, f"--weights={DM05}", "--num_tune=3", "--tune_candidates=2",
+                    "--max_eval_images=3")
     assert "nothing to train" in out and "Training " not in out
     assert "is the layout of --model_variant=deeplabv3_mobilenetv2_dm05" in out
     results = json.loads((work / "eval" / "eval_results.json").read_text())
     assert list(results["modes"]) == ["none", "prune", "bp_l2", "bp_l2_prune"]
     assert results["tags"]["f1"] > 0.3  # tags pooled from the released segmentation
-    tuned = json.loads((work / "train" / "evidence_tuned.json").read_text())
+    tuned = json.loads((work / "model" / "evidence_tuned.json").read_text())
     assert tuned["objective"] == "pruned" and list(tuned["kinds"]) == ["l2"]
     assert tuned["tune_split"] == "train" and tuned["num_images"] == 3
     meta = json.loads((work / "export" / "assets" / "deeplab_export.json").read_text())
     assert meta["evidence_prune"] is True and meta["model"]["tag_head"] == "segmentation"
     assert '"pruned": true' in out
+    assert (work / "report.html").is_file()
+
+
+def test_demo_fine_tunes_a_release_on_a_folder_with_other_classes(tmp_path, real_data):
+    """`make demo DEMO_ARGS="--data=<CamVid folder> --weights=NAME"`: the VOC release
+    fine-tuned on CamVid's 11 classes (a new classifier, the trunk loaded, BatchNorm
+    frozen), its tags pooled from its segmentation, the evidence table on val."""
+    work = tmp_path / "demo_ft"
+    out = _run_demo(work, f"--data={real_data / 'camvid-sample'}",
+                    "--weights=mobilenetv2_dm05_coco_voc_trainaug", "--train_steps=2",
+                    "--train_batch_size=2", "--crop_size=129", "--num_tune=2",
+                    "--tune_candidates=2", "--evidence_steps=1")
+    assert "skipped 2" in out and "last layer" not in out  # the classifier: other classes
+    assert "froze" in out and "pooled from its segmentation" in out
+    results = json.loads((work / "eval" / "eval_results.json").read_text())
+    assert results["dataset"] == "camvid" and results["num_images"] == 2
+    meta = json.loads((work / "train" / "model_config.json").read_text())
+    assert meta["model"]["name"] == "deeplabv3_mobilenetv2_dm05"
     assert (work / "report.html").is_file()

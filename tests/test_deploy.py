@@ -4,6 +4,7 @@ files and flags are one clear error."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 
@@ -78,6 +79,16 @@ def test_predict_with_a_file_and_with_a_broken_one(exported, tmp_path):
     proc = run_tool("predict", f"--model={broken / 'model.onnx'}", f"--image={PHOTOS[0]}",
                     f"--output={tmp_path / 'x.png'}")
     assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "model.onnx" in lines[0] and "damaged" in lines[0], proc.stderr
+    # Its fingerprint caught it; without one (an export from before fingerprints) the
+    # runtime's own failure is the error line.
+    meta_path = broken / "assets" / "deeplab_export.json"
+    meta = json.loads(meta_path.read_text())
+    meta.pop("file_sha256")
+    meta_path.write_text(json.dumps(meta))
+    proc = run_tool("predict", f"--model={broken / 'model.onnx'}", f"--image={PHOTOS[0]}",
+                    f"--output={tmp_path / 'x.png'}")
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "model.onnx" in lines[0] and "corrupt" in lines[0], proc.stderr
 

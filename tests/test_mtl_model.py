@@ -321,3 +321,23 @@ def test_eval_metrics_are_updated_by_evaluation_only():
     clone = MultiTaskModel.from_config(model.get_config())
     assert [type(m).__name__ for m in clone.tasks[0].eval_metrics] == ["StreamingMeanIoU"]
     assert clone.tasks[0].metrics == []
+
+
+def test_gradient_multipliers_scale_exactly_their_variables_updates():
+    """The original's --last_layer_gradient_multiplier: under SGD the logits' update is the
+    factor times the plain step's; every other variable's update is the plain one."""
+    x, y = tiny_data()
+    updates = {}
+    for factor in (1.0, 3.0):
+        net = tiny_net(seed=3)
+        before = [v.numpy().copy() for v in net.trainable_variables]
+        logits = {v.path: factor for v in net.get_layer("logits").trainable_variables}
+        model = MultiTaskModel(net, seg_tasks(), gradient_multipliers=logits)
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        model.fit(ds_of(x, y, 4), epochs=1, verbose=0)
+        updates[factor] = [(v.path in logits, v.numpy() - b)
+                           for v, b in zip(net.trainable_variables, before, strict=True)]
+    for (is_logits, plain), (_, scaled) in zip(updates[1.0], updates[3.0], strict=True):
+        np.testing.assert_allclose(scaled, 3.0 * plain if is_logits else plain, rtol=1e-5,
+                                   atol=1e-7)
+    assert any(np.abs(u).max() > 0 for is_logits, u in updates[1.0] if is_logits)

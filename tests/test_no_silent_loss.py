@@ -113,7 +113,8 @@ def test_a_file_is_read_only_with_the_metadata_of_the_export_that_wrote_it(tiny_
     out = tmp_path / "pred.png"
     proc = run_tool("predict", f"--model={second / 'model.tflite'}", f"--image={PHOTO}",
                     f"--output={out}")
-    assert_user_error(proc, "was not written by the export in its folder")
+    assert_user_error(proc, "is not the file the export in its folder wrote",
+                      "copied there from another export")
     assert not out.exists()
 
 

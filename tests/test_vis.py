@@ -117,9 +117,29 @@ def test_tools_vis_cli_writes_original_layout(tmp_path, data_dir, val_images):
     assert len(np.unique(raw)) > 1  # a meaningful comparison, not one flat class
 
 
+def _recorded_as(data_dir, dataset: str, tmp_path):
+    """A copy of the shards whose records say they hold ``dataset`` (vis reads images only,
+    and refuses shards recorded as another dataset than the checkpoint's)."""
+    import json
+    import shutil
+
+    from deeplab_ext.data.datasets import get_dataset_info
+
+    info = get_dataset_info(dataset)
+    out = tmp_path / f"as_{dataset}"
+    shutil.copytree(data_dir, out)
+    for record in out.glob("*.dataset.json"):
+        meta = json.loads(record.read_text())
+        meta.update(name=info.name, class_names=list(info.class_names),
+                    ignore_label=info.ignore_label)
+        record.write_text(json.dumps(meta))
+    return out
+
+
 def test_visualize_cityscapes_converts_raw_and_colours_train_ids(tmp_path, data_dir):
     run = tmp_path / "run"
     _make_checkpoint(run, "cityscapes", seed=2)
+    data_dir = _recorded_as(data_dir, "cityscapes", tmp_path)
     result = vislib.visualize(VisOptions(
         checkpoint_dir=str(run), dataset_dir=str(data_dir), vis_logdir=str(tmp_path / "vis"),
         also_save_raw_predictions=True, max_number_of_images=1,

@@ -53,6 +53,9 @@ class MultiTaskModel(keras.Model):
         every `summary_every_n_steps` steps from inside the step.
       image_summary_fn: `fn(x, y, outputs) -> {name: images [B,H,W,C]}` written every
         `image_summary_every_n_steps` (default: summary_every_n_steps).
+      gradient_multipliers: `{variable path: factor}`: those variables' gradients are
+        multiplied by it before the optimizer (the original's
+        `--last_layer_gradient_multiplier`: a new classifier on a pretrained trunk).
     """
 
     def __init__(
@@ -67,10 +70,13 @@ class MultiTaskModel(keras.Model):
         summary_every_n_steps: int = 100,
         image_summary_fn: ImageSummaryFn | None = None,
         image_summary_every_n_steps: int | None = None,
+        gradient_multipliers: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.network = network
+        self.gradient_multipliers = {str(k): float(v)
+                                     for k, v in (gradient_multipliers or {}).items()}
         self.tasks = check_tasks(tasks)
         self.weighting = weighting if weighting is not None else FixedWeighting(self.tasks)
         missing = [t.name for t in self.tasks if t.name not in self.weighting.task_names]
@@ -287,6 +293,9 @@ class MultiTaskModel(keras.Model):
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             norm = norm / tf.cast(self.optimizer.scale_loss(1.0), tf.float32)
         logs["network_grad_norm"] = norm * replicas if replicas > 1 else norm
+        if self.gradient_multipliers:
+            pairs = [(g * self.gradient_multipliers[v.path]
+                      if v.path in self.gradient_multipliers else g, v) for g, v in pairs]
         self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
         results = self._update_and_log(y, outputs, total, losses, logs, self._batch_size(x))
         if self.summaries is not None:

@@ -208,6 +208,96 @@ def _figure_html(src: str, caption: str) -> str:
     )
 
 
+class _Page:
+    """One report being written: its body, section by section, and the PNGs beside it
+    (named after the page's stem, each written atomically)."""
+
+    def __init__(self, path: pathlib.Path, title: str) -> None:
+        self.path, self.folder, self.stem = path, path.parent, _slug(path.stem)
+        self.written: list[pathlib.Path] = []
+        self.used: set[str] = set()
+        self.body: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+        self.title = title
+
+    def png(self, kind: str, name: str, data: bytes) -> str:
+        base = f"{self.stem}_{kind}_{_slug(name)}"
+        fname, i = f"{base}.png", 1
+        while fname in self.used:
+            i += 1
+            fname = f"{base}_{i}.png"
+        self.used.add(fname)
+        _atomic_write_bytes(self.folder / fname, data)
+        self.written.append(self.folder / fname)
+        return fname
+
+    def notes(self, heading: str, text: str | Sequence[str] | None) -> None:
+        if text:
+            paragraphs = [text] if isinstance(text, str) else list(text)
+            self.body.append(f"<h2>{html.escape(heading)}</h2>")
+            self.body.extend(f'<p class="notes">{html.escape(str(p))}</p>' for p in paragraphs)
+
+    def gallery(self, title: str, pictures: Sequence[ImageInput]) -> None:
+        self.body.append(f"<h2>{html.escape(title)}</h2>")
+        for caption, image in pictures:
+            src = self.png("photo", caption[:40], _image_png(caption, image))
+            cap = html.escape(caption)
+            self.body.append(f'<figure class="wide"><img src="{html.escape(src, quote=True)}" '
+                             f'alt="{cap}"><figcaption>{cap}</figcaption></figure>')
+
+    def tables(self, tables: Sequence[Table]) -> None:
+        self.body.append("<h2>Results</h2>")
+        self.body.extend(_table_html(caption, header, rows) for caption, header, rows in tables)
+
+    def per_class_iou(self, per_class_iou: Mapping[str, float]) -> None:
+        finite = [float(v) for v in per_class_iou.values() if not math.isnan(float(v))]
+        mean = sum(finite) / len(finite) if finite else float("nan")
+        rows = []
+        for name, v in per_class_iou.items():
+            v = float(v)
+            width = 0 if math.isnan(v) else int(round(200 * min(max(v, 0.0), 1.0)))
+            rows.append(
+                f"<tr><td>{html.escape(str(name))}</td><td>{html.escape(_fmt(v))}</td>"
+                f'<td style="text-align:left"><span class="bar" style="width:{width}px">'
+                "</span></td></tr>")
+        self.body += [
+            "<h2>Per-class IoU</h2>",
+            "<table><caption>IoU per class (mean over classes with data: "
+            f"{html.escape(_fmt(mean))})</caption>"
+            "<tr><th>class</th><th>IoU</th><th></th></tr>" + "\n".join(rows) + "</table>",
+            _figure_html(self.png("plot", "per_class_iou", _plot_iou(per_class_iou)),
+                         "Per-class IoU (dashed: mean)")]
+
+    def curves(self, scalars: Mapping[str, Sequence[tuple[int, float]]],
+               scalar_groups: Mapping[str, Sequence[str]] | None) -> None:
+        groups = dict(scalar_groups) if scalar_groups is not None else group_scalars(scalars)
+        missing = sorted({t for ts in groups.values() for t in ts} - set(scalars))
+        if missing:
+            raise ValueError(f"scalar_groups names tags not in scalars: {missing}")
+        self.body.append("<h2>Curves</h2>")
+        for group, tags in groups.items():
+            series = {t: scalars[t] for t in tags}
+            if not any(series.values()):
+                continue
+            src = self.png("plot", group, _plot_scalars(group, series))
+            last = ", ".join(
+                f"{t} = {_fmt(series[t][-1][1])} @ {series[t][-1][0]}" for t in tags if series[t])
+            self.body.append(_figure_html(src, f"{group} (last: {last})"))
+
+    def images(self, images: Sequence[ImageInput]) -> None:
+        self.body.append("<h2>Images</h2>")
+        for caption, image in images:
+            self.body.append(_figure_html(self.png("img", caption, _image_png(caption, image)),
+                                          caption))
+
+    def write(self) -> list[pathlib.Path]:
+        page = (
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(self.title)}</title>\n<style>{_CSS}</style>\n</head>\n"
+            "<body>\n" + "\n".join(self.body) + "\n</body>\n</html>\n")
+        _atomic_write_bytes(self.path, page.encode("utf-8"))
+        return [*self.written, self.path]
+
+
 def write_html_report(
     path: str | os.PathLike,
     *,
@@ -238,100 +328,18 @@ def write_html_report(
     path = pathlib.Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"report path {path} should end in .html")
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = _slug(path.stem)
-    written: list[pathlib.Path] = []
-    used: set[str] = set()
-
-    def save_png(kind: str, name: str, data: bytes) -> str:
-        base = f"{stem}_{kind}_{_slug(name)}"
-        fname = f"{base}.png"
-        i = 1
-        while fname in used:
-            i += 1
-            fname = f"{base}_{i}.png"
-        used.add(fname)
-        target = folder / fname
-        _atomic_write_bytes(target, data)
-        written.append(target)
-        return fname
-
-    body: list[str] = [f"<h1>{html.escape(title)}</h1>"]
-
-    def add_notes(heading: str, text: str | Sequence[str] | None) -> None:
-        if text:
-            paragraphs = [text] if isinstance(text, str) else list(text)
-            body.append(f"<h2>{html.escape(heading)}</h2>")
-            body.extend(f'<p class="notes">{html.escape(str(p))}</p>' for p in paragraphs)
-
-    add_notes("Summary" if gallery else "Notes", notes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page = _Page(path, title)
+    page.notes("Summary" if gallery else "Notes", notes)
     if gallery:
-        body.append(f"<h2>{html.escape(gallery_title)}</h2>")
-        for caption, image in gallery:
-            src = save_png("photo", caption[:40], _image_png(caption, image))
-            cap = html.escape(caption)
-            body.append(f'<figure class="wide"><img src="{html.escape(src, quote=True)}" '
-                        f'alt="{cap}"><figcaption>{cap}</figcaption></figure>')
-
+        page.gallery(gallery_title, gallery)
     if tables:
-        body.append("<h2>Results</h2>")
-        for caption, header, rows in tables:
-            body.append(_table_html(caption, header, rows))
-
+        page.tables(tables)
     if per_class_iou:
-        values = [float(v) for v in per_class_iou.values()]
-        finite = [v for v in values if not math.isnan(v)]
-        mean = sum(finite) / len(finite) if finite else float("nan")
-        body.append("<h2>Per-class IoU</h2>")
-        rows = []
-        for name, v in per_class_iou.items():
-            v = float(v)
-            width = 0 if math.isnan(v) else int(round(200 * min(max(v, 0.0), 1.0)))
-            rows.append(
-                f"<tr><td>{html.escape(str(name))}</td><td>{html.escape(_fmt(v))}</td>"
-                f'<td style="text-align:left"><span class="bar" style="width:{width}px">'
-                "</span></td></tr>"
-            )
-        body.append(
-            "<table><caption>IoU per class (mean over classes with data: "
-            f"{html.escape(_fmt(mean))})</caption>"
-            "<tr><th>class</th><th>IoU</th><th></th></tr>" + "\n".join(rows) + "</table>"
-        )
-        src = save_png("plot", "per_class_iou", _plot_iou(per_class_iou))
-        body.append(_figure_html(src, "Per-class IoU (dashed: mean)"))
-
+        page.per_class_iou(per_class_iou)
     if scalars:
-        groups = dict(scalar_groups) if scalar_groups is not None else group_scalars(scalars)
-        missing = sorted({t for ts in groups.values() for t in ts} - set(scalars))
-        if missing:
-            raise ValueError(f"scalar_groups names tags not in scalars: {missing}")
-        body.append("<h2>Curves</h2>")
-        for group, tags in groups.items():
-            series = {t: scalars[t] for t in tags}
-            if not any(series.values()):
-                continue
-            src = save_png("plot", group, _plot_scalars(group, series))
-            last = ", ".join(
-                f"{t} = {_fmt(series[t][-1][1])} @ {series[t][-1][0]}" for t in tags if series[t]
-            )
-            body.append(_figure_html(src, f"{group} (last: {last})"))
-
+        page.curves(scalars, scalar_groups)
     if images:
-        body.append("<h2>Images</h2>")
-        for caption, image in images:
-            src = save_png("img", caption, _image_png(caption, image))
-            body.append(_figure_html(src, caption))
-
-    add_notes("Notes", notes_after)
-
-    page = (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
-    )
-    _atomic_write_bytes(path, page.encode("utf-8"))
-    written.append(path)
-    return written
-
+        page.images(images)
+    page.notes("Notes", notes_after)
+    return page.write()

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from deeplab_ext.data import colormap as cmap
+from tf_mtl.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,15 +116,16 @@ SHAPES_EVIDENCE_CLASSES = (
     "cross_h", "cross_v",
 )  # fmt: skip
 
-DATASETS: dict[str, DatasetInfo] = {}
+DATASETS: Registry[DatasetInfo] = Registry("dataset", "--dataset")
 
 
 def register_dataset(info: DatasetInfo, *, overwrite: bool = False) -> DatasetInfo:
     """Add a dataset descriptor to `DATASETS` (refuses to replace one unless `overwrite`)."""
-    if info.name in DATASETS and not overwrite and DATASETS[info.name] != info:
+    if info.name in DATASETS and DATASETS[info.name] == info:
+        return info  # the same descriptor again (a module imported twice)
+    if info.name in DATASETS and not overwrite:
         raise ValueError(f"dataset {info.name!r} is already registered (pass overwrite=True)")
-    DATASETS[info.name] = info
-    return info
+    return DATASETS.register(info.name, info, override=overwrite)
 
 
 def register_custom_dataset(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -158,72 +158,27 @@ def make_dataset(
     files = list_shards(dataset_dir, split)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if crop_size is None:
-        if is_training or batch_size != 1:
-            raise ValueError("crop_size=None (full images) needs is_training=False, batch_size=1")
-        crop_h = crop_w = None
-    else:
-        crop_h, crop_w = (int(c) for c in crop_size)
+    if crop_size is None and (is_training or batch_size != 1):
+        raise ValueError("crop_size=None (full images) needs is_training=False, batch_size=1")
     repeat = is_training if repeat is None else repeat
     drop_remainder = is_training if drop_remainder is None else drop_remainder
     deterministic = (not is_training) or seed is not None
-
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if is_training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(
-        tf.data.TFRecordDataset,
-        # Eval reads shards one after another: examples come in the converter's list order.
-        cycle_length=max(1, min(num_readers, len(files))) if is_training else 1,
-        num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
-    )
-    if is_training and shuffle_buffer > 1:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-
-    map_names = maps_of(targets)
-
-    def _process(serialized: tf.Tensor, elem_seed: tf.Tensor | None):
-        image, label, _, maps = decode_with_maps(serialized, map_names)
-        out = compute_targets(targets, IMAGE, image, label, info, elem_seed, is_training,
-                              {k: v[..., 0] for k, v in maps.items()})
-        if map_names:
-            # The maps ride along as more label channels, stored as ignore - value so the
-            # label's padding (the ignore label) reads back as 0 (no instance, invalid).
-            label = tf.concat([tf.cast(label, tf.int32)]
-                              + [info.ignore_label - maps[m] for m in map_names], -1)
-        image, label = preprocess.preprocess_image_and_label(
-            image,
-            label,
-            crop_height=crop_h,
-            crop_width=crop_w,
-            ignore_label=info.ignore_label,
-            is_training=is_training,
-            min_resize_value=min_resize_value,
-            max_resize_value=max_resize_value,
-            resize_factor=resize_factor,
-            min_scale_factor=min_scale_factor,
-            max_scale_factor=max_scale_factor,
-            scale_factor_step_size=scale_factor_step_size,
-            mean_pixel=mean_pixel,
-            seed=elem_seed,
-        )
-        maps = {m: info.ignore_label - label[..., i + 1] for i, m in enumerate(map_names)}
-        label = label[..., :1]
-        out.update(compute_targets(targets, DENSE, image, label, info, elem_seed, is_training,
-                                   maps))
-        return image, {name: out[name] for name in targets}
-
+    ds = _records(files, is_training, seed, num_readers, shuffle_buffer, repeat, deterministic)
+    process = _example_fn(info, targets, is_training, dict(
+        crop_height=None if crop_size is None else int(crop_size[0]),
+        crop_width=None if crop_size is None else int(crop_size[1]),
+        min_resize_value=min_resize_value, max_resize_value=max_resize_value,
+        resize_factor=resize_factor, min_scale_factor=min_scale_factor,
+        max_scale_factor=max_scale_factor, scale_factor_step_size=scale_factor_step_size,
+        mean_pixel=mean_pixel))
     if is_training:
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds))
         if skip_examples:
             ds = ds.skip(int(skip_examples))
-        ds = ds.map(_process, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        ds = ds.map(process, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     else:
-        ds = ds.map(lambda s: _process(s, None), num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.map(lambda s: process(s, None), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     # Across workers (MultiWorkerMirroredStrategy) every worker runs this same seeded
     # stream and keeps its part of each global batch: the workers together train on
@@ -231,6 +186,51 @@ def make_dataset(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _records(files: list[str], is_training: bool, seed: int | None, num_readers: int,
+             shuffle_buffer: int, repeat: bool, deterministic: bool) -> tf.data.Dataset:
+    """The serialized examples of ``files``: shuffled and interleaved for training, shard
+    after shard for evaluation (the converter's list order)."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if is_training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=max(1, min(num_readers, len(files))) if is_training else 1,
+        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if is_training and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return ds.repeat() if repeat else ds
+
+
+def _example_fn(info: DatasetInfo, targets: tuple[str, ...], is_training: bool,
+                augment: dict) -> Callable:
+    """``(serialized, seed) -> (image, {target: tensor})``: decode, the image-stage
+    targets, the original's preprocessing (``augment``: its keyword arguments), the
+    dense-stage targets. The shards' dense maps ride through the augmentation as more
+    label channels, so a crop or flip moves them with the labels."""
+    map_names = maps_of(targets)
+
+    def process(serialized: tf.Tensor, elem_seed: tf.Tensor | None):
+        image, label, _, maps = decode_with_maps(serialized, map_names)
+        out = compute_targets(targets, IMAGE, image, label, info, elem_seed, is_training,
+                              {k: v[..., 0] for k, v in maps.items()})
+        if map_names:
+            # Stored as ignore - value so the label's padding (the ignore label) reads back
+            # as 0 (no instance, invalid).
+            label = tf.concat([tf.cast(label, tf.int32)]
+                              + [info.ignore_label - maps[m] for m in map_names], -1)
+        image, label = preprocess.preprocess_image_and_label(
+            image, label, ignore_label=info.ignore_label, is_training=is_training,
+            seed=elem_seed, **augment)
+        maps = {m: info.ignore_label - label[..., i + 1] for i, m in enumerate(map_names)}
+        label = label[..., :1]
+        out.update(compute_targets(targets, DENSE, image, label, info, elem_seed, is_training,
+                                   maps))
+        return image, {name: out[name] for name in targets}
+
+    return process
 
 
 def foreign_label_values(labels: np.ndarray, info: DatasetInfo) -> list[int]:
@@ -309,10 +309,11 @@ def check_shards_match(info: DatasetInfo, dataset_dir: str | os.PathLike, split:
                        named: str | None = None, require_record: bool = False) -> None:
     """:func:`check_dataset_record`, every shard read through (a corrupt or truncated
     one is named), then :func:`check_labels_match` on the first ``num_examples`` labels."""
+    shards = list_shards(dataset_dir, split)  # none at all: that error first
     check_dataset_record(info, dataset_dir, split, whose, named=named,
                          require_record=require_record)
     labels = []
-    for path in list_shards(dataset_dir, split):
+    for path in shards:
         for record in read_checked(path):
             if len(labels) < num_examples:
                 labels.append(decode_example(record)[1].numpy().ravel())

@@ -25,13 +25,13 @@ augmented with the image like the label (nearest sampling), 0 in the padding.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import zlib
 from collections.abc import Callable
 
 import tensorflow as tf
 
 from deeplab_ext.data.datasets import DatasetInfo
+from tf_mtl.registry import Registry, discover
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -92,15 +92,20 @@ class TargetSpec:
     maps: tuple[str, ...] = ()
 
 
-_TARGETS: dict[str, TargetSpec] = {}
-# Targets of this package kept in modules of their own, registered on first lookup.
-_BUILTIN_TARGET_MODULES = ("deeplab_ext.data.self_supervised", "deeplab_ext.data.object_targets",
-                           "deeplab_ext.data.scene_targets")
+def _load_builtin() -> None:
+    """The targets other modules of ``deeplab_ext.data`` define (edges, object class and
+    box, the scene maps): every module of the package, discovered."""
+    discover("deeplab_ext.data", skip=("tfds_builders",))
 
 
-def register_target(name: str, stage: str, maps: tuple[str, ...] = ()) -> Callable:
+TARGETS: Registry[TargetSpec] = Registry("input target", discover=_load_builtin)
+
+
+def register_target(name: str, stage: str, maps: tuple[str, ...] = (), *,
+                    override: bool = False) -> Callable:
     """Decorator: register ``fn(ctx: TargetContext) -> Tensor`` as target ``name``;
-    ``maps``: the shards' dense maps it reads (``tfrecord.MAP_KEYS``)."""
+    ``maps``: the shards' dense maps it reads (``tfrecord.MAP_KEYS``). A name already
+    taken is refused unless ``override``."""
     from deeplab_ext.data.tfrecord import MAP_KEYS
 
     if stage not in STAGES:
@@ -111,29 +116,18 @@ def register_target(name: str, stage: str, maps: tuple[str, ...] = ()) -> Callab
                          f"{sorted(MAP_KEYS)}")
 
     def decorate(fn: Callable[[TargetContext], tf.Tensor]) -> Callable:
-        _TARGETS[name] = TargetSpec(name, stage, fn, tuple(maps))
+        TARGETS.register(name, TargetSpec(name, stage, fn, tuple(maps)), override=override)
         return fn
 
     return decorate
 
 
-def _load_builtin() -> None:
-    for module in _BUILTIN_TARGET_MODULES:
-        importlib.import_module(module)
-
-
 def target_names() -> list[str]:
-    _load_builtin()
-    return sorted(_TARGETS)
+    return sorted(TARGETS)
 
 
 def get_target(name: str) -> TargetSpec:
-    if name not in _TARGETS:
-        _load_builtin()
-    if name not in _TARGETS:
-        raise ValueError(f"unknown target {name!r}; registered targets: {target_names()} "
-                         "(deeplab_ext.data.targets.register_target adds one)")
-    return _TARGETS[name]
+    return TARGETS.get(name)
 
 
 def _seed_for(seed: tf.Tensor | None, name: str) -> tf.Tensor | None:

@@ -24,6 +24,7 @@ from typing import Any
 import keras
 
 from deeplab_ext.models.layers import NormConfig
+from tf_mtl.registry import Registry, discover
 
 __all__ = [
     "DEFAULT_VARIANT",
@@ -187,19 +188,21 @@ class ModelFamily:
         return tuple(sets)
 
 
-_FAMILIES: dict[str, ModelFamily] = {}
-_VARIANTS: dict[str, tuple[str, Any]] = {}
-
-
 def _load_builtins() -> None:
-    """The built-in families (``deeplab_ext/models/__init__.py`` imports them; a caller that
-    imported this module alone gets them on first use)."""
-    from deeplab_ext.models import deeplab, segnet  # noqa: F401
+    """The built-in families: one sub-package of ``deeplab_ext.models`` each (``deeplab``,
+    ``segnet``), discovered, so a new family is a folder."""
+    discover("deeplab_ext.models", packages_only=True)
 
 
-def register_family(family: ModelFamily, variants: Mapping[str, Any] | None = None
-                    ) -> ModelFamily:
-    """Register a family (and its variants); re-registering the same name replaces it."""
+FAMILIES: Registry[ModelFamily] = Registry("model family", discover=_load_builtins)
+VARIANTS: Registry[tuple[str, Any]] = Registry("model variant", "--model_variant",
+                                               discover=_load_builtins)
+
+
+def register_family(family: ModelFamily, variants: Mapping[str, Any] | None = None, *,
+                    override: bool = False) -> ModelFamily:
+    """Register a family (and its variants); a name already taken is refused unless
+    ``override``."""
     missing = [m for m in ("replace", "for_dataset", "to_dict", "from_dict")
                if not hasattr(family.config_class, m)]
     if missing or not dataclasses.is_dataclass(family.config_class):
@@ -207,63 +210,58 @@ def register_family(family: ModelFamily, variants: Mapping[str, Any] | None = No
                         f"ModelConfig's methods (missing {missing})")
     if not family.module:
         family = dataclasses.replace(family, module=family.build.__module__)
-    _FAMILIES[family.name] = family
+    FAMILIES.register(family.name, family, override=override)
     for name, config in (variants or {}).items():
-        register_variant(name, family.name, config)
+        register_variant(name, family.name, config, override=override)
     return family
 
 
-def register_variant(name: str, family: str, config: Any) -> None:
+def register_variant(name: str, family: str, config: Any, *, override: bool = False) -> None:
     """Make ``config`` of ``family`` available as ``--model_variant=name``."""
-    if family not in _FAMILIES:
+    if family not in FAMILIES:
         raise ValueError(f"register_variant({name!r}): family {family!r} is not registered")
-    if not isinstance(config, _FAMILIES[family].config_class):
-        raise TypeError(f"variant {name!r}: expected a {_FAMILIES[family].config_class.__name__}")
-    _VARIANTS[name] = (family, config)
+    if not isinstance(config, FAMILIES[family].config_class):
+        raise TypeError(f"variant {name!r}: expected a {FAMILIES[family].config_class.__name__}")
+    VARIANTS.register(name, (family, config), override=override)
 
 
 def get_family(name: str, module: str | None = None) -> ModelFamily:
     """The family ``name``; ``module`` (as a run directory records it) is imported if needed."""
-    _load_builtins()
-    if name not in _FAMILIES and module:
+    if name not in FAMILIES and module:
         try:
             importlib.import_module(module)
         except ImportError as e:
             raise ValueError(f"model family {name!r} is registered by module {module!r}, which "
                              f"cannot be imported ({e}); put it on PYTHONPATH") from e
-    if name not in _FAMILIES:
-        raise ValueError(f"unknown model family {name!r}; registered: {sorted(_FAMILIES)}. "
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; registered: {sorted(FAMILIES)}. "
                          "Import the module that registers it (tools: --extra_modules=...).")
-    return _FAMILIES[name]
+    return FAMILIES[name]
 
 
 def all_families() -> list[ModelFamily]:
     """Every registered family, in registration order."""
-    _load_builtins()
-    return list(_FAMILIES.values())
+    return FAMILIES.values()
 
 
 def variant_names() -> list[str]:
-    _load_builtins()
-    return sorted(_VARIANTS)
+    return sorted(VARIANTS)
 
 
 def get_variant(variant: str, **overrides: Any) -> tuple[ModelFamily, Any]:
     """(family, config) of ``--model_variant=variant`` with ``overrides`` (None = keep)."""
-    _load_builtins()
-    if variant not in _VARIANTS:
+    if variant not in VARIANTS:
         raise ValueError(f"unknown --model_variant={variant!r}; valid names: {variant_names()}")
-    family, config = _VARIANTS[variant]
-    return _FAMILIES[family], config.replace(**overrides)
+    family, config = VARIANTS[variant]
+    return FAMILIES[family], config.replace(**overrides)
 
 
 def _family_of_config(config: Any) -> ModelFamily:
-    _load_builtins()
     # The exact class first: a family's config may subclass another's (MTAN of SegNet).
-    for family in _FAMILIES.values():
+    for family in FAMILIES.values():
         if type(config) is family.config_class:
             return family
-    for family in _FAMILIES.values():
+    for family in FAMILIES.values():
         if isinstance(config, family.config_class):
             return family
     raise TypeError(f"no registered model family takes a {type(config).__name__}")

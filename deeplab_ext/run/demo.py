@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
+import shutil
 import time
 from collections.abc import Callable, Collection
 
@@ -24,6 +26,7 @@ import numpy as np
 from deeplab_ext.assets import COCO128_VOC
 from deeplab_ext.data import download, input_pipeline, pictures, synthetic
 from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info
+from deeplab_ext.models.registry import family_of
 from deeplab_ext.models.tag_heads import ENCODER, SEGMENTATION
 from deeplab_ext.run.evaluation import PREDICTIONS, evaluate
 from deeplab_ext.run.evidence import load_tuned
@@ -43,6 +46,7 @@ from deeplab_ext.run.options import (
     TuneOptions,
 )
 from deeplab_ext.run.refit_kinds import EVIDENCE_MODES, mode_of
+from deeplab_ext.run.rundir import MODEL_CONFIG_FILE, load_run_config, restore_network
 from deeplab_ext.run.trainer import train
 from deeplab_ext.run.tuning import describe_settings, tune_evidence
 from tf_mtl import tbevents
@@ -123,8 +127,9 @@ POOLED_MODES = ("none", "prune", "bp_l2", "bp_l2_prune")
 @dataclasses.dataclass(frozen=True)
 class DemoPlan:
     """What this demo does, from its options: import released weights and pool their
-    segmentation's tags (nothing trained: the default), or train (``--builtin``; a folder
-    without ``--weights``; ``--tag_head=encoder`` or ``--train_groups`` on weights)."""
+    segmentation's tags (nothing trained: the default, on the shipped photos), or train
+    (``--builtin``; ``--data=FOLDER``: from scratch, or fine-tuned from ``--weights``, new
+    classes allowed; ``--tag_head=encoder`` or ``--train_groups`` on weights)."""
 
     pooled: bool
     weights: str | None
@@ -135,25 +140,40 @@ class DemoPlan:
     objective: str
     evidence: EvidenceOptions
     learning_rates: tuple[float, ...] | None
+    train_steps: int
+    crop: int
+    learning_rate: float
 
     @classmethod
     def of(cls, options: DemoOptions, explicit: Collection[str]) -> DemoPlan:
         trains = (options.builtin or options.tag_head == ENCODER or bool(options.train_groups)
-                  or (options.data is not None and options.weights is None))
+                  or options.data is not None) and options.train_steps != 0
         pooled = not trains
+        fine_tune = trains and options.weights is not None
         evidence = options.evidence
-        if pooled:  # the pooled start point, but what the user gave on the command line
+        if pooled or fine_tune:  # the pooled start point, but what was given as flags
             evidence = dataclasses.replace(POOLED_EVIDENCE, **{
                 f: getattr(options.evidence, f) for f in explicit})
+        pooled_tags = pooled or (fine_tune and options.tag_head != ENCODER
+                                 and not (options.model_variant or "").endswith("_mt"))
+        # Budgets: the built-in job's, a folder from scratch (a tiny network), or a
+        # released network fine-tuned (fewer steps, a larger crop, a smaller rate).
+        steps, crop, rate = ((1000, 321, 1e-3) if fine_tune else
+                             (10000, 65 if options.builtin else 129, 5e-3))
         return cls(pooled=pooled,
                    weights=options.weights or (DEMO_WEIGHTS if pooled else None),
-                   variant=options.model_variant or (None if pooled else DEMO_VARIANT),
-                   modes=tuple(options.evidence_modes or (POOLED_MODES if pooled else ALL_MODES)),
-                   num_tune=24 if options.num_tune is None and pooled else
+                   variant=options.model_variant or (
+                       None if pooled or fine_tune else DEMO_VARIANT),
+                   modes=tuple(options.evidence_modes or (
+                       POOLED_MODES if pooled_tags else ALL_MODES)),
+                   num_tune=24 if options.num_tune is None and pooled_tags else
                    (50 if options.num_tune is None else options.num_tune),
-                   tune_candidates=options.tune_candidates or (6 if pooled else 8),
-                   objective="pruned" if pooled else "plain", evidence=evidence,
-                   learning_rates=POOLED_LEARNING_RATES if pooled else None)
+                   tune_candidates=options.tune_candidates or (6 if pooled_tags else 8),
+                   objective="pruned" if pooled_tags else "plain", evidence=evidence,
+                   learning_rates=POOLED_LEARNING_RATES if pooled_tags else None,
+                   train_steps=options.train_steps or steps,
+                   crop=options.crop_size or crop,
+                   learning_rate=options.base_learning_rate or rate)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -175,30 +195,22 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
 
     stage("Data")
     dataset, data_dir, tune_split = prepare_data(options, out, printer, plan.num_tune)
-    logdir = out / "train"
-    if plan.pooled:
-        stage(f"Import {plan.weights}; tags pooled from its segmentation (nothing to train)")
-        import_weights(ImportOptions(
-            source=plan.weights, model_variant=plan.variant, output_dir=str(logdir),
-            dataset=dataset, tag_head=SEGMENTATION), printer=printer)
-    else:
-        stage(f"Train {plan.variant} with uncertainty weighting")
-        train(train_options(options, plan.variant, dataset, data_dir, logdir), printer=printer)
+    logdir = out / "train"  # a training run, when there is one
+    model = _make_model(options, plan, out, dataset, data_dir, logdir, stage, printer)
 
-    tuning = load_tuned(logdir) if plan.pooled else None
+    tuning = load_tuned(model) if plan.pooled else None
     if tuning is not None:
         stage("Refit settings: the released-weights table's, tuned on other photos")
         printer("Refit settings " + _provenance(tuning))
     else:
         stage(f"Tune the refit settings of this model on the {tune_split!r} split (never val)")
-        tuning = tune(options, plan, logdir, data_dir, tune_split, printer)
+        tuning = tune(options, plan, model, data_dir, tune_split, printer)
 
     stage("Evaluate: the evidence table (tags from the ground truth)")
-    crop = options.crop_size if options.builtin else max(options.crop_size, 129)
     eval_dir = out / "eval"
     results = evaluate(EvalOptions(
-        checkpoint_dir=str(logdir), dataset_dir=data_dir, eval_logdir=str(eval_dir),
-        eval_split="val", eval_crop_size=(crop, crop) if options.builtin else None,
+        checkpoint_dir=str(model), dataset_dir=data_dir, eval_logdir=str(eval_dir),
+        eval_split="val", eval_crop_size=(plan.crop, plan.crop) if options.builtin else None,
         evidence_modes=plan.modes, evidence=plan.evidence,
         max_examples=options.max_eval_images, num_vis_examples=0, save_predictions=True,
     ), printer=printer, explicit=explicit)
@@ -208,7 +220,7 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
 
     stage("Export the SavedModel")
     export_dir = export_checkpoint(ExportOptions(
-        checkpoint_dir=str(logdir), export_path=str(out / "export"), evidence=plan.evidence),
+        checkpoint_dir=str(model), export_path=str(out / "export"), evidence=plan.evidence),
         explicit=explicit, printer=printer)
     printer(f"SavedModel in {export_dir}")
 
@@ -226,15 +238,76 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
     printer(results["table"])
     printer("\nWhere things are:")
     printer(f"  report       {report}")
-    printer(f"  model        {logdir}")
+    printer(f"  model        {model}")
     printer(f"  eval results {eval_dir / 'eval_results.json'}")
     printer(f"  SavedModel   {export_dir}")
     printer("\nTo go on:")
-    for line in next_commands(plan, out, logdir, export_dir, served):
+    for line in next_commands(plan, out, model, export_dir, served):
         printer(f"  {line}")
     printer(f"Total {time.time() - t0:.0f}s")
     return {"results": results, "report": str(report), "export": str(export_dir),
-            "train_logdir": str(logdir), "predict": served["report"]}
+            "train_logdir": str(logdir), "model": str(model), "predict": served["report"]}
+
+
+def _make_model(options: DemoOptions, plan: DemoPlan, out: pathlib.Path, dataset: str,
+                data_dir: str, logdir: pathlib.Path, stage: _Stage,
+                printer: Callable[[str], None]) -> pathlib.Path:
+    """The run directory the evidence table is made with: the release imported with its
+    tags pooled (nothing trained), or a network trained (from scratch or from the release)
+    and, when it has no tag head, its twin with tags pooled from its segmentation."""
+    if plan.pooled:
+        stage(f"Import {plan.weights}; tags pooled from its segmentation (nothing to train)")
+        return _import_once(plan.weights, out / "model", dataset, plan.variant, printer)
+    start = None
+    if plan.weights is not None:  # the release in its own layout, then trained on
+        start = _import_once(plan.weights, out / "release", None, None, printer)
+    variant = plan.variant or (load_run_config(start)["model"]["name"] if start else None)
+    stage(f"Train {variant}" + (f" from {plan.weights}" if start else "") + f" on {dataset}")
+    train(train_options(options, plan, variant, dataset, data_dir, logdir, start),
+          printer=printer)
+    if _has_tags(logdir):
+        return logdir
+    printer("The trained network has no tag head: its tags are pooled from its segmentation "
+            "for the evidence table")
+    return _import_once(str(logdir), out / "model", None, None, printer, replace=True)
+
+
+def _has_tags(run: pathlib.Path) -> bool:
+    """Whether the network of a run has a tags output (a tag head, trained or pooled)."""
+    network, _, _ = restore_network(run)
+    return family_of(network).tags_output in network.output
+
+
+def _import_once(source: str, folder: pathlib.Path, dataset: str | None,
+                 variant: str | None, printer: Callable[[str], None],
+                 replace: bool = False) -> pathlib.Path:
+    """The demo's import of ``source`` into its workdir (tags pooled from the segmentation
+    when ``dataset`` is given or ``source`` is a run; the release's own layout otherwise):
+    made once, reused on a rerun with the same source. ``replace``: an earlier import of
+    the demo's own (the twin of a run it trained again) is made anew."""
+    meta = folder / MODEL_CONFIG_FILE
+    wanted = os.path.abspath(source) if os.path.exists(source) else source
+    if meta.is_file():
+        imported = json.loads(meta.read_text()).get("imported", {})
+        same = wanted in (imported.get("source"), imported.get("released_name"))
+        if same and not replace:
+            printer(f"Using the import of {source} already in {folder}")
+            return folder
+        if not imported:
+            raise ValueError(f"--workdir: {folder} holds a run this demo did not import; "
+                             "choose another --workdir")
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        os.replace(folder, old)
+        shutil.rmtree(old, ignore_errors=True)
+    pooled = dataset is not None or _is_run(source)
+    import_weights(ImportOptions(source=source, model_variant=variant, output_dir=str(folder),
+                                 dataset=dataset, tag_head=SEGMENTATION if pooled else None),
+                   printer=printer)
+    return folder
+
+
+def _is_run(source: str) -> bool:
+    return (pathlib.Path(source) / MODEL_CONFIG_FILE).is_file()
 
 
 def _provenance(tuning: dict) -> str:
@@ -275,25 +348,27 @@ def changed_most(results: dict, eval_dir: pathlib.Path, served_mode: str, count:
     return rows[:count]
 
 
-def train_options(options: DemoOptions, variant: str, dataset: str, data_dir: str,
-                  logdir: pathlib.Path) -> TrainOptions:
-    """The demo's training run: Adam, uncertainty weighting, the built-in dataset's crop."""
+def train_options(options: DemoOptions, plan: DemoPlan, variant: str, dataset: str,
+                  data_dir: str, logdir: pathlib.Path, start: pathlib.Path | None
+                  ) -> TrainOptions:
+    """The demo's training run: Adam, uncertainty weighting, the plan's budget; from
+    ``start`` (an import of released weights: BatchNorm stays frozen, a classifier for new
+    classes starts afresh) or from scratch."""
     builtin = options.builtin and options.data is None
-    crop = options.crop_size if builtin else max(options.crop_size, 129)
+    steps = plan.train_steps
     return TrainOptions(
         train_logdir=str(logdir), dataset_dir=data_dir, dataset=dataset,
-        model_variant=variant, train_crop_size=(crop, crop),
+        model_variant=variant, train_crop_size=(plan.crop, plan.crop),
         train_batch_size=options.train_batch_size, optimizer="adam",
-        base_learning_rate=options.base_learning_rate,
-        training_number_of_steps=options.train_steps,
-        save_interval_steps=max(100, options.train_steps // 4), save_summaries_steps=25,
-        log_every_n_steps=max(25, options.train_steps // 20),
+        base_learning_rate=plan.learning_rate, training_number_of_steps=steps,
+        save_interval_steps=max(100, steps // 4), save_summaries_steps=25,
+        log_every_n_steps=max(25, steps // 20),
         min_scale_factor=0.75 if builtin else 0.5, max_scale_factor=1.25 if builtin else 2.0,
-        tf_initial_checkpoint=options.weights, train_groups=options.train_groups,
-        tag_head=options.tag_head,
+        tf_initial_checkpoint=None if start is None else str(start),
+        train_groups=options.train_groups, tag_head=options.tag_head,
         # Pretrained BatchNorm stays as it is: batches of 8 cannot estimate its statistics
         # (the original's advice), and a TFLite import's is folded.
-        fine_tune_batch_norm=options.weights is None,
+        fine_tune_batch_norm=start is None,
         loss_weighting="uncertainty",
         seed=options.seed if options.train_seed is None else options.train_seed)
 
@@ -335,11 +410,11 @@ def serve_sample(info: DatasetInfo, data_dir: str, index: int, export_dir: pathl
             "command": "python -m tools.predict " + " ".join(args)}
 
 
-def next_commands(plan: DemoPlan, out: pathlib.Path, logdir: pathlib.Path,
+def next_commands(plan: DemoPlan, out: pathlib.Path, model: pathlib.Path,
                   export_dir: pathlib.Path, served: dict) -> list[str]:
     """The commands a user runs next: TensorBoard, a prediction of their own photo."""
     source = (f"--checkpoint_dir={plan.weights}" if plan.pooled and plan.weights
-              and not pathlib.Path(plan.weights).exists() else f"--checkpoint_dir={logdir}")
+              and not pathlib.Path(plan.weights).exists() else f"--checkpoint_dir={model}")
     return [f"tensorboard --logdir {out}   # the evaluation's numbers"
             + ("" if plan.pooled else " and the training curves"),
             f"python -m tools.predict {source} --image=YOUR_PHOTO.jpg --tags=person,dog "
@@ -400,18 +475,9 @@ def _photo_picture(info: DatasetInfo, data_dir: str, eval_dir: pathlib.Path, row
     return picture, tags
 
 
-def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: dict,
-                 logdir: pathlib.Path, info: DatasetInfo, data_dir: str, shown: list[dict],
-                 served_mode: str, plan: DemoPlan, photos: str, t0: float) -> pathlib.Path:
-    """demo_out/report.html: first the photos the evidence changed most (large, overlaid,
-    with a legend, their tags and per-photo IoU), then the tables, per-class IoU, curves."""
-    modes = results["modes"]
-    baselines = bootstrap_baselines(results)
-    table_rows = [[row["name"], f"{100 * row['miou']:.2f}", mode, f"{row['seconds']:.1f}"]
-                  + [vs_cell(row, b) for b in baselines] for mode, row in modes.items()]
-    table_header = ["method", "mIoU (%)", "mode", "seconds"] + [
-        f"vs {EVIDENCE_MODES[b].row} (95% CI over images)" for b in baselines]
-    served_row = EVIDENCE_MODES[served_mode].row
+def _gallery(results: dict, out: pathlib.Path, info: DatasetInfo, data_dir: str,
+             shown: list[dict], served_mode: str) -> list[tuple[str, np.ndarray]]:
+    """Each shown photo's picture and its caption: tags and per-photo mIoU per row."""
     gallery = []
     for row in shown:
         picture, tags = _photo_picture(info, data_dir, out / "eval", row, served_mode)
@@ -423,13 +489,11 @@ def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: 
                   if "prune" in iou and served_mode in iou else "")
         gallery.append((f"{row['name'].split('_', 1)[-1]}: tags {', '.join(tags) or 'none'}; "
                         f"per-photo mIoU {steps}{change}", picture))
-    predicted, tags = served["report"], served["tags"]
-    before = predicted.get("tag_probabilities_before", {})
-    after = predicted.get("tag_probabilities_after", {})
-    pred_rows = [[n, f"{before[n]:.3f}", f"{after.get(n, before[n]):.3f}",
-                  "yes" if n in tags else ""]
-                 for n in before if n in tags or before[n] >= 0.05 or after.get(n, 0) >= 0.05]
-    tag_rows = [[k, f"{v:.4f}"] for k, v in results.get("tags", {}).items()]
+    return gallery
+
+
+def _training_curves(logdir: pathlib.Path) -> tuple[dict, dict]:
+    """The training run's scalars (none without one) and their plot groups."""
     scalars = tbevents.read_scalars(logdir / "train") if (logdir / "train").is_dir() else {}
     groups = {
         "Task losses (each step's own)": [k for k in scalars
@@ -443,13 +507,35 @@ def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: 
         "Learning rate": [k for k in scalars if k.endswith("learning_rate")],
     }
     groups = {k: v for k, v in groups.items() if v}
+    return {k: scalars[k] for keys in groups.values() for k in keys}, groups
+
+
+def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: dict,
+                 logdir: pathlib.Path, info: DatasetInfo, data_dir: str, shown: list[dict],
+                 served_mode: str, plan: DemoPlan, photos: str, t0: float) -> pathlib.Path:
+    """demo_out/report.html: first the photos the evidence changed most (large, overlaid,
+    with a legend, their tags and per-photo IoU), then the tables, per-class IoU, curves."""
+    modes = results["modes"]
+    baselines = bootstrap_baselines(results)
+    table_rows = [[row["name"], f"{100 * row['miou']:.2f}", mode, f"{row['seconds']:.1f}"]
+                  + [vs_cell(row, b) for b in baselines] for mode, row in modes.items()]
+    table_header = ["method", "mIoU (%)", "mode", "seconds"] + [
+        f"vs {EVIDENCE_MODES[b].row} (95% CI over images)" for b in baselines]
+    served_row = EVIDENCE_MODES[served_mode].row
+    predicted, tags = served["report"], served["tags"]
+    before = predicted.get("tag_probabilities_before", {})
+    after = predicted.get("tag_probabilities_after", {})
+    pred_rows = [[n, f"{before[n]:.3f}", f"{after.get(n, before[n]):.3f}",
+                  "yes" if n in tags else ""]
+                 for n in before if n in tags or before[n] >= 0.05 or after.get(n, 0) >= 0.05]
+    scalars, groups = _training_curves(logdir)
     report = out / "report.html"
     write_html_report(
         report,
         title=f"Evidence at prediction time: {plan.weights if plan.pooled else results['model']}"
               f" on {photos} {results['split']} ({results['num_images']} images)",
         notes=_summary(results, tuning, served_mode, plan),
-        gallery=gallery,
+        gallery=_gallery(results, out, info, data_dir, shown, served_mode),
         gallery_title=(f"The photos the evidence changed most: {EVIDENCE_MODES['none'].row} "
                        f"(plain), {EVIDENCE_MODES['prune'].row} (pruned), {served_row} "
                        "(refitted, what the export serves) and the ground truth"),
@@ -459,13 +545,12 @@ def write_report(out: pathlib.Path, results: dict, tuning: dict | None, served: 
             (f"Served: {served['command']}", ["tag", "before", "after the refit", "given"],
              pred_rows),
             ("Tags on val (pooled from the segmentation)" if plan.pooled else "Tag head on val",
-             ["metric", "value"], tag_rows),
+             ["metric", "value"], [[k, f"{v:.4f}"] for k, v in results.get("tags", {}).items()]),
             *_tuning_tables(tuning),
         ],
         per_class_iou={k: v for k, v in modes[served_mode]["per_class_iou"].items()
                        if v is not None},
-        scalars={k: scalars[k] for keys in groups.values() for k in keys},
-        scalar_groups=groups,
+        scalars=scalars, scalar_groups=groups,
         images=[(f"The served prediction ({served['command']})", str(served["prediction"]))],
         notes_after=[f"Per-class IoU shown for {served_row}.",
                      f"Total demo time {time.time() - t0:.0f}s."],

@@ -242,12 +242,16 @@ def _check_fingerprint(path: pathlib.Path, meta: dict, marker: pathlib.Path) -> 
     recorded = (meta.get("file_sha256") or {}).get(path.name)
     if recorded is None and "file_sha256" not in meta:
         return  # an export written before files carried fingerprints
-    if recorded is None or sha256_file(path) != recorded:
-        raise ValueError(f"--model={path}: {marker} records "
-                         f"{'no such file' if recorded is None else 'another file of this name'}"
-                         ": this file was not written by the export in its folder, whose "
-                         "classes and sizes would be read for it. Keep each file in the "
-                         "export directory tools.export_model wrote it into")
+    if recorded is None:
+        raise ValueError(f"--model={path}: {marker} records no such file: it was not written "
+                         "by the export in its folder, whose classes and sizes would be read "
+                         "for it. Keep each file in the export directory tools.export_model "
+                         "wrote it into")
+    if sha256_file(path) != recorded:
+        raise ValueError(f"--model={path} is not the file the export in its folder wrote (its "
+                         f"sha256 differs from the one {marker} records): it was damaged or "
+                         "changed since, or copied there from another export. Export it "
+                         "again with tools.export_model --format=...")
 
 
 class FileSegmenter:

@@ -22,6 +22,7 @@ import os
 import pathlib
 import shutil
 from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -281,6 +282,27 @@ def import_weights(options: ImportOptions, printer: Callable[[str], None] = prin
             dataset=options.dataset or released.entry.dataset,
             output_stride=options.output_stride or file.output_stride,
             train_crop_size=options.train_crop_size or file.crop)
+    candidates, info, extra = _candidates(options)
+    family, cfg, network, report, folded = _load_first(candidates, options, printer)
+    printer(report.summary())
+    imported = {"source": os.path.abspath(options.source), "format": report.format,
+                "batch_norm_folded": folded, "loaded": len(report.loaded),
+                "missing": report.missing, "skipped": report.skipped, "unused": report.unused}
+    if released is not None:
+        imported.update(released_name=released.entry.name, released_file=released.file.url,
+                        released_entry=released.entry.fingerprint)
+    _write_run(out, network, family, cfg, info, {**extra, "imported": imported}, released,
+               printer)
+    pooled = getattr(cfg, "tag_head", "") == "segmentation"
+    printer(f"Wrote run directory {out} ({cfg.name}, {info.name}"
+            f"{', tags pooled from the segmentation' if pooled else ''}); BatchNorm "
+            f"{'folded (fine-tune with --fine_tune_batch_norm=false)' if folded else 'as trained'}")
+    return report
+
+
+def _candidates(options: ImportOptions) -> tuple[list[tuple[Any, Any]], Any, dict]:
+    """The (family, config) layouts the source may have, its classes, and the run record's
+    extra fields: a run's own record, or the variant named, or every released layout."""
     overrides = dict(output_stride=options.output_stride, tag_head=options.tag_head,
                      seg_tag_pooling=options.seg_tag_pooling,
                      seg_tag_temperature=options.seg_tag_temperature)
@@ -290,21 +312,26 @@ def import_weights(options: ImportOptions, printer: Callable[[str], None] = prin
         family = run_family(record)
         info = info_from_dict(record["dataset"])
         cfg = family.config_class.from_dict(record["model"]).replace(**overrides)
-        cfg = cfg.for_dataset(info.num_classes, info.num_tags, info.tag_class_ids)
         extra.update({k: record[k] for k in ("train_crop_size", "min_resize_value",
                                              "max_resize_value") if record.get(k)})
-        candidates = [(family, cfg)]
-    else:
-        info = get_dataset_info(options.dataset or "pascal_voc_seg")
-        names = [options.model_variant] if options.model_variant else released_candidates()
-        candidates = []
-        for name in names:
-            family, cfg = get_variant(name, **overrides)
-            candidates.append((family, cfg.for_dataset(info.num_classes, info.num_tags,
-                                                       info.tag_class_ids)))
+        return [(family, cfg.for_dataset(info.num_classes, info.num_tags,
+                                         info.tag_class_ids))], info, extra
+    info = get_dataset_info(options.dataset or "pascal_voc_seg")
+    names = [options.model_variant] if options.model_variant else released_candidates()
+    candidates = []
+    for name in names:
+        family, cfg = get_variant(name, **overrides)
+        candidates.append((family, cfg.for_dataset(info.num_classes, info.num_tags,
+                                                   info.tag_class_ids)))
+    return candidates, info, extra
+
+
+def _load_first(candidates: list[tuple[Any, Any]], options: ImportOptions,
+                printer: Callable[[str], None]) -> tuple[Any, Any, keras.Model, LoadReport, bool]:
+    """The first layout the source's weights fit: (family, config, network, report,
+    folded); none fitting is an error asking for --model_variant."""
     last_error = None
-    for i, candidate in enumerate(candidates):
-        family, cfg = candidate
+    for i, (family, cfg) in enumerate(candidates):
         network = build_network(cfg)
         try:
             report, folded = initial_weights(network, options.source, flag="--source")
@@ -318,36 +345,26 @@ def import_weights(options: ImportOptions, printer: Callable[[str], None] = prin
         if len(candidates) > 1:
             printer(f"--source={options.source} is the layout of --model_variant={cfg.name} "
                     f"(tried {i + 1} of {len(candidates)} released layouts)")
-        break
-    else:
-        raise ValueError(f"--source={options.source}: none of the released layouts "
-                         f"{[c.name for _, c in candidates]} matches it (last: {last_error}); "
-                         "give --model_variant") from last_error
-    printer(report.summary())
-    # Written beside its place and renamed in whole: a killed import leaves no half run
-    # directory (its leftovers are removed by the next import there).
+        return family, cfg, network, report, folded
+    raise ValueError(f"--source={options.source}: none of the released layouts "
+                     f"{[c.name for _, c in candidates]} matches it (last: {last_error}); "
+                     "give --model_variant") from last_error
+
+
+def _write_run(out: pathlib.Path, network: keras.Model, family: Any, cfg: Any, info: Any,
+               record: dict, released: Resolved | None, printer: Callable[[str], None]) -> None:
+    """The run directory, written beside its place and renamed in whole: a killed import
+    leaves no half run directory (its leftovers are removed by the next import there)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    final, out = out, out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tf.train.CheckpointManager(tf.train.Checkpoint(network=network), str(out), 1).save(0)
-    imported = {"source": os.path.abspath(options.source), "format": report.format,
-                "batch_norm_folded": folded, "loaded": len(report.loaded),
-                "missing": report.missing, "skipped": report.skipped, "unused": report.unused}
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tf.train.CheckpointManager(tf.train.Checkpoint(network=network), str(tmp), 1).save(0)
+    save_run_config(tmp, family, cfg, info, record)
     if released is not None:
-        imported.update(released_name=released.entry.name, released_file=released.file.url,
-                        released_entry=released.entry.fingerprint)
-    save_run_config(out, family, cfg, info, {**extra, "imported": imported})
-    pooled = getattr(cfg, "tag_head", "") == "segmentation"
-    if released is not None:
-        _write_released_evidence(out, released, cfg, printer)
-    new_directory(final, "--output_dir", "imported run directory")  # still new
-    os.replace(out, final)
-    out = final
-    printer(f"Wrote run directory {out} ({cfg.name}, {info.name}"
-            f"{', tags pooled from the segmentation' if pooled else ''}); BatchNorm "
-            f"{'folded (fine-tune with --fine_tune_batch_norm=false)' if folded else 'as trained'}")
-    return report
+        _write_released_evidence(tmp, released, cfg, printer)
+    new_directory(out, "--output_dir", "imported run directory")  # still new
+    os.replace(tmp, out)
 
 
 SOURCES = ("a released model's name (python -m tools.model_info --list_weights), the "

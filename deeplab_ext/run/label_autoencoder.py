@@ -24,9 +24,9 @@ import tensorflow as tf
 from deeplab_ext.data import input_pipeline
 from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info, info_from_dict, info_to_dict
 from deeplab_ext.models.label_autoencoder import STRIDE, build_label_autoencoder, one_hot_labels
+from deeplab_ext.run.callbacks import ProgressCallback, SaverCallback
 from deeplab_ext.run.options import LabelAutoencoderOptions
 from deeplab_ext.run.rundir import MODEL_CONFIG_FILE, atomic_write
-from deeplab_ext.run.trainer import ProgressCallback, SaverCallback
 from tf_mtl.inference import InputAlignment
 from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore
 from tf_mtl.metrics import StreamingMeanIoU, image_iou_counts, iou_from_counts

@@ -201,6 +201,10 @@ class TrainOptions:
                                             "the original's file (TFLite, TF1 checkpoint), a "
                                             "run directory or a zoo checkpoint.")
     initialize_last_layer: bool = opt(True, "Also load the logits from the checkpoint.")
+    last_layer_gradient_multiplier: float = opt(1.0, "Multiply the gradients of the last "
+                                                "layer (logits) by this: > 1 trains a new "
+                                                "classifier on a pretrained trunk faster "
+                                                "(the original's flag).")
     allow_partial_init: bool = allow_partial_opt()
     output_stride: int | None = opt(None, "8, 16 or 32 (default: the variant's).")
     atrous_rates: tuple[int, ...] | None = opt(None, "ASPP rates at OS16 (repeat the flag).",
@@ -630,8 +634,9 @@ class DemoOptions:
                         "built-in shapes dataset (15-35 min on 2 cores) instead of the "
                         "real-photo job.")
     data: str | None = opt(None, "A VOC- or CamVid-layout folder (default: the shipped "
-                           "coco128-voc photos; with --builtin, the built-in dataset). Without "
-                           "--weights a network is trained on it.")
+                           "coco128-voc photos; with --builtin, the built-in dataset). A "
+                           "network is trained on it: from scratch, or fine-tuned from "
+                           "--weights (its own classes: a new classifier where they differ).")
     weights: str | None = opt(None, "The weights: a released model's name (python -m "
                               "tools.model_info --list_weights), the original's file (TFLite, "
                               "TF1 checkpoint), a run directory of tools.import_weights or a "
@@ -645,10 +650,13 @@ class DemoOptions:
     tag_head: str | None = tag_head_opt()
     train_groups: tuple[str, ...] | None = opt(None, "Train only these variable groups (e.g. "
                                                "tag_head on a pretrained model).")
-    train_steps: int = opt(10000, "Training steps.")
+    train_steps: int | None = opt(None, "Training steps (default 10000; 1000 fine-tuning "
+                                  "--weights on --data; 0: score the weights as they are).")
     train_batch_size: int = opt(8, "Batch size.")
-    crop_size: int = opt(65, "Training crop (built-in dataset: 65).")
-    base_learning_rate: float = opt(5e-3, "Adam learning rate (poly decay).")
+    crop_size: int | None = opt(None, "Training crop (default: the built-in dataset 65, a "
+                                "folder 129, 321 fine-tuning --weights).")
+    base_learning_rate: float | None = opt(None, "Adam learning rate, poly decay (default "
+                                           "5e-3; 1e-3 fine-tuning --weights).")
     num_train: int = opt(2000, "Built-in dataset: training images.")
     num_val: int = opt(100, "Built-in dataset: validation images.")
     image_size: int = opt(64, "Built-in dataset: image side in pixels.")

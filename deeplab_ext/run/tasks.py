@@ -30,6 +30,7 @@ from tf_mtl.graph import feature_model
 from tf_mtl.inference import InputAlignment
 from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore, TagBCE
 from tf_mtl.metrics import StreamingMeanIoU, TagPrecisionRecallF1
+from tf_mtl.registry import Registry
 from tf_mtl.tasks import Task
 
 __all__ = [
@@ -80,32 +81,28 @@ class TaskSpec:
     picture: Callable[[Any, Any], Any] | None = None
 
 
-_TASKS: dict[str, TaskSpec] = {}
-
-
-def register_task(spec: TaskSpec) -> TaskSpec:
-    _TASKS[spec.name] = spec
-    return spec
-
-
 def _load_builtins() -> None:
     """The built-in tasks and branches (``deeplab_ext.run.plugins`` lists them; their
     modules import this one, so they are imported on first use, not at the top)."""
     from deeplab_ext.run import plugins  # noqa: F401
 
 
+TASKS: Registry[TaskSpec] = Registry("task", discover=_load_builtins)
+
+
+def register_task(spec: TaskSpec, *, override: bool = False) -> TaskSpec:
+    """Add a task; a name already taken is refused unless ``override``."""
+    return TASKS.register(spec.name, spec, override=override)
+
+
 def _spec(name: str) -> TaskSpec:
-    _load_builtins()
-    if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)}")
-    return _TASKS[name]
+    return TASKS.get(name)
 
 
 def task_names(network: keras.Model, family: ModelFamily) -> list[str]:
     """The tasks the network's outputs call for (every task whose output exists)."""
-    _load_builtins()
     outputs = set(network.output) if isinstance(network.output, dict) else set()
-    return [s.name for s in _TASKS.values() if s.output(family) in outputs]
+    return [s.name for s in TASKS.values() if s.output(family) in outputs]
 
 
 def task_pictures(network: keras.Model, family: ModelFamily
@@ -196,24 +193,21 @@ class BranchSpec:
     options: tuple[str, ...] = ()
 
 
-_BRANCHES: dict[str, BranchSpec] = {}
+BRANCHES: Registry[BranchSpec] = Registry("training-only branch", "--training_branches",
+                                          discover=_load_builtins)
 
 
-def register_branch(spec: BranchSpec) -> BranchSpec:
-    _BRANCHES[spec.name] = spec
-    return spec
+def register_branch(spec: BranchSpec, *, override: bool = False) -> BranchSpec:
+    """Add a training-only branch; a name already taken is refused unless ``override``."""
+    return BRANCHES.register(spec.name, spec, override=override)
 
 
 def _branch_names(options: Any, names: Sequence[str]) -> list[str]:
     """The named branches and those the options enable, in build order."""
-    _load_builtins()
-    enabled = [s.name for s in _BRANCHES.values() if s.enabled and s.enabled(options)]
+    enabled = [s.name for s in BRANCHES.values() if s.enabled and s.enabled(options)]
     names = list(dict.fromkeys([*names, *enabled]))
     for name in names:
-        if name not in _BRANCHES:
-            raise ValueError(f"--training_branches: unknown branch {name!r}; registered: "
-                             f"{sorted(_BRANCHES)} (a module given to --extra_modules may "
-                             "register more)")
+        BRANCHES.get(name)  # unknown: an error listing the registered ones
     return names
 
 
@@ -221,14 +215,14 @@ def build_branches(ctx: TaskContext, names: Sequence[str]) -> Branch:
     """The named branches and those the options enable, combined."""
     total = Branch()
     for name in _branch_names(ctx.options, names):
-        total = total + _BRANCHES[name].build(ctx)
+        total = total + BRANCHES[name].build(ctx)
     return total
 
 
 def branch_record(options: Any, names: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``{branch: {option: value}}`` of the branches :func:`build_branches` builds, for the
     run directory."""
-    return {name: {f: getattr(options, f) for f in _BRANCHES[name].options}
+    return {name: {f: getattr(options, f) for f in BRANCHES[name].options}
             for name in _branch_names(options, names)}
 
 
@@ -239,7 +233,7 @@ def branches_from_record(network: keras.Model, family: ModelFamily, info: Datase
     total = Branch()
     for name in _branch_names(types.SimpleNamespace(), list(record)):
         ctx = TaskContext(network, family, info, types.SimpleNamespace(**record[name]))
-        total = total + _BRANCHES[name].build(ctx)
+        total = total + BRANCHES[name].build(ctx)
     return total
 
 

@@ -16,7 +16,6 @@ import math
 import pathlib
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,13 +27,13 @@ from deeplab_ext.data import colormap as cmap
 from deeplab_ext.data import input_pipeline
 from deeplab_ext.data.datasets import DatasetInfo, get_dataset_info
 from deeplab_ext.models.registry import ModelFamily, build_network, get_variant, group_variables
+from deeplab_ext.run.callbacks import FiniteGuard, ProgressCallback, SaverCallback
 from deeplab_ext.run.importing import check_coverage, initial_weights, local_source
 from deeplab_ext.run.locking import directory_lock
 from deeplab_ext.run.options import TrainOptions
 from deeplab_ext.run.rundir import (
     MODEL_CONFIG_FILE,
     latest_checkpoint,
-    non_finite_weights,
     save_run_config,
 )
 from deeplab_ext.run.tasks import (
@@ -136,9 +135,6 @@ def freeze_batch_norm(network: keras.Model) -> int:
     return n
 
 
-_PROGRESS_SUFFIXES = ("_loss", "_miou", "_f1", "_sigma", "learning_rate")
-
-
 def freeze_all_but(network: keras.Model, groups: tuple[str, ...]) -> int:
     """--train_groups: every layer outside the named variable groups stops training
     (BatchNorm in it then runs in inference mode, as Keras 3 does for frozen layers)."""
@@ -149,79 +145,6 @@ def freeze_all_but(network: keras.Model, groups: tuple[str, ...]) -> int:
             layer.trainable = False
             frozen += 1
     return frozen
-
-
-class ProgressCallback(keras.callbacks.Callback):
-    """Prints a line every N steps (no silent minutes) and stops at the step budget."""
-
-    def __init__(self, total: int, every: int, printer: Callable[[str], None]):
-        super().__init__()
-        self.total, self.every, self.printer = total, max(1, every), printer
-        self.t0 = time.time()
-        self.start_step: int | None = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        if self.start_step is None:
-            self.start_step = step - 1
-        if step % self.every == 0 or step >= self.total:
-            rate = (step - self.start_step) / max(time.time() - self.t0, 1e-6)
-            logs = logs or {}
-            parts = [f"step {step}/{self.total}", f"{rate:.2f} steps/s"]
-            for key, value in logs.items():
-                if key == "loss" or key.endswith(_PROGRESS_SUFFIXES):
-                    parts.append(f"{key}={float(np.asarray(value)):.4g}")
-            self.printer("  ".join(parts))
-        if step >= self.total:
-            self.model.stop_training = True
-
-
-class FiniteGuard(keras.callbacks.Callback):
-    """Stops training at the first step whose loss is not finite (a diverged run must not
-    end "Done" with a NaN checkpoint that every later tool would use)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bad_step: int | None = None
-        self.value = float("nan")
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and self.bad_step is None:
-            value = float(np.asarray(loss))
-            if not np.isfinite(value):
-                self.bad_step, self.value = int(self.model.optimizer.iterations.numpy()), value
-                self.model.stop_training = True
-
-    def diverged(self, network: keras.Model) -> bool:
-        """A step already failed, or the weights about to be saved are not finite."""
-        if self.bad_step is None and non_finite_weights(network):
-            self.bad_step = int(self.model.optimizer.iterations.numpy())
-            self.model.stop_training = True
-        return self.bad_step is not None
-
-
-class SaverCallback(keras.callbacks.Callback):
-    """A checkpoint every ``every`` steps and at the end, never of non-finite weights."""
-
-    def __init__(self, manager: tf.train.CheckpointManager, every: int, guard: FiniteGuard,
-                 network: keras.Model):
-        super().__init__()
-        self.manager, self.every, self.guard, self.network = manager, max(1, every), guard, network
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        if step % self.every == 0 and not self.guard.diverged(self.network):
-            self.manager.save(checkpoint_number=step)
-
-    def on_train_end(self, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        if self.guard.diverged(self.network):
-            return
-        if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(
-            f"-{step}"
-        ):
-            self.manager.save(checkpoint_number=step)
 
 
 @dataclasses.dataclass
@@ -267,9 +190,29 @@ def build_multitask_model(
         network, tasks, get_weighting(options.loss_weighting, tasks, method_options, **kwargs),
         loss_terms=branch.loss_terms, heads=branch.heads, summary_writer=summary_writer,
         summary_every_n_steps=options.save_summaries_steps, image_summary_fn=image_summary_fn,
+        gradient_multipliers=_last_layer_multipliers(network, family, options),
     )
     model.compile(optimizer=make_optimizer(options))
     return model
+
+
+LAST_LAYERS = ("logits",)  # the original's last layers: the classifier
+
+
+def _last_layer_multipliers(network: keras.Model, family: ModelFamily,
+                            options: TrainOptions) -> dict[str, float]:
+    """``--last_layer_gradient_multiplier`` as {variable path: factor} (none at 1)."""
+    factor = options.last_layer_gradient_multiplier
+    if not (np.isfinite(factor) and factor > 0):
+        raise ValueError(f"--last_layer_gradient_multiplier must be a finite number > 0, got "
+                         f"{factor}")
+    if factor == 1.0:
+        return {}
+    missing = [g for g in LAST_LAYERS if g not in family.variable_groups]
+    if missing:
+        raise ValueError(f"--last_layer_gradient_multiplier: model family {family.name!r} has "
+                         f"no {', '.join(missing)} group")
+    return {v.path: factor for v in group_variables(network, LAST_LAYERS)}
 
 
 def restore_training(ckpt: tf.train.Checkpoint, path: str) -> None:

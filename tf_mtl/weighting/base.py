@@ -147,6 +147,10 @@ class GradientWeighting(LossWeighting):
     supports_rep_grad: ClassVar[bool] = True
     #: Whether parameter gradients are allowed (GradDrop works on a representation only).
     supports_param_grad: ClassVar[bool] = True
+    #: The precision of the Gram matrix handed to :meth:`coefficients`. float64 for the
+    #: methods that solve a T x T problem: on nearly parallel or very unequal gradients
+    #: the float32 Gram matrix's round-off alone moves their solution by up to 1e-3.
+    gram_dtype: ClassVar[tf.DType] = tf.float32
 
     def __init__(self, tasks: Sequence[Task] | None = None, *, rep_grad: bool = False,
                  rep_features: Sequence[str] | str = ("encoder",), seed: int = 0,
@@ -186,7 +190,8 @@ class GradientWeighting(LossWeighting):
     # --------------------------------------------------------------- gradients
     def coefficients(self, k: tf.Tensor, losses: tf.Tensor, step: tf.Tensor
                      ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-        """``alpha [T]`` from the Gram matrix ``k [T, T]`` (and the losses, the step)."""
+        """``alpha [T]`` from the Gram matrix ``k [T, T]`` (of dtype :attr:`gram_dtype`;
+        the losses, the step: float32)."""
         raise NotImplementedError
 
     def combine_gradients(self, grads: Sequence[tf.Tensor], losses: tf.Tensor,
@@ -196,7 +201,10 @@ class GradientWeighting(LossWeighting):
         """(combined gradient per stack, effective weights ``[T]``, logs); ``variables``
         are the shared variables the stacks belong to (for per-variable state), ``k``
         their Gram matrix when the caller has it."""
-        alpha, logs = self.coefficients(gram(grads) if k is None else k, losses, step)
+        if k is None or k.dtype != self.gram_dtype:
+            k = gram([tf.cast(g, self.gram_dtype) for g in grads])
+        alpha, logs = self.coefficients(k, losses, step)
+        alpha = tf.cast(alpha, tf.float32)
         return combine_stacks(alpha, grads), alpha, logs
 
     def combine_representation(self, per_example: Sequence[tf.Tensor],
@@ -207,9 +215,11 @@ class GradientWeighting(LossWeighting):
         """Representation gradients ``[T, B, ...]`` per feature -> the combined ``[B, ...]``.
         Coefficients come from the Gram matrix ``k`` of the batch-summed gradients
         (reduced over replicas; computed here when not given)."""
-        if k is None:
-            k = gram(reduce([tf.reduce_sum(g, axis=1) for g in per_example]))
+        if k is None or k.dtype != self.gram_dtype:
+            k = gram(reduce([tf.reduce_sum(tf.cast(g, self.gram_dtype), axis=1)
+                             for g in per_example]))
         alpha, logs = self.coefficients(k, losses, step)
+        alpha = tf.cast(alpha, tf.float32)
         return combine_stacks(alpha, per_example), alpha, logs
 
     def task_specific_weights(self, alpha: tf.Tensor) -> tf.Tensor:

@@ -15,18 +15,32 @@ from tf_mtl.weighting.solvers import nash_weights
                     "ICML 2022", update_weights_every=1, optim_niter=20, max_norm=1.0)
 @keras.saving.register_keras_serializable(package="tf_mtl")
 class NashMTL(GradientWeighting):
-    """alpha > 0 solving (K alpha)_i = 1 / alpha_i for K = G G^T / |G G^T|_F, recomputed
-    every ``update_weights_every`` steps (warm-started), the update sum_i alpha_i g_i
-    clipped to global norm ``max_norm`` (0 = no clip), as LibMTL does. Our own solver
-    (damped Newton, ``tf_mtl.weighting.solvers.nash_weights``) replaces the official
-    cvxpy sequence of convex problems: same fixed point, no dependency. Task-specific
-    variables descend the alpha-weighted losses too (the paper's sum alpha_i L_i)."""
+    """alpha > 0 solving alpha_i (K alpha)_i = 1 for the raw Gram matrix K = G G^T (the
+    fixed point of the authors' code and LibMTL's), recomputed every
+    ``update_weights_every`` steps (warm-started), the update sum_i alpha_i g_i clipped to
+    global norm ``max_norm`` (0 = no clip), as LibMTL does. At the fixed point
+    |sum_i alpha_i g_i|^2 = alpha^T K alpha = T, so with max_norm < sqrt(T) (the default
+    1) the shared update always has norm max_norm.
+
+    Our solver (damped Newton in float64 on the float64 Gram matrix to a residual of
+    1e-9, at most ``optim_niter`` steps; ``tf_mtl.weighting.solvers.nash_weights``; logs
+    ``nash_steps`` and ``nash_residual``) replaces the official cvxpy sequence of convex
+    programs, which stops once |K_n alpha - 1 / alpha| < 1e-3 (K_n = K / |K|_F), after
+    20 programs, or when a program makes no progress (on 3 conflicting gradients in
+    ``bench/bench_libmtl_parity.py`` it stalls with alpha 78 % off the fixed point): the
+    same fixed point, solved to round-off, no dependency. Task-specific variables descend
+    the alpha-weighted losses (the paper's sum alpha_i L_i; not clipped), as in LibMTL."""
+
+    gram_dtype = tf.float64
 
     def __init__(self, tasks: Any = None, update_weights_every: int = 1, optim_niter: int = 20,
                  max_norm: float = 1.0, **kwargs: Any) -> None:
         super().__init__(tasks, **kwargs)
         if update_weights_every < 1:
             raise ValueError("--weighting_options: update_weights_every must be >= 1")
+        if optim_niter < 1:
+            raise ValueError("--weighting_options: optim_niter (the most Newton steps per "
+                             "solve) must be >= 1")
         self.update_weights_every = int(update_weights_every)
         self.optim_niter = int(optim_niter)
         self.max_norm = float(max_norm)
@@ -40,15 +54,19 @@ class NashMTL(GradientWeighting):
         prev = tf.convert_to_tensor(self.alpha)
 
         def solve():
-            kn = k / (tf.norm(k) + 1e-12)
-            return nash_weights(kn, prev, self.optim_niter)
+            return nash_weights(k, prev, self.optim_niter)
 
-        alpha = tf.cond(step % self.update_weights_every == 0, solve, lambda: prev)
+        def keep():
+            return prev, tf.constant(0), tf.constant(0.0)
+
+        alpha, steps, residual = tf.cond(step % self.update_weights_every == 0, solve, keep)
         self.commit(self.alpha, alpha)
-        if self.max_norm > 0:
-            norm = tf.sqrt(tf.maximum(tf.tensordot(alpha, tf.linalg.matvec(k, alpha), 1), 0.0))
-            alpha = alpha * tf.minimum(1.0, self.max_norm / (norm + 1e-6))
-        return alpha, {}
+        if self.max_norm > 0:  # |sum_i alpha_i g_i| = sqrt(alpha^T K alpha)
+            a = tf.cast(alpha, k.dtype)
+            norm = tf.sqrt(tf.maximum(tf.tensordot(a, tf.linalg.matvec(k, a), 1), 0.0))
+            scale = tf.minimum(tf.constant(1.0, k.dtype), self.max_norm / (norm + 1e-6))
+            alpha = alpha * tf.cast(scale, alpha.dtype)
+        return alpha, {"nash_steps": tf.cast(steps, tf.float32), "nash_residual": residual}
 
     def task_specific_weights(self, alpha):
         return tf.convert_to_tensor(self.alpha)  # not clipped: the clip is of the shared update
