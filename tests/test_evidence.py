@@ -273,6 +273,72 @@ def test_prune_probabilities():
         prune_probabilities(probs, tags, [1, 2, 3])
 
 
+def _seed_pruning(probs, tags, ids, keep=(0,)):
+    """The seed's pruning as it was written before soft evidence (issue 43): a 0/1 mask."""
+    onehot = tf.one_hot(ids, probs.shape[-1], dtype=tf.float32)
+    present = tf.matmul(tf.convert_to_tensor(tags, tf.float32), onehot) > 0.5
+    kept = tf.reduce_sum(tf.one_hot(list(keep), probs.shape[-1], dtype=tf.float32), 0) > 0.5
+    out = probs * tf.cast(tf.logical_or(present, kept[None]), tf.float32)[:, None, None, :]
+    return tf.math.divide_no_nan(out, tf.reduce_sum(out, axis=-1, keepdims=True))
+
+
+def test_prune_strength_is_a_prior_and_one_is_the_seeds_pruning_exactly():
+    rng = np.random.RandomState(1)
+    probs = tf.nn.softmax(rng.normal(size=(3, 4, 5, 5)).astype("float32")).numpy()
+    hard = np.array([[1, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]], "float32")
+    # Strength 1 (the default) with 0/1 tags: bit for bit the seed's pruning.
+    np.testing.assert_array_equal(prune_probabilities(probs, hard, TAG_CLASS_IDS).numpy(),
+                                  _seed_pruning(probs, hard, TAG_CLASS_IDS).numpy())
+    np.testing.assert_array_equal(
+        prune_probabilities(probs, hard, TAG_CLASS_IDS, strength=1.0).numpy(),
+        _seed_pruning(probs, hard, TAG_CLASS_IDS).numpy())
+    # Strength s: an untagged class keeps 1 - s of its probability, tagged ones and the
+    # background all of it; a tag given with probability t keeps 1 - s * (1 - t).
+    raw = prune_probabilities(probs, hard, TAG_CLASS_IDS, renormalize=False,
+                              strength=0.25).numpy()
+    np.testing.assert_allclose(raw[0][..., [0, 1, 4]], probs[0][..., [0, 1, 4]], rtol=1e-6)
+    np.testing.assert_allclose(raw[0][..., [2, 3]], 0.75 * probs[0][..., [2, 3]], rtol=1e-6)
+    soft = np.array([[0.6, 0, 0, 1]] * 3, "float32")
+    raw = prune_probabilities(probs, soft, TAG_CLASS_IDS, renormalize=False,
+                              strength=0.5).numpy()
+    np.testing.assert_allclose(raw[..., 1], (1 - 0.5 * 0.4) * probs[..., 1], rtol=1e-6)
+    np.testing.assert_allclose(raw[..., 2], 0.5 * probs[..., 2], rtol=1e-6)
+    # Strength 0: no pruning (renormalising an unchanged distribution).
+    np.testing.assert_allclose(
+        prune_probabilities(probs, hard, TAG_CLASS_IDS, strength=0.0).numpy(), probs,
+        rtol=0, atol=1e-6)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="prune strength .* must be in \\[0, 1\\]"):
+            prune_probabilities(probs, hard, TAG_CLASS_IDS, strength=bad)
+    with pytest.raises(ValueError, match="EvidenceConfig.prune_strength=1.5"):
+        EvidenceConfig(prune_strength=1.5)
+
+
+def test_soft_tags_are_the_refit_target(net, images):
+    """A tag given as a probability is the target of the refit's cross-entropy (the eager
+    reference's loss takes the same soft labels), and the refitter prunes with its
+    strength."""
+    soft = np.array([[0.7, 0, 1, 0.2], [0, 0.9, 0, 0]], "float32")
+    cfg = EvidenceConfig(steps=4, learning_rate=0.5)
+    refitter = EvidenceRefitter(net, cfg)
+    out = refitter(images, soft)
+    paths = [v.path for v in refitter.refit_variables]
+    for b in range(len(images)):
+        ref = eager_reference(net, images[b], soft[b], cfg, paths)
+        np.testing.assert_allclose(out["probabilities"].numpy()[b], ref["probabilities"],
+                                   atol=1e-5)
+        np.testing.assert_allclose(out["tag_probabilities_after"].numpy()[b], ref["tags"],
+                                   atol=1e-5)
+    hard = EvidenceRefitter(net, cfg)(images, (soft >= 0.5).astype("float32"))
+    assert np.abs(hard["tag_probabilities_after"].numpy()
+                  - out["tag_probabilities_after"].numpy()).max() > 1e-3
+    pruned = EvidenceRefitter(net, EvidenceConfig(steps=0, prune=True, prune_strength=0.5),
+                              tag_class_ids=TAG_CLASS_IDS)(images, soft)
+    plain = tf.nn.softmax(net(images, training=False)["semantic"])
+    expect = prune_probabilities(plain, soft, TAG_CLASS_IDS, strength=0.5).numpy()
+    np.testing.assert_allclose(pruned["probabilities"].numpy(), expect, rtol=0, atol=GRAPH_ATOL)
+
+
 def test_prune_in_refitter_is_pruned_plain_inference(net, images, tags):
     out = EvidenceRefitter(net, EvidenceConfig(steps=0, prune=True), tag_class_ids=TAG_CLASS_IDS)(
         images, tags
@@ -413,12 +479,15 @@ def test_bad_evidence_errors(net, images, tags):
         ValueError, match=r"tags: expected 4 tag values per image .* got shape \[2, 3\]"
     ):
         refitter(images, tags[:, :3])
-    with pytest.raises(
-        ValueError, match=r"tags: tag values must be 0 or 1, got 0\.5 at index \[0, 1\]"
-    ):
-        refitter(images, np.array([[1, 0.5, 0, 0], [0, 0, 0, 0]]))
-    with pytest.raises(ValueError, match=r"tags: tag values must be 0 or 1, got nan"):
-        refitter(images, np.array([[1, np.nan, 0, 0], [0, 0, 0, 0]]))
+    refitter(images, np.array([[1, 0.5, 0, 0], [0, 0, 0, 0.25]]))  # probabilities: soft evidence
+    for bad, shown in ((1.5, "1.5"), (-0.25, "-0.25"), (np.nan, "nan")):
+        with pytest.raises(ValueError, match=rf"tags: tag values must be probabilities in "
+                           rf"\[0, 1\], got {shown} at index \[0, 1\]"):
+            refitter(images, np.array([[1, bad, 0, 0], [0, 0, 0, 0]]))
+        # the graph refuses them too (a caller of the SavedModel signature skips the check)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="tags must be probabilities"):
+            refitter.refit_fn(tf.constant(images), tf.constant([[1, bad, 0, 0], [0, 0, 0, 0]],
+                                                               tf.float32), tf.constant(1))
     with pytest.raises(ValueError, match=r"steps: must be an integer >= 0 .* got -1"):
         refitter(images, tags, steps=-1)
     with pytest.raises(ValueError, match=r"tags: 1 tag vectors for 2 images"):
@@ -427,7 +496,7 @@ def test_bad_evidence_errors(net, images, tags):
         validate_evidence([1, 0], 4, name="--evidence_tags")
     with pytest.raises(ValueError, match=r"--evidence_steps: must be an integer >= 0"):
         validate_evidence([1, 0, 0, 0], 4, steps=2.5, steps_name="--evidence_steps")
-    with pytest.raises(ValueError, match=r"numeric 0/1 multi-hot"):
+    with pytest.raises(ValueError, match=r"expected a numeric tag vector"):
         validate_evidence(["cat", "dog"], 4)
     np.testing.assert_array_equal(validate_evidence([True, False, 0, 1], 4), [[1, 0, 0, 1]])
     with pytest.raises(ValueError, match=r"EvidenceConfig.optimizer='rmsprop': must be one of"):

@@ -216,25 +216,73 @@ def test_predict_with_saved_model_and_tags(export_dir, image_png, library, tmp_p
     assert report["classes_predicted"] == [INFO.class_names[c] for c in np.unique(raw)]
 
 
-@pytest.mark.parametrize("case", ["unknown_tag", "negative_steps", "missing_image"])
+def test_soft_tags_through_predict_and_the_signature(export_dir, image_png, library, tmp_path):
+    """Soft evidence (issue 43): a tag's probability is the refit's target in the exported
+    signature as in the library; tools.predict takes name:p and prunes as a prior with
+    --evidence_prune_strength; the client and the graph refuse NaN and values outside
+    [0, 1]."""
+    from deeplab_ext.run.export import LoadedSegmenter
+    from tf_mtl.evidence import prune_probabilities
+
+    image_path, names = image_png
+    soft_names = [f"{names[0]}:0.7", *names[1:]]
+    raw_png = tmp_path / "raw.png"
+    proc = run_tool("predict", f"--saved_model={export_dir}", f"--image={image_path}",
+                    f"--tags={','.join(soft_names)}", "--evidence_steps=2",
+                    "--evidence_prune_strength=0.5", f"--output={tmp_path / 'seg.png'}",
+                    f"--raw_output={raw_png}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = _json_of(proc.stdout)
+    assert report["tags_given"][names[0]] == 0.7 and report["pruned"]
+    assert report["prune_strength"] == 0.5 and "(given, p=0.70)" in proc.stdout
+    image = cv2.imread(str(image_path))[..., ::-1].astype(np.float32)[None]
+    tags = input_pipeline.tags_from_names(soft_names, INFO)[None]
+    ref = library["refit"](image, tags, 2)
+    np.testing.assert_allclose(list(report["tag_probabilities_after"].values()),
+                               ref["tag_probabilities_after"].numpy()[0], atol=1e-4)
+    pruned = prune_probabilities(ref["probabilities"], tags, list(INFO.tag_class_ids), (0,),
+                                 strength=0.5).numpy()
+    assert_same_argmax(cv2.imread(str(raw_png), cv2.IMREAD_UNCHANGED), pruned[0])
+
+    signature = tf.saved_model.load(str(export_dir)).signatures["segment_with_evidence"]
+    out = signature(images=tf.constant(image), tags=tf.constant(tags), steps=tf.constant(2))
+    np.testing.assert_allclose(out["tag_probabilities"].numpy(),
+                               ref["tag_probabilities_after"].numpy(), atol=ATOL)
+    seg = LoadedSegmenter(export_dir)
+    for bad in (1.5, -0.1, np.nan):
+        wrong = np.where(tags > 0, bad, 0).astype(np.float32)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="tags must be probabilities"):
+            signature(images=tf.constant(image), tags=tf.constant(wrong), steps=tf.constant(2))
+        with pytest.raises(ValueError, match=r"tags: tag values must be probabilities in "
+                                             r"\[0, 1\]"):
+            seg.predict_with_evidence(image, wrong, 2)
+
+
+@pytest.mark.parametrize("case", ["unknown_tag", "negative_steps", "missing_image",
+                                  "tag_above_one", "tag_nan", "strength_without_tags",
+                                  "strength_above_one"])
 def test_predict_errors(case, export_dir, image_png, tmp_path):
     image_path, _ = image_png
     args = [f"--saved_model={export_dir}", f"--image={image_path}",
             f"--output={tmp_path / 'out.png'}"]
-    if case == "unknown_tag":
-        args.append("--tags=disk_h,unicorn")
-    elif case == "negative_steps":
-        args += ["--tags=disk_h", "--evidence_steps=-1"]
-    else:
+    extra = {"unknown_tag": ["--tags=disk_h,unicorn"],
+             "negative_steps": ["--tags=disk_h", "--evidence_steps=-1"],
+             "tag_above_one": ["--tags=disk_h:1.5"], "tag_nan": ["--tags=disk_h:nan"],
+             "strength_without_tags": ["--evidence_prune_strength=0.5"],
+             "strength_above_one": ["--tags=disk_h", "--evidence_prune_strength=2"]}
+    args += extra.get(case, [])
+    if case == "missing_image":
         args[1] = f"--image={tmp_path / 'nope.jpg'}"
     proc = run_tool("predict", *args)
     assert not (tmp_path / "out.png").exists()
-    if case == "unknown_tag":
-        assert_user_error(proc, "'unicorn'", *INFO.tag_names)
-    elif case == "negative_steps":
-        assert_user_error(proc, "--evidence_steps must be >= 0, got -1")
-    else:
-        assert_user_error(proc, f"--image={tmp_path / 'nope.jpg'}")
+    expect = {"unknown_tag": ["'unicorn'", *INFO.tag_names],
+              "negative_steps": ["--evidence_steps must be >= 0, got -1"],
+              "missing_image": [f"--image={tmp_path / 'nope.jpg'}"],
+              "tag_above_one": ["--tags: 'disk_h:1.5'", "must be a number in [0, 1]"],
+              "tag_nan": ["--tags: 'disk_h:nan'", "must be a number in [0, 1]"],
+              "strength_without_tags": ["--evidence_prune_strength sets how far --tags prune"],
+              "strength_above_one": ["--evidence_prune_strength=2.0: must be in [0, 1]"]}
+    assert_user_error(proc, *expect[case])
 
 
 # --------------------------------------------------------- atomic replacement

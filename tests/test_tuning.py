@@ -29,6 +29,58 @@ def test_choose_never_picks_a_refit_that_does_not_beat_no_refit():
     assert choose(0.5, [(0.6, 0.7, "a")], min_confidence=0.9) is None
 
 
+def test_the_soft_prior_is_chosen_when_it_beats_the_seeds_pruning_confidently():
+    """The soft objective's search without a refit: each candidate prior against its start
+    point (the seed's pruning), on per-image counts; one pass per tag confidence scores
+    every prune strength. (Fake runs: the mIoU of each prior is set, not measured.)"""
+    import dataclasses
+
+    from deeplab_ext.run.modes import ModeRun
+    from deeplab_ext.run.tuning import _key, _KindSearch, prior_dimensions
+
+    options = TuneOptions(checkpoint_dir="run", dataset_dir="data", objective="soft",
+                          prune_strengths=(1.0, 0.5, 0.0), tag_confidences=(1.0, 0.8))
+    quality = {(1.0, 1.0): 0.3, (0.5, 1.0): 0.6, (0.0, 1.0): 0.5, (1.0, 0.8): 0.3,
+               (0.5, 0.8): 0.55, (0.0, 0.8): 0.5}
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(-0.05, 0.05, 40)
+    extra = {}  # per-image differences of a prior from the start (a lead by chance)
+    passes = []
+
+    def run(mode, evidence):
+        assert mode == "soft_prune"
+        passes.append(evidence.tag_confidence)
+        twins = [dataclasses.replace(evidence, prune_strength=v) for v in options.prune_strengths]
+        out = {}
+        for t in twins:
+            q = quality[(t.prune_strength, t.tag_confidence)]
+            # [correct, ground-truth, predicted] pixels of one class: IoU = q' / (2 - q')
+            d = extra.get((t.prune_strength, t.tag_confidence), np.zeros_like(noise))
+            counts = [np.array([[100 * (q + e)], [100.0], [100.0]]) for e in noise + d]
+            out[_key(t)] = (t, ModeRun(counts, [], None, None, None, 1.0))
+        return out
+
+    search = _KindSearch(None, "soft_prune", run, None, options, lambda line: None)
+    search.coordinate_descent(prior_dimensions(options), budget=False)
+    entry = search.choice()
+    assert passes == [1.0, 0.8]  # the strengths of one confidence came with its pass
+    assert [r["candidate"] for r in search.rows[:2]] == [  # the prior in every label
+        "no refit (DL-MT-SPr), prune_strength=1.0, tag_confidence=1.0",
+        "no refit (DL-MT-SPr), prune_strength=0.5, tag_confidence=1.0"]
+    assert entry["refit"] and entry["passes"] == 2 and entry["candidates"] == 5
+    assert entry["evidence"]["prune_strength"] == 0.5 and entry["evidence"]["tag_confidence"] == 1
+    assert entry["miou"] == pytest.approx(0.6 / 1.4, abs=0.01) and entry["vs_no_refit"]["low"] > 0
+    # A lead the resamples do not confirm keeps the start (the seed's pruning).
+    quality.update({(0.5, 1.0): 0.3, (0.0, 1.0): 0.2, (0.5, 0.8): 0.2, (0.0, 0.8): 0.2})
+    d = rng.uniform(-0.05, 0.05, 40)
+    extra[(0.5, 1.0)] = d - d.mean() + 0.001  # ahead by 0.001 on average, noisy per image
+    search = _KindSearch(None, "soft_prune", run, None, options, lambda line: None)
+    search.coordinate_descent(prior_dimensions(options), budget=False)
+    entry = search.choice()
+    assert not entry["refit"] and entry["evidence"]["prune_strength"] == 1.0
+    assert entry["best"]["prune_strength"] == 0.5  # the best by mIoU, not confirmed
+
+
 @pytest.fixture(scope="module")
 def data_dir(shapes_data) -> pathlib.Path:
     return shapes_data

@@ -62,20 +62,36 @@ def split_filenames(dataset_dir: str | os.PathLike, split: str) -> list[str]:
     return [name.decode() for name in ds.as_numpy_iterator()]
 
 
-def tags_from_names(names: Sequence[str], info: DatasetInfo | str) -> np.ndarray:
-    """Multi-hot float32 `[num_tags]` from a user's list of class names (the evidence)."""
+def tags_from_names(names: Sequence[str], info: DatasetInfo | str,
+                    flag: str = "--tags") -> np.ndarray:
+    """Float32 ``[num_tags]`` evidence from a user's class names (the tags): ``person``
+    is present for sure (1), ``person:0.7`` present with probability 0.7; unnamed classes
+    0. Anything else (an unknown class, a probability outside [0, 1] or NaN, a class
+    named twice) is an error naming ``flag``."""
     info = get_dataset_info(info)
     lookup = {n: i for i, n in enumerate(info.tag_names)}
     lookup.update({n.lower(): i for i, n in enumerate(info.tag_names)})
     tags = np.zeros([info.num_tags], np.float32)
-    for name in names:
+    seen: set[int] = set()
+    for item in names:
+        name, sep, value = str(item).rpartition(":") if ":" in str(item) else (item, "", "")
         key = name if name in lookup else name.strip().lower()
         if key not in lookup:
             raise ValueError(
-                f"unknown class name {name!r} for dataset {info.name!r}; valid tag names "
-                f"(background and ignore have no tag): {list(info.tag_names)}"
+                f"{flag}: unknown class name {name!r} for dataset {info.name!r}; valid tag "
+                f"names (background and ignore have no tag): {list(info.tag_names)}"
             )
-        tags[lookup[key]] = 1.0
+        try:
+            p = float(value) if sep else 1.0
+        except ValueError:
+            p = float("nan")
+        if not 0.0 <= p <= 1.0:  # NaN fails too
+            raise ValueError(f"{flag}: {item!r}: a tag's probability must be a number in "
+                             "[0, 1] (name:p, e.g. person:0.8; a name alone means 1)")
+        if lookup[key] in seen:
+            raise ValueError(f"{flag}: class {name!r} is named twice; give each class once")
+        seen.add(lookup[key])
+        tags[lookup[key]] = p
     return tags
 
 

@@ -1,9 +1,10 @@
 """Evaluating a trained network: mIoU, per-class IoU, tag F1 and the evidence table.
 
 The library behind `tools.eval` (the original's eval.py). Each evidence mode is one
-row of the reference table (DL-MT, DL-MT-Pr, DL-BP-L2, DL-BP-ES, ... -Pr), computed
-with tags taken from the ground truth, with the original's `eval_scales` and
-`add_flipped_images` applied to every mode.
+row of the reference table (DL-MT, DL-MT-Pr, DL-BP-L2, DL-BP-ES, ... -Pr, and the soft
+rows -SPr), computed with tags taken from the ground truth, made noisy (`--tag_noise`) or
+read from a file (`--tags_from`): `run.tag_sources`, with the original's `eval_scales`
+and `add_flipped_images` applied to every mode.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from deeplab_ext.run.modes import (
 from deeplab_ext.run.options import EvalOptions
 from deeplab_ext.run.refit_kinds import EVIDENCE_MODES
 from deeplab_ext.run.rundir import atomic_write, restore_network
+from deeplab_ext.run.tag_sources import TagNoise, tag_source
 from deeplab_ext.run.tasks import (
     Branch,
     TaskContext,
@@ -115,9 +117,14 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
     run = _restore(options, modes, printer)
     evidence = evidence_by_kind(options.checkpoint_dir, options.evidence, explicit,
                                 use_tuned=options.use_tuned_evidence, printer=printer)
+    source = tag_source(options.tag_noise, options.tags_from, run.info)
+    filenames = input_pipeline.split_filenames(options.dataset_dir, options.eval_split)[
+        : len(run.batches)]
+    given, tag_records = source.apply(run.batches, filenames, run.info)
     printer(f"Evaluating {run.meta['model']['name']} on {run.info.name}:{options.eval_split} "
             f"({len(run.batches)} images), modes: {', '.join(modes)}, scales "
-            f"{options.eval_scales}{' + flip' if options.add_flipped_images else ''}")
+            f"{options.eval_scales}{' + flip' if options.add_flipped_images else ''}, "
+            f"{source.label}")
     results: dict[str, Any] = {
         "dataset": run.info.name, "split": options.eval_split, "num_images": len(run.batches),
         "model": run.meta["model"]["name"], "checkpoint": run.meta["checkpoint_path"],
@@ -125,16 +132,14 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
         "add_flipped_images": options.add_flipped_images,
         "evidence": dataclasses.asdict(options.evidence),
         "evidence_by_kind": {k: dataclasses.asdict(v) for k, v in evidence.items()},
-        "modes": {}}
+        "tags_given": source.describe, "modes": {}}
     results.update(_image_metrics(run, printer))
     vis_rows = [{"image": b[0][0].numpy(), "label": b[1]["semantic"][0].numpy(), "pred": {}}
                 for b in run.batches[: options.num_vis_examples]]
-    names = [f"{i:05d}_{pathlib.Path(f).stem}" for i, f in enumerate(
-        input_pipeline.split_filenames(options.dataset_dir, options.eval_split)
-        [: len(run.batches)])]
+    names = [f"{i:05d}_{pathlib.Path(f).stem}" for i, f in enumerate(filenames)]
     sink = (_prediction_writer(pathlib.Path(options.eval_logdir) / PREDICTIONS, names)
             if options.save_predictions else None)
-    runs = run_modes(run.network, run.info, run.batches, modes, options.evidence, evidence,
+    runs = run_modes(run.network, run.info, given, modes, options.evidence, evidence,
                      options.eval_scales, options.add_flipped_images, run.alignment,
                      keep_predictions=len(vis_rows), printer=printer, sink=sink)
     for mode, mode_run in runs.items():
@@ -143,8 +148,8 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
         results["modes"][mode] = row = mode_row(mode, mode_run, run.info)
         _print_row(row, len(run.batches), printer)
     per_image = {m: per_image_miou(r.counts) for m, r in runs.items()}
-    results["per_image"] = [{"name": name, "miou": {m: per_image[m][i] for m in modes}}
-                            for i, name in enumerate(names)]
+    results["per_image"] = [{"name": name, "miou": {m: per_image[m][i] for m in modes},
+                             "tags": tag_records[i]} for i, name in enumerate(names)]
     if options.label_decoder_path_miou:
         results["label_decoder_path"] = _decoder_path_miou(run, printer)
     if options.bootstrap_samples > 0:
@@ -177,6 +182,11 @@ class _Restored:
 
 def _check(options: EvalOptions) -> list[str]:
     modes = check_modes(options.evidence_modes)
+    if options.tag_noise and options.tags_from:
+        raise ValueError("give at most one of --tag_noise (the true tags, made noisy) and "
+                         "--tags_from (your own tags per image)")
+    if options.tag_noise:
+        TagNoise.parse(options.tag_noise)  # a bad spec fails before anything is loaded
     if options.save_predictions and not options.eval_logdir:
         raise ValueError("--save_predictions writes into --eval_logdir: give one")
     if options.bootstrap_samples < 0:
@@ -273,21 +283,30 @@ def evaluate_file(options: EvalOptions, modes: Sequence[str],
                                      crop_size=None, batch_size=1, is_training=False)
     if options.max_examples:
         ds = ds.take(options.max_examples)
+    source = tag_source(options.tag_noise, options.tags_from, info)
+    filenames = input_pipeline.split_filenames(options.dataset_dir, options.eval_split)[
+        : options.max_examples or None]
+    source.check_names(filenames)
     counts: dict[str, list] = {m: [] for m in modes}
-    for images, targets in ds:
+    records = []
+    for index, (images, targets) in enumerate(ds):
         probs = seg.predict(images[0].numpy())["semantic_probabilities"]
         label = targets["semantic"][0].numpy()
+        given, record = source.tags(index, filenames[index], targets["tags"][0].numpy(), info)
+        records.append(record)
         for mode in modes:
             p = probs if mode == "none" else prune_probabilities(
-                probs, targets["tags"].numpy(), list(info.tag_class_ids),
-                keep_classes(info)).numpy()
+                probs, given[None], list(info.tag_class_ids), keep_classes(info)).numpy()
             counts[mode].append(image_iou_counts(label, p[0].argmax(-1), info.num_classes,
                                                  info.ignore_label))
     printer(f"Evaluated {options.model} (input {seg.size[0]}x{seg.size[1]}, letterboxed) on "
             f"{info.name}:{options.eval_split} ({len(counts[modes[0]])} images)")
     results: dict[str, Any] = {"model_file": str(options.model), "dataset": info.name,
                                "split": options.eval_split, "input_size": list(seg.size),
-                               "num_images": len(counts[modes[0]]), "modes": {}}
+                               "num_images": len(counts[modes[0]]),
+                               "tags_given": source.describe, "modes": {},
+                               "per_image": [{"name": n, "tags": r} for n, r in
+                                             zip(filenames, records, strict=True)]}
     for mode in modes:
         miou = float(miou_from_counts(np.sum(counts[mode], axis=0)))
         results["modes"][mode] = {"name": EVIDENCE_MODES[mode].row, "miou": miou}

@@ -23,6 +23,7 @@ from deeplab_ext.run.refit_kinds import REFIT_KINDS
 from tf_mtl.evidence import EvidenceRefitter
 
 __all__ = [
+    "NO_REFIT",
     "evidence_by_kind",
     "keep_classes",
     "load_tuned",
@@ -75,7 +76,7 @@ def load_tuned(checkpoint_dir: str | os.PathLike) -> dict | None:
         kinds = tuned["kinds"]
         ok = isinstance(kinds, dict) and tuned["serving_kind"] in kinds and all(
             isinstance(e, dict) and isinstance(e["evidence"], dict) for e in kinds.values())
-        for entry in kinds.values():
+        for entry in [*kinds.values(), *([tuned["no_refit"]] if "no_refit" in tuned else [])]:
             EvidenceOptions(**entry["evidence"])
     except (KeyError, TypeError, AttributeError) as e:
         ok, why = False, e
@@ -97,17 +98,21 @@ def save_tuned(checkpoint_dir: str | os.PathLike, payload: dict) -> pathlib.Path
     return save_json(checkpoint_dir, TUNED_FILE, payload)
 
 
+NO_REFIT = "none"  # evidence_by_kind's key of the rows without a refit (their soft prior)
+
+
 def evidence_by_kind(checkpoint_dir: str | os.PathLike, evidence: EvidenceOptions,
                      explicit: Collection[str] = (), *, use_tuned: bool = True,
                      printer: Callable[[str], None] = print) -> dict[str, EvidenceOptions]:
     """The refit settings of each kind for a run: its tuned ones where it has them (the
-    fields in ``explicit``, i.e. flags given, taken from ``evidence``), else ``evidence``."""
+    fields in ``explicit``, i.e. flags given, taken from ``evidence``), else ``evidence``;
+    under ``NO_REFIT`` those of the rows without a refit (a soft tuning's prior)."""
     tuned = load_tuned(checkpoint_dir) if use_tuned else None
     if not tuned:
-        return {kind: evidence for kind in REFIT_KINDS}
+        return {kind: evidence for kind in (*REFIT_KINDS, NO_REFIT)}
     out = {}
-    for kind in REFIT_KINDS:
-        entry = tuned["kinds"].get(kind)
+    for kind in (*REFIT_KINDS, NO_REFIT):
+        entry = tuned.get("no_refit") if kind == NO_REFIT else tuned["kinds"].get(kind)
         base = EvidenceOptions(**entry["evidence"]) if entry else evidence
         out[kind] = dataclasses.replace(base, **{f: getattr(evidence, f) for f in explicit})
     given = f"; flags given win: {', '.join(sorted(explicit))}" if explicit else ""

@@ -6,8 +6,10 @@ Signatures (usable from `tf.saved_model.load` without importing this project):
     `semantic_predictions` int32 [B,H,W], `semantic_probabilities` float32 [B,H,W,C],
     `tag_probabilities` float32 [B,T] (models with a tag head), and any other network
     output under its own name (float32).
-  * `segment_with_evidence(images, tags float32 [B,T], steps int32 [])` -> the same
-    after refitting trunk + tag branch to the tags (plus `tag_probabilities_before`,
+  * `segment_with_evidence(images, tags float32 [B,T] in [0, 1], steps int32 [])` -> the
+    same after refitting trunk + tag branch to the tags, each a probability (the refit's
+    target; 0/1 for hard tags; NaN or a value outside [0, 1] fails) (plus
+    `tag_probabilities_before`,
     `steps_taken`, `fell_back`: the images that kept the plain prediction because the
     refit did not help their evidence).
 Only the network is exported: training-only heads and loss terms live in the
@@ -165,11 +167,12 @@ def serving_evidence(checkpoint_dir: str | os.PathLike, evidence: EvidenceOption
                      printer: Callable[[str], None] = print
                      ) -> tuple[str, EvidenceOptions, bool]:
     """(kind, settings, prune) the run is served with: the kind tuning found best, with its
-    tuned settings (flags given win) and whether they were tuned for pruned rows (then
-    clients prune after the refit); or the L2 refit with ``evidence``, unpruned."""
+    tuned settings (flags given win) and whether they were tuned for pruned rows, hard or
+    soft (then clients prune after the refit, with the settings' strength); or the L2 refit
+    with ``evidence``, unpruned."""
     tuned = load_tuned(checkpoint_dir) if use_tuned else None
     kind = tuned["serving_kind"] if tuned else "l2"
-    prune = bool(tuned) and tuned.get("objective") == "pruned"
+    prune = bool(tuned) and tuned.get("objective") in ("pruned", "soft")
     return kind, evidence_by_kind(checkpoint_dir, evidence, explicit, use_tuned=use_tuned,
                                   printer=printer)[kind], prune
 
@@ -301,8 +304,11 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
                 "input_alignment": dataclasses.asdict(module.alignment),
                 "evidence": dataclasses.asdict(module.refitter.config) if module.refitter else None,
                 "evidence_kind": kind, "evidence_steps": REFIT_KINDS[kind].steps(evidence),
-                # Tuned for pruned rows: clients prune after the refit unless told not to.
+                # Tuned for pruned rows: clients prune after the refit unless told not to,
+                # with this strength, the tags given times this confidence (soft evidence).
                 "evidence_prune": bool(prune),
+                "evidence_prune_strength": evidence.prune_strength,
+                "evidence_tag_confidence": evidence.tag_confidence,
                 "input_range": input_range or {},
                 "signatures": sorted(signatures) if "saved_model" in formats else [],
                 "files": written, "file_input_size": list(file_size) if written else None,
@@ -398,6 +404,8 @@ class _Segmenter:
     num_tags: int
     default_steps: int  # the refit steps (or early-stopping cap) it was set up with
     prune: bool = False  # its refit settings were tuned for pruned predictions
+    prune_strength: float = 1.0  # ... with this strength (soft evidence: < 1 is a prior)
+    tag_confidence: float = 1.0  # the tags given are taken this probable
     input_range: dict = {}  # the sizes the model was trained on (train_crop_size, ...)
 
     def _call(self, name: str, **inputs: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -443,6 +451,8 @@ class LoadedSegmenter(_Segmenter):
         ev = self.meta.get("evidence") or {}
         self.default_steps = int(self.meta.get("evidence_steps", ev.get("steps", 0)))
         self.prune = bool(self.meta.get("evidence_prune", False))
+        self.prune_strength = float(self.meta.get("evidence_prune_strength", 1.0))
+        self.tag_confidence = float(self.meta.get("evidence_tag_confidence", 1.0))
         self.input_range = dict(self.meta.get("input_range") or {})
 
     def has(self, name: str) -> bool:
@@ -466,6 +476,7 @@ class CheckpointSegmenter(_Segmenter):
         self.module = serving_module(network, self.info, evidence, alignment=alignment,
                                      kind=kind)
         self.default_steps = REFIT_KINDS[kind].steps(evidence)
+        self.prune_strength, self.tag_confidence = evidence.prune_strength, evidence.tag_confidence
         self.num_tags = self.module.refitter.num_tags if self.module.refitter else 0
         self.input_range = input_range(self.meta)
 
@@ -593,16 +604,25 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
                 f"{'x'.join(map(str, seg.input_range.get('train_crop_size') or []))} crops; "
                 "the class map is resized back; --max_resize_value=0 keeps the full size)")
         image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    tags = tags_from_names(options.tags, info) if options.tags else None
+    # Soft evidence: flags given win over what the export or run was set up with.
+    soft = dataclasses.replace(options.evidence, **{
+        f: getattr(options.evidence, f) if f in explicit else getattr(seg, f, 1.0)
+        for f in ("prune_strength", "tag_confidence")})
+    strength = soft.prune_strength
+    tags = soft.soft_tags(tags_from_names(options.tags, info)) if options.tags else None
     if options.prune and tags is None:
         raise ValueError("--prune needs --tags")
+    if "prune_strength" in explicit and (tags is None or options.prune is False):
+        raise ValueError("--evidence_prune_strength sets how far --tags prune: give --tags "
+                         "(and drop --noprune)")
     refit = tags is not None and not options.model  # the files carry no refit
     if tags is not None and options.model and options.prune is False:
         raise ValueError("--tags with --model: a LiteRT / ONNX file has no refit, so the "
                          "tags can only prune; drop --noprune, or use --saved_model")
     prune = (options.prune if options.prune is not None
-             else tags is not None and (bool(options.model) or seg.prune))
-    if prune and options.prune is None and not options.model:
+             else tags is not None and (bool(options.model) or seg.prune
+                                        or "prune_strength" in explicit))
+    if prune and options.prune is None and not options.model and seg.prune:
         printer("Pruning classes absent from --tags after the refit: the refit settings "
                 "were tuned for pruned predictions (--noprune turns it off)")
     plain = seg.predict(image)
@@ -611,7 +631,7 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
     probs = out["semantic_probabilities"]
     if prune:
         probs = prune_probabilities(probs, tags[None], list(info.tag_class_ids),
-                                    keep_classes(info)).numpy()
+                                    keep_classes(info), strength=strength).numpy()
 
     def class_map(p: np.ndarray) -> np.ndarray:
         pred = p[0].argmax(-1).astype(np.uint8)
@@ -627,8 +647,15 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
         cv2.imwrite(options.raw_output, pred)
     report: dict[str, Any] = {"output": str(outputs["output"]), "pruned": bool(prune),
                               "classes_predicted": [info.class_names[c] for c in np.unique(pred)]}
+    if tags is not None:
+        report["tags_given"] = {info.tag_names[i]: round(float(tags[i]), 4)
+                                for i in np.flatnonzero(tags)}
+    if prune:
+        report["prune_strength"] = strength
     if "side_by_side" in outputs:
-        how = ("refitted" if refit else "") + (" + pruned" if prune else "")
+        how = ("refitted" if refit else "") + (
+            (" + pruned" + (f" (strength {strength:g})" if strength < 1 else "")) if prune
+            else "")
         _side_by_side(outputs["side_by_side"], read_image(options.image), info,
                       class_map(plain["semantic_probabilities"]), pred,
                       f"with the tags: {how.strip(' +')}" if tags is not None else None)
@@ -690,9 +717,11 @@ def _print_tags(report: dict, tags: np.ndarray | None, names: list[str], refit: 
                 printer: Callable[[str], None]) -> None:
     """The tags a person wants to see: those given, and those the model believes (>= 5%)."""
     before, after = report["tag_probabilities_before"], report["tag_probabilities_after"]
-    given = set() if tags is None else {n for n, t in zip(names, tags, strict=True) if t > 0.5}
+    given = {} if tags is None else {n: float(t) for n, t in zip(names, tags, strict=True) if t > 0}
     shown = [n for n in names if n in given or before[n] >= 0.05 or after[n] >= 0.05]
     printer("tag probabilities" + (" before -> after the refit" if refit else "") + ":")
     for n in shown:
         change = f" -> {after[n]:.2f}" if refit else ""
-        printer(f"  {n:<14} {before[n]:.2f}{change}{'   (given)' if n in given else ''}")
+        note = "" if n not in given else (
+            "   (given)" if given[n] == 1 else f"   (given, p={given[n]:.2f})")
+        printer(f"  {n:<14} {before[n]:.2f}{change}{note}")

@@ -19,7 +19,7 @@ import tensorflow as tf
 from deeplab_ext.data import input_pipeline
 from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.registry import family_of
-from deeplab_ext.run.evidence import keep_classes, make_refitter
+from deeplab_ext.run.evidence import NO_REFIT, keep_classes, make_refitter
 from deeplab_ext.run.options import EvidenceOptions
 from deeplab_ext.run.refit_kinds import EVIDENCE_MODES, REFIT_KINDS
 from deeplab_ext.run.rundir import input_alignment
@@ -34,7 +34,7 @@ from tf_mtl.metrics import (
 
 __all__ = ["BASELINES", "ErrorBreakdown", "ModeRun", "add_bootstrap", "bootstrap_baselines",
            "check_modes", "format_table", "load_split", "make_predictor", "per_image_miou",
-           "run_modes", "vs_cell"]
+           "run_modes", "run_rows", "vs_cell"]
 
 
 def check_modes(modes: Sequence[str]) -> list[str]:
@@ -94,48 +94,74 @@ def run_modes(network, info: DatasetInfo, batches: Sequence, modes: Sequence[str
               printer: Callable[[str], None] | None = None,
               sink: Callable[[str, int, np.ndarray], None] | None = None
               ) -> dict[str, ModeRun]:
-    """Predict every batch with each evidence mode (tags from the ground truth).
+    """Predict every batch with each evidence mode, with the tags ``targets["tags"]`` holds
+    (the ground truth, or what ``run.tag_sources`` made of it).
 
-    Modes that differ only by pruning share one pass: a refit is run once per image and
-    kind, and its probabilities are then taken as they are and pruned. A kind refits with
-    its settings in ``by_kind`` (tuned ones, say), else with ``evidence``. ``sink(mode,
-    image index, class map)`` receives every prediction as it is made (nothing is kept in
-    memory for it).
+    A kind refits with its settings in ``by_kind`` (tuned ones, say), else with
+    ``evidence``; the rows without a refit read ``by_kind[NO_REFIT]`` (a soft prior).
+    ``sink(mode, image index, class map)`` receives every prediction as it is made
+    (nothing is kept in memory for it). See :func:`run_rows`.
     """
     by_kind = dict(by_kind or {})
+    rows = [(mode, mode, by_kind.get(EVIDENCE_MODES[mode].kind or NO_REFIT, evidence))
+            for mode in modes]
+    return run_rows(network, info, batches, rows, scales, flip, alignment, errors,
+                    keep_predictions, printer, sink)
+
+
+def run_rows(network, info: DatasetInfo, batches: Sequence,
+             rows: Sequence[tuple[str, str, EvidenceOptions]],
+             scales: Sequence[float] = (1.0,), flip: bool = False,
+             alignment: InputAlignment | None = None, errors: bool = True,
+             keep_predictions: int = 0,
+             printer: Callable[[str], None] | None = None,
+             sink: Callable[[str, int, np.ndarray], None] | None = None
+             ) -> dict[str, ModeRun]:
+    """Rows ``(name, evidence mode, settings)``, each predicted over every batch: the seed's
+    rows with their settings made hard (:meth:`EvidenceOptions.hard`), the soft rows as
+    they are. Rows that differ only by their pruning share one pass: a refit is run once
+    per image, kind and evidence it refits toward, and its probabilities are then taken
+    as they are and pruned (so the tuning scores a refit at every prune strength at once).
+    """
     tag_ids, keep = list(info.tag_class_ids), keep_classes(info)
     runs: dict[str, ModeRun] = {}
-    kinds = list(dict.fromkeys(EVIDENCE_MODES[m].kind for m in modes))
-    for kind in kinds:
-        group = [m for m in modes if EVIDENCE_MODES[m].kind == kind]
+    passes: dict[tuple, list[tuple[str, str, EvidenceOptions]]] = {}
+    for name, mode, settings in rows:
+        row = EVIDENCE_MODES[mode]
+        settings = settings if row.soft else settings.hard()
+        passes.setdefault((row.kind, _refit_key(row.kind, settings)), []).append(
+            (name, mode, settings))
+    for (kind, _), group in passes.items():
         t0 = time.time()
-        settings = by_kind.get(kind, evidence) if kind is not None else evidence
+        settings = group[0][2]  # the refit's: the same for every row of the pass
         # A kind tuned to no refit (zero steps) is plain inference: no refit graph to build.
         no_refit = kind is not None and REFIT_KINDS[kind].steps(settings) == 0
         predict = make_predictor(network, info, None if no_refit else kind, settings,
                                  scales, flip, alignment)
-        breakdown = {m: ErrorBreakdown(info) for m in group} if errors else {}
-        counts: dict[str, list] = {m: [] for m in group}
-        kept: dict[str, list] = {m: [] for m in group}
+        breakdown = {n: ErrorBreakdown(info) for n, _, _ in group} if errors else {}
+        counts: dict[str, list] = {n: [] for n, _, _ in group}
+        kept: dict[str, list] = {n: [] for n, _, _ in group}
         taken, back = [], []
         index = 0
         for images, targets in batches:
-            out = predict(images, targets["tags"])
-            labels, tags = targets["semantic"].numpy(), targets["tags"]
-            for mode in group:
+            tags = targets["tags"]
+            out = predict(images, settings.soft_tags(tags))
+            labels = targets["semantic"].numpy()
+            for name, mode, row_settings in group:
                 probs = out["probabilities"]
                 if EVIDENCE_MODES[mode].prune:
-                    probs = prune_probabilities(probs, tags, tag_ids, keep)
+                    probs = prune_probabilities(probs, row_settings.soft_tags(tags), tag_ids,
+                                                keep, strength=row_settings.prune_strength)
                 preds = tf.argmax(probs, -1, output_type=tf.int32).numpy()
-                counts[mode] += [image_iou_counts(lab, pred, info.num_classes, info.ignore_label)
+                counts[name] += [image_iou_counts(lab, pred, info.num_classes, info.ignore_label)
                                  for lab, pred in zip(labels, preds, strict=True)]
-                if mode in breakdown:
-                    breakdown[mode].update(labels, preds, tags.numpy())
-                if len(kept[mode]) < keep_predictions:
-                    kept[mode].append(preds[0])
+                if name in breakdown:
+                    breakdown[name].update(labels, preds, tags.numpy())
+                if len(kept[name]) < keep_predictions:
+                    kept[name].append(preds[0])
                 if sink is not None:
                     for i, pred in enumerate(preds):
-                        sink(mode, index + i, pred)
+                        sink(name, index + i, pred)
             index += len(labels)
             if "steps_taken" in out:
                 taken.append(out["steps_taken"].numpy().reshape(-1))
@@ -145,14 +171,26 @@ def run_modes(network, info: DatasetInfo, batches: Sequence, modes: Sequence[str
                 back.append(np.zeros([len(labels)], bool))
         seconds = round(time.time() - t0, 2)
         if printer is not None:
-            printer(f"  predicted {', '.join(EVIDENCE_MODES[m].row for m in group)} "
+            printer(f"  predicted {', '.join(EVIDENCE_MODES[m].row for _, m, _ in group)} "
                     f"({seconds:.1f}s)")
-        for mode in group:
-            runs[mode] = ModeRun(counts[mode], kept[mode],
-                                 breakdown[mode].result() if mode in breakdown else None,
+        for name, _, _ in group:
+            runs[name] = ModeRun(counts[name], kept[name],
+                                 breakdown[name].result() if name in breakdown else None,
                                  np.concatenate(taken) if taken else None,
                                  np.concatenate(back) if back else None, seconds)
-    return {m: runs[m] for m in modes}
+    return {name: runs[name] for name, _, _ in rows}
+
+
+def _refit_key(kind: str | None, settings: EvidenceOptions) -> str:
+    """What a pass's predictions depend on beyond the images: nothing without a refit; the
+    refit settings and the tags it refits toward (``tag_confidence``) with one, but not the
+    prune strength, which acts after it (unless the anchor term prunes inside the refit)."""
+    if kind is None:
+        return ""
+    fields = dataclasses.asdict(settings)
+    if settings.anchor == 0:
+        fields.pop("prune_strength")
+    return repr(sorted(fields.items()))
 
 
 class ErrorBreakdown:

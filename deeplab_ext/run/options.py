@@ -40,7 +40,9 @@ __all__ = [
 ]
 
 COLORMAP_TYPES = (PASCAL, CITYSCAPES, ADE20K, CAMVID)
-OBJECTIVES = ("plain", "pruned")  # the evidence table row tools.tune_evidence maximises
+# The evidence table row tools.tune_evidence maximises: DL-BP-* (plain), DL-BP-*-Pr
+# (pruned), or the soft rows with their prior's strength and tag confidence (soft).
+OBJECTIVES = ("plain", "pruned", "soft")
 
 
 def opt(default: Any = None, help: str = "", **meta: Any) -> Any:  # noqa: A002
@@ -91,6 +93,10 @@ def unused(given: frozenset[str], flags: tuple[str, ...] | str, why: str,
         if names else []
 
 
+# The soft evidence settings' flags (EvidenceOptions.prune_strength, tag_confidence).
+SOFT_FLAGS = ("evidence_prune_strength", "evidence_tag_confidence")
+
+
 def group(factory: Any, prefix: str, help: str = "") -> Any:  # noqa: A002
     """A nested options group whose flags are ``<prefix><field>``."""
     return dataclasses.field(default_factory=factory, metadata={"prefix": prefix, "help": help})
@@ -126,6 +132,33 @@ class EvidenceOptions:
     anchor: float = opt(_REFIT.anchor, "bp_l2 / bp_es: weight of a term keeping the refitted "
                         "segmentation near the unrefitted one pruned to the tags (per-pixel "
                         "cross-entropy); 0 = off.")
+    prune_strength: float = opt(_REFIT.prune_strength, "Soft evidence: pruning as a prior "
+                                "that scales each class by 1 - s * (1 - t), t its tag's "
+                                "probability (0 untagged): 1 = remove the classes the tags rule "
+                                "out (the seed's pruning), 0 = no pruning. Read by the soft rows "
+                                "(*soft_prune) and by tools.predict; the -Pr rows are the seed's.")
+    tag_confidence: float = opt(1.0, "Soft evidence: how far the tags given are trusted, in "
+                                "(0.5, 1]: each tag's probability (1 for a tag given by name or "
+                                "taken from the data, p for name:p) is multiplied by it, and that "
+                                "is the refit's target and the prior's t. Read where "
+                                "prune_strength is.")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.prune_strength <= 1.0:  # NaN fails too
+            raise ValueError(f"--evidence_prune_strength={self.prune_strength}: must be in "
+                             "[0, 1] (1 = remove the classes the tags rule out, 0 = no pruning)")
+        if not 0.5 < self.tag_confidence <= 1.0:
+            raise ValueError(f"--evidence_tag_confidence={self.tag_confidence}: must be in "
+                             "(0.5, 1] (a tag given is more likely present than not; 1 = sure)")
+
+    def hard(self) -> EvidenceOptions:
+        """These settings for the seed's rows: tags as given, pruning that removes."""
+        return dataclasses.replace(self, prune_strength=1.0, tag_confidence=1.0)
+
+    def soft_tags(self, tags: Any) -> Any:
+        """The evidence the soft settings make of the tags given: each probability times
+        ``tag_confidence`` (the one place that says so)."""
+        return tags if self.tag_confidence == 1.0 else tags * self.tag_confidence
 
     def config(self, kind: str, prune: bool, scales: tuple[float, ...] = (1.0,),
                flip: bool = False, keep_classes: tuple[int, ...] = (0,)) -> Any:
@@ -351,8 +384,19 @@ class EvalOptions:
     add_flipped_images: bool = opt(False, "Also average left-right flipped predictions.")
     align_inputs: bool = align_field()
     evidence_modes: tuple[str, ...] = opt(("none",), "Rows: none,prune,bp_l2,bp_es,bp_l2_prune,"
-                                          "bp_es_prune,latent,latent_prune.")
+                                          "bp_es_prune,latent,latent_prune, and the soft rows "
+                                          "soft_prune,bp_l2_soft_prune,bp_es_soft_prune,"
+                                          "latent_soft_prune (--evidence_prune_strength, "
+                                          "--evidence_tag_confidence).")
     evidence: EvidenceOptions = group(EvidenceOptions, "evidence_")
+    tag_noise: str = opt("", "Score the rows with noisy tags, as users' tags are: per image "
+                         "drop K true tags and/or add K false ones (drawn from the dataset's "
+                         "classes absent from it), seeded per image: drop:1,add:1,seed:0 (any "
+                         "of them; rate:0.5 touches half the images only). Recorded per image "
+                         "in eval_results.json.")
+    tags_from: str | None = opt(None, "Score the rows with your own tags: a .json {image: "
+                                "[\"person\", \"dog:0.6\"]} or .csv (image,person dog:0.6) "
+                                "file naming every image of the split.")
     use_tuned_evidence: bool = opt(True, "Refit with the settings tools.tune_evidence chose "
                                    "for this run, when it has them (--evidence_* flags given "
                                    "still win).")
@@ -376,7 +420,12 @@ class EvalOptions:
 
     def unused_flags(self, given: frozenset[str]) -> list[str]:
         if not self.model:
-            return []
+            from deeplab_ext.run.refit_kinds import EVIDENCE_MODES
+
+            if any(m in EVIDENCE_MODES and EVIDENCE_MODES[m].soft for m in self.evidence_modes):
+                return []
+            return unused(given, SOFT_FLAGS, "they set the soft rows only; add soft_prune or "
+                          "bp_l2_soft_prune (...) to --evidence_modes")
         return (unused(given, "evidence_", "--model scores a LiteRT / ONNX file, which has no "
                        "refit (--evidence_modes=none,prune is what it scores)",
                        keep=("evidence_modes",))
@@ -417,9 +466,20 @@ class TuneOptions:
     bootstrap_samples: int = opt(1000, "Resamples of the tuning images (0 = off; then "
                                  "--min_confidence must be 0).")
     objective: str = opt("plain", "The row the search maximises: plain (DL-BP-* against "
-                         "DL-MT) or pruned (DL-BP-*-Pr against DL-MT-Pr: the refit that adds "
-                         "most to pruning, for users who prune whenever they have tags).",
-                         choices=OBJECTIVES)
+                         "DL-MT), pruned (DL-BP-*-Pr against DL-MT-Pr: the refit that adds "
+                         "most to pruning, for users who prune whenever they have tags) or soft "
+                         "(DL-BP-*-SPr against DL-MT-SPr, each with its prune strength and tag "
+                         "confidence searched: for tags that may be wrong; pair it with "
+                         "--tag_noise).", choices=OBJECTIVES)
+    prune_strengths: tuple[float, ...] = opt((1.0, 0.9, 0.7, 0.5, 0.3, 0.0), "--objective=soft: "
+                                             "the prune strengths tried (1 = the seed's "
+                                             "pruning, 0 = none).")
+    tag_confidences: tuple[float, ...] = opt((1.0, 0.8, 0.6), "--objective=soft: the tag "
+                                             "confidences tried, each in (0.5, 1].")
+    tag_noise: str = opt("", "Tune with noisy tags (as tools.eval --tag_noise: "
+                         "drop:K,add:K,seed:N): settings for tags that may be wrong.")
+    tags_from: str | None = opt(None, "Tune with your own tags per image (as tools.eval "
+                                "--tags_from).")
     folds: int = opt(0, "Cross-fitting: cut the split into K interleaved folds, score each "
                      "with the settings tuned on the others, and write the held-out table "
                      "over every image to evidence_crossfit.json (0 = tune on the whole "
@@ -433,10 +493,13 @@ class TuneOptions:
                                       "The search's start point.")
 
     def unused_flags(self, given: frozenset[str]) -> list[str]:
+        problems = [] if self.objective == "soft" else unused(
+            given, ("prune_strengths", "tag_confidences", *SOFT_FLAGS),
+            "they are searched (the last two: from) with --objective=soft only")
         if self.folds:
-            return []
-        return unused(given, ("eval_scales", "add_flipped_images"),
-                      "they score the held-out folds of --folds=K; give --folds")
+            return problems
+        return problems + unused(given, ("eval_scales", "add_flipped_images"),
+                                 "they score the held-out folds of --folds=K; give --folds")
 
 
 @dataclasses.dataclass
@@ -516,7 +579,9 @@ class PredictOptions:
                                      "pooled from its segmentation).")
     model: str | None = opt(None, "Or: a model.tflite / model.onnx of tools.export_model "
                             "--format=litert,onnx (no refit: --tags prunes).")
-    tags: tuple[str, ...] | None = opt(None, "Class names present in the image (the evidence).")
+    tags: tuple[str, ...] | None = opt(None, "Class names present in the image (the evidence), "
+                                       "each with its probability if you are not sure: "
+                                       "person,dog:0.6 (a name alone is 1).")
     prune: bool | None = opt(None, "Zero the probability of classes absent from --tags "
                              "(default: when the refit settings were tuned for pruned "
                              "predictions, tools.tune_evidence --objective=pruned).")
@@ -539,8 +604,9 @@ class PredictOptions:
     def unused_flags(self, given: frozenset[str]) -> list[str]:
         problems = []
         if self.model:
-            problems += unused(given, "evidence_", "a LiteRT / ONNX file has no refit (--tags "
-                               "prunes)")
+            problems += unused(given, tuple(sorted(n for n in given if n.startswith("evidence_")
+                                                   and n not in SOFT_FLAGS)),
+                               "a LiteRT / ONNX file has no refit (--tags prunes)")
         if self.model or self.saved_model:
             problems += unused(given, ("align_inputs", "use_tuned_evidence"), "they apply to "
                                "--checkpoint_dir; an export serves what it was exported with")

@@ -2,7 +2,8 @@
 
 A *refit kind* is one way to fit a network to an image's tags at prediction time (L2 to
 the trained weights, early stopping, a latent offset); an *evidence mode* is one row of
-the reference table: plain inference, pruning, or a kind's refit, pruned or not. Every
+the reference table: plain inference, pruning, or a kind's refit, pruned or not, and the
+soft rows (soft evidence: tags as probabilities, pruning as a prior). Every
 tool reads these (``tools.eval --evidence_modes``, ``tools.tune_evidence --kinds``, the
 export's served kind, the demo); adding a kind is adding a row here.
 """
@@ -57,20 +58,28 @@ REFIT_KINDS: dict[str, RefitKind] = {k.name: k for k in (
 
 @dataclasses.dataclass(frozen=True)
 class EvidenceMode:
-    """One row of the evidence table: ``kind`` None is inference without a refit."""
+    """One row of the evidence table: ``kind`` None is inference without a refit.
+
+    ``soft``: the row reads the soft evidence settings (``--evidence_tag_confidence``
+    scales the tags given, ``--evidence_prune_strength`` makes pruning a prior: "-SPr");
+    every other row is the seed's (tags as given, pruning that removes)."""
 
     name: str
     row: str
     kind: str | None
     prune: bool
+    soft: bool = False
 
 
 def _modes() -> dict[str, EvidenceMode]:
     modes = [EvidenceMode("none", "DL-MT", None, False),
-             EvidenceMode("prune", "DL-MT-Pr", None, True)]
+             EvidenceMode("prune", "DL-MT-Pr", None, True),
+             EvidenceMode("soft_prune", "DL-MT-SPr", None, True, soft=True)]
     for kind in REFIT_KINDS.values():
         modes += [EvidenceMode(kind.mode, kind.row, kind.name, False),
-                  EvidenceMode(f"{kind.mode}_prune", f"{kind.row}-Pr", kind.name, True)]
+                  EvidenceMode(f"{kind.mode}_prune", f"{kind.row}-Pr", kind.name, True),
+                  EvidenceMode(f"{kind.mode}_soft_prune", f"{kind.row}-SPr", kind.name, True,
+                               soft=True)]
     order = ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune")  # the table's
     return {m.name: m for m in sorted(modes, key=lambda m: (order.index(m.name)
                                                             if m.name in order else 99))}
@@ -85,9 +94,9 @@ def refit_kind(name: str, flag: str = "--kinds") -> RefitKind:
     return REFIT_KINDS[name]
 
 
-def mode_of(kind: str, prune: bool) -> str:
-    """The evidence mode of a kind's row, pruned or not."""
-    return REFIT_KINDS[kind].mode + ("_prune" if prune else "")
+def mode_of(kind: str, prune: bool, soft: bool = False) -> str:
+    """The evidence mode of a kind's row, pruned or not (``soft``: its soft-pruned row)."""
+    return REFIT_KINDS[kind].mode + ("_soft_prune" if soft else "_prune" if prune else "")
 
 
 def evidence_config(evidence: Any, kind: str, prune: bool, scales: tuple[float, ...] = (1.0,),
@@ -100,5 +109,5 @@ def evidence_config(evidence: Any, kind: str, prune: bool, scales: tuple[float, 
                   threshold=evidence.threshold, jit_compile=evidence.jit_compile,
                   safeguard=evidence.safeguard, clip_norm=evidence.clip_norm,
                   eval_scales=tuple(scales), add_flipped_images=flip, prune=prune,
-                  keep_classes=tuple(keep_classes))
+                  keep_classes=tuple(keep_classes), prune_strength=evidence.prune_strength)
     return EvidenceConfig(**common, **refit_kind(kind, "refit kind").config(evidence))

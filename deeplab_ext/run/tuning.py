@@ -20,14 +20,23 @@ from typing import Any
 
 import numpy as np
 
+from deeplab_ext.data import input_pipeline
 from deeplab_ext.models.registry import family_of
 from deeplab_ext.models.tag_heads import SEGMENTATION
-from deeplab_ext.run.evidence import TUNED_FILE, save_json, save_tuned
+from deeplab_ext.run.evidence import NO_REFIT, TUNED_FILE, save_json, save_tuned
 from deeplab_ext.run.locking import directory_lock
-from deeplab_ext.run.modes import ModeRun, add_bootstrap, format_table, load_split, run_modes
+from deeplab_ext.run.modes import (
+    ModeRun,
+    add_bootstrap,
+    format_table,
+    load_split,
+    run_modes,
+    run_rows,
+)
 from deeplab_ext.run.options import OBJECTIVES, EvidenceOptions, TuneOptions
 from deeplab_ext.run.refit_kinds import EVIDENCE_MODES, REFIT_KINDS, mode_of
 from deeplab_ext.run.rundir import load_run_config, restore_network
+from deeplab_ext.run.tag_sources import TagNoise, tag_source
 from tf_mtl.metrics import miou_from_counts, paired_bootstrap_miou
 
 __all__ = ["candidate_dimensions", "choose", "cross_fit", "search", "tune_evidence"]
@@ -37,6 +46,13 @@ CROSSFIT_MODES = ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune
                   "latent_prune")
 
 
+def prior_dimensions(options: TuneOptions) -> list[tuple[str, tuple]]:
+    """The soft evidence's coordinates (``--objective=soft``): the prune strength, then the
+    tag confidence."""
+    return [("prune_strength", tuple(options.prune_strengths)),
+            ("tag_confidence", tuple(options.tag_confidences))]
+
+
 def candidate_dimensions(kind: str, options: TuneOptions, refit_sets: tuple[str, ...],
                          refit_first: bool = False) -> list[tuple[str, tuple]]:
     """The coordinates searched for one kind, in order, each with its values
@@ -44,7 +60,10 @@ def candidate_dimensions(kind: str, options: TuneOptions, refit_sets: tuple[str,
 
     ``refit_first``, for tags pooled from the segmentation: which layers move, the rate
     and the anchor to the pruned prediction matter most there (BENCHMARKS 19), so they come
-    first; a trained tag head keeps the order its tuned results were measured with."""
+    first; a trained tag head keeps the order its tuned results were measured with. The
+    soft objective searches its prior first: with tags that may be wrong it matters more
+    than any refit setting (BENCHMARKS 27)."""
+    prior = prior_dimensions(options) if options.objective == "soft" else []
     rate = ("learning_rate", tuple(options.learning_rates))
     clip = ("clip_norm", tuple(options.clip_norms))
     schedule = list(REFIT_KINDS[kind].search)
@@ -53,14 +72,21 @@ def candidate_dimensions(kind: str, options: TuneOptions, refit_sets: tuple[str,
     anchor = [("anchor", (0.0, 1.0))] if kind != "latent" else []
     safeguard = [("safeguard", (True, False))]
     if refit_first:
-        return [*refit, rate, *anchor, *schedule, clip, *safeguard]
-    return [rate, clip, *schedule, *refit, *safeguard, *anchor]
+        return [*prior, *refit, rate, *anchor, *schedule, clip, *safeguard]
+    return [*prior, rate, clip, *schedule, *refit, *safeguard, *anchor]
 
 
-def _label(candidate: EvidenceOptions, base: EvidenceOptions) -> str:
+def _key(candidate: EvidenceOptions) -> str:
+    return repr(dataclasses.asdict(candidate))
+
+
+def _label(candidate: EvidenceOptions, base: EvidenceOptions, shown: tuple[str, ...] = ()
+           ) -> str:
+    """The fields where a candidate differs from ``base``, and those ``shown`` always (the
+    soft prior: its search starts where the prior without a refit ended, not at base)."""
     changed = [f"{f.name}={getattr(candidate, f.name)}" for f in dataclasses.fields(candidate)
-               if getattr(candidate, f.name) != getattr(base, f.name)]
-    return ", ".join(changed) or "start point"
+               if getattr(candidate, f.name) != getattr(base, f.name) and f.name not in shown]
+    return ", ".join(changed + [f"{f}={getattr(candidate, f)}" for f in shown]) or "start point"
 
 
 def choose(no_refit: float, refits: list[tuple[float, float, Any]],
@@ -88,6 +114,15 @@ def _check(options: TuneOptions) -> None:
         raise ValueError("--min_confidence needs --bootstrap_samples >= 1")
     if options.objective not in OBJECTIVES:
         raise ValueError(f"--objective={options.objective!r}: use one of {', '.join(OBJECTIVES)}")
+    if options.tag_noise and options.tags_from:
+        raise ValueError("give at most one of --tag_noise and --tags_from")
+    if options.tag_noise:
+        TagNoise.parse(options.tag_noise)
+    for name, values, ok, why in (
+            ("prune_strengths", options.prune_strengths, lambda v: 0 <= v <= 1, "[0, 1]"),
+            ("tag_confidences", options.tag_confidences, lambda v: 0.5 < v <= 1, "(0.5, 1]")):
+        if not values or not all(ok(v) for v in values):
+            raise ValueError(f"--{name}={','.join(map(str, values))}: each must be in {why}")
     if options.folds == 1 or options.folds < 0:
         raise ValueError(f"--folds={options.folds}: 0 (tune on the whole split) or >= 2 "
                          "(cross-fitting: tune on the other folds, score each fold held out)")
@@ -120,6 +155,11 @@ def _tune(options: TuneOptions, printer: Callable[[str], None]) -> dict:
                                     max_examples=options.max_examples,
                                     align=options.align_inputs, printer=printer,
                                     named=options.dataset)
+    source = tag_source(options.tag_noise, options.tags_from, info)
+    batches, _ = source.apply(batches, input_pipeline.split_filenames(
+        options.dataset_dir, options.tune_split)[: len(batches)], info)
+    if not source.is_truth:
+        printer(f"Tuning with {source.label}")
     if not any(float(np.max(targets["tags"])) > 0.5 for _, targets in batches):
         raise ValueError(f"--tune_split={options.tune_split}: none of its {len(batches)} images "
                          "has a tag (an object of a tagged class), so no refit can be told "
@@ -132,6 +172,7 @@ def _tune(options: TuneOptions, printer: Callable[[str], None]) -> dict:
             f"objective {options.objective}, at most {options.max_candidates} candidates each")
     payload = {"tune_split": options.tune_split, "dataset_dir": str(options.dataset_dir),
                "num_images": len(batches), "model": meta["model"]["name"],
+               "tags_given": source.describe,
                **search(network, info, batches, alignment, options, printer)}
     payload["report"] = format_tuning(payload)
     path = save_tuned(options.checkpoint_dir, payload)
@@ -144,85 +185,132 @@ def _tune(options: TuneOptions, printer: Callable[[str], None]) -> dict:
 def search(network, info, batches: list, alignment, options: TuneOptions,
            printer: Callable[[str], None] = print) -> dict:
     """The budgeted search of every kind on ``batches``: ``{"kinds", "serving_kind",
-    "table", "seconds", "objective"}`` (what ``evidence_tuned.json`` holds)."""
+    "table", "seconds", "objective"}`` (what ``evidence_tuned.json`` holds), and with
+    ``--objective=soft`` ``"no_refit"``: the prior chosen for the rows without a refit."""
     family = family_of(network)
-    pruned = options.objective == "pruned"
-    baseline = "prune" if pruned else "none"
+    pruned, soft = options.objective != "plain", options.objective == "soft"
+    baseline = {"plain": "none", "pruned": "prune", "soft": "soft_prune"}[options.objective]
 
-    def run(mode: str, evidence: EvidenceOptions) -> ModeRun:
-        return run_modes(network, info, batches, [mode], evidence, alignment=alignment,
-                         errors=False)[mode]
+    def run(mode: str, evidence: EvidenceOptions) -> dict[str, tuple[EvidenceOptions, ModeRun]]:
+        """The candidate scored, and with it (one pass) its twins at the other prune
+        strengths searched, when its row prunes softly and the strength acts after the
+        refit (no anchor): the keys of ``_KindSearch.seen``."""
+        twins = [evidence]
+        if soft and EVIDENCE_MODES[mode].soft and evidence.anchor == 0:
+            twins += [dataclasses.replace(evidence, prune_strength=v)
+                      for v in options.prune_strengths if v != evidence.prune_strength]
+        named = {_key(t): t for t in twins}
+        runs = run_rows(network, info, batches, [(k, mode, t) for k, t in named.items()],
+                        alignment=alignment, errors=False)
+        return {k: (named[k], runs[k]) for k in named}
 
     t0 = time.time()
-    plain = run(baseline, options.evidence)
-    table = [{"kind": "-", "candidate": f"no refit ({'pruned' if pruned else 'plain'} "
-              "inference)", "miou": plain.miou, "vs_no_refit": 0.0, "seconds": plain.seconds}]
-    printer(f"  no refit: mIoU {100 * plain.miou:.2f}")
+    found: dict[str, Any] = {}
+    if soft:  # no refit has a prior to tune too: a refit must beat the best of those
+        prior_search = _KindSearch(None, baseline, run, None, options, printer)
+        prior_search.coordinate_descent(prior_dimensions(options), budget=False)
+        no_refit = prior_search.choice()
+        start = EvidenceOptions(**no_refit["evidence"])
+        plain = prior_search.seen[_key(start)]
+        table = prior_search.rows
+        found["no_refit"] = no_refit
+    else:
+        start = options.evidence
+        plain = run(baseline, start)[_key(start)][1]
+        table = [{"kind": "-", "candidate": f"no refit ({'pruned' if pruned else 'plain'} "
+                  "inference)", "miou": plain.miou, "vs_no_refit": 0.0,
+                  "seconds": plain.seconds}]
+        printer(f"  no refit: mIoU {100 * plain.miou:.2f}")
     refit_sets = family.refit_choices(network.model_config)
     segmentation_tags = getattr(network.model_config, "tag_head", None) == SEGMENTATION
     kinds: dict[str, dict] = {}
     for kind in options.kinds:
-        kind_search = _KindSearch(kind, mode_of(kind, pruned), run, plain, options, printer)
+        kind_search = _KindSearch(kind, mode_of(kind, pruned, soft), run, plain, options,
+                                  printer, start=start)
         kind_search.coordinate_descent(
             candidate_dimensions(kind, options, refit_sets, refit_first=segmentation_tags))
         table += kind_search.rows
-        kinds[kind] = kind_search.choice(baseline)
+        kinds[kind] = kind_search.choice()
     serving_kind = max(kinds, key=lambda k: (kinds[k]["miou"], -options.kinds.index(k)))
     return {"kinds": kinds, "serving_kind": serving_kind, "table": table,
-            "objective": options.objective, "seconds": round(time.time() - t0, 1)}
+            "objective": options.objective, **found, "seconds": round(time.time() - t0, 1)}
 
 
 class _KindSearch:
     """One kind's coordinate search: each candidate scored once (within the budget), the
-    best kept per coordinate, then the choice against no refit."""
+    best kept per coordinate, then the choice against no refit (``plain``). Kind None is
+    the soft objective's search of the prior without a refit: its candidates are judged
+    against its start point (the seed's pruning, unless flags say otherwise)."""
 
-    def __init__(self, kind: str, mode: str, run: Callable[[str, EvidenceOptions], ModeRun],
-                 plain: ModeRun, options: TuneOptions, printer: Callable[[str], None]):
+    def __init__(self, kind: str | None, mode: str,
+                 run: Callable[[str, EvidenceOptions], dict[str, tuple[EvidenceOptions,
+                                                                       ModeRun]]],
+                 plain: ModeRun | None, options: TuneOptions, printer: Callable[[str], None],
+                 start: EvidenceOptions | None = None):
         self.kind, self.mode, self.run, self.plain = kind, mode, run, plain
         self.options, self.printer = options, printer
+        self.start = start or options.evidence
         self.seen: dict[str, ModeRun] = {}
         self.candidates: dict[str, EvidenceOptions] = {}
+        self.twins: dict[str, tuple[EvidenceOptions, ModeRun]] = {}  # scored by a pass, free
+        self.passes = 0
         self.rows: list[dict] = []
 
-    def score(self, candidate: EvidenceOptions) -> float | None:
-        """The candidate's mIoU (None: over the budget)."""
-        key = repr(dataclasses.asdict(candidate))
+    def score(self, candidate: EvidenceOptions, budget: bool = True) -> float | None:
+        """The candidate's mIoU (None: over the budget, which counts the passes run: a
+        candidate a pass scored as another's twin costs nothing)."""
+        key = _key(candidate)
         if key not in self.seen:
-            if len(self.seen) + 1 >= self.options.max_candidates:  # + the shared no refit
-                return None
-            self.seen[key] = result = self.run(self.mode, candidate)
-            self.candidates[key] = candidate
-            row = {"kind": self.kind, "candidate": _label(candidate, self.options.evidence),
-                   "miou": result.miou, "vs_no_refit": result.miou - self.plain.miou,
+            if key not in self.twins:
+                if budget and self.passes + 1 >= self.options.max_candidates:  # + no refit
+                    return None
+                self.passes += 1
+                self.twins.update(self.run(self.mode, candidate))
+            self.candidates[key], self.seen[key] = self.twins.pop(key)
+            result = self.seen[key]
+            if self.plain is None:  # the no-refit prior's search: its start is its baseline
+                self.plain = result
+            label = _label(candidate, self.options.evidence,
+                           ("prune_strength", "tag_confidence")
+                           if self.options.objective == "soft" else ())
+            if self.kind is None:
+                label = f"no refit ({EVIDENCE_MODES[self.mode].row}), {label}"
+            row = {"kind": self.kind or "-", "candidate": label, "miou": result.miou,
+                   "vs_no_refit": result.miou - self.plain.miou,
                    "seconds": result.seconds, "key": key}
             self.rows.append(row)
-            self.printer(f"  {self.kind}: {row['candidate']}: mIoU {100 * result.miou:.2f} "
-                         f"({100 * row['vs_no_refit']:+.2f} vs no refit, "
+            self.printer(f"  {row['kind']}: {row['candidate']}: mIoU {100 * result.miou:.2f} "
+                         f"({100 * row['vs_no_refit']:+.2f} vs "
+                         f"{'no refit' if self.kind else 'the start point'}, "
                          f"{result.seconds:.0f}s)")
         return self.seen[key].miou
 
-    def coordinate_descent(self, dims: list[tuple[str, tuple]]) -> None:
-        best, best_miou = self.options.evidence, self.score(self.options.evidence)
+    def coordinate_descent(self, dims: list[tuple[str, tuple]], budget: bool = True) -> None:
+        best, best_miou = self.start, self.score(self.start, budget)
         for name, values in dims:
             for value in values:
                 candidate = dataclasses.replace(best, **{name: value})
-                miou = self.score(candidate)
+                miou = self.score(candidate, budget)
                 if miou is not None and miou > best_miou:
                     best, best_miou = candidate, miou
         self.best = best
 
-    def choice(self, baseline: str) -> dict:
+    def choice(self) -> dict:
         """The kind's entry of evidence_tuned.json: the best candidate that beats no refit
-        confidently enough (``choose``), else no refit."""
+        confidently enough (``choose``), else no refit (with the start point's prior)."""
         options, plain = self.options, self.plain
+        start_key = _key(self.start)
         refits, vs_no_refit = [], {}
         for key, result in self.seen.items():
+            if self.kind is None and key == start_key:
+                continue  # the baseline itself
             p_greater = 1.0
             if options.bootstrap_samples > 0:
-                counts = {baseline: np.stack(plain.counts), self.mode: np.stack(result.counts)}
+                pair = ("candidate", "no refit")  # (the prior search: one mode for both)
+                counts = {"candidate": np.stack(result.counts),
+                          "no refit": np.stack(plain.counts)}
                 vs_no_refit[key] = paired_bootstrap_miou(
-                    counts, [(self.mode, baseline)],
-                    num_samples=options.bootstrap_samples)[(self.mode, baseline)]
+                    counts, [pair], num_samples=options.bootstrap_samples)[pair]
                 p_greater = vs_no_refit[key]["p_greater"]
             refits.append((result.miou, p_greater, key))
             next(r for r in self.rows if r["key"] == key)["p_greater"] = p_greater
@@ -230,10 +318,19 @@ class _KindSearch:
             row.pop("key")
         chosen_key = choose(plain.miou, refits, options.min_confidence)
         chosen = self.candidates[chosen_key] if chosen_key else None
-        final = chosen or dataclasses.replace(self.best, steps=0, es_steps=0)
+        if self.kind is None:  # the prior: no steps to take in any case
+            final = chosen or self.start
+        else:
+            final = chosen or dataclasses.replace(
+                self.best, steps=0, es_steps=0, prune_strength=self.start.prune_strength,
+                tag_confidence=self.start.tag_confidence)
         entry = {"evidence": dataclasses.asdict(final), "refit": chosen is not None,
                  "miou": self.seen[chosen_key].miou if chosen else plain.miou,
+                 # The best candidate tried, chosen or not (what a refit would have been).
+                 "best": dataclasses.asdict(self.best),
+                 "best_miou": self.seen[_key(self.best)].miou,
                  "no_refit_miou": plain.miou, "candidates": len(self.seen) + 1,
+                 "passes": self.passes,
                  "min_confidence": options.min_confidence}
         if chosen is not None and options.bootstrap_samples > 0:
             entry["vs_no_refit"] = vs_no_refit[chosen_key]
@@ -254,7 +351,8 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
     if len(batches) <= k:
         raise ValueError(f"--folds={k} needs more than {k} images (each fold is scored, and "
                          f"tuned on the others); the split has {len(batches)}")
-    modes = [m for m in EVIDENCE_MODES if m in CROSSFIT_MODES
+    modes = [m for m in EVIDENCE_MODES if (m in CROSSFIT_MODES or (
+                 EVIDENCE_MODES[m].soft and options.objective == "soft"))
              and (EVIDENCE_MODES[m].kind is None or EVIDENCE_MODES[m].kind in options.kinds)]
     protocols = [((1.0,), False)]
     if tuple(options.eval_scales) != (1.0,) or options.add_flipped_images:
@@ -272,11 +370,12 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
         rest = [b for j, b in enumerate(batches) if j % k != i]
         printer(f"fold {i + 1}/{k}: tuning on {len(rest)} images, scoring {len(held)}")
         found = search(network, info, rest, alignment, options, printer)
-        evidence = {kind: EvidenceOptions(**entry["evidence"])
-                    for kind, entry in found["kinds"].items()}
+        entries = {**found["kinds"], **({NO_REFIT: found["no_refit"]} if "no_refit" in found
+                                        else {})}
+        evidence = {kind: EvidenceOptions(**entry["evidence"]) for kind, entry in entries.items()}
         folds.append({"images": len(held), "tuned_on": len(rest),
                       "kinds": {kk: {"refit": e["refit"], "evidence": e["evidence"]}
-                                for kk, e in found["kinds"].items()}})
+                                for kk, e in entries.items()}})
         for scales, flip in protocols:
             runs = run_modes(network, info, held, modes, options.evidence, evidence, scales,
                              flip, alignment, errors=False)
@@ -316,7 +415,8 @@ def describe_settings(kind: str, evidence: dict) -> str:
     """The settings a kind uses, as ``name=value`` (the report and the tuning table)."""
     keys = ("learning_rate", "clip_norm", *REFIT_KINDS[kind].fields, "anchor", "refit",
             "safeguard")
-    return ", ".join(f"{k}={evidence[k]}" for k in keys if k in evidence)
+    soft = [k for k in ("prune_strength", "tag_confidence") if evidence.get(k, 1.0) != 1.0]
+    return ", ".join(f"{k}={evidence[k]}" for k in (*keys, *soft) if k in evidence)
 
 
 def format_tuning(payload: dict) -> str:
@@ -342,5 +442,12 @@ def format_tuning(payload: dict) -> str:
                 what += (f"; {100 * vs['diff']:+.2f} [{100 * vs['low']:+.2f}, "
                          f"{100 * vs['high']:+.2f}] vs no refit")
         lines.append(f"- {kind}: {what}")
+    prior = payload.get("no_refit")
+    if prior:
+        ev = prior["evidence"]
+        lines.append(f"- no refit (soft prior): prune_strength={ev['prune_strength']}, "
+                     f"tag_confidence={ev['tag_confidence']}"
+                     + ("" if prior["refit"] else " (the start point: no other prior beat it "
+                        f"in at least {prior['min_confidence']:.0%} of the resamples)"))
     lines.append(f"- served (segment_with_evidence): {payload['serving_kind']}")
     return "\n".join(lines)

@@ -22,7 +22,10 @@ Modes (``EvidenceConfig.mode``):
     so a batch is refitted in one go with independent per-image gradients.
 
 Pruning (``-Pr``): :func:`prune_probabilities` zeroes classes absent from the tags
-(background kept); usable alone or after refitting (``EvidenceConfig.prune``).
+(background kept); usable alone or after refitting (``EvidenceConfig.prune``). Tags may
+be probabilities (soft evidence): the refit's target is the probability given, and
+``EvidenceConfig.prune_strength`` < 1 makes pruning a prior that scales a class by
+``1 - s * (1 - t)`` instead of zeroing it (1 with 0/1 tags: the seed's pruning).
 
 Outputs of :meth:`EvidenceRefitter.__call__` (dict of tensors):
   ``probabilities`` [B,H,W,C] float32 (after pruning if enabled), ``predictions``

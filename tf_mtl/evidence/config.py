@@ -46,6 +46,9 @@ class EvidenceConfig:
     add_flipped_images: bool = False
     prune: bool = False
     keep_classes: tuple[int, ...] = (0,)
+    # Pruning as a prior (prune_probabilities): a class is scaled by 1 - s * (1 - its tag's
+    # probability); 1 = the seed's pruning, 0 = none. Also the anchor's pruned target.
+    prune_strength: float = 1.0
     # Per image, fall back to the unrefitted prediction when the refit did not lower the
     # evidence loss or flipped a tag that agreed with the evidence (refit_hurt).
     safeguard: bool = True
@@ -80,6 +83,9 @@ class EvidenceConfig:
             raise bad("loss_scale", "must be > 0")
         if self.anchor < 0:
             raise bad("anchor", "must be >= 0 (0 = off)")
+        if not 0.0 <= self.prune_strength <= 1.0:
+            raise bad("prune_strength", "must be in [0, 1] (1 = remove the classes the tags "
+                      "rule out, 0 = no pruning)")
         if self.anchor > 0 and self.mode != "weights":
             raise bad("anchor", "is a term of the weights mode only")
         object.__setattr__(self, "eval_scales", validate_scales(self.eval_scales))
@@ -104,23 +110,25 @@ def validate_evidence(
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
     ):
-        raise ValueError(f"{name}: expected a numeric 0/1 multi-hot tag vector, got {tags!r}")
+        raise ValueError(f"{name}: expected a numeric tag vector (each tag's probability in "
+                         f"[0, 1]; 1 = present, 0 = absent), got {tags!r}")
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[-1] != num_tags:
         raise ValueError(
             f"{name}: expected {num_tags} tag values per image (shape [{num_tags}] or "
-            f"[batch, {num_tags}], one 0/1 per tag; tag i is class tag_class_ids[i]), "
-            f"got shape {list(np.shape(tags))}. Fix: pass a multi-hot vector of length "
-            f"{num_tags} (the model's tag head size)."
+            f"[batch, {num_tags}], one probability in [0, 1] per tag; tag i is class "
+            f"tag_class_ids[i]), got shape {list(np.shape(tags))}. Fix: pass a vector of "
+            f"length {num_tags} (the model's tag head size)."
         )
     arr = arr.astype(np.float32)
-    bad = ~np.isin(arr, (0.0, 1.0))
+    bad = ~((arr >= 0.0) & (arr <= 1.0))  # NaN is neither
     if bad.any():
         where = np.argwhere(bad)[0].tolist()
         raise ValueError(
-            f"{name}: tag values must be 0 or 1, got {float(arr[tuple(where)])} at index {where}. "
-            "Fix: pass hard multi-hot evidence (1 = class present, 0 = absent)."
+            f"{name}: tag values must be probabilities in [0, 1], got "
+            f"{float(arr[tuple(where)])} at index {where}. Fix: pass 1 for a class present, "
+            "0 for one absent, or the probability you give it."
         )
     if batch_size is not None and arr.shape[0] != batch_size:
         raise ValueError(

@@ -86,7 +86,7 @@ class EvidenceRefitter:
 
     ``__call__(images, tags, steps=None)`` validates the evidence in Python, then
     runs :attr:`refit_fn`, a ``tf.function`` with input signature
-    ``(images float32 [B,H,W,3], tags float32 [B,T], steps int32 [])`` that can be
+    ``(images float32 [B,H,W,3], tags float32 [B,T] in [0, 1], steps int32 [])`` that can be
     exported in a SavedModel (the module must also track ``network.variables``).
     """
 
@@ -205,7 +205,8 @@ class EvidenceRefitter:
             after = tf.where(fell_back[:, None], before, after)
         if self.config.prune:
             probs = prune_probabilities(
-                probs, tags, self.tag_class_ids, self.config.keep_classes
+                probs, tags, self.tag_class_ids, self.config.keep_classes,
+                strength=self.config.prune_strength,
             )
         return {
             "probabilities": probs,
@@ -221,6 +222,11 @@ class EvidenceRefitter:
         tf.debugging.assert_equal(
             tf.shape(images)[0], tf.shape(tags)[0], message="one tag vector per image"
         )
+        # A caller of the exported signature may skip validate_evidence: NaN or a value
+        # outside [0, 1] would silently refit toward nonsense.
+        tf.debugging.assert_equal(
+            tf.reduce_all(tf.logical_and(tags >= 0.0, tags <= 1.0)), True,
+            message="tags must be probabilities in [0, 1] (no NaN)")
         if self.config.mode == "latent":
             return self._refit_latent(images, tags, steps)
         return self._refit_weights(images, tags, steps)
@@ -251,7 +257,7 @@ class EvidenceRefitter:
             if cfg.anchor > 0:  # the unrefitted segmentation, pruned to the evidence
                 target = tf.stop_gradient(prune_probabilities(
                     tf.nn.softmax(forward(anchors)[1], -1), y, self.tag_class_ids,
-                    cfg.keep_classes))
+                    cfg.keep_classes, strength=cfg.prune_strength))
 
             def cond(i, taken, params, state, scale, before, done):
                 return tf.logical_and(i < steps, tf.logical_not(done))
