@@ -11,6 +11,10 @@
 #        float32, mixed_float16, and mixed_float16 with the refit loop XLA-compiled;
 # tests: the refitter's exactness, steps=0, mixed-precision and jit tests, the
 #        SavedModel round trip and the loss-scaled train step, now on the GPU.
+# finetune (not in all: hours on 2 cores, needs the full CamVid split in $CAMVID_DIR):
+#        issue 44 on the GPU, 3 seeds per arm: the width-1.0 VOC release vs scratch
+#        (bench_finetune), then the seed experiments from that release (--from_release):
+#        label-map decoder, auxiliary modules / deep supervision, UW vs EW, the methods.
 set -u
 PY=${PY:-.venv/bin/python}
 what=${1:-all}
@@ -39,6 +43,16 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   timeout "${JIT_TIMEOUT:-900}" $PY -m bench.bench_refit_speed --size 513 --rounds 2 \
     --steps 5 --compare_rounds 1 --precision mixed_float16 --jit_compile \
     || echo "jit_compile run did not finish (rc $?)"
+fi
+if [ "$what" = finetune ]; then
+  C=${CAMVID_DIR:?set CAMVID_DIR to SegNet's CamVid folder (train.txt, train/, ...)}
+  W=${WORKDIR:-/tmp/exp44}
+  R=mobilenetv2_coco_voc_trainaug
+  $PY -m bench.bench_finetune --workdir="$W/finetune" --camvid_dir="$C"
+  for b in bench_label_structure bench_self_supervised bench_mtl_methods; do
+    $PY -m bench.$b --workdir="$W/$b" --camvid_dir="$C" --from_release=$R \
+      --base_learning_rate=1e-3 --train_steps=1200
+  done
 fi
 if [ "$what" = tests ] || [ "$what" = all ]; then
   $PY -m pytest -q -p no:cacheprovider tests/test_evidence.py tests/test_export.py \

@@ -50,6 +50,10 @@ class SweepSettings:
     max_resize_value: int = 241
     batch_size: int = 8
     curve_points: int = 1  # > 1: val mIoU also at every train_steps / curve_points
+    # A released model's name: every arm starts from it (its trunk and ASPP; a new
+    # classifier for the dataset's classes; BatchNorm frozen, as folded releases need) in
+    # the release's own network, with a tag head where the arm's variant has one.
+    from_release: str = ""
 
 
 def camvid_shards(workdir: pathlib.Path, camvid_dir: str, env: dict,
@@ -70,6 +74,18 @@ def camvid_shards(workdir: pathlib.Path, camvid_dir: str, env: dict,
     return str(shards)
 
 
+def released_start(variant: str, release: str) -> tuple[str, list[str]]:
+    """The variant and the extra ``tools.train`` flags of an arm started from ``release``
+    (none: the arm as it is, from scratch)."""
+    if not release:
+        return variant, []
+    from deeplab_ext.weights import get_entry
+
+    base = get_entry(release, "--from_release").variant
+    return (f"{base}_mt" if variant.endswith("_mt") else base,
+            [f"--tf_initial_checkpoint={release}", "--fine_tune_batch_norm=false"])
+
+
 def run_arm(arm: Arm, seed: int, settings: SweepSettings, workdir: pathlib.Path, shards: str,
             env: dict, extract: Callable[[dict], dict] | None = None) -> dict:
     """Train and evaluate one (arm, seed); the result row (``extract(eval_results)`` adds
@@ -80,8 +96,9 @@ def run_arm(arm: Arm, seed: int, settings: SweepSettings, workdir: pathlib.Path,
     s = settings
     resize = [f"--max_resize_value={s.max_resize_value}"] if s.max_resize_value else []
     every = max(1, s.train_steps // max(1, s.curve_points))
+    variant, start = released_start(arm.variant or s.variant, s.from_release)
     train = [f"--train_logdir={run / 'train'}", f"--dataset={s.dataset}",
-             f"--dataset_dir={shards}", f"--model_variant={arm.variant or s.variant}",
+             f"--dataset_dir={shards}", f"--model_variant={variant}", *start,
              f"--train_crop_size={s.crop}", *resize,
              f"--train_batch_size={s.batch_size}", f"--training_number_of_steps={s.train_steps}",
              "--optimizer=adam", f"--base_learning_rate={s.base_learning_rate}",

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab_ext.models import ModelConfig, ModelFamily, build_network, register_family
-from deeplab_ext.run.tasks import Branch, BranchSpec, TaskContext, register_branch
+from deeplab_ext.tasks import Branch, BranchSpec, TaskContext, register_branch
 from tests.conftest import predict_from_export_and_run, run_tool
 from tf_mtl.branches import TrainingHead
 from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore

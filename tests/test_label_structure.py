@@ -118,7 +118,7 @@ def _train(tmp_path, data_dir, ae_run, steps, **kw):
 def _head_weights(ckpt, ae_run, trainable: bool = False) -> dict[str, np.ndarray]:
     """The decoder head's variables as a checkpoint's ``heads`` entry holds them."""
     from deeplab_ext.run.label_autoencoder import load_label_autoencoder
-    from deeplab_ext.run.label_structure import LabelDecoderHead
+    from deeplab_ext.tasks.label_structure import LabelDecoderHead
 
     ae, _, _ = load_label_autoencoder(ae_run)
     head = LabelDecoderHead(ae.get_layer("label_decoder"), 32, "encoder", trainable,
@@ -185,11 +185,11 @@ def test_decoder_path_miou_reads_the_trained_branch_back(autoencoder, data_dir, 
     and restores its 1x1 conv: the same mIoU as the training model's own forward pass."""
     from deeplab_ext.models.registry import family_of
     from deeplab_ext.run.evaluation import evaluate
-    from deeplab_ext.run.label_structure import DECODER_OUTPUT, decoder_path
+    from deeplab_ext.tasks.label_structure import DECODER_OUTPUT, decoder_path
     from deeplab_ext.run.modes import load_split
     from deeplab_ext.run.options import EvalOptions, TrainOptions
     from deeplab_ext.run.rundir import restore_network
-    from deeplab_ext.run.tasks import TaskContext, build_branches
+    from deeplab_ext.tasks import TaskContext, build_branches
     from deeplab_ext.run.trainer import build_multitask_model
     from tf_mtl.metrics import image_iou_counts, miou_from_counts
 

@@ -30,7 +30,7 @@ def test_every_built_in_axis_refuses_a_second_plug_in_of_a_taken_name():
     target or dataset: it must say override=True."""
     from deeplab_ext.data import datasets, targets
     from deeplab_ext.models import registry as models
-    from deeplab_ext.run import tasks
+    from deeplab_ext import tasks
 
     deeplab = models.get_family("deeplab")
     with pytest.raises(ValueError, match="model family named 'deeplab'"):

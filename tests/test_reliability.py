@@ -156,7 +156,7 @@ def test_shards_of_another_dataset_are_refused_by_their_record(tmp_path, data_di
 # ---------------------------------------------------------------- 5. task weights
 @pytest.mark.parametrize("value", ["-1", "nan", "inf"])
 def test_task_weights_must_be_finite_and_not_negative(value):
-    from deeplab_ext.run.tasks import parse_task_weights
+    from deeplab_ext.tasks import parse_task_weights
 
     with pytest.raises(ValueError, match="finite number >= 0"):
         parse_task_weights(f"semantic={value}")

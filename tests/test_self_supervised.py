@@ -77,7 +77,7 @@ def test_edges_branch_trains_is_recorded_and_is_not_exported(data_dir, tmp_path)
     from deeplab_ext.models.registry import family_of
     from deeplab_ext.run.evaluation import evaluate
     from deeplab_ext.run.options import EvalOptions
-    from deeplab_ext.run.tasks import branches_from_record, restore_branch_outputs
+    from deeplab_ext.tasks import branches_from_record, restore_branch_outputs
     from tf_mtl.graph import feature_model
 
     res = evaluate(EvalOptions(checkpoint_dir=str(tmp_path / "run"), dataset_dir=str(data_dir),

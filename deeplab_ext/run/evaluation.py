@@ -26,7 +26,7 @@ from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.registry import family_of
 from deeplab_ext.run.evidence import evidence_by_kind
 from deeplab_ext.run.importing import checkpoint_dir_or_name
-from deeplab_ext.run.label_structure import decoder_path
+from deeplab_ext.tasks.label_structure import decoder_path
 from deeplab_ext.run.modes import (
     ModeRun,
     add_bootstrap,
@@ -40,7 +40,7 @@ from deeplab_ext.run.options import EvalOptions
 from deeplab_ext.run.refit_kinds import EVIDENCE_MODES
 from deeplab_ext.run.rundir import atomic_write, restore_network
 from deeplab_ext.run.tag_sources import TagNoise, tag_source
-from deeplab_ext.run.tasks import (
+from deeplab_ext.tasks import (
     Branch,
     TaskContext,
     branches_from_record,

@@ -239,7 +239,7 @@ class TrainOptions:
     dwa_window_steps: int = opt(0, "Alias of --weighting_options=window_steps=N (DWA's steps "
                                 "per averaging window; 0 = one pass over --train_split).")
     training_branches: tuple[str, ...] = opt((), "Training-only branches to add, by registered "
-                                             "name (deeplab_ext.run.tasks.register_branch).")
+                                             "name (deeplab_ext.tasks.register_branch).")
     label_decoder: str | None = opt(None, "Regularise with a frozen label-map decoder "
                                     "(Mostajabi et al. 2018): a --train_logdir of "
                                     "tools.train_label_autoencoder. Training only.")

@@ -1,7 +1,7 @@
 """Training a multi-task network: the library behind `tools.train` (the original's train.py).
 
 Wires a zoo family (`deeplab_ext.models`), the data (`deeplab_ext.data`), the run's tasks
-and training-only branches (`deeplab_ext.run.tasks`) and the model-agnostic multi-task
+and training-only branches (`deeplab_ext.tasks`) and the model-agnostic multi-task
 machinery (`tf_mtl`): a loss weighting, poly LR, momentum SGD, mixed precision, a
 tf.distribute strategy, TensorBoard summaries from inside the step, and checkpoints that
 training resumes from (training-only heads and terms included).
@@ -36,7 +36,7 @@ from deeplab_ext.run.rundir import (
     latest_checkpoint,
     save_run_config,
 )
-from deeplab_ext.run.tasks import (
+from deeplab_ext.tasks import (
     Branch,
     TaskContext,
     branch_record,
@@ -45,7 +45,7 @@ from deeplab_ext.run.tasks import (
     targets_of,
     task_pictures,
 )
-from deeplab_ext.run.tasks import task_names as network_task_names
+from deeplab_ext.tasks import task_names as network_task_names
 from tf_mtl import distribute, precision
 from tf_mtl.model import MultiTaskModel
 from tf_mtl.schedules import get_learning_rate_schedule
@@ -77,7 +77,7 @@ def overlay_fn(info: DatasetInfo, semantic_key: str = "semantic",
                pictures: dict | None = None) -> Callable:
     """Image summaries: input | ground truth | prediction (| each training-only head's label
     map, e.g. the label-decoder path), colourised; and per task that draws its dense
-    output (``pictures``: :func:`deeplab_ext.run.tasks.task_pictures`), input | target |
+    output (``pictures``: :func:`deeplab_ext.tasks.task_pictures`), input | target |
     prediction."""
     colors = tf.constant(cmap.create_label_colormap(info.colormap), tf.uint8)
 

@@ -88,7 +88,7 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
     from deeplab_ext.models.registry import family_of
     from deeplab_ext.run.importing import checkpoint_dir_or_name
     from deeplab_ext.run.rundir import input_alignment, restore_network
-    from deeplab_ext.run.tasks import task_pictures
+    from deeplab_ext.tasks import task_pictures
     from tf_mtl.inference import InputAlignment, predict_segmentation, validate_scales
 
     scales = validate_scales(options.eval_scales)

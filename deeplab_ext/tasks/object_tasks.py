@@ -9,7 +9,7 @@ weighting. The study's fixed weights are ``--task_weights=semantic=0.7,class=0.1
 
 from __future__ import annotations
 
-from deeplab_ext.run.tasks import TaskContext, TaskSpec, register_task
+from deeplab_ext.tasks.base import TaskContext, TaskSpec, register_task
 from tf_mtl.losses import box_mse, image_class_ce
 from tf_mtl.metrics import ImageClassAccuracy, MeanBoxIoU
 from tf_mtl.tasks import Task

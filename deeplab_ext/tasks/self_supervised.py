@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from deeplab_ext.data.datasets import DatasetInfo
-from deeplab_ext.run.tasks import Branch, BranchSpec, TaskContext, register_branch
+from deeplab_ext.tasks.base import Branch, BranchSpec, TaskContext, register_branch
 from tf_mtl.branches import LossTerm, TrainingHead
 from tf_mtl.graph import SecondPass
 from tf_mtl.metrics import BinaryMapScores

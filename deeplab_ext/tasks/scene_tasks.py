@@ -18,7 +18,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from deeplab_ext.run.tasks import TaskContext, TaskSpec, register_task
+from deeplab_ext.tasks.base import TaskContext, TaskSpec, register_task
 from tf_mtl.instances import InstanceQuality
 from tf_mtl.losses import masked_l1
 from tf_mtl.metrics import DepthErrors, OffsetError

@@ -27,7 +27,7 @@ from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.label_autoencoder import build_label_autoencoder, one_hot_labels
 from deeplab_ext.models.registry import ModelFamily
 from deeplab_ext.run.label_autoencoder import load_label_autoencoder
-from deeplab_ext.run.tasks import (
+from deeplab_ext.tasks.base import (
     Branch,
     BranchSpec,
     TaskContext,

@@ -8,8 +8,10 @@ exists (``semantic``; ``tags`` for models with a tag head).
 A :class:`BranchSpec` builds a training-only :class:`Branch`: heads on tapped features,
 loss terms, the tasks that read the heads' outputs and the targets they need
 (``--training_branches=name``). Branches are trained and checkpointed with the model and
-never exported. A new task or branch is a new file that calls :func:`register_task` /
-:func:`register_branch`.
+never exported. A new task or branch is a new file in this package (discovered) or a
+module given to ``--extra_modules`` that calls :func:`register_task` /
+:func:`register_branch`. ``semantic`` and ``tags``, every run's own, are registered here,
+first, so they lead the task order (checkpoints and weightings follow that order).
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from tf_mtl.graph import feature_model
 from tf_mtl.inference import InputAlignment
 from tf_mtl.losses import SoftmaxCrossEntropyWithIgnore, TagBCE
 from tf_mtl.metrics import StreamingMeanIoU, TagPrecisionRecallF1
-from tf_mtl.registry import Registry
+from tf_mtl.registry import Registry, discover
 from tf_mtl.tasks import Task
 
 __all__ = [
+    "BRANCHES",
+    "TASKS",
     "Branch",
     "BranchSpec",
     "TaskContext",
@@ -43,9 +47,12 @@ __all__ = [
     "restore_branch_outputs",
     "build_branches",
     "build_tasks",
+    "check_task_weight",
+    "parse_task_weights",
     "register_branch",
     "register_task",
     "targets_of",
+    "task_names",
     "task_pictures",
 ]
 
@@ -81,10 +88,18 @@ class TaskSpec:
     picture: Callable[[Any, Any], Any] | None = None
 
 
+_builtins_loading = []
+
+
 def _load_builtins() -> None:
-    """The built-in tasks and branches (``deeplab_ext.run.plugins`` lists them; their
-    modules import this one, so they are imported on first use, not at the top)."""
-    from deeplab_ext.run import plugins  # noqa: F401
+    """The plug-in files of ``deeplab_ext.tasks`` (each registers on import; they import
+    this module, so they are discovered on first use of a registry, not imported here).
+    One discovery for both registries: a plug-in registering into the other registry
+    while this runs must not start a second, nested one (the order of the branches, which
+    a checkpoint's heads follow, is the files' order)."""
+    if not _builtins_loading:
+        _builtins_loading.append(True)
+        discover("deeplab_ext.tasks", skip=("base",))
 
 
 TASKS: Registry[TaskSpec] = Registry("task", discover=_load_builtins)
