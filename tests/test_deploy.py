@@ -105,8 +105,8 @@ def test_unknown_format_is_refused_before_anything_is_written(exported, tmp_path
 
 
 def test_quantize_flags_are_checked_before_anything_is_written(exported, tmp_path):
-    from deeplab_ext.run.deploy import litert_quantization
     from deeplab_ext.run.export import export_checkpoint
+    from deeplab_ext.run.formats.litert import litert_quantization
     from deeplab_ext.run.options import ExportOptions
 
     with pytest.raises(ValueError, match="add litert to --format"):

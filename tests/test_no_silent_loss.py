@@ -122,19 +122,21 @@ def test_a_quantisation_that_did_not_happen_is_refused(tmp_path):
     """The converter's file is checked: a float file where int8 was asked is removed and
     refused (here a float file stands in for the converter's silent fall-back)."""
     from deeplab_ext.models import build_network
-    from deeplab_ext.run.deploy import check_file, serving_network
-    from deeplab_ext.run.deploy import litert_quantization as settings_of
+    from deeplab_ext.run.formats import FORMATS
+    from deeplab_ext.run.serving import serving_network
+
+    litert = FORMATS["litert"]
 
     network = build_network("deeplabv3_mobilenetv2_tiny", num_classes=3)
     model = serving_network(network, (33, 33))
     model(np.zeros((1, 33, 33, 3), np.float32))
     path = tmp_path / "model.tflite"
     model.export(str(path), format="litert", verbose=False)
-    check_file(path, model, {})  # a float file where float was asked: kept
+    litert.check(path, model, {})  # a float file where float was asked: kept
     assert path.is_file()
-    asked = settings_of("int8", lambda: iter([np.zeros((33, 33, 3), np.float32)]))
+    asked = litert.settings("int8", lambda: iter([np.zeros((33, 33, 3), np.float32)]))
     with pytest.raises(ValueError, match="no int8 tensor"):
-        check_file(path, model, asked)
+        litert.check(path, model, asked)
     assert not path.exists()
 
 

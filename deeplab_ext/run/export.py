@@ -16,7 +16,9 @@ Only the network is exported: training-only heads and loss terms live in the
 MultiTaskModel and never reach it. `assets/deeplab_export.json` holds class names, tag
 class ids, the colormap and the model family so clients can decode outputs. The export
 is written to a temporary directory and renamed into place, so an interrupted export
-never replaces a good one.
+never replaces a good one. What is written is a list of ``--format``s, each a plug-in of
+``deeplab_ext.run.formats`` (the SavedModel one of them); the served outputs are
+``deeplab_ext.run.serving``'s.
 
 :class:`LoadedSegmenter` (an export) and :class:`CheckpointSegmenter` (a run directory)
 answer the same two calls through the same :class:`SegmenterServing` functions, and
@@ -33,7 +35,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -47,32 +49,17 @@ from deeplab_ext.data.fetch import sha256_file
 from deeplab_ext.data.input_pipeline import tags_from_names
 from deeplab_ext.models.registry import family_of
 from deeplab_ext.paths import check_distinct, check_outputs
-from deeplab_ext.run.deploy import (
-    FILE_FORMATS,
-    FileSegmenter,
-    calibration_images,
-    litert_quantization,
-    write_model_files,
-)
-from deeplab_ext.run.evidence import (
-    evidence_by_kind,
-    keep_classes,
-    load_tuned,
-    make_refitter,
-)
+from deeplab_ext.run.deploy import FileSegmenter, calibration_images
+from deeplab_ext.run.evidence import evidence_by_kind, keep_classes, load_tuned
+from deeplab_ext.run.formats import FORMATS, METADATA_FILE, ExportJob
 from deeplab_ext.run.importing import checkpoint_dir_or_name
 from deeplab_ext.run.locking import directory_lock
 from deeplab_ext.run.options import EvidenceOptions, ExportOptions, PredictOptions
 from deeplab_ext.run.refit_kinds import REFIT_KINDS
 from deeplab_ext.run.rundir import input_alignment, restore_network
-from tf_mtl.evidence import EvidenceRefitter, prune_probabilities, validate_evidence
-from tf_mtl.inference import (
-    InputAlignment,
-    multi_scale_probabilities,
-    network_logits_fn,
-    validate_scales,
-)
-from tf_mtl.serving_graph import with_constant_weights
+from deeplab_ext.run.serving import SegmenterServing, serving_module
+from tf_mtl.evidence import prune_probabilities, validate_evidence
+from tf_mtl.inference import InputAlignment, validate_scales
 
 __all__ = [
     "CheckpointSegmenter",
@@ -83,84 +70,6 @@ __all__ = [
     "predict_image",
     "read_export_metadata",
 ]
-
-METADATA_FILE = "deeplab_export.json"
-
-
-class SegmenterServing(tf.Module):
-    """tf.Module with the serving functions; tracks the network's variables.
-
-    ``refitter``: the evidence refitter behind ``segment_with_evidence`` (None: no tag
-    head, no such function). ``alignment``: inputs are padded onto the training grid and
-    outputs cropped back inside both functions.
-    """
-
-    def __init__(self, network: keras.Model, refitter: EvidenceRefitter | None = None,
-                 inference_scales: Sequence[float] = (1.0,), add_flipped_images: bool = False,
-                 alignment: InputAlignment | None = None):
-        super().__init__(name="deeplab_serving")
-        family = family_of(network)
-        self.network = network
-        self.model_variables = list(network.variables)
-        semantic_key, tags_key = family.semantic_output, family.tags_output
-        self.has_tags = tags_key in network.output
-        scales, flip = tuple(inference_scales), bool(add_flipped_images)
-        logits_fn = network_logits_fn(network, semantic_key)
-        images_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
-
-        others = [k for k in network.output if k != semantic_key]
-
-        def serve(images):
-            raw = network(images, training=False)  # one call gives scale 1 and the others
-            probs = multi_scale_probabilities(logits_fn, images, scales, flip,
-                                              unscaled_logits=raw[semantic_key])
-            out = {"semantic_probabilities": probs,
-                   "semantic_predictions": tf.argmax(probs, -1, output_type=tf.int32)}
-            for key in others:
-                value = tf.cast(raw[key], tf.float32)
-                out["tag_probabilities" if key == tags_key else key] = (
-                    tf.sigmoid(value) if key == tags_key else value)
-            return out
-
-        self.alignment = alignment or InputAlignment()
-        self.serve = tf.function(self.alignment.wrap(serve), input_signature=[images_spec])
-        self.refitter = refitter if self.has_tags else None
-        if self.refitter is not None:
-            num_tags = self.refitter.num_tags
-            refit_fn = self.refitter.refit_fn
-
-            def with_evidence(images, tags, steps):
-                r = refit_fn(images, tags, steps)
-                return {"semantic_probabilities": r["probabilities"],
-                        "semantic_predictions": r["predictions"],
-                        "tag_probabilities": r["tag_probabilities_after"],
-                        "tag_probabilities_before": r["tag_probabilities_before"],
-                        "steps_taken": r["steps_taken"], "fell_back": r["fell_back"]}
-
-            self.segment_with_evidence = tf.function(self.alignment.wrap(with_evidence),
-                                                     input_signature=[
-                images_spec, tf.TensorSpec([None, num_tags], tf.float32, name="tags"),
-                tf.TensorSpec([], tf.int32, name="steps")])
-
-    @property
-    def signatures(self) -> dict[str, Callable]:
-        sigs = {"serving_default": self.serve}
-        if self.refitter is not None:
-            sigs["segment_with_evidence"] = self.segment_with_evidence
-        return sigs
-
-
-def serving_module(network: keras.Model, info: DatasetInfo, evidence: EvidenceOptions,
-                   inference_scales: Sequence[float] = (1.0,),
-                   add_flipped_images: bool = False,
-                   alignment: InputAlignment | None = None, kind: str = "l2"
-                   ) -> SegmenterServing:
-    """The serving functions of a network; evidence refits with ``kind`` (l2 | es | latent)."""
-    has_tags = family_of(network).tags_output in network.output
-    refitter = (make_refitter(network, info, evidence, kind, False, inference_scales,
-                              add_flipped_images) if has_tags else None)
-    return SegmenterServing(network, refitter, inference_scales, add_flipped_images, alignment)
-
 
 def serving_evidence(checkpoint_dir: str | os.PathLike, evidence: EvidenceOptions,
                      explicit: Collection[str] = (), use_tuned: bool = True,
@@ -186,12 +95,13 @@ def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str
                        input_range: dict | None = None,
                        formats: Sequence[str] = ("saved_model",),
                        file_size: Sequence[int] | None = None,
-                       litert_settings: dict | None = None,
+                       format_settings: Mapping[str, dict] | None = None,
                        metadata: dict | None = None) -> pathlib.Path:
     """Write the export atomically (temp dir + rename); returns the export path. ``formats``:
-    ``saved_model`` and the files of ``deeplab_ext.run.deploy`` (at ``file_size``);
-    ``metadata``: more keys for ``assets/deeplab_export.json`` (where the refit settings
-    were tuned, say).
+    names of ``deeplab_ext.run.formats.FORMATS`` (the fixed-size ones at ``file_size``),
+    written with ``format_settings[name]`` (their converter's settings, e.g. LiteRT's
+    quantisation); ``metadata``: more keys for ``assets/deeplab_export.json`` (where the
+    refit settings were tuned, say).
 
     The path must be absent, empty, or an earlier export (its ``assets`` marker and only
     the files a SavedModel has): anything else is refused before anything is written, so
@@ -213,13 +123,13 @@ def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str
                              add_flipped_images=add_flipped_images, model_config=model_config,
                              alignment=alignment, kind=kind, prune=prune,
                              input_range=input_range, formats=formats, file_size=file_size,
-                             litert_settings=litert_settings, metadata=metadata)
+                             format_settings=format_settings, metadata=metadata)
 
 
-# What tf.saved_model.save and the file formats write: an earlier export holds these and
-# nothing else.
-SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "variables", "assets", "fingerprint.pb",
-                                 *FILE_FORMATS.values()})
+def export_entries() -> frozenset[str]:
+    """What the registered formats write, and ``assets``: an earlier export holds these and
+    nothing else."""
+    return frozenset({"assets", *(n for f in FORMATS.values() for n in f.written_names())})
 
 
 def input_range(meta: dict) -> dict:
@@ -256,7 +166,8 @@ def check_export_path(export_path: pathlib.Path) -> None:
     if not names:
         return
     marker = export_path / "assets" / METADATA_FILE
-    foreign = [n for n in names if n not in SAVED_MODEL_ENTRIES]
+    entries = export_entries()
+    foreign = [n for n in names if n not in entries]
     if marker.is_file() and not foreign:
         return
     what = (f"files an export does not write ({', '.join(foreign[:5])}"
@@ -274,43 +185,31 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
                   alignment: InputAlignment | None, kind: str, prune: bool,
                   input_range: dict | None, formats: Sequence[str] = ("saved_model",),
                   file_size: Sequence[int] | None = None,
-                  litert_settings: dict | None = None,
+                  format_settings: Mapping[str, dict] | None = None,
                   metadata: dict | None = None) -> pathlib.Path:
+    """Each format into a private temporary directory, then the metadata, then the
+    directory renamed into place (:func:`_publish`); on any failure the temporary
+    directory is removed and what was at ``export_path`` is left as it was."""
     evidence = evidence or EvidenceOptions()
-    formats = list(dict.fromkeys(formats))
-    files = [f for f in formats if f != "saved_model"]
-    if files and not file_size:
-        raise ValueError("--format=litert/onnx: the files have a fixed input size; give "
-                         "--export_input_size=h,w")
+    formats = checked_formats(formats, file_size)
     module = serving_module(network, info, evidence, inference_scales, add_flipped_images,
                             alignment, kind)
-    signatures = module.signatures
-    if "saved_model" in formats:  # served from constants; the refit keeps the variables
-        signatures["serving_default"] = with_constant_weights(signatures["serving_default"])
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{export_path.name}.tmp-", dir=export_path.parent))
-    # mkdtemp makes it private (0700); the export gets the permissions any new folder of
-    # the user's would (their umask), so a server account can read it.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
+    tmp = _private_directory(export_path)
     try:
-        if "saved_model" in formats:
-            tf.saved_model.save(module, str(tmp), signatures=signatures)
-        written = write_model_files(network, tmp, files, file_size or (), litert_settings)
+        job = ExportJob(network, module, tmp, tuple(file_size) if file_size else None,
+                        metadata={"signatures": []})
+        written = {}
+        for name in formats:
+            file = FORMATS[name].write(job, dict((format_settings or {}).get(name) or {}))
+            if file is not None:
+                written[name] = file
         meta = {"dataset": info_to_dict(info), "family": family_of(network).name,
                 "model": model_config or {},
                 "inference_scales": list(inference_scales),
                 "add_flipped_images": add_flipped_images,
                 "input_alignment": dataclasses.asdict(module.alignment),
-                "evidence": dataclasses.asdict(module.refitter.config) if module.refitter else None,
-                "evidence_kind": kind, "evidence_steps": REFIT_KINDS[kind].steps(evidence),
-                # Tuned for pruned rows: clients prune after the refit unless told not to,
-                # with this strength, the tags given times this confidence (soft evidence).
-                "evidence_prune": bool(prune),
-                "evidence_prune_strength": evidence.prune_strength,
-                "evidence_tag_confidence": evidence.tag_confidence,
-                "input_range": input_range or {},
-                "signatures": sorted(signatures) if "saved_model" in formats else [],
+                **_served_evidence(module, evidence, kind, prune),
+                "input_range": input_range or {}, **job.metadata,
                 "files": written, "file_input_size": list(file_size) if written else None,
                 # Each file's fingerprint: a file is read with this metadata only if it is
                 # the one this export wrote.
@@ -318,13 +217,7 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
                 **(metadata or {})}
         (tmp / "assets").mkdir(exist_ok=True)
         (tmp / "assets" / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=list))
-        old = None
-        if export_path.exists():
-            old = export_path.with_name(f".{export_path.name}.old-{os.getpid()}")
-            os.replace(export_path, old)
-        os.replace(tmp, export_path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _publish(tmp, export_path)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
@@ -336,18 +229,69 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
     return export_path
 
 
+def known_formats(formats: Sequence[str]) -> list[str]:
+    """``formats`` without repeats, each a registered one (``--format``)."""
+    formats = list(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"--format={','.join(formats)}: unknown {unknown}; choose from "
+                         f"{', '.join(FORMATS.names())}")
+    return formats
+
+
+def checked_formats(formats: Sequence[str], file_size: Sequence[int] | None) -> list[str]:
+    """:func:`known_formats`, with a size given if one of them needs it."""
+    formats = known_formats(formats)
+    fixed = [f for f in formats if FORMATS[f].fixed_size]
+    if fixed and not file_size:
+        raise ValueError(f"--format={','.join(fixed)}: the files have a fixed input size; "
+                         "give --export_input_size=h,w")
+    return formats
+
+
+def _served_evidence(module: SegmenterServing, evidence: EvidenceOptions, kind: str,
+                     prune: bool) -> dict[str, Any]:
+    """The metadata of the refit the export serves."""
+    return {"evidence": dataclasses.asdict(module.refitter.config) if module.refitter else None,
+            "evidence_kind": kind, "evidence_steps": REFIT_KINDS[kind].steps(evidence),
+            # Tuned for pruned rows: clients prune after the refit unless told not to,
+            # with this strength, the tags given times this confidence (soft evidence).
+            "evidence_prune": bool(prune),
+            "evidence_prune_strength": evidence.prune_strength,
+            "evidence_tag_confidence": evidence.tag_confidence}
+
+
+def _private_directory(export_path: pathlib.Path) -> pathlib.Path:
+    """A new temporary directory beside the export, with the permissions any new folder of
+    the user's would have (their umask; mkdtemp's 0700 would hide it from a server
+    account)."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{export_path.name}.tmp-",
+                                        dir=export_path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
+
+
+def _publish(tmp: pathlib.Path, export_path: pathlib.Path) -> None:
+    """``tmp`` renamed to ``export_path``; an earlier export there is moved aside first
+    and removed only once the new one is in place."""
+    old = None
+    if export_path.exists():
+        old = export_path.with_name(f".{export_path.name}.old-{os.getpid()}")
+        os.replace(export_path, old)
+    os.replace(tmp, export_path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def export_checkpoint(options: ExportOptions, explicit: Collection[str] = (),
                       printer: Callable[[str], None] = print) -> pathlib.Path:
     """``tools.export_model``: restore a run's network and export it, refitting with the
     run's tuned settings when it has them (``explicit``: evidence flags given, they win)."""
     validate_scales(options.inference_scales, "--inference_scales")
-    unknown = sorted(set(options.format) - {"saved_model", *FILE_FORMATS})
-    if unknown or not options.format:
-        raise ValueError(f"--format={','.join(options.format)}: unknown {unknown}; choose "
-                         f"from saved_model, {', '.join(FILE_FORMATS)}")
-    if options.quantize != "none" and "litert" not in options.format:
-        raise ValueError(f"--quantize={options.quantize} applies to the LiteRT file: add "
-                         "litert to --format")
+    known_formats(options.format)
+    _check_quantize(options)
     options = dataclasses.replace(options, checkpoint_dir=checkpoint_dir_or_name(
         options.checkpoint_dir, printer=printer))
     network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
@@ -355,7 +299,7 @@ def export_checkpoint(options: ExportOptions, explicit: Collection[str] = (),
     kind, evidence, prune = serving_evidence(options.checkpoint_dir, options.evidence,
                                              explicit, options.use_tuned_evidence, printer)
     size = options.export_input_size or tuple(meta.get("train_crop_size") or ()) or None
-    if (size and alignment is not None and {"litert", "onnx"} & set(options.format)
+    if (size and alignment is not None and any(FORMATS[f].fixed_size for f in options.format)
             and not alignment.is_aligned(*size)):
         on_grid = alignment.aligned_size(*size)
         raise ValueError(
@@ -371,7 +315,9 @@ def export_checkpoint(options: ExportOptions, explicit: Collection[str] = (),
             return calibration_images(info, options.calibration_dataset_dir,
                                       options.calibration_split, options.calibration_examples,
                                       size)
-    litert_settings = litert_quantization(options.quantize, calibration)
+    settings = {name: FORMATS[name].settings(
+        options.quantize if options.quantize in FORMATS[name].quantize else "none",
+        calibration) for name in options.format}
     tuned = load_tuned(options.checkpoint_dir) if options.use_tuned_evidence else None
     # Where the served refit settings come from, kept with the model they serve.
     tuned_on = None if tuned is None else {
@@ -383,8 +329,19 @@ def export_checkpoint(options: ExportOptions, explicit: Collection[str] = (),
                               model_config=meta["model"], alignment=alignment, kind=kind,
                               prune=prune, printer=printer,
                               input_range=input_range(meta), formats=options.format,
-                              file_size=size, litert_settings=litert_settings,
+                              file_size=size, format_settings=settings,
                               metadata={"evidence_tuned_on": tuned_on})
+
+
+def _check_quantize(options: ExportOptions) -> None:
+    """``--quantize`` is a mode some format takes, and one of ``--format`` takes it."""
+    takers = [name for name, fmt in FORMATS.items() if options.quantize in fmt.quantize]
+    if not takers:
+        modes = dict.fromkeys(m for fmt in FORMATS.values() for m in fmt.quantize)
+        raise ValueError(f"--quantize={options.quantize}: choose one of {', '.join(modes)}")
+    if not set(takers) & set(options.format):
+        raise ValueError(f"--quantize={options.quantize} applies to the {' / '.join(takers)} "
+                         f"file: add {' or '.join(takers)} to --format")
 
 
 def read_export_metadata(export_path: str | os.PathLike) -> dict:
@@ -568,9 +525,7 @@ def predict_folder(options: PredictOptions, explicit: Collection[str] = (),
         size = predict_size(*full, seg.input_range, options.max_resize_value)
         if size is not None:
             image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-        pred = seg.predict(image)["semantic_probabilities"][0].argmax(-1).astype(np.uint8)
-        if pred.shape != tuple(full):
-            pred = cv2.resize(pred, (full[1], full[0]), interpolation=cv2.INTER_NEAREST)
+        pred = _class_map(seg.predict(image)["semantic_probabilities"], full)
         cv2.imwrite(str(colour), label_to_color_image(pred, seg.info.colormap)[..., ::-1])
         cv2.imwrite(str(raw), pred)
         classes.update(int(c) for c in np.unique(pred))
@@ -596,20 +551,56 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
     if steps is not None and steps < 0:
         raise ValueError(f"--evidence_steps must be >= 0, got {steps}")
     seg = _open_segmenter(options, explicit, printer)
-    info = seg.info
+    image = _resized_for_model(image, options, seg, printer)
+    ev = _prediction_evidence(options, explicit, seg, printer)
+    plain = seg.predict(image)
+    out = (seg.predict_with_evidence(image, ev.tags, steps, steps_name="--evidence_steps")
+           if ev.refit else plain)
+    probs = out["semantic_probabilities"]
+    if ev.prune:
+        probs = prune_probabilities(probs, ev.tags[None], list(seg.info.tag_class_ids),
+                                    keep_classes(seg.info), strength=ev.strength).numpy()
+    pred = _class_map(probs, full_size)
+    outputs["output"].parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(outputs["output"]), label_to_color_image(pred, seg.info.colormap)[..., ::-1])
+    if options.raw_output:
+        cv2.imwrite(options.raw_output, pred)
+    return _prediction_report(options, outputs, seg, ev, plain, out, pred, steps, printer)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Evidence:
+    """What one prediction does with the tags given: refit to them, prune by them (as a
+    prior of this strength), or neither."""
+
+    tags: np.ndarray | None
+    refit: bool
+    prune: bool
+    strength: float
+
+
+def _resized_for_model(image: np.ndarray, options: PredictOptions, seg: Any,
+                       printer: Callable[[str], None]) -> np.ndarray:
+    """``image`` at the size to predict it at (:func:`predict_size`), saying so."""
+    full_size = image.shape[:2]
     size = predict_size(*full_size, seg.input_range, options.max_resize_value)
-    if size is not None:
-        printer(f"Resizing {options.image} from {full_size[1]}x{full_size[0]} to "
-                f"{size[1]}x{size[0]} to predict (the model was trained on "
-                f"{'x'.join(map(str, seg.input_range.get('train_crop_size') or []))} crops; "
-                "the class map is resized back; --max_resize_value=0 keeps the full size)")
-        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    # Soft evidence: flags given win over what the export or run was set up with.
+    if size is None:
+        return image
+    printer(f"Resizing {options.image} from {full_size[1]}x{full_size[0]} to "
+            f"{size[1]}x{size[0]} to predict (the model was trained on "
+            f"{'x'.join(map(str, seg.input_range.get('train_crop_size') or []))} crops; "
+            "the class map is resized back; --max_resize_value=0 keeps the full size)")
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
+def _prediction_evidence(options: PredictOptions, explicit: Collection[str], seg: Any,
+                         printer: Callable[[str], None]) -> _Evidence:
+    """The tags given (soft: flags given win over what the export or run was set up with)
+    and what to do with them; contradicting flags are refused."""
     soft = dataclasses.replace(options.evidence, **{
         f: getattr(options.evidence, f) if f in explicit else getattr(seg, f, 1.0)
         for f in ("prune_strength", "tag_confidence")})
-    strength = soft.prune_strength
-    tags = soft.soft_tags(tags_from_names(options.tags, info)) if options.tags else None
+    tags = soft.soft_tags(tags_from_names(options.tags, seg.info)) if options.tags else None
     if options.prune and tags is None:
         raise ValueError("--prune needs --tags")
     if "prune_strength" in explicit and (tags is None or options.prune is False):
@@ -625,42 +616,38 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
     if prune and options.prune is None and not options.model and seg.prune:
         printer("Pruning classes absent from --tags after the refit: the refit settings "
                 "were tuned for pruned predictions (--noprune turns it off)")
-    plain = seg.predict(image)
-    out = (seg.predict_with_evidence(image, tags, steps, steps_name="--evidence_steps")
-           if refit else plain)
-    probs = out["semantic_probabilities"]
-    if prune:
-        probs = prune_probabilities(probs, tags[None], list(info.tag_class_ids),
-                                    keep_classes(info), strength=strength).numpy()
+    return _Evidence(tags, refit, prune, soft.prune_strength)
 
-    def class_map(p: np.ndarray) -> np.ndarray:
-        pred = p[0].argmax(-1).astype(np.uint8)
-        if pred.shape != tuple(full_size):
-            pred = cv2.resize(pred, (full_size[1], full_size[0]),
-                              interpolation=cv2.INTER_NEAREST)
-        return pred
 
-    pred = class_map(probs)
-    outputs["output"].parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(outputs["output"]), label_to_color_image(pred, info.colormap)[..., ::-1])
-    if options.raw_output:
-        cv2.imwrite(options.raw_output, pred)
-    report: dict[str, Any] = {"output": str(outputs["output"]), "pruned": bool(prune),
+def _class_map(probs: np.ndarray, full_size: Sequence[int]) -> np.ndarray:
+    """The class ids of the first image's ``probs``, at the photo's ``full_size``."""
+    pred = probs[0].argmax(-1).astype(np.uint8)
+    if pred.shape != tuple(full_size):
+        pred = cv2.resize(pred, (full_size[1], full_size[0]), interpolation=cv2.INTER_NEAREST)
+    return pred
+
+
+def _prediction_report(options: PredictOptions, outputs: dict[str, pathlib.Path], seg: Any,
+                       ev: _Evidence, plain: dict, out: dict, pred: np.ndarray,
+                       steps: int | None, printer: Callable[[str], None]) -> dict[str, Any]:
+    """``tools.predict``'s report (and its side-by-side picture, its printed tags)."""
+    info, tags, strength = seg.info, ev.tags, ev.strength
+    report: dict[str, Any] = {"output": str(outputs["output"]), "pruned": bool(ev.prune),
                               "classes_predicted": [info.class_names[c] for c in np.unique(pred)]}
     if tags is not None:
         report["tags_given"] = {info.tag_names[i]: round(float(tags[i]), 4)
                                 for i in np.flatnonzero(tags)}
-    if prune:
+    if ev.prune:
         report["prune_strength"] = strength
     if "side_by_side" in outputs:
-        how = ("refitted" if refit else "") + (
-            (" + pruned" + (f" (strength {strength:g})" if strength < 1 else "")) if prune
+        how = ("refitted" if ev.refit else "") + (
+            (" + pruned" + (f" (strength {strength:g})" if strength < 1 else "")) if ev.prune
             else "")
         _side_by_side(outputs["side_by_side"], read_image(options.image), info,
-                      class_map(plain["semantic_probabilities"]), pred,
+                      _class_map(plain["semantic_probabilities"], pred.shape), pred,
                       f"with the tags: {how.strip(' +')}" if tags is not None else None)
         report["side_by_side"] = str(outputs["side_by_side"])
-    if refit:
+    if ev.refit:
         report["refit_steps"] = seg.default_steps if steps is None else steps
         report["steps_taken"] = int(out["steps_taken"][0])
         report["fell_back"] = bool(out["fell_back"][0]) if "fell_back" in out else False
@@ -670,7 +657,7 @@ def predict_image(options: PredictOptions, explicit: Collection[str] = (),
             zip(names, [round(float(v), 4) for v in plain["tag_probabilities"][0]], strict=True))
         report["tag_probabilities_after"] = dict(
             zip(names, [round(float(v), 4) for v in out["tag_probabilities"][0]], strict=True))
-        _print_tags(report, tags, names, refit, printer)
+        _print_tags(report, tags, names, ev.refit, printer)
     return report
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from deeplab_ext.data.colormap import ADE20K, CAMVID, CITYSCAPES, PASCAL
 from deeplab_ext.models.registry import variant_field
 from deeplab_ext.models.tag_heads import TAG_HEADS
+from deeplab_ext.run.formats import FORMATS, format_help, model_files_help
 from tf_mtl.aux_modules import ADAPTORS, AGGREGATORS
 from tf_mtl.distribute import STRATEGIES
 from tf_mtl.evidence import EvidenceConfig
@@ -368,8 +369,8 @@ class EvalOptions:
     checkpoint_dir: str | None = opt(None, "A --train_logdir of tools.train, or a released "
                                      "model's name (imported once into the cache, tags "
                                      "pooled from its segmentation).")
-    model: str | None = opt(None, "Or: a model.tflite / model.onnx of tools.export_model "
-                            "--format=litert,onnx, scored as shipped (modes none, prune).")
+    model: str | None = opt(None, f"Or: {model_files_help()}, scored as shipped (modes none, "
+                            "prune).")
     dataset_dir: str = opt(None, "Folder with the TFRecord shards.", required=True)
     dataset: str | None = opt(None, "The dataset the shards hold, for shards written "
                               "without a record of it (<split>.dataset.json, which this "
@@ -533,11 +534,10 @@ class ExportOptions:
                               "name (imported once into the cache).", required=True)
     export_path: str = opt(None, "Directory of the export (replaced atomically).",
                            required=True)
-    format: tuple[str, ...] = opt(("saved_model",), "What to write into --export_path: "
-                                  "saved_model (any input size, evidence refit), litert "
-                                  "(model.tflite), onnx (model.onnx); several comma-separated.")
+    format: tuple[str, ...] = opt(("saved_model",), format_help())
     export_input_size: tuple[int, int] | None = opt(
-        None, "The fixed input size h,w of the LiteRT and ONNX files (default: the training "
+        None, "The fixed input size h,w of the files of --format="
+        f"{','.join(f.name for f in FORMATS.values() if f.fixed_size)} (default: the training "
         "crop); clients resize images to it.", positive=True)
     quantize: str = opt("none", "Post-training quantisation of the LiteRT file: none, "
                         "dynamic_range (int8 weights), float16 (float16 weights), int8 (int8 "
@@ -556,9 +556,11 @@ class ExportOptions:
                                    "given still win).")
 
     def unused_flags(self, given: frozenset[str]) -> list[str]:
-        files = {"litert", "onnx"} & set(self.format)
-        return ((unused(given, ("export_input_size",), "it sizes the LiteRT / ONNX files; "
-                        "add litert or onnx to --format") if not files else [])
+        sized = [f.name for f in FORMATS.values() if f.fixed_size]
+        files = set(sized) & set(self.format)
+        return ((unused(given, ("export_input_size",), "it sizes the files of "
+                        f"{' / '.join(sized)}; add {' or '.join(sized)} to --format")
+                 if not files else [])
                 + (unused(given, ("calibration_dataset_dir", "calibration_split",
                                   "calibration_examples"),
                           "they calibrate --quantize=int8 only") if self.quantize != "int8"
@@ -577,8 +579,7 @@ class PredictOptions:
                                      "released model's name (tools.model_info "
                                      "--list_weights: imported once into the cache, tags "
                                      "pooled from its segmentation).")
-    model: str | None = opt(None, "Or: a model.tflite / model.onnx of tools.export_model "
-                            "--format=litert,onnx (no refit: --tags prunes).")
+    model: str | None = opt(None, f"Or: {model_files_help()} (no refit: --tags prunes).")
     tags: tuple[str, ...] | None = opt(None, "Class names present in the image (the evidence), "
                                        "each with its probability if you are not sure: "
                                        "person,dog:0.6 (a name alone is 1).")
