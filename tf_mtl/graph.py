@@ -13,7 +13,7 @@ All of them reuse the network's layers (same variables); nothing is copied.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import keras
@@ -111,6 +111,17 @@ def split_at(network: keras.Model, layer_name: str) -> NetworkSplit:
             f"latent layer {layer_name!r} not found in network {network.name!r}; "
             "pass EvidenceConfig(latent_layer=...) naming an identity layer"
         ) from err
+    outputs = network.output
+    flat_outputs = list(outputs.values()) if isinstance(outputs, dict) else list(outputs)
+    side_tensors = _side_tensors(flat_outputs, latent, _depends_on(latent))
+    trunk = keras.Model(network.input, [latent, *side_tensors], name=f"{network.name}_trunk")
+    head = keras.Model([latent, *side_tensors], outputs, name=f"{network.name}_head")
+    names = [_history(t)[0].name for t in side_tensors]
+    return NetworkSplit(trunk=trunk, head=head, side_names=names)
+
+
+def _depends_on(latent: Any) -> Callable[[Any], bool]:
+    """A memoised test of whether a tensor of the functional graph depends on ``latent``."""
     memo: dict[int, bool] = {}
 
     def depends(t: Any) -> bool:
@@ -134,8 +145,13 @@ def split_at(network: keras.Model, layer_name: str) -> NetworkSplit:
             stack.pop()
         return memo[id(t)]
 
-    outputs = network.output
-    flat_outputs = list(outputs.values()) if isinstance(outputs, dict) else list(outputs)
+    return depends
+
+
+def _side_tensors(flat_outputs: list[Any], latent: Any, depends: Callable[[Any], bool]
+                  ) -> list[Any]:
+    """The head's inputs besides the latent: every input of a node downstream of the latent
+    (and every output) that does not depend on it, in the order the walk meets them."""
     side: dict[int, Any] = {}
     visited: set[int] = set()
     stack = []
@@ -155,11 +171,7 @@ def split_at(network: keras.Model, layer_name: str) -> NetworkSplit:
                 stack.append(u)
             else:
                 side[id(u)] = u
-    side_tensors = list(side.values())
-    trunk = keras.Model(network.input, [latent, *side_tensors], name=f"{network.name}_trunk")
-    head = keras.Model([latent, *side_tensors], outputs, name=f"{network.name}_head")
-    names = [_history(t)[0].name for t in side_tensors]
-    return NetworkSplit(trunk=trunk, head=head, side_names=names)
+    return list(side.values())
 
 
 def frozen_prefix(network: keras.Model, variables: Iterable[Any]) -> NetworkSplit | None:

@@ -61,6 +61,16 @@ def softmax_cross_entropy_with_ignore(
     labels = tf.convert_to_tensor(labels)
     if labels.shape.rank == 4 and labels.shape[-1] == 1:
         labels = tf.squeeze(labels, axis=-1)
+    _check_shapes(labels, logits, num_classes)
+    weighted, keep_f = _weighted_pixel_losses(labels, logits, num_classes, ignore_label,
+                                              class_weights)
+    if top_k == 1.0:
+        return tf.math.divide_no_nan(tf.reduce_sum(weighted), tf.reduce_sum(keep_f))
+    return _hard_pixel_mean(weighted, top_k, hard_example_mining_step, step)
+
+
+def _check_shapes(labels: tf.Tensor, logits: tf.Tensor, num_classes: int) -> None:
+    """Refuses, at trace time, logits and labels whose static shapes do not match."""
     if logits.shape.rank is not None and logits.shape[-1] is not None:
         if logits.shape[-1] != num_classes:
             raise ValueError(
@@ -77,6 +87,13 @@ def softmax_cross_entropy_with_ignore(
                 f"labels spatial size {lab_hw.as_list()} != logits {log_hw.as_list()}: "
                 "upsample the logits to the label size in the model before the loss."
             )
+
+
+def _weighted_pixel_losses(labels: tf.Tensor, logits: tf.Tensor, num_classes: int,
+                           ignore_label: int, class_weights: Sequence[float] | None
+                           ) -> tuple[tf.Tensor, tf.Tensor]:
+    """(each pixel's CE times its weight, the kept-pixel mask) over the flattened batch:
+    ignore pixels weigh 0, the others their class weight (1 without class weights)."""
     labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
     logits = tf.reshape(logits, [-1, num_classes])
     keep = tf.not_equal(labels, ignore_label)
@@ -93,9 +110,13 @@ def softmax_cross_entropy_with_ignore(
     pixel_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=safe_labels, logits=logits
     )
-    weighted = pixel_losses * weights
-    if top_k == 1.0:
-        return tf.math.divide_no_nan(tf.reduce_sum(weighted), tf.reduce_sum(keep_f))
+    return pixel_losses * weights, keep_f
+
+
+def _hard_pixel_mean(weighted: tf.Tensor, top_k: float, hard_example_mining_step: int,
+                     step: tf.Tensor | tf.Variable | int | None) -> tf.Tensor:
+    """Online hard-pixel mining: the mean of the hardest pixels' losses, their fraction
+    ramped from 100% to ``top_k`` over ``hard_example_mining_step`` steps."""
     num_pixels = tf.cast(tf.shape(weighted)[0], tf.float32)
     if hard_example_mining_step and hard_example_mining_step > 0:
         if step is None:

@@ -182,87 +182,110 @@ _PASS_THROUGH = ("RESHAPE", "QUANTIZE", "DEQUANTIZE", "SQUEEZE")
 _GLOBAL_POOLS = ("MEAN", "AVERAGE_POOL_2D")
 
 
+class _TfliteGraph:
+    """A TFLite model's ops indexed by the tensors they produce and consume, so that the
+    convolutions and what follows them can be found by structure."""
+
+    def __init__(self, interpreter: Any):
+        self.interpreter = interpreter
+        self.details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        self.ops = interpreter._get_ops_details()  # noqa: SLF001 - LiteRT's only graph view
+        self.producer = {int(t): op for op in self.ops for t in op["outputs"]}
+        self.consumers: dict[int, list] = {}
+        for op in self.ops:
+            for t in op["inputs"]:
+                self.consumers.setdefault(int(t), []).append(op)
+
+    def constant(self, t: int) -> tuple[np.ndarray, bool] | None:
+        """A constant's float value (through a DEQUANTIZE op) and whether it was quantised."""
+        op = self.producer.get(t)
+        if op is not None:
+            if op["op_name"] != "DEQUANTIZE" or int(op["inputs"][0]) in self.producer:
+                return None
+            t = int(op["inputs"][0])
+        raw = np.array(self.interpreter.get_tensor(t))
+        return dequantize(raw, self.details[t]["quantization_parameters"]), raw.dtype.kind != "f"
+
+    def source(self, t: int) -> Any:
+        """The op that computes tensor t, looking through reshapes and (de)quantisation."""
+        op = self.producer.get(t)
+        while op is not None and op["op_name"] in _PASS_THROUGH:
+            op = self.producer.get(int(op["inputs"][0]))
+        return op
+
+    def only_consumer(self, t: int, name: str) -> Any:
+        """Tensor t's single consumer if it is a ``name`` op, else None."""
+        users = self.consumers.get(t, [])
+        return users[0] if len(users) == 1 and users[0]["op_name"] == name else None
+
+    def per_channel(self, op: Any, channels: int) -> np.ndarray | None:
+        """The op's constant input with one value per channel, if it has one."""
+        for t in op["inputs"]:
+            c = self.constant(int(t)) if int(t) >= 0 else None
+            if c is not None and c[0].shape == (channels,):
+                return c[0]
+        return None
+
+
 def tflite_weight_ops(path: str | os.PathLike, flag: str = "--source") -> list[WeightOp]:
     """Every CONV_2D / DEPTHWISE_CONV_2D of a TFLite model in graph order, its weights
     dequantised (float, dynamic-range int8 with per-tensor scales, or full-integer int8 /
     uint8 with zero points, per-axis scales and int32 biases), read by the graph's structure
     alone: exports with stripped tensor names import through :func:`structural_entries`."""
     path = os.fspath(path)
-    interpreter = _interpreter(path, flag)
-    details = {d["index"]: d for d in interpreter.get_tensor_details()}
-    ops = interpreter._get_ops_details()  # noqa: SLF001 - the only graph view LiteRT offers
-    producer = {int(t): op for op in ops for t in op["outputs"]}
-    consumers: dict[int, list] = {}
-    for op in ops:
-        for t in op["inputs"]:
-            consumers.setdefault(int(t), []).append(op)
-
-    def constant(t: int) -> tuple[np.ndarray, bool] | None:
-        """A constant's float value (through a DEQUANTIZE op) and whether it was quantised."""
-        op = producer.get(t)
-        if op is not None:
-            if op["op_name"] != "DEQUANTIZE" or int(op["inputs"][0]) in producer:
-                return None
-            t = int(op["inputs"][0])
-        raw = np.array(interpreter.get_tensor(t))
-        return dequantize(raw, details[t]["quantization_parameters"]), raw.dtype.kind != "f"
-
-    def source(t: int) -> Any:
-        op = producer.get(t)
-        while op is not None and op["op_name"] in _PASS_THROUGH:
-            op = producer.get(int(op["inputs"][0]))
-        return op
-
-    def only_consumer(t: int, name: str) -> Any:
-        users = consumers.get(t, [])
-        return users[0] if len(users) == 1 and users[0]["op_name"] == name else None
-
-    def per_channel(op: Any, channels: int) -> np.ndarray | None:
-        for t in op["inputs"]:
-            c = constant(int(t)) if int(t) >= 0 else None
-            if c is not None and c[0].shape == (channels,):
-                return c[0]
-        return None
-
+    graph = _TfliteGraph(_interpreter(path, flag))
     found = []
-    for op in ops:
+    for op in graph.ops:
         if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             continue
-        ins = [int(t) for t in op["inputs"]]
-        kernel = constant(ins[1])
-        if kernel is None:
-            continue
-        kernel, quantized = kernel
-        bias = constant(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
-        channels = kernel.shape[0] if op["op_name"] == "CONV_2D" else kernel.shape[-1]
-        bias = np.zeros([channels], np.float32) if bias is None else bias[0]
-        # [out, h, w, in] (conv) / [1, h, w, channels] (depthwise) -> TF1 [h, w, in, out|1]
-        item = WeightOp("conv" if op["op_name"] == "CONV_2D" else "depthwise",
-                        np.transpose(kernel, (1, 2, 3, 0)), bias, quantized=quantized)
-        src = source(ins[0])
-        item.pooled = src is not None and src["op_name"] in _GLOBAL_POOLS
-        out = int(op["outputs"][0])
-        follow = only_consumer(out, "BATCH_TO_SPACE_ND")
-        out = int(follow["outputs"][0]) if follow is not None else out
-        mul = only_consumer(out, "MUL")
-        scale = per_channel(mul, channels) if mul is not None else None
-        if scale is not None:
-            add = only_consumer(int(mul["outputs"][0]), "ADD")
-            offset = per_channel(add, channels) if add is not None else None
-            if offset is not None:
-                item.scale, item.offset = scale, offset
-        elif follow is not None:
-            # A full-integer export folds the BatchNorm scale into the atrous kernel and
-            # leaves its offset as an ADD after BATCH_TO_SPACE_ND (the conv's own bias is 0).
-            add = only_consumer(out, "ADD")
-            offset = per_channel(add, channels) if add is not None else None
-            if offset is not None:
-                item.scale, item.offset = np.ones([channels], np.float32), offset
-        found.append(item)
+        item = _weight_op(graph, op)
+        if item is not None:
+            found.append(item)
     if not found:
         raise ValueError(f"{flag}={path}: no convolution with constant weights in this "
                          "TFLite model")
     return found
+
+
+def _weight_op(graph: _TfliteGraph, op: Any) -> WeightOp | None:
+    """One convolution's WeightOp; None where its kernel is not a constant."""
+    ins = [int(t) for t in op["inputs"]]
+    kernel = graph.constant(ins[1])
+    if kernel is None:
+        return None
+    kernel, quantized = kernel
+    bias = graph.constant(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
+    channels = kernel.shape[0] if op["op_name"] == "CONV_2D" else kernel.shape[-1]
+    bias = np.zeros([channels], np.float32) if bias is None else bias[0]
+    # [out, h, w, in] (conv) / [1, h, w, channels] (depthwise) -> TF1 [h, w, in, out|1]
+    item = WeightOp("conv" if op["op_name"] == "CONV_2D" else "depthwise",
+                    np.transpose(kernel, (1, 2, 3, 0)), bias, quantized=quantized)
+    src = graph.source(ins[0])
+    item.pooled = src is not None and src["op_name"] in _GLOBAL_POOLS
+    _attach_batch_norm(graph, op, item, channels)
+    return item
+
+
+def _attach_batch_norm(graph: _TfliteGraph, op: Any, item: WeightOp, channels: int) -> None:
+    """Sets ``item.scale`` / ``item.offset`` from the per-channel MUL / ADD the converter
+    left after the convolution (a BatchNorm it could not fold), if there is one."""
+    out = int(op["outputs"][0])
+    follow = graph.only_consumer(out, "BATCH_TO_SPACE_ND")
+    out = int(follow["outputs"][0]) if follow is not None else out
+    mul = graph.only_consumer(out, "MUL")
+    scale = graph.per_channel(mul, channels) if mul is not None else None
+    if scale is not None:
+        add = graph.only_consumer(int(mul["outputs"][0]), "ADD")
+        offset = graph.per_channel(add, channels) if add is not None else None
+        if offset is not None:
+            item.scale, item.offset = scale, offset
+    elif follow is not None:
+        # A full-integer export folds the BatchNorm scale into the atrous kernel and
+        # leaves its offset as an ADD after BATCH_TO_SPACE_ND (the conv's own bias is 0).
+        add = graph.only_consumer(out, "ADD")
+        offset = graph.per_channel(add, channels) if add is not None else None
+        if offset is not None:
+            item.scale, item.offset = np.ones([channels], np.float32), offset
 
 
 def structural_entries(ops: Sequence[WeightOp],

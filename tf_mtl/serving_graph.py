@@ -36,67 +36,83 @@ def fold_batch_norms(graph_def: Any) -> int:
     folded offset. In place; returns how many were folded. A BatchNorm whose input is
     shared, whose other outputs are read, or whose convolution has a non-constant filter
     is left alone."""
-    from tensorflow.python.framework import tensor_util
-
     nodes = {n.name: n for n in graph_def.node}
     consumers: dict[str, list[str]] = {}
     for n in graph_def.node:
         for ref in n.input:
             consumers.setdefault(_name(ref), []).append(ref)
-
-    def constant(ref: str) -> Any:
-        node = nodes[_name(ref)]
-        while node.op == "Identity":
-            node = nodes[_name(node.input[0])]
-        return node if node.op == "Const" else None
-
     folded = 0
     for bn in list(graph_def.node):
-        if (bn.op not in ("FusedBatchNorm", "FusedBatchNormV3") or bn.attr["is_training"].b
-                or bn.attr["data_format"].s not in (b"", b"NHWC")):
-            continue
-        params = [constant(ref) for ref in bn.input[1:5]]
-        if any(p is None for p in params) or any(
-                ref.split(":")[-1] not in (bn.name, "0") for ref in consumers.get(bn.name, [])):
-            continue
-        conv = nodes[_name(bn.input[0])]
-        while conv.op in _CHANNEL_PRESERVING and len(consumers.get(conv.name, [])) == 1:
-            conv = nodes[_name(conv.input[0])]
-        if (conv.op not in _CONVS or len(consumers.get(conv.name, [])) != 1
-                or conv.attr["data_format"].s not in (b"", b"NHWC")):
-            continue
-        filt = constant(conv.input[1])
-        if filt is None:
-            continue
-        scale, offset, mean, var = (
-            tensor_util.MakeNdarray(p.attr["value"].tensor).astype(np.float64) for p in params)
-        a = scale / np.sqrt(var + bn.attr["epsilon"].f)
-        w = tensor_util.MakeNdarray(filt.attr["value"].tensor)
-        # Conv2D: [kh, kw, in, out]; depthwise: [kh, kw, in, multiplier], out = in * mult.
-        shape = (1, 1, 1, -1) if conv.op == "Conv2D" else (1, 1, *w.shape[2:])
-        new_filter = graph_def.node.add()
-        new_filter.CopyFrom(filt)
-        new_filter.name = f"{conv.name}/folded_filter"
-        new_filter.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(
-            (w.astype(np.float64) * a.reshape(shape)).astype(w.dtype)))
-        conv.input[1] = new_filter.name
-        dtype = bn.attr["T"]
-        bias = graph_def.node.add()
-        bias.CopyFrom(params[1])
-        bias.name = f"{bn.name}/folded_offset"
-        bias.attr["dtype"].type = dtype.type
-        bias.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(
-            (offset - mean * a).astype(tf.as_dtype(dtype.type).as_numpy_dtype)))
-        x = bn.input[0]
-        bn.op = "BiasAdd"
-        del bn.input[:]
-        bn.input.extend([x, bias.name])
-        for key in list(bn.attr.keys()):
-            del bn.attr[key]
-        bn.attr["T"].CopyFrom(dtype)
-        bn.attr["data_format"].s = b"NHWC"
-        folded += 1
+        found = _foldable(bn, nodes, consumers)
+        if found is not None:
+            _fold(graph_def, bn, *found)
+            folded += 1
     return folded
+
+
+def _constant(nodes: dict[str, Any], ref: str) -> Any:
+    """The ``Const`` node a reference reads (through ``Identity`` nodes), else None."""
+    node = nodes[_name(ref)]
+    while node.op == "Identity":
+        node = nodes[_name(node.input[0])]
+    return node if node.op == "Const" else None
+
+
+def _foldable(bn: Any, nodes: dict[str, Any], consumers: dict[str, list[str]]
+              ) -> tuple[list[Any], Any, Any] | None:
+    """(its four constant parameters, the convolution, its constant filter) where node
+    ``bn`` is an inference BatchNorm that can be folded into that convolution, else None."""
+    if (bn.op not in ("FusedBatchNorm", "FusedBatchNormV3") or bn.attr["is_training"].b
+            or bn.attr["data_format"].s not in (b"", b"NHWC")):
+        return None
+    params = [_constant(nodes, ref) for ref in bn.input[1:5]]
+    if any(p is None for p in params) or any(
+            ref.split(":")[-1] not in (bn.name, "0") for ref in consumers.get(bn.name, [])):
+        return None
+    conv = nodes[_name(bn.input[0])]
+    while conv.op in _CHANNEL_PRESERVING and len(consumers.get(conv.name, [])) == 1:
+        conv = nodes[_name(conv.input[0])]
+    if (conv.op not in _CONVS or len(consumers.get(conv.name, [])) != 1
+            or conv.attr["data_format"].s not in (b"", b"NHWC")):
+        return None
+    filt = _constant(nodes, conv.input[1])
+    if filt is None:
+        return None
+    return params, conv, filt
+
+
+def _fold(graph_def: Any, bn: Any, params: list[Any], conv: Any, filt: Any) -> None:
+    """Rewrites one BatchNorm: its scale goes into a copy of the convolution's filter, and
+    it becomes a ``BiasAdd`` of the folded offset (in place)."""
+    from tensorflow.python.framework import tensor_util
+
+    scale, offset, mean, var = (
+        tensor_util.MakeNdarray(p.attr["value"].tensor).astype(np.float64) for p in params)
+    a = scale / np.sqrt(var + bn.attr["epsilon"].f)
+    w = tensor_util.MakeNdarray(filt.attr["value"].tensor)
+    # Conv2D: [kh, kw, in, out]; depthwise: [kh, kw, in, multiplier], out = in * mult.
+    shape = (1, 1, 1, -1) if conv.op == "Conv2D" else (1, 1, *w.shape[2:])
+    new_filter = graph_def.node.add()
+    new_filter.CopyFrom(filt)
+    new_filter.name = f"{conv.name}/folded_filter"
+    new_filter.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(
+        (w.astype(np.float64) * a.reshape(shape)).astype(w.dtype)))
+    conv.input[1] = new_filter.name
+    dtype = bn.attr["T"]
+    bias = graph_def.node.add()
+    bias.CopyFrom(params[1])
+    bias.name = f"{bn.name}/folded_offset"
+    bias.attr["dtype"].type = dtype.type
+    bias.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(
+        (offset - mean * a).astype(tf.as_dtype(dtype.type).as_numpy_dtype)))
+    x = bn.input[0]
+    bn.op = "BiasAdd"
+    del bn.input[:]
+    bn.input.extend([x, bias.name])
+    for key in list(bn.attr.keys()):
+        del bn.attr[key]
+    bn.attr["T"].CopyFrom(dtype)
+    bn.attr["data_format"].s = b"NHWC"
 
 
 def _keep_reachable(graph_def: Any, outputs: list[str]) -> None:

@@ -91,9 +91,26 @@ def run_layer_test(
     call_kwargs = dict(call_kwargs or {})
     layer = layer_cls(**init_kwargs)
     out = _call(layer, inputs, call_kwargs)
+    shapes = _check_eager(layer, out, expected_trainable, expected_non_trainable,
+                          expected_output_shape)
+    config = layer.get_config()
+    _check_from_config(layer, config, inputs, call_kwargs, out)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    if type(restored) is not layer_cls or restored.get_config() != config:
+        raise AssertionError(f"{layer_cls.__name__}: keras.saving did not round-trip it "
+                             "(is the class registered?)")
+    if symbolic:
+        _check_symbolic(layer_cls, config, inputs, call_kwargs, shapes)
+    return out
+
+
+def _check_eager(layer: keras.layers.Layer, out: Any, expected_trainable: int,
+                 expected_non_trainable: int, expected_output_shape: Any) -> list[tuple]:
+    """The eager call's weight counts and output shapes (returned) against the expected."""
+    name = type(layer).__name__
     counts = (len(layer.trainable_weights), len(layer.non_trainable_weights))
     if counts != (expected_trainable, expected_non_trainable):
-        raise AssertionError(f"{layer_cls.__name__}: {counts[0]} trainable and {counts[1]} "
+        raise AssertionError(f"{name}: {counts[0]} trainable and {counts[1]} "
                              f"non-trainable weights, expected {expected_trainable} and "
                              f"{expected_non_trainable}")
     shapes = [tuple(t.shape) for t in tf.nest.flatten(out)]
@@ -101,9 +118,15 @@ def run_layer_test(
         want = expected_output_shape if isinstance(expected_output_shape, list) else [
             tuple(expected_output_shape)]
         if shapes != [tuple(w) for w in want]:
-            raise AssertionError(f"{layer_cls.__name__}: output shapes {shapes}, expected {want}")
+            raise AssertionError(f"{name}: output shapes {shapes}, expected {want}")
+    return shapes
 
-    config = layer.get_config()
+
+def _check_from_config(layer: keras.layers.Layer, config: dict, inputs: Any,
+                       call_kwargs: Mapping[str, Any], out: Any) -> None:
+    """``from_config(get_config())`` keeps the config and, with the same weights, gives
+    exactly the eager output."""
+    layer_cls = type(layer)
     clone = layer_cls.from_config(config)
     _call(clone, inputs, call_kwargs)
     clone.set_weights(layer.get_weights())
@@ -116,13 +139,11 @@ def run_layer_test(
                                       err_msg=f"{layer_cls.__name__}: the rebuilt layer "
                                       "gives another output")
 
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    if type(restored) is not layer_cls or restored.get_config() != config:
-        raise AssertionError(f"{layer_cls.__name__}: keras.saving did not round-trip it "
-                             "(is the class registered?)")
 
-    if not symbolic:
-        return out
+def _check_symbolic(layer_cls: type, config: dict, inputs: Any,
+                    call_kwargs: Mapping[str, Any], shapes: list[tuple]) -> None:
+    """On ``keras.Input`` tensors with the batch unknown, the layer gives the eager output's
+    shapes but the batch."""
 
     def placeholder(t: Any) -> Any:
         return keras.Input(batch_shape=(None, *t.shape[1:]), dtype=t.dtype)
@@ -135,8 +156,6 @@ def run_layer_test(
                 d is not None and d != e for d, e in zip(dims, shape[1:], strict=True)):
             raise AssertionError(f"{layer_cls.__name__}: symbolic output shape {dims} does "
                                  f"not fit the eager {shape[1:]}")
-    return out
-
 
 
 def _call(layer: keras.layers.Layer, inputs: Any, kwargs: Mapping[str, Any]) -> Any:

@@ -201,21 +201,7 @@ def download_and_convert(
     `url`/`sha256` override the registry (mirrors, own data in the same layout);
     with a custom `url` the registry checksum is not used unless `sha256` is given.
     """
-    if dataset not in SOURCES:
-        raise DownloadError(
-            f"unknown --dataset={dataset!r}; choose one of {sorted(SOURCES)}."
-        )
-    source = SOURCES[dataset]
-    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
-        raise DownloadError(
-            f"--sha256={sha256!r} is not a sha256 hex digest (64 hex characters)."
-        )
-    the_url = url or source.url
-    expected = sha256 if sha256 is not None else (source.sha256 if url is None else None)
-    if filename is None:
-        filename = source.filename if url is None else (
-            pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name or source.filename
-        )
+    source, the_url, expected, filename = _resolve_source(dataset, url, sha256, filename)
     download_dir = pathlib.Path(download_dir)
     archive = download_dir / filename
     archive = download_file(
@@ -233,13 +219,7 @@ def download_and_convert(
             "no checksum pinned for %s; its sha256 is %s (pass --sha256=%s to pin it)",
             archive.name, actual, actual,
         )
-    unpacked = download_dir / (archive.name.split(".")[0] + "_unpacked")
-    marker = unpacked.with_name(unpacked.name + ".sha256")
-    if unpacked.exists() and (not marker.exists() or marker.read_text().strip() != actual):
-        log.warning("%s was unpacked from another archive; unpacking again", unpacked)
-        shutil.rmtree(unpacked)
-    safe_extract(archive, unpacked)
-    marker.write_text(actual + "\n")
+    unpacked = _unpack(archive, download_dir, actual)
     data_root = find_data_root(unpacked, source.layout)
     result = DownloadResult(
         archive=archive, sha256=actual, data_root=data_root,
@@ -250,3 +230,38 @@ def download_and_convert(
             source.layout, data_root, output_dir, **(converter_kwargs or {})
         )
     return result
+
+
+def _resolve_source(dataset: str, url: str | None, sha256: str | None,
+                    filename: str | None) -> tuple[Any, str, str | None, str]:
+    """(registry source, URL, expected sha256 or None, archive file name): the registry's
+    unless ``url`` / ``sha256`` / ``filename`` override them; bad names refused."""
+    if dataset not in SOURCES:
+        raise DownloadError(
+            f"unknown --dataset={dataset!r}; choose one of {sorted(SOURCES)}."
+        )
+    source = SOURCES[dataset]
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise DownloadError(
+            f"--sha256={sha256!r} is not a sha256 hex digest (64 hex characters)."
+        )
+    the_url = url or source.url
+    expected = sha256 if sha256 is not None else (source.sha256 if url is None else None)
+    if filename is None:
+        filename = source.filename if url is None else (
+            pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name or source.filename
+        )
+    return source, the_url, expected, filename
+
+
+def _unpack(archive: pathlib.Path, download_dir: pathlib.Path, actual: str) -> pathlib.Path:
+    """Unpacks the archive beside it; a folder unpacked from another archive (its sha256
+    marker differs) is removed first."""
+    unpacked = download_dir / (archive.name.split(".")[0] + "_unpacked")
+    marker = unpacked.with_name(unpacked.name + ".sha256")
+    if unpacked.exists() and (not marker.exists() or marker.read_text().strip() != actual):
+        log.warning("%s was unpacked from another archive; unpacking again", unpacked)
+        shutil.rmtree(unpacked)
+    safe_extract(archive, unpacked)
+    marker.write_text(actual + "\n")
+    return unpacked

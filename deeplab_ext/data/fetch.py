@@ -30,6 +30,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -148,66 +149,93 @@ def _transfer_once(
         response = _open(url, offset, timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset > 0:
-            # Range not satisfiable: either the .part is already complete or it is
-            # longer than the file (changed upstream). Compare with the real size.
-            total = None
-            match = re.search(r"/(\d+)", e.headers.get("Content-Range", "") or "")
-            if match:
-                total = int(match.group(1))
+            total = _size_when_range_refused(e, part, offset)
             if total == offset:
                 return total
-            log.warning("server refused Range for %s; restarting from zero", part.name)
-            part.unlink()
             return _transfer_once(
                 url, part, timeout=timeout, chunk_size=chunk_size, progress=progress
             )
         raise
     with response:
-        status = getattr(response, "status", 200)
-        length_header = response.headers.get("Content-Length")
-        length = int(length_header) if length_header is not None else None
-        if offset > 0 and status == 206:
-            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-            if not match or int(match.group(1)) != offset:
-                raise DownloadError(
-                    f"server sent a bad Content-Range {response.headers.get('Content-Range')!r} "
-                    f"for {url} (asked for bytes={offset}-); delete {part} and re-run."
-                )
-            total = int(match.group(3)) if match.group(3) != "*" else None
-            mode = "ab"
-        else:
-            if offset > 0:
-                log.warning(
-                    "server ignored the Range request for %s (status %s); restarting from zero",
-                    url,
-                    status,
-                )
-            offset = 0
-            total = length
-            mode = "wb"
+        offset, total, mode, length = _resume_point(response, url, part, offset)
         _check_space(part, length)
-        received = 0
-        try:
-            with open(part, mode) as f:
-                while True:
-                    try:
-                        block = response.read(chunk_size)
-                    except (OSError, http.client.HTTPException) as e:
-                        # timeouts, resets, IncompleteRead: keep what arrived, resume
-                        raise _Interrupted(repr(e)) from e
-                    if not block:
-                        break
-                    f.write(block)
-                    received += len(block)
-                    if progress is not None:
-                        progress(offset + received, total)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise _disk_full_error(part, None if length is None else length - received) from e
-            raise
+        received = _write_body(response, part, mode, chunk_size, progress, offset, total,
+                               length)
         if length is not None and received < length:
             raise _Interrupted(f"got {received} of {length} bytes")
         return total
+
+
+def _size_when_range_refused(e: urllib.error.HTTPError, part: pathlib.Path, offset: int
+                             ) -> int | None:
+    """The file's size from a 416 (Range not satisfiable) answer; unless the .part is
+    already complete, it is deleted so that the caller restarts from zero."""
+    # Range not satisfiable: either the .part is already complete or it is
+    # longer than the file (changed upstream). Compare with the real size.
+    total = None
+    match = re.search(r"/(\d+)", e.headers.get("Content-Range", "") or "")
+    if match:
+        total = int(match.group(1))
+    if total == offset:
+        return total
+    log.warning("server refused Range for %s; restarting from zero", part.name)
+    part.unlink()
+    return total
+
+
+def _resume_point(response: Any, url: str, part: pathlib.Path, offset: int
+                  ) -> tuple[int, int | None, str, int | None]:
+    """(offset, total size, file mode, Content-Length): appending where the server honoured
+    the Range request, rewriting from zero where it did not."""
+    status = getattr(response, "status", 200)
+    length_header = response.headers.get("Content-Length")
+    length = int(length_header) if length_header is not None else None
+    if offset > 0 and status == 206:
+        match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+        if not match or int(match.group(1)) != offset:
+            raise DownloadError(
+                f"server sent a bad Content-Range {response.headers.get('Content-Range')!r} "
+                f"for {url} (asked for bytes={offset}-); delete {part} and re-run."
+            )
+        total = int(match.group(3)) if match.group(3) != "*" else None
+        mode = "ab"
+    else:
+        if offset > 0:
+            log.warning(
+                "server ignored the Range request for %s (status %s); restarting from zero",
+                url,
+                status,
+            )
+        offset = 0
+        total = length
+        mode = "wb"
+    return offset, total, mode, length
+
+
+def _write_body(response: Any, part: pathlib.Path, mode: str, chunk_size: int,
+                progress: Callable[[int, int | None], None] | None, offset: int,
+                total: int | None, length: int | None) -> int:
+    """Copies the response body into ``part``; returns how many bytes arrived."""
+    received = 0
+    try:
+        with open(part, mode) as f:
+            while True:
+                try:
+                    block = response.read(chunk_size)
+                except (OSError, http.client.HTTPException) as e:
+                    # timeouts, resets, IncompleteRead: keep what arrived, resume
+                    raise _Interrupted(repr(e)) from e
+                if not block:
+                    break
+                f.write(block)
+                received += len(block)
+                if progress is not None:
+                    progress(offset + received, total)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise _disk_full_error(part, None if length is None else length - received) from e
+        raise
+    return received
 
 
 def download_file(

@@ -156,10 +156,7 @@ def make_dataset(
     for name in targets:
         get_target(name)  # unknown names fail here, not inside tf.data
     files = list_shards(dataset_dir, split)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if crop_size is None and (is_training or batch_size != 1):
-        raise ValueError("crop_size=None (full images) needs is_training=False, batch_size=1")
+    _check_batching(batch_size, crop_size, is_training)
     repeat = is_training if repeat is None else repeat
     drop_remainder = is_training if drop_remainder is None else drop_remainder
     deterministic = (not is_training) or seed is not None
@@ -171,14 +168,7 @@ def make_dataset(
         resize_factor=resize_factor, min_scale_factor=min_scale_factor,
         max_scale_factor=max_scale_factor, scale_factor_step_size=scale_factor_step_size,
         mean_pixel=mean_pixel))
-    if is_training:
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds))
-        if skip_examples:
-            ds = ds.skip(int(skip_examples))
-        ds = ds.map(process, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    else:
-        ds = ds.map(lambda s: process(s, None), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = _processed(ds, process, is_training, seed, skip_examples, deterministic)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     # Across workers (MultiWorkerMirroredStrategy) every worker runs this same seeded
     # stream and keeps its part of each global batch: the workers together train on
@@ -186,6 +176,28 @@ def make_dataset(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _check_batching(batch_size: int, crop_size: tuple[int, int] | None,
+                    is_training: bool) -> None:
+    """Refuses a batch size below 1, and full images (no crop) but one at a time in eval."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if crop_size is None and (is_training or batch_size != 1):
+        raise ValueError("crop_size=None (full images) needs is_training=False, batch_size=1")
+
+
+def _processed(ds: tf.data.Dataset, process: Callable, is_training: bool, seed: int | None,
+               skip_examples: int, deterministic: bool) -> tf.data.Dataset:
+    """The records decoded and preprocessed; in training each paired with its own
+    augmentation seed from one seeded stream (skipped together on resume)."""
+    if is_training:
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+        if skip_examples:
+            ds = ds.skip(int(skip_examples))
+        return ds.map(process, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return ds.map(lambda s: process(s, None), num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def _records(files: list[str], is_training: bool, seed: int | None, num_readers: int,

@@ -222,16 +222,12 @@ def preprocess_image_and_label(
     Training needs `seed` (int `[2]`); eval ignores it and is deterministic. `fused`
     (training) does scale+pad+crop as one crop-window resampling (`fused_scale_pad_crop`).
     """
-    if is_training and label is None:
-        raise ValueError("training preprocessing needs a label")
-    if is_training and (crop_height is None or crop_width is None):
-        raise ValueError("training needs a crop size (--train_crop_size)")
-    if is_training and seed is None:
-        raise ValueError("training preprocessing needs a stateless seed tensor of shape [2]")
+    _check_training_args(is_training, label, crop_height, crop_width, seed)
     image = tf.cast(image, tf.float32)
     if label is not None:
         label = tf.cast(label, tf.int32)
     image, label = resize_to_range(image, label, min_resize_value, max_resize_value, resize_factor)
+    seeds = None
     if is_training:
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
         scale = get_random_scale(
@@ -248,6 +244,28 @@ def preprocess_image_and_label(
         image, label = randomly_scale_image_and_label(image, label, scale)
     if crop_height is None or crop_width is None:
         return image, label
+    return _pad_and_crop(image, label, crop_height, crop_width, mean_pixel, ignore_label,
+                         is_training, seeds)
+
+
+def _check_training_args(is_training: bool, label: tf.Tensor | None,
+                         crop_height: int | None, crop_width: int | None,
+                         seed: tf.Tensor | None) -> None:
+    """Refuses training preprocessing without a label, a crop size or a seed."""
+    if is_training and label is None:
+        raise ValueError("training preprocessing needs a label")
+    if is_training and (crop_height is None or crop_width is None):
+        raise ValueError("training needs a crop size (--train_crop_size)")
+    if is_training and seed is None:
+        raise ValueError("training preprocessing needs a stateless seed tensor of shape [2]")
+
+
+def _pad_and_crop(image: tf.Tensor, label: tf.Tensor | None, crop_height: int,
+                  crop_width: int, mean_pixel: Sequence[float], ignore_label: int,
+                  is_training: bool, seeds: tf.Tensor | None
+                  ) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """The unfused path's end: pad to at least the crop size (mean pixel, ignore label),
+    then a random crop and flip (training, ``seeds[1]`` / ``seeds[2]``) or the centre crop."""
     h, w = _hw(image)
     target_h = tf.maximum(crop_height, h)
     target_w = tf.maximum(crop_width, w)

@@ -188,24 +188,44 @@ def generate_scene_example(
     if not 1 <= max_objects <= len(SHAPES):
         raise ValueError(f"max_objects must be in 1..{len(SHAPES)}, got {max_objects}")
     k = size / 64.0
-    g_far, g_near = (d * k for d in SCENE_GROUND_DISPARITY)
-    o_far, o_near = (d * k for d in SCENE_OBJECT_DISPARITY)
+    ground = tuple(d * k for d in SCENE_GROUND_DISPARITY)
+    objects = tuple(d * k for d in SCENE_OBJECT_DISPARITY)
     rows = np.arange(size, dtype=np.float64)[:, None]
-    disparity = np.repeat(g_far + (g_near - g_far) * rows / (size - 1), size, axis=1)
-    far_share, near_share = SCENE_FOG_SHARE
-
-    def fog(d: np.ndarray | float) -> np.ndarray | float:
-        near = np.clip((d - o_far) / (o_near - o_far), 0.0, 1.0)
-        return far_share + (near_share - far_share) * near
-
+    disparity = np.repeat(ground[0] + (ground[1] - ground[0]) * rows / (size - 1), size, axis=1)
     image = _background(rng, size)
-    f = fog(disparity)[..., None]
+    f = _fog_share(disparity, objects)[..., None]
     image = (1 - f) * image + f * SCENE_FOG
     label = np.zeros((size, size), np.uint8)
     instance = np.zeros((size, size), np.int64)
+    _draw_scene_objects(rng, size, max_objects, ground, objects, image, label, instance,
+                        disparity)
+    instance = np.where(instance > 0, instance, label)  # no instance: the class id
+    if ignore_band:
+        _add_void_band(label)
+    raw = np.round(disparity * 256.0) + 1.0
+    return (np.clip(np.round(image), 0, 255).astype(np.uint8), label,
+            instance.astype(np.uint16), raw.astype(np.uint16))
+
+
+def _fog_share(d: np.ndarray | float, objects: tuple[float, float]) -> np.ndarray | float:
+    """The fog colour's share at disparity ``d``: SCENE_FOG_SHARE's far value at the
+    farthest object disparity, its near value at the nearest."""
+    far_share, near_share = SCENE_FOG_SHARE
+    o_far, o_near = objects
+    near = np.clip((d - o_far) / (o_near - o_far), 0.0, 1.0)
+    return far_share + (near_share - far_share) * near
+
+
+def _draw_scene_objects(rng: np.random.Generator, size: int, max_objects: int,
+                        ground: tuple[float, float], objects: tuple[float, float],
+                        image: np.ndarray, label: np.ndarray, instance: np.ndarray,
+                        disparity: np.ndarray) -> None:
+    """Draws the scene's objects far to near into the four maps (in place), each standing
+    on the ground row of its disparity and fogged by it."""
+    g_far, g_near = ground
     num = int(rng.integers(1, max_objects + 1))
     shapes = rng.choice(len(SHAPES), size=num, replace=False)
-    depths = np.sort(rng.uniform(o_far, o_near, size=num))  # far first
+    depths = np.sort(rng.uniform(objects[0], objects[1], size=num))  # far first
     for order, (shape, d) in enumerate(zip(shapes, depths, strict=True), start=1):
         class_id = int(shape) + 1
         radius = 0.9 * d
@@ -217,16 +237,11 @@ def generate_scene_example(
             continue
         color = np.array(BASE_COLORS[shape], np.float64) + rng.uniform(-12, 12, size=3)
         obj = color + rng.normal(0, 8, size=(size, size, 3))
-        image[mask] = (1 - fog(d)) * obj[mask] + fog(d) * SCENE_FOG
+        fog = _fog_share(d, objects)
+        image[mask] = (1 - fog) * obj[mask] + fog * SCENE_FOG
         label[mask] = class_id
         instance[mask] = class_id * 1000 + order
         disparity[mask] = d
-    instance = np.where(instance > 0, instance, label)  # no instance: the class id
-    if ignore_band:
-        _add_void_band(label)
-    raw = np.round(disparity * 256.0) + 1.0
-    return (np.clip(np.round(image), 0, 255).astype(np.uint8), label,
-            instance.astype(np.uint16), raw.astype(np.uint16))
 
 
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -302,20 +317,27 @@ def write_tfrecords(
         with tfrecord.AtomicShardWriter(output_dir, split, num_shards,
                                         record=info_to_dict(info)) as writer:
             for i in range(n):
-                maps = None
-                if scene:
-                    image, label, instance, raw = generate_scene_example(
-                        example_rng(seed, split, i), size, max_objects=max_objects,
-                        ignore_band=ignore_band)
-                    maps = {"instance": instance, "disparity": raw}
-                else:
-                    image, label = generate_example(
-                        example_rng(seed, split, i), size, max_objects=max_objects,
-                        p_small=p_small, p_faint=p_faint, faint_alpha=faint_alpha,
-                        ignore_band=ignore_band,
-                    )
+                image, label, maps = _split_example(
+                    example_rng(seed, split, i), size, scene, max_objects=max_objects,
+                    p_small=p_small, p_faint=p_faint, faint_alpha=faint_alpha,
+                    ignore_band=ignore_band)
                 writer.write(i // per_shard,
                              encode_example(image, label, f"{split}_{i:06d}", maps))
             writer.commit()
         counts[split] = n
     return counts
+
+
+def _split_example(rng: np.random.Generator, size: int, scene: bool, *, max_objects: int,
+                   p_small: float, p_faint: float, faint_alpha: tuple[float, float],
+                   ignore_band: bool) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """(image, label, the scene variant's maps or None): one example of either variant."""
+    if scene:
+        image, label, instance, raw = generate_scene_example(
+            rng, size, max_objects=max_objects, ignore_band=ignore_band)
+        return image, label, {"instance": instance, "disparity": raw}
+    image, label = generate_example(
+        rng, size, max_objects=max_objects, p_small=p_small, p_faint=p_faint,
+        faint_alpha=faint_alpha, ignore_band=ignore_band,
+    )
+    return image, label, None

@@ -19,6 +19,7 @@ import pathlib
 import shutil
 import time
 from collections.abc import Callable, Collection
+from typing import Any
 
 import cv2
 import numpy as np
@@ -198,13 +199,7 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
     logdir = out / "train"  # a training run, when there is one
     model = _make_model(options, plan, out, dataset, data_dir, logdir, stage, printer)
 
-    tuning = load_tuned(model) if plan.pooled else None
-    if tuning is not None:
-        stage("Refit settings: the released-weights table's, tuned on other photos")
-        printer("Refit settings " + _provenance(tuning))
-    else:
-        stage(f"Tune the refit settings of this model on the {tune_split!r} split (never val)")
-        tuning = tune(options, plan, model, data_dir, tune_split, printer)
+    tuning = _refit_settings(options, plan, model, data_dir, tune_split, stage, printer)
 
     stage("Evaluate: the evidence table (tags from the ground truth)")
     eval_dir = out / "eval"
@@ -236,6 +231,30 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
 
     stage("Done")
     printer(results["table"])
+    _print_where(printer, report, model, eval_dir, export_dir, plan, out, served)
+    printer(f"Total {time.time() - t0:.0f}s")
+    return {"results": results, "report": str(report), "export": str(export_dir),
+            "train_logdir": str(logdir), "model": str(model), "predict": served["report"]}
+
+
+def _refit_settings(options: DemoOptions, plan: DemoPlan, model: pathlib.Path, data_dir: str,
+                    tune_split: str, stage: _Stage, printer: Callable[[str], None]) -> Any:
+    """The refit settings: the released-weights table's for a pooled release, else tuned
+    on the tune split (never val)."""
+    tuning = load_tuned(model) if plan.pooled else None
+    if tuning is not None:
+        stage("Refit settings: the released-weights table's, tuned on other photos")
+        printer("Refit settings " + _provenance(tuning))
+    else:
+        stage(f"Tune the refit settings of this model on the {tune_split!r} split (never val)")
+        tuning = tune(options, plan, model, data_dir, tune_split, printer)
+    return tuning
+
+
+def _print_where(printer: Callable[[str], None], report: Any, model: pathlib.Path,
+                 eval_dir: pathlib.Path, export_dir: Any, plan: DemoPlan, out: pathlib.Path,
+                 served: dict) -> None:
+    """The closing summary: where the outputs are and the commands to go on with."""
     printer("\nWhere things are:")
     printer(f"  report       {report}")
     printer(f"  model        {model}")
@@ -244,9 +263,6 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
     printer("\nTo go on:")
     for line in next_commands(plan, out, model, export_dir, served):
         printer(f"  {line}")
-    printer(f"Total {time.time() - t0:.0f}s")
-    return {"results": results, "report": str(report), "export": str(export_dir),
-            "train_logdir": str(logdir), "model": str(model), "predict": served["report"]}
 
 
 def _make_model(options: DemoOptions, plan: DemoPlan, out: pathlib.Path, dataset: str,

@@ -85,11 +85,9 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
     import tensorflow as tf
 
     from deeplab_ext.data import input_pipeline
-    from deeplab_ext.models.registry import family_of
     from deeplab_ext.run.importing import checkpoint_dir_or_name
-    from deeplab_ext.run.rundir import input_alignment, restore_network
-    from deeplab_ext.tasks import task_pictures
-    from tf_mtl.inference import InputAlignment, predict_segmentation, validate_scales
+    from deeplab_ext.run.rundir import restore_network
+    from tf_mtl.inference import validate_scales
 
     scales = validate_scales(options.eval_scales)
     if options.max_number_of_images is not None and options.max_number_of_images < 1:
@@ -97,7 +95,37 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
             f"--max_number_of_images must be >= 1, got {options.max_number_of_images}")
     checkpoint_dir = checkpoint_dir_or_name(options.checkpoint_dir, printer=printer)
     network, info, meta = restore_network(checkpoint_dir, options.checkpoint_path)
-    colormap_type = options.colormap_type or info.colormap
+    colormap_type = _checked_colormap(options.colormap_type or info.colormap, info)
+    # Shards of another dataset (or without a record of theirs) are refused before
+    # anything is drawn with the wrong classes.
+    input_pipeline.check_shards_match(info, options.dataset_dir, options.vis_split,
+                                      num_examples=0, whose="the checkpoint's dataset",
+                                      named=options.dataset, require_record=True)
+    save_dir, raw_dir = _output_dirs(options, info.name, printer)
+    predict, pictures = _predictor(network, meta, options, scales)
+
+    printer(f"Visualising {meta['model']['name']} on {info.name}:{options.vis_split} "
+            f"-> {save_dir}")
+    written: list[dict[str, str]] = []
+    used: set[str] = set()
+    for index, (image, filename) in enumerate(_examples(options.dataset_dir, options.vis_split)):
+        if options.max_number_of_images is not None and index >= options.max_number_of_images:
+            break
+        out = predict(tf.constant(image[None], tf.float32))
+        written.append(_save_entry(out, image, filename, index, pictures, save_dir, colormap_type,
+                                   raw_dir if options.also_save_raw_predictions else None,
+                                   info.name, used))
+    if not written:
+        raise ValueError(f"split {options.vis_split!r} in {options.dataset_dir} is empty")
+    printer(f"Wrote {len(written)} images to {save_dir}"
+            + (f" and raw predictions to {raw_dir}" if options.also_save_raw_predictions else ""))
+    return {"save_dir": str(save_dir), "raw_save_dir": str(raw_dir),
+            "colormap_type": colormap_type, "dataset": info.name, "images": written}
+
+
+def _checked_colormap(colormap_type: str, info: Any) -> str:
+    """The colormap, refused before anything is drawn if it is unknown or has fewer colours
+    than the dataset has classes."""
     if colormap_type not in COLORMAP_TYPES:
         raise ValueError(
             f"--colormap_type={colormap_type!r}; valid: {', '.join(COLORMAP_TYPES)}")
@@ -106,19 +134,32 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
         raise ValueError(
             f"--colormap_type={colormap_type} has {num_colours} colours, dataset {info.name} "
             f"has {info.num_classes} classes: choose a larger colormap")
-    # Shards of another dataset (or without a record of theirs) are refused before
-    # anything is drawn with the wrong classes.
-    input_pipeline.check_shards_match(info, options.dataset_dir, options.vis_split,
-                                      num_examples=0, whose="the checkpoint's dataset",
-                                      named=options.dataset, require_record=True)
+    return colormap_type
+
+
+def _output_dirs(options: VisOptions, dataset_name: str, printer: Callable[[str], None]
+                 ) -> tuple[pathlib.Path, pathlib.Path]:
+    """(colour results folder, raw results folder), made as the options ask."""
     root = pathlib.Path(options.vis_logdir)
     save_dir = root / SEMANTIC_PREDICTION_SAVE_FOLDER
     raw_dir = root / RAW_SEMANTIC_PREDICTION_SAVE_FOLDER
     save_dir.mkdir(parents=True, exist_ok=True)
     if options.also_save_raw_predictions:
         raw_dir.mkdir(parents=True, exist_ok=True)
-    if info.name == "cityscapes" and options.also_save_raw_predictions:
+    if dataset_name == "cityscapes" and options.also_save_raw_predictions:
         printer("Cityscapes: raw predictions are written as labelIds (trainId -> labelId).")
+    return save_dir, raw_dir
+
+
+def _predictor(network: Any, meta: dict, options: VisOptions, scales: Any
+               ) -> tuple[Callable, dict]:
+    """(the traced prediction of one image batch, the dense tasks it also draws)."""
+    import tensorflow as tf
+
+    from deeplab_ext.models.registry import family_of
+    from deeplab_ext.run.rundir import input_alignment
+    from deeplab_ext.tasks import task_pictures
+    from tf_mtl.inference import InputAlignment, predict_segmentation
 
     pictures = task_pictures(network, family_of(network))
 
@@ -132,38 +173,30 @@ def visualize(options: VisOptions, printer: Callable[[str], None] = print) -> di
         return out
 
     alignment = input_alignment(network, meta) if options.align_inputs else InputAlignment()
-    predict = tf.function(alignment.wrap(plain), reduce_retracing=True)
+    return tf.function(alignment.wrap(plain), reduce_retracing=True), pictures
 
-    printer(f"Visualising {meta['model']['name']} on {info.name}:{options.vis_split} "
-            f"-> {save_dir}")
-    written: list[dict[str, str]] = []
-    used: set[str] = set()
-    for index, (image, filename) in enumerate(_examples(options.dataset_dir, options.vis_split)):
-        if options.max_number_of_images is not None and index >= options.max_number_of_images:
-            break
-        out = predict(tf.constant(image[None], tf.float32))
-        pred = out["predictions"][0].numpy()
-        entry = {
-            "image": str(save_annotation(image, save_dir, IMAGE_FORMAT % index,
-                                         add_colormap=False)),
-            "prediction": str(save_annotation(pred, save_dir, PREDICTION_FORMAT % index,
-                                              colormap_type=colormap_type)),
-            "filename": filename,
-        }
-        for task in pictures:
-            entry[task] = str(save_annotation(out[f"picture_{task}"][0].numpy(), save_dir,
-                                              f"{index:06d}_{task}", add_colormap=False))
-        if options.also_save_raw_predictions:
-            raw = raw_prediction_for_saving(pred, info.name)
-            entry["raw"] = str(save_annotation(raw, raw_dir, _raw_name(filename, index, used),
-                                               add_colormap=False))
-        written.append(entry)
-    if not written:
-        raise ValueError(f"split {options.vis_split!r} in {options.dataset_dir} is empty")
-    printer(f"Wrote {len(written)} images to {save_dir}"
-            + (f" and raw predictions to {raw_dir}" if options.also_save_raw_predictions else ""))
-    return {"save_dir": str(save_dir), "raw_save_dir": str(raw_dir),
-            "colormap_type": colormap_type, "dataset": info.name, "images": written}
+
+def _save_entry(out: dict, image: np.ndarray, filename: str, index: int, pictures: dict,
+                save_dir: pathlib.Path, colormap_type: str, raw_dir: pathlib.Path | None,
+                dataset_name: str, used: set[str]) -> dict[str, str]:
+    """Writes one image's files (input, colour prediction, task pictures, raw prediction
+    where ``raw_dir`` is given) and returns their paths."""
+    pred = out["predictions"][0].numpy()
+    entry = {
+        "image": str(save_annotation(image, save_dir, IMAGE_FORMAT % index,
+                                     add_colormap=False)),
+        "prediction": str(save_annotation(pred, save_dir, PREDICTION_FORMAT % index,
+                                          colormap_type=colormap_type)),
+        "filename": filename,
+    }
+    for task in pictures:
+        entry[task] = str(save_annotation(out[f"picture_{task}"][0].numpy(), save_dir,
+                                          f"{index:06d}_{task}", add_colormap=False))
+    if raw_dir is not None:
+        raw = raw_prediction_for_saving(pred, dataset_name)
+        entry["raw"] = str(save_annotation(raw, raw_dir, _raw_name(filename, index, used),
+                                           add_colormap=False))
+    return entry
 
 
 __all__ = [

@@ -10,6 +10,7 @@ the registry (``deeplab_ext.models.build_network("deeplabv3plus_xception65_mt")`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 
@@ -40,9 +41,36 @@ def _tap(name: str, x: keras.KerasTensor) -> keras.KerasTensor:
 
 
 def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
+    """(images input, output dict): the layers are created and called in a fixed order,
+    which fixes their names and their initial weights' random draws."""
     images = keras.Input(shape=tuple(input_shape), name="images", dtype="float32")
     x = Preprocess(get_backbone(cfg.backbone).preprocess, name="preprocess")(images)
     norm = cfg.norm()
+    encoder, low_level = _encoder(cfg, x, norm)
+    decoder_output = _decoder_output(cfg, encoder, low_level, norm)
+    outputs = {"semantic": _semantic(cfg, decoder_output, images, norm)}
+    for task in cfg.task_heads:
+        out = TaskDecoder(cfg.task_head_filters, TASK_HEAD_CHANNELS[task],
+                          name=f"task_head_{task}", norm=norm)(decoder_output)
+        out = ResizeBilinear(name=f"upsample_{task}")([out, images])
+        outputs[task] = keras.layers.Activation("linear", dtype="float32", name=task)(out)
+    if cfg.num_tags > 0 and cfg.tag_head == SEGMENTATION:
+        outputs["tags"] = segmentation_tags(cfg, outputs["semantic"])
+    elif cfg.num_tags > 0:
+        tags = TagHead(
+            cfg.num_tags,
+            cfg.tag_head_hidden,
+            weight_decay=cfg.weight_decay,
+            pooling=cfg.tag_head_pooling,
+            name="tag_head",
+        )(encoder)
+        outputs["tags"] = keras.layers.Activation("linear", dtype="float32", name="tags")(tags)
+    return images, outputs
+
+
+def _encoder(cfg: DeepLabConfig, x: keras.KerasTensor, norm: Any
+             ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """(the ASPP's output, tapped as ``encoder``; the backbone's low-level feature)."""
     feats = build_backbone(
         cfg.backbone,
         x,
@@ -68,7 +96,13 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
         name="aspp",
         norm=norm,
     )(backbone_output)
-    encoder = keras.layers.Identity(name="encoder")(enc)
+    return keras.layers.Identity(name="encoder")(enc), low_level
+
+
+def _decoder_output(cfg: DeepLabConfig, encoder: keras.KerasTensor,
+                    low_level: keras.KerasTensor, norm: Any) -> keras.KerasTensor:
+    """The DeepLabv3+ decoder's output (the encoder itself without a decoder), tapped as
+    ``decoder_output``."""
     if cfg.decoder_output_stride is not None:
         dec = Decoder(
             cfg.decoder_filters,
@@ -79,7 +113,12 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
         )([encoder, BranchTap(name="decoder_skip")(low_level)])
     else:
         dec = encoder
-    decoder_output = keras.layers.Identity(name="decoder_output")(dec)
+    return keras.layers.Identity(name="decoder_output")(dec)
+
+
+def _semantic(cfg: DeepLabConfig, decoder_output: keras.KerasTensor,
+              images: keras.KerasTensor, norm: Any) -> keras.KerasTensor:
+    """The ``semantic`` output: class logits, at the input size with ``upsample_logits``."""
     semantic_in = decoder_output
     if cfg.task_heads:  # the semantic decoder's own 3x3 conv, as the other tasks'
         semantic_in = ConvBN(cfg.task_head_filters, 3, name="task_head_semantic",
@@ -94,26 +133,7 @@ def _build_graph(cfg: DeepLabConfig, input_shape: Sequence[int | None]):
     )(semantic_in)
     if cfg.upsample_logits:
         logits = ResizeBilinear(name="upsample_logits")([logits, images])
-    outputs = {
-        "semantic": keras.layers.Activation("linear", dtype="float32", name="semantic")(logits)
-    }
-    for task in cfg.task_heads:
-        out = TaskDecoder(cfg.task_head_filters, TASK_HEAD_CHANNELS[task],
-                          name=f"task_head_{task}", norm=norm)(decoder_output)
-        out = ResizeBilinear(name=f"upsample_{task}")([out, images])
-        outputs[task] = keras.layers.Activation("linear", dtype="float32", name=task)(out)
-    if cfg.num_tags > 0 and cfg.tag_head == SEGMENTATION:
-        outputs["tags"] = segmentation_tags(cfg, outputs["semantic"])
-    elif cfg.num_tags > 0:
-        tags = TagHead(
-            cfg.num_tags,
-            cfg.tag_head_hidden,
-            weight_decay=cfg.weight_decay,
-            pooling=cfg.tag_head_pooling,
-            name="tag_head",
-        )(encoder)
-        outputs["tags"] = keras.layers.Activation("linear", dtype="float32", name="tags")(tags)
-    return images, outputs
+    return keras.layers.Activation("linear", dtype="float32", name="semantic")(logits)
 
 
 @keras.saving.register_keras_serializable(package="deeplab_ext")
