@@ -28,8 +28,8 @@ import tensorflow as tf  # noqa: E402
 from bench.bench_weighting import interleaved_times, median_ratio, train_options  # noqa: E402
 from deeplab_ext.data.datasets import get_dataset_info  # noqa: E402
 from deeplab_ext.models import build_network  # noqa: E402
-from deeplab_ext.tasks import TaskContext, build_branches  # noqa: E402
 from deeplab_ext.run.trainer import build_multitask_model, model_config_for  # noqa: E402
+from deeplab_ext.tasks import TaskContext, build_branches  # noqa: E402
 
 LOSS_BALANCING = ("uncertainty", "dwa", "rlw", "gls", "famo")
 REP_GRAD = ("mgda_ub", "pcgrad", "cagrad", "imtl", "aligned_mtl", "nash_mtl", "gradnorm",

@@ -30,8 +30,8 @@ def _setup(data_dir, **kw):
     from deeplab_ext.models import build_network
     from deeplab_ext.models.registry import family_of
     from deeplab_ext.run.options import TrainOptions
-    from deeplab_ext.tasks import Branch, TaskContext, build_branches
     from deeplab_ext.run.trainer import build_multitask_model
+    from deeplab_ext.tasks import Branch, TaskContext, build_branches
 
     tf.keras.utils.set_random_seed(0)
     network = build_network("toy_segmenter_mt", num_classes=INFO.num_classes,

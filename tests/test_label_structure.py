@@ -185,12 +185,12 @@ def test_decoder_path_miou_reads_the_trained_branch_back(autoencoder, data_dir, 
     and restores its 1x1 conv: the same mIoU as the training model's own forward pass."""
     from deeplab_ext.models.registry import family_of
     from deeplab_ext.run.evaluation import evaluate
-    from deeplab_ext.tasks.label_structure import DECODER_OUTPUT, decoder_path
     from deeplab_ext.run.modes import load_split
     from deeplab_ext.run.options import EvalOptions, TrainOptions
     from deeplab_ext.run.rundir import restore_network
-    from deeplab_ext.tasks import TaskContext, build_branches
     from deeplab_ext.run.trainer import build_multitask_model
+    from deeplab_ext.tasks import TaskContext, build_branches
+    from deeplab_ext.tasks.label_structure import DECODER_OUTPUT, decoder_path
     from tf_mtl.metrics import image_iou_counts, miou_from_counts
 
     logdir, _ = _train(tmp_path, data_dir, autoencoder["run"], 4, label_decoder_weight=1.0)

@@ -28,9 +28,9 @@ def test_names_in_order_duplicates_refused_override_and_unknown_listed():
 def test_every_built_in_axis_refuses_a_second_plug_in_of_a_taken_name():
     """A user's module can no longer silently replace a built-in family, task, branch,
     target or dataset: it must say override=True."""
+    from deeplab_ext import tasks
     from deeplab_ext.data import datasets, targets
     from deeplab_ext.models import registry as models
-    from deeplab_ext import tasks
 
     deeplab = models.get_family("deeplab")
     with pytest.raises(ValueError, match="model family named 'deeplab'"):

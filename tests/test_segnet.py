@@ -25,8 +25,8 @@ from deeplab_ext.run.evaluation import evaluate
 from deeplab_ext.run.export import export_checkpoint
 from deeplab_ext.run.options import EvalOptions, ExportOptions
 from deeplab_ext.run.rundir import restore_network
-from deeplab_ext.tasks import TaskContext, build_tasks
 from deeplab_ext.run.trainer import train
+from deeplab_ext.tasks import TaskContext, build_tasks
 from tests.conftest import predict_from_export_and_run, run_tool, tiny_train_options, tool_env
 from tf_mtl.losses import box_mse, image_class_ce
 from tf_mtl.metrics import box_iou

@@ -24,7 +24,7 @@ import numpy as np
 from deeplab_ext.data.datasets import info_from_dict
 from deeplab_ext.data.preprocess import MEAN_PIXEL_INCEPTION
 from deeplab_ext.run.formats import METADATA_FILE, format_for_file, model_files_help
-from deeplab_ext.run.serving import SEMANTIC_PROBABILITIES, TAG_PROBABILITIES
+from deeplab_ext.run.outputs import SEMANTIC_PROBABILITIES, TAG_PROBABILITIES
 
 __all__ = ["FileSegmenter", "calibration_images", "letterbox", "unletterbox"]
 

@@ -26,7 +26,6 @@ from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.registry import family_of
 from deeplab_ext.run.evidence import evidence_by_kind
 from deeplab_ext.run.importing import checkpoint_dir_or_name
-from deeplab_ext.tasks.label_structure import decoder_path
 from deeplab_ext.run.modes import (
     ModeRun,
     add_bootstrap,
@@ -48,6 +47,7 @@ from deeplab_ext.tasks import (
     restore_branch_outputs,
     task_names,
 )
+from deeplab_ext.tasks.label_structure import decoder_path
 from tf_mtl.inference import InputAlignment
 from tf_mtl.metrics import (
     TagMAP,

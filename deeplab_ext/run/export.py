@@ -57,7 +57,7 @@ from deeplab_ext.run.locking import directory_lock
 from deeplab_ext.run.options import EvidenceOptions, ExportOptions, PredictOptions
 from deeplab_ext.run.refit_kinds import REFIT_KINDS
 from deeplab_ext.run.rundir import input_alignment, restore_network
-from deeplab_ext.run.serving import SegmenterServing, serving_module
+from deeplab_ext.run.serving import SegmenterServing, serving_module, serving_network
 from tf_mtl.evidence import prune_probabilities, validate_evidence
 from tf_mtl.inference import InputAlignment, validate_scales
 
@@ -197,7 +197,7 @@ def _write_export(network: keras.Model, info: DatasetInfo, export_path: pathlib.
     tmp = _private_directory(export_path)
     try:
         job = ExportJob(network, module, tmp, tuple(file_size) if file_size else None,
-                        metadata={"signatures": []})
+                        serving_network, metadata={"signatures": []})
         written = {}
         for name in formats:
             file = FORMATS[name].write(job, dict((format_settings or {}).get(name) or {}))

@@ -20,6 +20,11 @@ from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.registry import ModelFamily, family_of
 from deeplab_ext.run.evidence import make_refitter
 from deeplab_ext.run.options import EvidenceOptions
+from deeplab_ext.run.outputs import (  # noqa: F401  (the schema's names, re-exported)
+    SEMANTIC_PREDICTIONS,
+    SEMANTIC_PROBABILITIES,
+    TAG_PROBABILITIES,
+)
 from tf_mtl.evidence import EvidenceRefitter
 from tf_mtl.inference import InputAlignment, multi_scale_probabilities, network_logits_fn
 
@@ -27,11 +32,6 @@ __all__ = ["SEMANTIC_PREDICTIONS", "SEMANTIC_PROBABILITIES", "TAG_PROBABILITIES"
            "SegmenterServing", "ServingOps", "output_schema", "serving_module",
            "serving_network", "serving_outputs"]
 
-# The outputs every served model has (and, with a tag head, the tags); any other network
-# output is served under its own name as float32.
-SEMANTIC_PROBABILITIES = "semantic_probabilities"  # float32 [B, H, W, C], softmax
-SEMANTIC_PREDICTIONS = "semantic_predictions"  # int32 [B, H, W], argmax
-TAG_PROBABILITIES = "tag_probabilities"  # float32 [B, T], sigmoid
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from deeplab_ext.tasks.self_supervised import edge_loss
 from deeplab_ext.tasks.base import Branch, BranchSpec, TaskContext, register_branch
+from deeplab_ext.tasks.self_supervised import edge_loss
 from tf_mtl.aux_modules import AuxiliaryModule, StageHeads
 from tf_mtl.branches import OutputLoss
 from tf_mtl.losses import label_map_loss

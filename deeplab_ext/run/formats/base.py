@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from deeplab_ext.run.outputs import SEMANTIC_PROBABILITIES
 from tf_mtl.registry import Registry, discover
 
 __all__ = ["FORMATS", "METADATA_FILE", "ExportFormat", "ExportJob", "Runtime", "file_formats",
@@ -48,25 +49,26 @@ class ExportJob:
     """What the formats of one export write from, built once and shared by them.
 
     ``module``: the TF serving functions (``serving.SegmenterServing``); ``size``: the
-    fixed input size of the file formats; ``metadata``: keys a format adds to the
-    export's metadata file (the SavedModel its signatures)."""
+    fixed input size of the file formats; ``make_serving_network``: ``(network, size) ->``
+    the fixed-size Keras serving model (``serving.serving_network``, given by the export:
+    the formats sit below the serving code and do not import it); ``metadata``: keys a
+    format adds to the export's metadata file (the SavedModel its signatures)."""
 
     network: Any  # keras.Model
     module: Any  # deeplab_ext.run.serving.SegmenterServing
     directory: pathlib.Path
     size: tuple[int, int] | None
+    make_serving_network: Callable[[Any, tuple[int, int]], Any]
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @functools.cached_property
     def serving_model(self) -> Any:
-        """The fixed-size Keras serving network (``serving.serving_network``), called once:
-        Keras' ONNX exporter refuses a model that was never called (the LiteRT one calls
-        it itself), so each format works alone, in any order."""
-        from deeplab_ext.run.serving import serving_network
-
+        """The fixed-size Keras serving network, called once: Keras' ONNX exporter refuses
+        a model that was never called (the LiteRT one calls it itself), so each format
+        works alone, in any order."""
         if not self.size:
             raise ValueError("a fixed-size format needs --export_input_size=h,w")
-        model = serving_network(self.network, self.size)
+        model = self.make_serving_network(self.network, self.size)
         model(np.zeros((1, int(self.size[0]), int(self.size[1]), 3), np.float32),
               training=False)
         return model
@@ -126,8 +128,6 @@ class ExportFormat:
         the format lacks), whose outputs are not the network's, that computes something
         else than ``model``, or that is not quantised as ``settings`` asked. The file is
         removed; the error says why."""
-        from deeplab_ext.run.serving import SEMANTIC_PROBABILITIES
-
         size = tuple(int(d) for d in model.inputs[0].shape[1:3])
         probe = np.random.default_rng(0).uniform(0, 255, (1, *size, 3)).astype(np.float32)
         expected = model(probe, training=False)
