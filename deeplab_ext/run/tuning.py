@@ -34,17 +34,18 @@ from deeplab_ext.run.modes import (
     run_rows,
 )
 from deeplab_ext.run.options import OBJECTIVES, EvidenceOptions, TuneOptions
-from deeplab_ext.run.refit_kinds import EVIDENCE_MODES, REFIT_KINDS, mode_of
+from deeplab_ext.run.refit_kinds import (
+    EVIDENCE_MODES,
+    REFIT_KINDS,
+    kind_names,
+    mode_of,
+    table_modes,
+)
 from deeplab_ext.run.rundir import load_run_config, restore_network
 from deeplab_ext.run.tag_sources import TagNoise, tag_source
 from tf_mtl.metrics import miou_from_counts, paired_bootstrap_miou
 
 __all__ = ["candidate_dimensions", "choose", "cross_fit", "search", "tune_evidence"]
-
-# The rows of a cross-fitted table (those of the tuned kinds).
-CROSSFIT_MODES = ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune", "latent",
-                  "latent_prune")
-
 
 def prior_dimensions(options: TuneOptions) -> list[tuple[str, tuple]]:
     """The soft evidence's coordinates (``--objective=soft``): the prune strength, then the
@@ -66,10 +67,10 @@ def candidate_dimensions(kind: str, options: TuneOptions, refit_sets: tuple[str,
     prior = prior_dimensions(options) if options.objective == "soft" else []
     rate = ("learning_rate", tuple(options.learning_rates))
     clip = ("clip_norm", tuple(options.clip_norms))
-    schedule = list(REFIT_KINDS[kind].search)
-    refit = [("refit", (None, *refit_sets[1:]))] if kind != "latent" and len(refit_sets) > 1 \
-        else []
-    anchor = [("anchor", (0.0, 1.0))] if kind != "latent" else []
+    row = REFIT_KINDS[kind]
+    schedule = list(row.search)
+    refit = [("refit", (None, *refit_sets[1:]))] if row.weights and len(refit_sets) > 1 else []
+    anchor = [("anchor", (0.0, 1.0))] if row.weights else []
     safeguard = [("safeguard", (True, False))]
     if refit_first:
         return [*prior, *refit, rate, *anchor, *schedule, clip, *safeguard]
@@ -104,7 +105,7 @@ def _check(options: TuneOptions) -> None:
     bad = [k for k in options.kinds if k not in REFIT_KINDS]
     if bad:
         raise ValueError(f"--kinds: unknown refit kind(s) {bad}; valid: "
-                         f"{', '.join(REFIT_KINDS)}")
+                         f"{', '.join(kind_names())}")
     if options.max_candidates < 2:
         raise ValueError(f"--max_candidates must be >= 2 (no refit and one refit), got "
                          f"{options.max_candidates}")
@@ -322,7 +323,8 @@ class _KindSearch:
             final = chosen or self.start
         else:
             final = chosen or dataclasses.replace(
-                self.best, steps=0, es_steps=0, prune_strength=self.start.prune_strength,
+                self.best, **{k.steps_field: 0 for k in REFIT_KINDS.values()},
+                prune_strength=self.start.prune_strength,
                 tag_confidence=self.start.tag_confidence)
         entry = {"evidence": dataclasses.asdict(final), "refit": chosen is not None,
                  "miou": self.seen[chosen_key].miou if chosen else plain.miou,
@@ -351,9 +353,10 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
     if len(batches) <= k:
         raise ValueError(f"--folds={k} needs more than {k} images (each fold is scored, and "
                          f"tuned on the others); the split has {len(batches)}")
-    modes = [m for m in EVIDENCE_MODES if (m in CROSSFIT_MODES or (
-                 EVIDENCE_MODES[m].soft and options.objective == "soft"))
-             and (EVIDENCE_MODES[m].kind is None or EVIDENCE_MODES[m].kind in options.kinds)]
+    # The rows of the tuned kinds (and those without a refit), their soft rows if tuned so.
+    soft = options.objective == "soft"
+    modes = [m for m, row in EVIDENCE_MODES.items() if m in table_modes(options.kinds)
+             or (soft and row.soft and (row.kind is None or row.kind in options.kinds))]
     protocols = [((1.0,), False)]
     if tuple(options.eval_scales) != (1.0,) or options.add_flipped_images:
         protocols.append((tuple(options.eval_scales), options.add_flipped_images))
