@@ -21,7 +21,6 @@ from deeplab_ext.models.registry import family_of, group_variables
 from deeplab_ext.run.options import EvidenceOptions
 from deeplab_ext.run.refit_kinds import (
     DEFAULT_KIND,
-    EVIDENCE_MODES,
     REFIT_KINDS,
     kind_names,
     refit_kind,
@@ -52,11 +51,11 @@ def make_refitter(network: keras.Model, info: DatasetInfo, evidence: EvidenceOpt
     cfg = evidence.config(kind, prune, tuple(scales), flip, keep_classes(info))
     if not refit_kind(kind, "").weights:
         if family.latent_feature is None:
-            weights = [m for m in EVIDENCE_MODES.values() if m.kind and not m.prune
-                       and REFIT_KINDS[m.kind].weights]
+            use = " / ".join(REFIT_KINDS[k].mode for k in kind_names()
+                             if REFIT_KINDS[k].weights)
             raise ValueError(f"--evidence_modes: the {kind} mode needs one feature that alone "
                              f"determines every output, and model family {family.name!r} has "
-                             f"none; use {' / '.join(m.name for m in weights)}")
+                             f"none; use {use}")
         cfg = dataclasses.replace(cfg, latent_layer=family.latent_feature)
     variables = group_variables(network, evidence.refit) if cfg.mode == "weights" else None
     return EvidenceRefitter(network, cfg, variables=variables,
