@@ -342,6 +342,33 @@ class _KindSearch:
 CROSSFIT_FILE = "evidence_crossfit.json"
 
 
+def crossfit_modes(options: TuneOptions) -> list[str]:
+    """The rows of a cross-fitted table: those of the tuned kinds and those without a
+    refit, their soft rows too when tuned for the soft objective."""
+    soft = options.objective == "soft"
+    return [m for m, row in EVIDENCE_MODES.items() if m in table_modes(options.kinds)
+            or (soft and row.soft and (row.kind is None or row.kind in options.kinds))]
+
+
+def _held_out_table(modes: list[str], counts: dict, seconds: dict, steps: dict,
+                    num_images: int, scales: tuple[float, ...], flip: bool,
+                    bootstrap_samples: int) -> dict:
+    """One protocol's table over every image, each scored held out."""
+    results = {"eval_scales": list(scales), "add_flipped_images": flip,
+               "num_images": num_images, "modes": {}}
+    for m in modes:
+        row = {"name": EVIDENCE_MODES[m].row,
+               "miou": float(miou_from_counts(np.sum(counts[m], axis=0))),
+               "seconds_per_image": seconds[m] / num_images}
+        if steps[m]:
+            row["refit_steps_mean"] = float(np.concatenate(steps[m]).mean())
+        results["modes"][m] = row
+    if bootstrap_samples > 0:
+        add_bootstrap(results, counts, bootstrap_samples)
+    results["table"] = format_table(results)
+    return results
+
+
 def cross_fit(network, info, meta: dict, batches: list, alignment, options: TuneOptions,
               printer: Callable[[str], None] = print) -> dict:
     """Every image scored held out: fold ``k`` (images ``k, k + K, ...``) with the settings
@@ -353,10 +380,7 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
     if len(batches) <= k:
         raise ValueError(f"--folds={k} needs more than {k} images (each fold is scored, and "
                          f"tuned on the others); the split has {len(batches)}")
-    # The rows of the tuned kinds (and those without a refit), their soft rows if tuned so.
-    soft = options.objective == "soft"
-    modes = [m for m, row in EVIDENCE_MODES.items() if m in table_modes(options.kinds)
-             or (soft and row.soft and (row.kind is None or row.kind in options.kinds))]
+    modes = crossfit_modes(options)
     protocols = [((1.0,), False)]
     if tuple(options.eval_scales) != (1.0,) or options.add_flipped_images:
         protocols.append((tuple(options.eval_scales), options.add_flipped_images))
@@ -389,18 +413,9 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
                     steps[(scales, flip)][m].append(r.steps)
     tables = []
     for scales, flip in protocols:
-        results = {"eval_scales": list(scales), "add_flipped_images": flip,
-                   "num_images": len(batches), "modes": {}}
-        for m in modes:
-            row = {"name": EVIDENCE_MODES[m].row,
-                   "miou": float(miou_from_counts(np.sum(counts[(scales, flip)][m], axis=0))),
-                   "seconds_per_image": seconds[(scales, flip)][m] / len(batches)}
-            if steps[(scales, flip)][m]:
-                row["refit_steps_mean"] = float(np.concatenate(steps[(scales, flip)][m]).mean())
-            results["modes"][m] = row
-        if options.bootstrap_samples > 0:
-            add_bootstrap(results, counts[(scales, flip)], options.bootstrap_samples)
-        results["table"] = format_table(results)
+        p = (scales, flip)
+        results = _held_out_table(modes, counts[p], seconds[p], steps[p], len(batches), scales,
+                                  flip, options.bootstrap_samples)
         tables.append(results)
         printer(f"Held out over {len(batches)} images ({k} folds), scales {list(scales)}"
                 f"{' + flip' if flip else ''}:")
