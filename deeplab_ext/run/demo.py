@@ -46,7 +46,13 @@ from deeplab_ext.run.options import (
     TrainOptions,
     TuneOptions,
 )
-from deeplab_ext.run.refit_kinds import EVIDENCE_MODES, mode_of
+from deeplab_ext.run.refit_kinds import (
+    DEFAULT_KIND,
+    EVIDENCE_MODES,
+    default_kinds,
+    mode_of,
+    table_modes,
+)
 from deeplab_ext.run.rundir import MODEL_CONFIG_FILE, load_run_config, restore_network
 from deeplab_ext.run.trainer import train
 from deeplab_ext.run.tuning import describe_settings, tune_evidence
@@ -121,8 +127,8 @@ def _example(info: DatasetInfo, data_dir: str, split: str, index: int
 # head's refit needs).
 POOLED_EVIDENCE = EvidenceOptions(learning_rate=0.003, alpha=0.0)
 POOLED_LEARNING_RATES = (0.001, 0.003, 0.01)
-ALL_MODES = ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune")
-POOLED_MODES = ("none", "prune", "bp_l2", "bp_l2_prune")
+ALL_MODES = table_modes(default_kinds())  # the seed's table
+POOLED_MODES = table_modes((DEFAULT_KIND,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,7 +344,7 @@ def _provenance(tuning: dict) -> str:
 def _served_mode(plan: DemoPlan, tuning: dict | None) -> str:
     """The row the export serves (its kind, pruned when tuned for pruned rows), or the
     first refit row evaluated when that one was not."""
-    kind = (tuning or {}).get("serving_kind", "l2")
+    kind = (tuning or {}).get("serving_kind", DEFAULT_KIND)
     pruned = (tuning or {}).get("objective", plan.objective) == "pruned"
     mode = mode_of(kind, pruned)
     if mode in plan.modes:

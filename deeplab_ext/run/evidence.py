@@ -19,7 +19,12 @@ import keras
 from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.registry import family_of, group_variables
 from deeplab_ext.run.options import EvidenceOptions
-from deeplab_ext.run.refit_kinds import REFIT_KINDS
+from deeplab_ext.run.refit_kinds import (
+    DEFAULT_KIND,
+    REFIT_KINDS,
+    kind_names,
+    refit_kind,
+)
 from tf_mtl.evidence import EvidenceRefitter
 
 __all__ = [
@@ -39,18 +44,20 @@ def keep_classes(info: DatasetInfo) -> tuple[int, ...]:
 
 
 def make_refitter(network: keras.Model, info: DatasetInfo, evidence: EvidenceOptions,
-                  kind: str = "l2", prune: bool = False, scales: Sequence[float] = (1.0,),
-                  flip: bool = False) -> EvidenceRefitter:
-    """The refitter of one refit kind (``l2`` | ``es`` | ``latent``) for ``network``."""
+                  kind: str = DEFAULT_KIND, prune: bool = False,
+                  scales: Sequence[float] = (1.0,), flip: bool = False) -> EvidenceRefitter:
+    """The refitter of one refit kind (``run.refit_kinds``) for ``network``."""
     family = family_of(network)
     cfg = evidence.config(kind, prune, tuple(scales), flip, keep_classes(info))
-    if kind == "latent":
+    if not refit_kind(kind, "").weights:
         if family.latent_feature is None:
-            raise ValueError(f"--evidence_modes: the latent mode needs one feature that alone "
+            use = " / ".join(REFIT_KINDS[k].mode for k in kind_names()
+                             if REFIT_KINDS[k].weights)
+            raise ValueError(f"--evidence_modes: the {kind} mode needs one feature that alone "
                              f"determines every output, and model family {family.name!r} has "
-                             "none; use bp_l2 / bp_es")
+                             f"none; use {use}")
         cfg = dataclasses.replace(cfg, latent_layer=family.latent_feature)
-    variables = None if kind == "latent" else group_variables(network, evidence.refit)
+    variables = group_variables(network, evidence.refit) if cfg.mode == "weights" else None
     return EvidenceRefitter(network, cfg, variables=variables,
                             tag_class_ids=list(info.tag_class_ids),
                             semantic_key=family.semantic_output, tags_key=family.tags_output)
@@ -109,9 +116,9 @@ def evidence_by_kind(checkpoint_dir: str | os.PathLike, evidence: EvidenceOption
     under ``NO_REFIT`` those of the rows without a refit (a soft tuning's prior)."""
     tuned = load_tuned(checkpoint_dir) if use_tuned else None
     if not tuned:
-        return {kind: evidence for kind in (*REFIT_KINDS, NO_REFIT)}
+        return {kind: evidence for kind in (*kind_names(), NO_REFIT)}
     out = {}
-    for kind in (*REFIT_KINDS, NO_REFIT):
+    for kind in (*kind_names(), NO_REFIT):
         entry = tuned.get("no_refit") if kind == NO_REFIT else tuned["kinds"].get(kind)
         base = EvidenceOptions(**entry["evidence"]) if entry else evidence
         out[kind] = dataclasses.replace(base, **{f: getattr(evidence, f) for f in explicit})

@@ -55,7 +55,7 @@ from deeplab_ext.run.formats import FORMATS, METADATA_FILE, ExportJob
 from deeplab_ext.run.importing import checkpoint_dir_or_name
 from deeplab_ext.run.locking import directory_lock
 from deeplab_ext.run.options import EvidenceOptions, ExportOptions, PredictOptions
-from deeplab_ext.run.refit_kinds import REFIT_KINDS
+from deeplab_ext.run.refit_kinds import DEFAULT_KIND, REFIT_KINDS
 from deeplab_ext.run.rundir import input_alignment, restore_network
 from deeplab_ext.run.serving import SegmenterServing, serving_module, serving_network
 from tf_mtl.evidence import prune_probabilities, validate_evidence
@@ -80,7 +80,7 @@ def serving_evidence(checkpoint_dir: str | os.PathLike, evidence: EvidenceOption
     soft (then clients prune after the refit, with the settings' strength); or the L2 refit
     with ``evidence``, unpruned."""
     tuned = load_tuned(checkpoint_dir) if use_tuned else None
-    kind = tuned["serving_kind"] if tuned else "l2"
+    kind = tuned["serving_kind"] if tuned else DEFAULT_KIND
     prune = bool(tuned) and tuned.get("objective") in ("pruned", "soft")
     return kind, evidence_by_kind(checkpoint_dir, evidence, explicit, use_tuned=use_tuned,
                                   printer=printer)[kind], prune
@@ -90,7 +90,7 @@ def export_saved_model(network: keras.Model, info: DatasetInfo, export_path: str
                        *, evidence: EvidenceOptions | None = None,
                        inference_scales: Sequence[float] = (1.0,),
                        add_flipped_images: bool = False, model_config: dict | None = None,
-                       alignment: InputAlignment | None = None, kind: str = "l2",
+                       alignment: InputAlignment | None = None, kind: str = DEFAULT_KIND,
                        prune: bool = False, printer: Callable[[str], None] = print,
                        input_range: dict | None = None,
                        formats: Sequence[str] = ("saved_model",),

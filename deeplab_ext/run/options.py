@@ -18,6 +18,15 @@ from deeplab_ext.data.colormap import ADE20K, CAMVID, CITYSCAPES, PASCAL
 from deeplab_ext.models.registry import variant_field
 from deeplab_ext.models.tag_heads import TAG_HEADS
 from deeplab_ext.run.formats import FORMATS, format_help, model_files_help
+from deeplab_ext.run.refit_kinds import (
+    DEFAULT_KIND,
+    EVIDENCE_MODES,
+    REFIT_KINDS,
+    default_kinds,
+    evidence_config,
+    kind_names,
+    table_modes,
+)
 from tf_mtl.aux_modules import ADAPTORS, AGGREGATORS
 from tf_mtl.distribute import STRATEGIES
 from tf_mtl.evidence import EvidenceConfig
@@ -106,17 +115,25 @@ def group(factory: Any, prefix: str, help: str = "") -> Any:  # noqa: A002
 _REFIT = EvidenceConfig()  # the library's defaults, which the flags share
 
 
+def _read_by(field: str | None = None) -> str:
+    """The rows of the built-in kinds that read ``field`` (None: those refitting weights),
+    for a flag's help: derived, so a kind's file is the one place that says so."""
+    kinds = [REFIT_KINDS[k] for k in kind_names()]
+    return ", ".join(k.mode for k in kinds if (k.weights if field is None else field in k.fields))
+
+
 @dataclasses.dataclass
 class EvidenceOptions:
     """Prediction-time refitting (flags ``--evidence_*``); the defaults are the library's
     (``tf_mtl.evidence.EvidenceConfig``), but for the early-stopping cap and the refitted
     groups, which only the tools know."""
 
-    steps: int = opt(_REFIT.steps, "Refit steps per image (bp_l2, latent).")
+    steps: int = opt(_REFIT.steps, f"Refit steps per image ({_read_by('steps')}).")
     learning_rate: float = opt(_REFIT.learning_rate, "Refit learning rate.")
     optimizer: str = opt(_REFIT.optimizer, "Refit optimizer.", choices=REFIT_OPTIMIZERS)
-    alpha: float = opt(_REFIT.alpha, "L2 to the trained weights (bp_l2) / on the latent offset.")
-    es_steps: int = opt(30, "Step cap for early stopping (bp_es).")
+    alpha: float = opt(_REFIT.alpha, "L2 to the trained weights / on the latent offset "
+                       f"({_read_by('alpha')}).")
+    es_steps: int = opt(30, f"Step cap for early stopping ({_read_by('es_steps')}).")
     threshold: float = opt(_REFIT.threshold, "Tag decision threshold (early stopping).")
     es_margin: float = opt(_REFIT.margin, "Early stopping waits until every tag clears "
                            "--evidence_threshold by this margin (present >= t+m, absent < t-m); "
@@ -130,7 +147,7 @@ class EvidenceOptions:
                             "(default: the model family's refit set; DeepLab: backbone, aspp, "
                             "tag_head).")
     jit_compile: bool = opt(_REFIT.jit_compile, "XLA-compile the refit loop (GPU).")
-    anchor: float = opt(_REFIT.anchor, "bp_l2 / bp_es: weight of a term keeping the refitted "
+    anchor: float = opt(_REFIT.anchor, f"{_read_by()}: weight of a term keeping the refitted "
                         "segmentation near the unrefitted one pruned to the tags (per-pixel "
                         "cross-entropy); 0 = off.")
     prune_strength: float = opt(_REFIT.prune_strength, "Soft evidence: pruning as a prior "
@@ -164,8 +181,6 @@ class EvidenceOptions:
     def config(self, kind: str, prune: bool, scales: tuple[float, ...] = (1.0,),
                flip: bool = False, keep_classes: tuple[int, ...] = (0,)) -> Any:
         """The ``tf_mtl.evidence.EvidenceConfig`` of one refit kind (``run.refit_kinds``)."""
-        from deeplab_ext.run.refit_kinds import evidence_config
-
         return evidence_config(self, kind, prune, scales, flip, keep_classes)
 
 
@@ -384,11 +399,10 @@ class EvalOptions:
                                          "0.5,0.75,1.0,1.25,1.5,1.75.", positive=True)
     add_flipped_images: bool = opt(False, "Also average left-right flipped predictions.")
     align_inputs: bool = align_field()
-    evidence_modes: tuple[str, ...] = opt(("none",), "Rows: none,prune,bp_l2,bp_es,bp_l2_prune,"
-                                          "bp_es_prune,latent,latent_prune, and the soft rows "
-                                          "soft_prune,bp_l2_soft_prune,bp_es_soft_prune,"
-                                          "latent_soft_prune (--evidence_prune_strength, "
-                                          "--evidence_tag_confidence).")
+    evidence_modes: tuple[str, ...] = opt(("none",), "Rows: " + ",".join(
+        m for m, row in EVIDENCE_MODES.items() if not row.soft) + ", and the soft rows "
+        + ",".join(m for m, row in EVIDENCE_MODES.items() if row.soft)
+        + " (--evidence_prune_strength, --evidence_tag_confidence).")
     evidence: EvidenceOptions = group(EvidenceOptions, "evidence_")
     tag_noise: str = opt("", "Score the rows with noisy tags, as users' tags are: per image "
                          "drop K true tags and/or add K false ones (drawn from the dataset's "
@@ -421,12 +435,11 @@ class EvalOptions:
 
     def unused_flags(self, given: frozenset[str]) -> list[str]:
         if not self.model:
-            from deeplab_ext.run.refit_kinds import EVIDENCE_MODES
-
             if any(m in EVIDENCE_MODES and EVIDENCE_MODES[m].soft for m in self.evidence_modes):
                 return []
             return unused(given, SOFT_FLAGS, "they set the soft rows only; add soft_prune or "
-                          "bp_l2_soft_prune (...) to --evidence_modes")
+                          f"{REFIT_KINDS[DEFAULT_KIND].mode}_soft_prune (...) to "
+                          "--evidence_modes")
         return (unused(given, "evidence_", "--model scores a LiteRT / ONNX file, which has no "
                        "refit (--evidence_modes=none,prune is what it scores)",
                        keep=("evidence_modes",))
@@ -456,8 +469,8 @@ class TuneOptions:
     align_inputs: bool = align_field()
     max_examples: int | None = opt(None, "Tune on the first N images only.",
                                    flag="max_number_of_examples")
-    kinds: tuple[str, ...] = opt(("l2", "es"), "Refit kinds to tune: l2 (DL-BP-L2), es "
-                                 "(DL-BP-ES), latent (DL-LAT).")
+    kinds: tuple[str, ...] = opt(default_kinds(), "Refit kinds to tune: " + ", ".join(
+        f"{k} ({REFIT_KINDS[k].row})" for k in kind_names()) + ".")
     learning_rates: tuple[float, ...] = opt((0.01, 0.03, 0.1), "Learning rates tried.")
     clip_norms: tuple[float, ...] = opt((0.0, 0.5), "Gradient clip norms tried (0 = off).")
     max_candidates: int = opt(12, "Evaluations per kind at most, no refit included.")
@@ -674,8 +687,8 @@ class DemoOptions:
                                       "(default 8; 6 when nothing is trained).")
     max_eval_images: int | None = opt(None, "Evaluate only the first N val images.")
     evidence_modes: tuple[str, ...] | None = opt(
-        None, "Rows of the evidence table (default none,prune,bp_l2,bp_es,bp_l2_prune,"
-        "bp_es_prune when training; none,prune,bp_l2,bp_l2_prune when nothing is trained). "
+        None, f"Rows of the evidence table (default {','.join(table_modes(default_kinds()))} "
+        f"when training; {','.join(table_modes((DEFAULT_KIND,)))} when nothing is trained). "
         "Their refit kinds are tuned.")
     report_photos: int = opt(6, "Photos shown in the report, those the evidence changed most "
                              "first.")

@@ -1,30 +1,47 @@
-"""The refit kinds and the evidence modes (rows) of the evidence table, in one table.
+"""The refit kinds and the evidence modes (rows) of the evidence table.
 
 A *refit kind* is one way to fit a network to an image's tags at prediction time (L2 to
 the trained weights, early stopping, a latent offset); an *evidence mode* is one row of
 the reference table: plain inference, pruning, or a kind's refit, pruned or not, and the
-soft rows (soft evidence: tags as probabilities, pruning as a prior). Every
-tool reads these (``tools.eval --evidence_modes``, ``tools.tune_evidence --kinds``, the
-export's served kind, the demo); adding a kind is adding a row here.
+soft rows (soft evidence: tags as probabilities, pruning as a prior).
+
+Every kind is a file of ``deeplab_ext/run/refit/`` that calls :func:`register_refit_kind`
+(discovered before the first lookup, ``REFIT_KINDS``); a user's module registers its own
+the same way (``--extra_modules``). Every tool derives what it lists from the registry
+(``tools.eval --evidence_modes``, ``tools.tune_evidence --kinds``, the cross-fitted
+tables, the demo's rows); the only kind named outside its own file is ``DEFAULT_KIND``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["EVIDENCE_MODES", "REFIT_KINDS", "EvidenceMode", "RefitKind", "evidence_config",
-           "mode_of", "refit_kind"]
+from tf_mtl.registry import Registry, discover
+
+__all__ = ["DEFAULT_KIND", "EVIDENCE_MODES", "REFIT_KINDS", "EvidenceMode", "RefitKind",
+           "default_kinds", "evidence_config", "kind_names", "mode_of", "refit_kind",
+           "register_refit_kind", "table_modes"]
+
+# The kind served and evaluated when nothing says otherwise (the export, the demo's pooled
+# rows, make_refitter): the seed's DL-BP-L2.
+DEFAULT_KIND = "l2"
 
 
 @dataclasses.dataclass(frozen=True)
 class RefitKind:
-    """One refit kind.
+    """One refit kind, as its file registers it.
 
-    ``steps_field``: the ``EvidenceOptions`` field holding its step count (its cap, for
-    early stopping); ``fields``: the fields only it reads; ``search``: its own coordinates
-    of the tuning search; ``config``: its ``EvidenceConfig`` keywords from the options.
-    """
+    ``mode`` / ``row``: its evidence mode and table label (``_prune`` / ``-Pr`` and
+    ``_soft_prune`` / ``-SPr`` twins are derived); ``config``: its ``EvidenceConfig``
+    keywords from ``EvidenceOptions`` (its objective terms: the L2 weight, early stopping
+    and its margin, the step count); ``steps_field``: the ``EvidenceOptions`` field set to
+    0 for "no refit"; ``fields``: the fields only it reads (the tuning table shows them);
+    ``search``: its own coordinates of the tuning search; ``refit_mode``: ``"weights"``
+    (refits variables: the refitted groups and the anchor are searched too) or
+    ``"latent"`` (an offset on the family's latent feature); ``rank``: its place in tables
+    and lists; ``default``: tuned and shown by default (the seed's table has its rows)."""
 
     name: str
     mode: str
@@ -32,28 +49,51 @@ class RefitKind:
     steps_field: str
     fields: tuple[str, ...]
     search: tuple[tuple[str, tuple], ...]
-    config: Any  # (EvidenceOptions) -> dict of EvidenceConfig keywords
+    config: Callable[[Any], dict]
+    refit_mode: str = "weights"
+    rank: int = 100
+    default: bool = False
 
     def steps(self, evidence: Any) -> int:
-        """The steps this kind refits for (0: no refit, plain inference)."""
-        return int(getattr(evidence, self.steps_field))
+        """The steps this kind refits for (its cap, for early stopping; 0: no refit)."""
+        return int(self.config(evidence)["steps"])
+
+    @property
+    def weights(self) -> bool:
+        """Refits the network's variables (not a latent offset)."""
+        return self.refit_mode == "weights"
 
 
-REFIT_KINDS: dict[str, RefitKind] = {k.name: k for k in (
-    RefitKind("l2", "bp_l2", "DL-BP-L2", "steps", ("steps", "alpha"),
-              (("steps", (5, 10, 20)), ("alpha", (1e-3, 0.1, 0.0))),
-              lambda ev: dict(steps=ev.steps, alpha=ev.alpha, anchor=ev.anchor)),
-    RefitKind("es", "bp_es", "DL-BP-ES", "es_steps", ("es_steps", "es_margin"),
-              (("es_steps", (10, 30)), ("es_margin", (0.0, 0.2))),
-              # Early stopping is the seed's DL-BP-ES: no L2 term (the step cap and the
-              # stopping rule are its regulariser), whatever --evidence_alpha says.
-              lambda ev: dict(steps=ev.es_steps, early_stopping=True, margin=ev.es_margin,
-                              alpha=0.0, anchor=ev.anchor)),
-    RefitKind("latent", "latent", "DL-LAT", "steps", ("steps", "alpha"),
-              (("steps", (5, 10, 20)), ("alpha", (1e-3, 0.1, 0.0))),
-              lambda ev: dict(steps=ev.steps, alpha=ev.alpha, mode="latent",
-                              early_stopping=False)),
-)}
+REFIT_KINDS: Registry[RefitKind] = Registry(
+    "refit kind", "--kinds", discover=lambda: discover("deeplab_ext.run.refit"))
+
+
+def register_refit_kind(kind: RefitKind, *, override: bool = False) -> RefitKind:
+    """Register ``kind`` (a name or mode already taken is refused unless ``override``)."""
+    from tf_mtl.evidence import MODES
+
+    if kind.refit_mode not in MODES:
+        raise ValueError(f"refit kind {kind.name!r}: refit_mode must be one of {MODES}")
+    clash = [k.name for k in REFIT_KINDS.values()
+             if k.mode == kind.mode and k.name != kind.name]
+    if clash and not override:
+        raise ValueError(f"refit kind {kind.name!r}: evidence mode {kind.mode!r} is refit "
+                         f"kind {clash[0]!r}'s; choose another mode")
+    return REFIT_KINDS.register(kind.name, kind, override=override)
+
+
+def _ordered() -> list[RefitKind]:
+    return sorted(REFIT_KINDS.values(), key=lambda k: k.rank)  # stable: ties keep order
+
+
+def kind_names() -> tuple[str, ...]:
+    """Every kind's name, in table order (help texts, error messages)."""
+    return tuple(k.name for k in _ordered())
+
+
+def default_kinds() -> tuple[str, ...]:
+    """The kinds tuned and shown when nothing says which (``--kinds``, the demo)."""
+    return tuple(k.name for k in _ordered() if k.default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,27 +111,58 @@ class EvidenceMode:
     soft: bool = False
 
 
+def _twins(kind: RefitKind) -> tuple[EvidenceMode, EvidenceMode, EvidenceMode]:
+    return (EvidenceMode(kind.mode, kind.row, kind.name, False),
+            EvidenceMode(f"{kind.mode}_prune", f"{kind.row}-Pr", kind.name, True),
+            EvidenceMode(f"{kind.mode}_soft_prune", f"{kind.row}-SPr", kind.name, True,
+                         soft=True))
+
+
 def _modes() -> dict[str, EvidenceMode]:
+    """The table's order: the seed's (none, prune, the default kinds' rows, then their
+    pruned rows), the soft rows of those, then every other kind's three rows."""
+    seed = [_twins(k) for k in _ordered() if k.default]
     modes = [EvidenceMode("none", "DL-MT", None, False),
              EvidenceMode("prune", "DL-MT-Pr", None, True),
-             EvidenceMode("soft_prune", "DL-MT-SPr", None, True, soft=True)]
-    for kind in REFIT_KINDS.values():
-        modes += [EvidenceMode(kind.mode, kind.row, kind.name, False),
-                  EvidenceMode(f"{kind.mode}_prune", f"{kind.row}-Pr", kind.name, True),
-                  EvidenceMode(f"{kind.mode}_soft_prune", f"{kind.row}-SPr", kind.name, True,
-                               soft=True)]
-    order = ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune")  # the table's
-    return {m.name: m for m in sorted(modes, key=lambda m: (order.index(m.name)
-                                                            if m.name in order else 99))}
+             *(t[0] for t in seed), *(t[1] for t in seed),
+             EvidenceMode("soft_prune", "DL-MT-SPr", None, True, soft=True),
+             *(t[2] for t in seed)]
+    for kind in _ordered():
+        if not kind.default:
+            modes += _twins(kind)
+    return {m.name: m for m in modes}
 
 
-EVIDENCE_MODES: dict[str, EvidenceMode] = _modes()
+class _Modes(Mapping[str, EvidenceMode]):
+    """``EVIDENCE_MODES``: derived from the registry on each use, so a kind registered
+    later (a user's module) has its rows too."""
+
+    def _current(self) -> dict[str, EvidenceMode]:
+        return _modes()
+
+    def __getitem__(self, name: str) -> EvidenceMode:
+        return self._current()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+
+EVIDENCE_MODES: Mapping[str, EvidenceMode] = _Modes()
+
+
+def table_modes(kinds: Sequence[str]) -> tuple[str, ...]:
+    """The seed's rows (not soft) of ``kinds`` and those without a refit, in table order."""
+    return tuple(m.name for m in EVIDENCE_MODES.values()
+                 if not m.soft and (m.kind is None or m.kind in kinds))
 
 
 def refit_kind(name: str, flag: str = "--kinds") -> RefitKind:
-    if name not in REFIT_KINDS:
-        raise ValueError(f"{flag}: unknown refit kind {name!r}; valid: {', '.join(REFIT_KINDS)}")
-    return REFIT_KINDS[name]
+    """The kind ``name``; an unknown one is an error naming ``flag`` ("": none) and the
+    known kinds."""
+    return REFIT_KINDS.get(name, flag)
 
 
 def mode_of(kind: str, prune: bool, soft: bool = False) -> str:
@@ -105,9 +176,11 @@ def evidence_config(evidence: Any, kind: str, prune: bool, scales: tuple[float, 
     the fields every kind shares, then the kind's own."""
     from tf_mtl.evidence import EvidenceConfig
 
+    row = refit_kind(kind, "")
     common = dict(learning_rate=evidence.learning_rate, optimizer=evidence.optimizer,
                   threshold=evidence.threshold, jit_compile=evidence.jit_compile,
                   safeguard=evidence.safeguard, clip_norm=evidence.clip_norm,
                   eval_scales=tuple(scales), add_flipped_images=flip, prune=prune,
-                  keep_classes=tuple(keep_classes), prune_strength=evidence.prune_strength)
-    return EvidenceConfig(**common, **refit_kind(kind, "refit kind").config(evidence))
+                  keep_classes=tuple(keep_classes), prune_strength=evidence.prune_strength,
+                  mode=row.refit_mode)
+    return EvidenceConfig(**common, **row.config(evidence))

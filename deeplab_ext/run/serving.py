@@ -25,6 +25,7 @@ from deeplab_ext.run.outputs import (  # noqa: F401  (the schema's names, re-exp
     SEMANTIC_PROBABILITIES,
     TAG_PROBABILITIES,
 )
+from deeplab_ext.run.refit_kinds import DEFAULT_KIND
 from tf_mtl.evidence import EvidenceRefitter
 from tf_mtl.inference import InputAlignment, multi_scale_probabilities, network_logits_fn
 
@@ -136,9 +137,9 @@ class SegmenterServing(tf.Module):
 def serving_module(network: keras.Model, info: DatasetInfo, evidence: EvidenceOptions,
                    inference_scales: Sequence[float] = (1.0,),
                    add_flipped_images: bool = False,
-                   alignment: InputAlignment | None = None, kind: str = "l2"
+                   alignment: InputAlignment | None = None, kind: str = DEFAULT_KIND
                    ) -> SegmenterServing:
-    """The serving functions of a network; evidence refits with ``kind`` (l2 | es | latent)."""
+    """The serving functions of a network; evidence refits with ``kind`` (``REFIT_KINDS``)."""
     has_tags = family_of(network).tags_output in network.output
     refitter = (make_refitter(network, info, evidence, kind, False, inference_scales,
                               add_flipped_images) if has_tags else None)

@@ -34,17 +34,18 @@ from deeplab_ext.run.modes import (
     run_rows,
 )
 from deeplab_ext.run.options import OBJECTIVES, EvidenceOptions, TuneOptions
-from deeplab_ext.run.refit_kinds import EVIDENCE_MODES, REFIT_KINDS, mode_of
+from deeplab_ext.run.refit_kinds import (
+    EVIDENCE_MODES,
+    REFIT_KINDS,
+    kind_names,
+    mode_of,
+    table_modes,
+)
 from deeplab_ext.run.rundir import load_run_config, restore_network
 from deeplab_ext.run.tag_sources import TagNoise, tag_source
 from tf_mtl.metrics import miou_from_counts, paired_bootstrap_miou
 
 __all__ = ["candidate_dimensions", "choose", "cross_fit", "search", "tune_evidence"]
-
-# The rows of a cross-fitted table (those of the tuned kinds).
-CROSSFIT_MODES = ("none", "prune", "bp_l2", "bp_es", "bp_l2_prune", "bp_es_prune", "latent",
-                  "latent_prune")
-
 
 def prior_dimensions(options: TuneOptions) -> list[tuple[str, tuple]]:
     """The soft evidence's coordinates (``--objective=soft``): the prune strength, then the
@@ -66,10 +67,10 @@ def candidate_dimensions(kind: str, options: TuneOptions, refit_sets: tuple[str,
     prior = prior_dimensions(options) if options.objective == "soft" else []
     rate = ("learning_rate", tuple(options.learning_rates))
     clip = ("clip_norm", tuple(options.clip_norms))
-    schedule = list(REFIT_KINDS[kind].search)
-    refit = [("refit", (None, *refit_sets[1:]))] if kind != "latent" and len(refit_sets) > 1 \
-        else []
-    anchor = [("anchor", (0.0, 1.0))] if kind != "latent" else []
+    row = REFIT_KINDS[kind]
+    schedule = list(row.search)
+    refit = [("refit", (None, *refit_sets[1:]))] if row.weights and len(refit_sets) > 1 else []
+    anchor = [("anchor", (0.0, 1.0))] if row.weights else []
     safeguard = [("safeguard", (True, False))]
     if refit_first:
         return [*prior, *refit, rate, *anchor, *schedule, clip, *safeguard]
@@ -104,7 +105,7 @@ def _check(options: TuneOptions) -> None:
     bad = [k for k in options.kinds if k not in REFIT_KINDS]
     if bad:
         raise ValueError(f"--kinds: unknown refit kind(s) {bad}; valid: "
-                         f"{', '.join(REFIT_KINDS)}")
+                         f"{', '.join(kind_names())}")
     if options.max_candidates < 2:
         raise ValueError(f"--max_candidates must be >= 2 (no refit and one refit), got "
                          f"{options.max_candidates}")
@@ -322,7 +323,8 @@ class _KindSearch:
             final = chosen or self.start
         else:
             final = chosen or dataclasses.replace(
-                self.best, steps=0, es_steps=0, prune_strength=self.start.prune_strength,
+                self.best, **{k.steps_field: 0 for k in REFIT_KINDS.values()},
+                prune_strength=self.start.prune_strength,
                 tag_confidence=self.start.tag_confidence)
         entry = {"evidence": dataclasses.asdict(final), "refit": chosen is not None,
                  "miou": self.seen[chosen_key].miou if chosen else plain.miou,
@@ -340,6 +342,33 @@ class _KindSearch:
 CROSSFIT_FILE = "evidence_crossfit.json"
 
 
+def crossfit_modes(options: TuneOptions) -> list[str]:
+    """The rows of a cross-fitted table: those of the tuned kinds and those without a
+    refit, their soft rows too when tuned for the soft objective."""
+    soft = options.objective == "soft"
+    return [m for m, row in EVIDENCE_MODES.items() if m in table_modes(options.kinds)
+            or (soft and row.soft and (row.kind is None or row.kind in options.kinds))]
+
+
+def _held_out_table(modes: list[str], counts: dict, seconds: dict, steps: dict,
+                    num_images: int, scales: tuple[float, ...], flip: bool,
+                    bootstrap_samples: int) -> dict:
+    """One protocol's table over every image, each scored held out."""
+    results = {"eval_scales": list(scales), "add_flipped_images": flip,
+               "num_images": num_images, "modes": {}}
+    for m in modes:
+        row = {"name": EVIDENCE_MODES[m].row,
+               "miou": float(miou_from_counts(np.sum(counts[m], axis=0))),
+               "seconds_per_image": seconds[m] / num_images}
+        if steps[m]:
+            row["refit_steps_mean"] = float(np.concatenate(steps[m]).mean())
+        results["modes"][m] = row
+    if bootstrap_samples > 0:
+        add_bootstrap(results, counts, bootstrap_samples)
+    results["table"] = format_table(results)
+    return results
+
+
 def cross_fit(network, info, meta: dict, batches: list, alignment, options: TuneOptions,
               printer: Callable[[str], None] = print) -> dict:
     """Every image scored held out: fold ``k`` (images ``k, k + K, ...``) with the settings
@@ -351,9 +380,7 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
     if len(batches) <= k:
         raise ValueError(f"--folds={k} needs more than {k} images (each fold is scored, and "
                          f"tuned on the others); the split has {len(batches)}")
-    modes = [m for m in EVIDENCE_MODES if (m in CROSSFIT_MODES or (
-                 EVIDENCE_MODES[m].soft and options.objective == "soft"))
-             and (EVIDENCE_MODES[m].kind is None or EVIDENCE_MODES[m].kind in options.kinds)]
+    modes = crossfit_modes(options)
     protocols = [((1.0,), False)]
     if tuple(options.eval_scales) != (1.0,) or options.add_flipped_images:
         protocols.append((tuple(options.eval_scales), options.add_flipped_images))
@@ -386,18 +413,9 @@ def cross_fit(network, info, meta: dict, batches: list, alignment, options: Tune
                     steps[(scales, flip)][m].append(r.steps)
     tables = []
     for scales, flip in protocols:
-        results = {"eval_scales": list(scales), "add_flipped_images": flip,
-                   "num_images": len(batches), "modes": {}}
-        for m in modes:
-            row = {"name": EVIDENCE_MODES[m].row,
-                   "miou": float(miou_from_counts(np.sum(counts[(scales, flip)][m], axis=0))),
-                   "seconds_per_image": seconds[(scales, flip)][m] / len(batches)}
-            if steps[(scales, flip)][m]:
-                row["refit_steps_mean"] = float(np.concatenate(steps[(scales, flip)][m]).mean())
-            results["modes"][m] = row
-        if options.bootstrap_samples > 0:
-            add_bootstrap(results, counts[(scales, flip)], options.bootstrap_samples)
-        results["table"] = format_table(results)
+        p = (scales, flip)
+        results = _held_out_table(modes, counts[p], seconds[p], steps[p], len(batches), scales,
+                                  flip, options.bootstrap_samples)
         tables.append(results)
         printer(f"Held out over {len(batches)} images ({k} folds), scales {list(scales)}"
                 f"{' + flip' if flip else ''}:")
