@@ -224,7 +224,7 @@ def test_train_dwa_moves_the_task_weights_after_two_data_epochs(tmp_path, data_d
                                           "--training_number_of_steps=8",
                                           "--save_interval_steps=8", "--save_summaries_steps=1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "windows of 2 steps" in proc.stdout  # 4 examples, batch 2: a data epoch
+    assert "window_steps=2 (steps of one pass" in proc.stdout  # 4 examples, batch 2
     scalars = tbevents.read_scalars(logdir / "train")
     weights = {t: dict(scalars[f"train/{t}_weight"]) for t in ("semantic", "tags")}
     for step in range(8):
