@@ -111,3 +111,31 @@ def long_functions() -> list[str]:
 
 def test_no_function_over_60_lines_without_saying_why():
     assert long_functions() == []
+
+
+def test_the_flags_given_are_part_of_the_resolved_options():
+    """Which flags the user gave is resolved with the options (``given``), once, in
+    ``common_flags.options_from_flags``; nothing threads it by hand (no ``explicit``
+    parameter between the tools and the code that reads it)."""
+    import subprocess
+    import sys
+
+    code = ("from tools import eval as tool, common_flags as c\n"
+            "from deeplab_ext.run.options import EvalOptions, evidence_given\n"
+            "c.FLAGS(['eval', '--checkpoint_dir=r', '--dataset_dir=d', "
+            "'--evidence_learning_rate=0.5', '--evidence_prune_strength=0.3', "
+            "'--evidence_modes=none,soft_prune'])\n"
+            "o = c.options_from_flags(EvalOptions)\n"
+            "print(sorted(o.given)); print(sorted(evidence_given(o)))\n"
+            "print(o.evidence.learning_rate, 'given' in c.FLAGS)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    given, evidence, last = proc.stdout.strip().splitlines()[-3:]
+    assert given == str(["checkpoint_dir", "dataset_dir", "evidence_learning_rate",
+                         "evidence_modes", "evidence_prune_strength"])
+    assert evidence == str(["learning_rate", "prune_strength"])
+    assert last == "0.5 False"  # the value parsed; `given` itself is not a flag
+    threaded = [f"{p.relative_to(REPO)}" for root in PACKAGES
+                for p in (REPO / root).rglob("*.py") if "explicit_evidence" in p.read_text()]
+    assert threaded == []

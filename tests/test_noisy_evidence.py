@@ -127,8 +127,9 @@ def test_eval_reads_the_soft_prior_the_tuning_chose(soft_tuned, shapes_data, tmp
 
     export = export_checkpoint(
         ExportOptions(checkpoint_dir=str(run), export_path=str(tmp_path / "export"),
-                      evidence=EvidenceOptions(prune_strength=0.4)),
-        explicit=frozenset({"prune_strength"}), printer=lambda line: None)
+                      evidence=EvidenceOptions(prune_strength=0.4),
+                      given=frozenset({"evidence_prune_strength"})),
+        printer=lambda line: None)
     client = LoadedSegmenter(export)
     assert client.prune and client.prune_strength == 0.4
     assert client.tag_confidence == served.tag_confidence

@@ -41,8 +41,10 @@ def _unwrap_optional(tp: Any) -> Any:
 
 
 def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """The fields of ``cls`` that are flags (not those filled when resolving, ``given``)."""
     hints = typing.get_type_hints(cls)
-    return [(f, _unwrap_optional(hints[f.name])) for f in dataclasses.fields(cls)]
+    return [(f, _unwrap_optional(hints[f.name])) for f in dataclasses.fields(cls)
+            if not f.metadata.get("resolved")]
 
 
 def _default(f: dataclasses.Field, defaults: Any) -> Any:
@@ -134,6 +136,8 @@ def options_from_flags(cls: type, prefix: str = "") -> Any:
         if value is not None and (meta.get("multi") or typing.get_origin(tp) is tuple):
             value = _convert_tuple(list(value), tp, name, meta.get("positive", False))
         kwargs[f.name] = value
+    if not prefix and any(f.name == "given" for f in dataclasses.fields(cls)):
+        kwargs["given"] = frozenset(n for n in FLAGS if FLAGS[n].present)
     options = cls(**kwargs)
     if not prefix and hasattr(options, "unused_flags"):
         # A flag the chosen mode does not read is refused, not silently ignored (the
@@ -142,23 +146,6 @@ def options_from_flags(cls: type, prefix: str = "") -> Any:
         if problems:
             raise ValueError(problems[0])
     return options
-
-
-def explicit_fields(cls: type, prefix: str = "") -> frozenset[str]:
-    """Fields of ``cls`` whose flags were given on the command line (they beat settings a
-    run directory holds, e.g. tuned refit settings)."""
-    return frozenset(f.name for f, _ in _fields(cls)
-                     if "prefix" not in f.metadata
-                     and FLAGS[prefix + f.metadata.get("flag", f.name)].present)
-
-
-EVIDENCE_PREFIX = "evidence_"
-
-
-def explicit_evidence() -> frozenset[str]:
-    from deeplab_ext.run.options import EvidenceOptions
-
-    return explicit_fields(EvidenceOptions, EVIDENCE_PREFIX)
 
 
 # ------------------------------------------------------------------------ running

@@ -20,8 +20,7 @@ common_flags.define_flags(DemoOptions)
 def main() -> None:
     from deeplab_ext.run.demo import run_demo
 
-    run_demo(common_flags.options_from_flags(DemoOptions), printer=common_flags.printer,
-             explicit=common_flags.explicit_evidence())
+    run_demo(common_flags.options_from_flags(DemoOptions), printer=common_flags.printer)
 
 
 def cli() -> None:

@@ -17,8 +17,7 @@ common_flags.define_flags(EvalOptions)
 def main() -> None:
     from deeplab_ext.run.evaluation import evaluate
 
-    evaluate(common_flags.options_from_flags(EvalOptions), printer=common_flags.printer,
-             explicit=common_flags.explicit_evidence())
+    evaluate(common_flags.options_from_flags(EvalOptions), printer=common_flags.printer)
 
 
 def cli() -> None:

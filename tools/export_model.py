@@ -18,8 +18,7 @@ def main() -> None:
     from deeplab_ext.run.export import export_checkpoint
 
     options = common_flags.options_from_flags(ExportOptions)
-    path = export_checkpoint(options, explicit=common_flags.explicit_evidence(),
-                             printer=common_flags.printer)
+    path = export_checkpoint(options, printer=common_flags.printer)
     what = ", ".join("SavedModel" if f == "saved_model" else f for f in options.format)
     common_flags.printer(f"Exported {what} to {path}")
 

@@ -21,7 +21,6 @@ def main() -> None:
     from deeplab_ext.run.export import predict_image
 
     report = predict_image(common_flags.options_from_flags(PredictOptions),
-                           explicit=common_flags.explicit_evidence(),
                            printer=common_flags.printer)
     common_flags.printer(json.dumps(report, indent=1))
 

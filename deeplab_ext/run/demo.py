@@ -18,7 +18,7 @@ import os
 import pathlib
 import shutil
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -45,6 +45,7 @@ from deeplab_ext.run.options import (
     PredictOptions,
     TrainOptions,
     TuneOptions,
+    evidence_given,
 )
 from deeplab_ext.run.refit_kinds import (
     DEFAULT_KIND,
@@ -152,7 +153,7 @@ class DemoPlan:
     learning_rate: float
 
     @classmethod
-    def of(cls, options: DemoOptions, explicit: Collection[str]) -> DemoPlan:
+    def of(cls, options: DemoOptions) -> DemoPlan:
         trains = (options.builtin or options.tag_head == ENCODER or bool(options.train_groups)
                   or options.data is not None) and options.train_steps != 0
         pooled = not trains
@@ -160,7 +161,7 @@ class DemoPlan:
         evidence = options.evidence
         if pooled or fine_tune:  # the pooled start point, but what was given as flags
             evidence = dataclasses.replace(POOLED_EVIDENCE, **{
-                f: getattr(options.evidence, f) for f in explicit})
+                f: getattr(options.evidence, f) for f in evidence_given(options)})
         pooled_tags = pooled or (fine_tune and options.tag_head != ENCODER
                                  and not (options.model_variant or "").endswith("_mt"))
         # Budgets: the built-in job's, a folder from scratch (a tiny network), or a
@@ -188,12 +189,11 @@ class DemoPlan:
                                    if EVIDENCE_MODES[m].kind is not None))
 
 
-def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
-             explicit: Collection[str] = ()) -> dict:
-    """The main job; ``explicit``: evidence fields given as flags (they beat tuning)."""
+def run_demo(options: DemoOptions, printer: Callable[[str], None] = print) -> dict:
+    """The main job; the evidence flags given (``options.given``) beat tuning."""
     out = pathlib.Path(options.workdir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    plan = DemoPlan.of(options, explicit)
+    plan = DemoPlan.of(options)
     check_modes(plan.modes)
     if options.report_photos < 0:
         raise ValueError(f"--report_photos must be >= 0, got {options.report_photos}")
@@ -214,15 +214,15 @@ def run_demo(options: DemoOptions, printer: Callable[[str], None] = print,
         eval_split="val", eval_crop_size=(plan.crop, plan.crop) if options.builtin else None,
         evidence_modes=plan.modes, evidence=plan.evidence,
         max_examples=options.max_eval_images, num_vis_examples=0, save_predictions=True,
-    ), printer=printer, explicit=explicit)
+        given=options.given), printer=printer)
     info = get_dataset_info(dataset)
     served_mode = _served_mode(plan, tuning)
     shown = changed_most(results, eval_dir, served_mode, options.report_photos)
 
     stage("Export the SavedModel")
     export_dir = export_checkpoint(ExportOptions(
-        checkpoint_dir=str(model), export_path=str(out / "export"), evidence=plan.evidence),
-        explicit=explicit, printer=printer)
+        checkpoint_dir=str(model), export_path=str(out / "export"), evidence=plan.evidence,
+        given=options.given), printer=printer)
     printer(f"SavedModel in {export_dir}")
 
     stage("Serve: tools.predict through the SavedModel on the photo the evidence changed most")

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import pathlib
 import textwrap
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
@@ -35,7 +35,7 @@ from deeplab_ext.run.modes import (
     per_image_miou,
     run_modes,
 )
-from deeplab_ext.run.options import EvalOptions
+from deeplab_ext.run.options import EvalOptions, evidence_given
 from deeplab_ext.run.refit_kinds import EVIDENCE_MODES
 from deeplab_ext.run.rundir import atomic_write, restore_network
 from deeplab_ext.run.tag_sources import TagNoise, tag_source
@@ -96,12 +96,11 @@ def comparison_figure(rows: list[dict], columns: Sequence[str], info: DatasetInf
     return np.concatenate([header, grid], axis=0)
 
 
-def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
-             explicit: Collection[str] = ()) -> dict[str, Any]:
+def evaluate(options: EvalOptions, printer: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every evidence mode over the split; returns (and writes) the results dict.
 
     Refit rows use the run's tuned settings when it has them (``tools.tune_evidence``),
-    with the evidence fields named in ``explicit`` (flags given) taken from
+    with the evidence fields whose flags were given (``options.given``) taken from
     ``options.evidence`` instead; without tuned settings ``options.evidence`` is used.
     The steps, in order: check the options, restore the network and its split, score the
     image-level outputs, score each mode, the training-only decoder path, the intervals,
@@ -115,7 +114,8 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
     options = dataclasses.replace(options, checkpoint_dir=checkpoint_dir_or_name(
         options.checkpoint_dir, printer=printer))
     run = _restore(options, modes, printer)
-    evidence = evidence_by_kind(options.checkpoint_dir, options.evidence, explicit,
+    evidence = evidence_by_kind(options.checkpoint_dir, options.evidence,
+                                evidence_given(options),
                                 use_tuned=options.use_tuned_evidence, printer=printer)
     source = tag_source(options.tag_noise, options.tags_from, run.info)
     filenames = input_pipeline.split_filenames(options.dataset_dir, options.eval_split)[
@@ -125,14 +125,7 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
             f"({len(run.batches)} images), modes: {', '.join(modes)}, scales "
             f"{options.eval_scales}{' + flip' if options.add_flipped_images else ''}, "
             f"{source.label}")
-    results: dict[str, Any] = {
-        "dataset": run.info.name, "split": options.eval_split, "num_images": len(run.batches),
-        "model": run.meta["model"]["name"], "checkpoint": run.meta["checkpoint_path"],
-        "eval_scales": list(options.eval_scales),
-        "add_flipped_images": options.add_flipped_images,
-        "evidence": dataclasses.asdict(options.evidence),
-        "evidence_by_kind": {k: dataclasses.asdict(v) for k, v in evidence.items()},
-        "tags_given": source.describe, "modes": {}}
+    results = _header(options, run, evidence, source)
     results.update(_image_metrics(run, printer))
     vis_rows = [{"image": b[0][0].numpy(), "label": b[1]["semantic"][0].numpy(), "pred": {}}
                 for b in run.batches[: options.num_vis_examples]]
@@ -160,6 +153,19 @@ def evaluate(options: EvalOptions, printer: Callable[[str], None] = print,
     if options.eval_logdir:
         _write(pathlib.Path(options.eval_logdir), results, vis_rows, modes, run.info, printer)
     return results
+
+
+def _header(options: EvalOptions, run: _Restored, evidence: dict[str, Any], source: Any
+            ) -> dict[str, Any]:
+    """What the results say before any row: the data, the model, the settings, the tags."""
+    return {
+        "dataset": run.info.name, "split": options.eval_split, "num_images": len(run.batches),
+        "model": run.meta["model"]["name"], "checkpoint": run.meta["checkpoint_path"],
+        "eval_scales": list(options.eval_scales),
+        "add_flipped_images": options.add_flipped_images,
+        "evidence": dataclasses.asdict(options.evidence),
+        "evidence_by_kind": {k: dataclasses.asdict(v) for k, v in evidence.items()},
+        "tags_given": source.describe, "modes": {}}
 
 
 @dataclasses.dataclass

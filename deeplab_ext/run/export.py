@@ -54,7 +54,12 @@ from deeplab_ext.run.evidence import evidence_by_kind, keep_classes, load_tuned
 from deeplab_ext.run.formats import FORMATS, METADATA_FILE, ExportJob
 from deeplab_ext.run.importing import checkpoint_dir_or_name
 from deeplab_ext.run.locking import directory_lock
-from deeplab_ext.run.options import EvidenceOptions, ExportOptions, PredictOptions
+from deeplab_ext.run.options import (
+    EvidenceOptions,
+    ExportOptions,
+    PredictOptions,
+    evidence_given,
+)
 from deeplab_ext.run.refit_kinds import DEFAULT_KIND, REFIT_KINDS
 from deeplab_ext.run.rundir import input_alignment, restore_network
 from deeplab_ext.run.serving import SegmenterServing, serving_module, serving_network
@@ -285,10 +290,10 @@ def _publish(tmp: pathlib.Path, export_path: pathlib.Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export_checkpoint(options: ExportOptions, explicit: Collection[str] = (),
+def export_checkpoint(options: ExportOptions,
                       printer: Callable[[str], None] = print) -> pathlib.Path:
     """``tools.export_model``: restore a run's network and export it, refitting with the
-    run's tuned settings when it has them (``explicit``: evidence flags given, they win)."""
+    run's tuned settings when it has them (the evidence flags given win)."""
     validate_scales(options.inference_scales, "--inference_scales")
     known_formats(options.format)
     _check_quantize(options)
@@ -297,7 +302,8 @@ def export_checkpoint(options: ExportOptions, explicit: Collection[str] = (),
     network, info, meta = restore_network(options.checkpoint_dir, options.checkpoint_path)
     alignment = input_alignment(network, meta) if options.align_inputs else None
     kind, evidence, prune = serving_evidence(options.checkpoint_dir, options.evidence,
-                                             explicit, options.use_tuned_evidence, printer)
+                                             evidence_given(options),
+                                             options.use_tuned_evidence, printer)
     size = options.export_input_size or tuple(meta.get("train_crop_size") or ()) or None
     if (size and alignment is not None and any(FORMATS[f].fixed_size for f in options.format)
             and not alignment.is_aligned(*size)):
@@ -463,8 +469,7 @@ def _check_source(options: PredictOptions) -> None:
         raise ValueError("give exactly one of --saved_model, --checkpoint_dir or --model")
 
 
-def _open_segmenter(options: PredictOptions, explicit: Collection[str],
-                    printer: Callable[[str], None]) -> Any:
+def _open_segmenter(options: PredictOptions, printer: Callable[[str], None]) -> Any:
     """The model ``tools.predict`` was pointed at: a LiteRT / ONNX file, an export or a run."""
     _check_source(options)
     if options.model:
@@ -473,7 +478,8 @@ def _open_segmenter(options: PredictOptions, explicit: Collection[str],
         return LoadedSegmenter(options.saved_model)
     return CheckpointSegmenter(checkpoint_dir_or_name(options.checkpoint_dir, printer=printer),
                                options.evidence,
-                               align_inputs=options.align_inputs, explicit=explicit,
+                               align_inputs=options.align_inputs,
+                               explicit=evidence_given(options),
                                use_tuned=options.use_tuned_evidence, printer=printer)
 
 
@@ -490,7 +496,7 @@ class _LineProgress:
             self.printer(f"  {self.done}/{self.total} images")
 
 
-def predict_folder(options: PredictOptions, explicit: Collection[str] = (),
+def predict_folder(options: PredictOptions,
                    printer: Callable[[str], None] = print) -> dict[str, Any]:
     """``tools.predict --image=FOLDER --output=OUT_DIR``: every image of the folder (jpg,
     png, bmp; sorted), plain predictions (the evidence is per image: use one image at a
@@ -513,7 +519,7 @@ def predict_folder(options: PredictOptions, explicit: Collection[str] = (),
         raise ValueError(f"--output={out} already holds {existing[0]}"
                          f"{f' and {len(existing) - 1} more' if len(existing) > 1 else ''}: "
                          "nothing was overwritten; choose a new --output folder")
-    seg = _open_segmenter(options, explicit, printer)
+    seg = _open_segmenter(options, printer)
     (out / "raw").mkdir(parents=True, exist_ok=True)
     # A progress bar on a terminal; redirected output gets plain lines (no escapes).
     bar = (keras.utils.Progbar(len(images), unit_name="image") if sys.stdout.isatty()
@@ -534,25 +540,25 @@ def predict_folder(options: PredictOptions, explicit: Collection[str] = (),
             "classes_predicted": [seg.info.class_names[c] for c in sorted(classes)]}
 
 
-def predict_image(options: PredictOptions, explicit: Collection[str] = (),
+def predict_image(options: PredictOptions,
                   printer: Callable[[str], None] = print) -> dict[str, Any]:
     """``tools.predict``: segment one image (with its tags as evidence, if given), write
     the colour (and raw) PNG and the side-by-side picture; print the tags before and after
     the refit; return the report printed as JSON. The refit steps are the export's or run's
-    own unless ``steps`` is in ``explicit`` (--evidence_steps given). A folder of images
+    own unless --evidence_steps was given (``options.given``). A folder of images
     goes to :func:`predict_folder`."""
     if pathlib.Path(options.image).is_dir():
-        return predict_folder(options, explicit, printer)
+        return predict_folder(options, printer)
     _check_source(options)
     outputs = _output_paths(options)
     image = read_image(options.image)
     full_size = image.shape[:2]
-    steps = options.evidence.steps if "steps" in explicit else None
+    steps = options.evidence.steps if "steps" in evidence_given(options) else None
     if steps is not None and steps < 0:
         raise ValueError(f"--evidence_steps must be >= 0, got {steps}")
-    seg = _open_segmenter(options, explicit, printer)
+    seg = _open_segmenter(options, printer)
     image = _resized_for_model(image, options, seg, printer)
-    ev = _prediction_evidence(options, explicit, seg, printer)
+    ev = _prediction_evidence(options, seg, printer)
     plain = seg.predict(image)
     out = (seg.predict_with_evidence(image, ev.tags, steps, steps_name="--evidence_steps")
            if ev.refit else plain)
@@ -593,10 +599,11 @@ def _resized_for_model(image: np.ndarray, options: PredictOptions, seg: Any,
     return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
-def _prediction_evidence(options: PredictOptions, explicit: Collection[str], seg: Any,
+def _prediction_evidence(options: PredictOptions, seg: Any,
                          printer: Callable[[str], None]) -> _Evidence:
     """The tags given (soft: flags given win over what the export or run was set up with)
     and what to do with them; contradicting flags are refused."""
+    explicit = evidence_given(options)
     soft = dataclasses.replace(options.evidence, **{
         f: getattr(options.evidence, f) if f in explicit else getattr(seg, f, 1.0)
         for f in ("prune_strength", "tag_confidence")})

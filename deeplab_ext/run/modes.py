@@ -123,62 +123,90 @@ def run_rows(network, info: DatasetInfo, batches: Sequence,
     per image, kind and evidence it refits toward, and its probabilities are then taken
     as they are and pruned (so the tuning scores a refit at every prune strength at once).
     """
-    tag_ids, keep = list(info.tag_class_ids), keep_classes(info)
     runs: dict[str, ModeRun] = {}
-    passes: dict[tuple, list[tuple[str, str, EvidenceOptions]]] = {}
-    for name, mode, settings in rows:
-        row = EVIDENCE_MODES[mode]
-        settings = settings if row.soft else settings.hard()
-        passes.setdefault((row.kind, _refit_key(row.kind, settings)), []).append(
-            (name, mode, settings))
-    for (kind, _), group in passes.items():
+    for (kind, _), group in _passes(rows).items():
         t0 = time.time()
         settings = group[0][2]  # the refit's: the same for every row of the pass
         # A kind tuned to no refit (zero steps) is plain inference: no refit graph to build.
         no_refit = kind is not None and REFIT_KINDS[kind].steps(settings) == 0
         predict = make_predictor(network, info, None if no_refit else kind, settings,
                                  scales, flip, alignment)
-        breakdown = {n: ErrorBreakdown(info) for n, _, _ in group} if errors else {}
-        counts: dict[str, list] = {n: [] for n, _, _ in group}
-        kept: dict[str, list] = {n: [] for n, _, _ in group}
-        taken, back = [], []
-        index = 0
+        scores = _PassScores(info, group, errors, keep_predictions, sink)
         for images, targets in batches:
-            tags = targets["tags"]
-            out = predict(images, settings.soft_tags(tags))
-            labels = targets["semantic"].numpy()
-            for name, mode, row_settings in group:
-                probs = out["probabilities"]
-                if EVIDENCE_MODES[mode].prune:
-                    probs = prune_probabilities(probs, row_settings.soft_tags(tags), tag_ids,
-                                                keep, strength=row_settings.prune_strength)
-                preds = tf.argmax(probs, -1, output_type=tf.int32).numpy()
-                counts[name] += [image_iou_counts(lab, pred, info.num_classes, info.ignore_label)
-                                 for lab, pred in zip(labels, preds, strict=True)]
-                if name in breakdown:
-                    breakdown[name].update(labels, preds, tags.numpy())
-                if len(kept[name]) < keep_predictions:
-                    kept[name].append(preds[0])
-                if sink is not None:
-                    for i, pred in enumerate(preds):
-                        sink(name, index + i, pred)
-            index += len(labels)
-            if "steps_taken" in out:
-                taken.append(out["steps_taken"].numpy().reshape(-1))
-                back.append(out["fell_back"].numpy().reshape(-1))
-            elif no_refit:
-                taken.append(np.zeros([len(labels)], np.int32))
-                back.append(np.zeros([len(labels)], bool))
+            out = predict(images, settings.soft_tags(targets["tags"]))
+            scores.add(out, targets, no_refit)
         seconds = round(time.time() - t0, 2)
         if printer is not None:
             printer(f"  predicted {', '.join(EVIDENCE_MODES[m].row for _, m, _ in group)} "
                     f"({seconds:.1f}s)")
-        for name, _, _ in group:
-            runs[name] = ModeRun(counts[name], kept[name],
-                                 breakdown[name].result() if name in breakdown else None,
-                                 np.concatenate(taken) if taken else None,
-                                 np.concatenate(back) if back else None, seconds)
+        runs.update(scores.runs(seconds))
     return {name: runs[name] for name, _, _ in rows}
+
+
+def _passes(rows: Sequence[tuple[str, str, EvidenceOptions]]
+            ) -> dict[tuple, list[tuple[str, str, EvidenceOptions]]]:
+    """The rows grouped by the prediction pass they share (kind and what it refits toward),
+    the seed's rows with their settings made hard."""
+    passes: dict[tuple, list[tuple[str, str, EvidenceOptions]]] = {}
+    for name, mode, settings in rows:
+        row = EVIDENCE_MODES[mode]
+        settings = settings if row.soft else settings.hard()
+        passes.setdefault((row.kind, _refit_key(row.kind, settings)), []).append(
+            (name, mode, settings))
+    return passes
+
+
+class _PassScores:
+    """What one pass's rows collect per batch: per-image IoU counts, the error breakdown,
+    the first predictions kept, the refit's steps; each row pruned as it says."""
+
+    def __init__(self, info: DatasetInfo, group: list[tuple[str, str, EvidenceOptions]],
+                 errors: bool, keep_predictions: int,
+                 sink: Callable[[str, int, np.ndarray], None] | None):
+        self.info, self.group, self.sink = info, group, sink
+        self.keep_predictions = keep_predictions
+        self.tag_ids, self.keep = list(info.tag_class_ids), keep_classes(info)
+        self.breakdown = {n: ErrorBreakdown(info) for n, _, _ in group} if errors else {}
+        self.counts: dict[str, list] = {n: [] for n, _, _ in group}
+        self.kept: dict[str, list] = {n: [] for n, _, _ in group}
+        self.taken: list[np.ndarray] = []
+        self.back: list[np.ndarray] = []
+        self.index = 0
+
+    def add(self, out: dict, targets: dict, no_refit: bool) -> None:
+        tags, info = targets["tags"], self.info
+        labels = targets["semantic"].numpy()
+        for name, mode, row_settings in self.group:
+            probs = out["probabilities"]
+            if EVIDENCE_MODES[mode].prune:
+                probs = prune_probabilities(probs, row_settings.soft_tags(tags), self.tag_ids,
+                                            self.keep, strength=row_settings.prune_strength)
+            preds = tf.argmax(probs, -1, output_type=tf.int32).numpy()
+            self.counts[name] += [image_iou_counts(lab, pred, info.num_classes,
+                                                   info.ignore_label)
+                                  for lab, pred in zip(labels, preds, strict=True)]
+            if name in self.breakdown:
+                self.breakdown[name].update(labels, preds, tags.numpy())
+            if len(self.kept[name]) < self.keep_predictions:
+                self.kept[name].append(preds[0])
+            if self.sink is not None:
+                for i, pred in enumerate(preds):
+                    self.sink(name, self.index + i, pred)
+        self.index += len(labels)
+        if "steps_taken" in out:
+            self.taken.append(out["steps_taken"].numpy().reshape(-1))
+            self.back.append(out["fell_back"].numpy().reshape(-1))
+        elif no_refit:
+            self.taken.append(np.zeros([len(labels)], np.int32))
+            self.back.append(np.zeros([len(labels)], bool))
+
+    def runs(self, seconds: float) -> dict[str, ModeRun]:
+        taken = np.concatenate(self.taken) if self.taken else None
+        back = np.concatenate(self.back) if self.back else None
+        return {name: ModeRun(self.counts[name], self.kept[name],
+                              self.breakdown[name].result() if name in self.breakdown
+                              else None, taken, back, seconds)
+                for name, _, _ in self.group}
 
 
 def _refit_key(kind: str | None, settings: EvidenceOptions) -> str:

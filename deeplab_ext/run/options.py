@@ -112,6 +112,14 @@ def group(factory: Any, prefix: str, help: str = "") -> Any:  # noqa: A002
     return dataclasses.field(default_factory=factory, metadata={"prefix": prefix, "help": help})
 
 
+def given_flags() -> Any:
+    """The names of the flags the user gave: filled when the options are resolved from the
+    command line (``tools.common_flags.options_from_flags``), not a flag itself. Settings a
+    run directory holds (its tuned refit settings) yield to the flags given."""
+    return dataclasses.field(default=frozenset(), compare=False, repr=False,
+                             metadata={"resolved": True})
+
+
 _REFIT = EvidenceConfig()  # the library's defaults, which the flags share
 
 
@@ -377,9 +385,19 @@ class ImportOptions:
                                                   "predictions pad onto.", positive=True)
 
 
+def evidence_given(options: Any, prefix: str = "evidence_") -> frozenset[str]:
+    """The ``EvidenceOptions`` fields whose flags ``options`` were resolved with (its
+    ``given``): they beat a run's tuned settings."""
+    given = getattr(options, "given", frozenset())
+    return frozenset(f.name for f in dataclasses.fields(EvidenceOptions)
+                     if prefix + f.metadata.get("flag", f.name) in given)
+
+
 @dataclasses.dataclass
 class EvalOptions:
     """Evaluation and the evidence table (``tools.eval``)."""
+
+    given: frozenset[str] = given_flags()
 
     checkpoint_dir: str | None = opt(None, "A --train_logdir of tools.train, or a released "
                                      "model's name (imported once into the cache, tags "
@@ -543,6 +561,8 @@ class VisOptions:
 class ExportOptions:
     """SavedModel export (``tools.export_model``), and the LiteRT / ONNX files."""
 
+    given: frozenset[str] = given_flags()
+
     checkpoint_dir: str = opt(None, "A --train_logdir of tools.train, or a released model's "
                               "name (imported once into the cache).", required=True)
     export_path: str = opt(None, "Directory of the export (replaced atomically).",
@@ -584,6 +604,8 @@ class ExportOptions:
 class PredictOptions:
     """One image, optionally with its tags as evidence, or a folder of images
     (``tools.predict``)."""
+
+    given: frozenset[str] = given_flags()
 
     image: str = opt(None, "Input image (jpg/png), or a folder of them (then --output is "
                      "the folder to write into).", required=True)
@@ -646,6 +668,8 @@ DEMO_WEIGHTS = "mobilenetv2_dm05_coco_voc_trainaug"  # shipped, with tuned refit
 class DemoOptions:
     """The main job (``make demo``): by default a released model on the shipped real photos,
     nothing trained; ``--builtin`` trains on the built-in dataset instead."""
+
+    given: frozenset[str] = given_flags()
 
     workdir: str = opt("demo_out", "Where data, checkpoints, export and report go.")
     builtin: bool = opt(False, "The training demo: train the tiny multi-task network on the "
