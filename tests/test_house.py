@@ -279,7 +279,7 @@ def test_flag_choices_are_the_implementing_modules_lists():
     def choices(cls, name):
         return next(f for f in dataclasses.fields(cls) if f.name == name).metadata["choices"]
 
-    assert choices(o.TrainOptions, "loss_weighting") is weighting.WEIGHTINGS
+    assert choices(o.TrainOptions, "loss_weighting") is weighting.base.WEIGHTINGS_REGISTRY
     assert choices(o.TrainOptions, "mixed_precision") is precision.POLICIES
     assert choices(o.TrainOptions, "distribution_strategy") is distribute.STRATEGIES
     assert choices(o.TrainOptions, "learning_policy") is schedules.LEARNING_POLICIES

@@ -24,6 +24,8 @@ from typing import Any
 
 from absl import app, flags
 
+from tf_mtl.registry import Registry
+
 FLAGS = flags.FLAGS
 EXIT_USER_ERROR = 2
 
@@ -87,6 +89,12 @@ def define_flags(cls: type, prefix: str = "", *, defaults: Any = None,
         elif origin is tuple:
             flags.DEFINE_list(name, None if default is None else [str(v) for v in default],
                               helptext)
+        elif isinstance(meta.get("choices"), Registry):
+            # A plug-in axis: its names are checked when the options are resolved, after
+            # --extra_modules, so a user's plug-in is a valid choice.
+            flags.DEFINE_string(name, default, f"{helptext} One of: "
+                                f"{', '.join(meta['choices'].names())}, or one a module of "
+                                "--extra_modules registers.")
         elif "choices" in meta:
             flags.DEFINE_enum(name, default, list(meta["choices"]), helptext)
         elif tp is bool:
@@ -133,6 +141,8 @@ def options_from_flags(cls: type, prefix: str = "") -> Any:
             continue
         name = prefix + meta.get("flag", f.name)
         value = FLAGS[name].value
+        if isinstance(meta.get("choices"), Registry) and value is not None:
+            meta["choices"].get(value, f"--{name}")  # unknown: an error listing the names
         if value is not None and (meta.get("multi") or typing.get_origin(tp) is tuple):
             value = _convert_tuple(list(value), tp, name, meta.get("positive", False))
         kwargs[f.name] = value

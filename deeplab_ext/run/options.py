@@ -34,7 +34,7 @@ from tf_mtl.functional_optimizers import OPTIMIZERS as REFIT_OPTIMIZERS
 from tf_mtl.precision import POLICIES as PRECISIONS
 from tf_mtl.schedules import LEARNING_POLICIES
 from tf_mtl.segmentation_tags import SEGMENTATION_TAG_POOLINGS
-from tf_mtl.weighting import WEIGHTINGS
+from tf_mtl.weighting.base import WEIGHTINGS_REGISTRY
 
 __all__ = [
     "DemoOptions",
@@ -253,7 +253,7 @@ class TrainOptions:
     hard_example_mining_step: int = opt(0, "Steps to ramp hard-pixel mining.")
     loss_weighting: str = opt("uncertainty", "How task losses are combined: a loss weighting "
                               "or a gradient method (LibMTL's set; tf_mtl/weighting/).",
-                              choices=WEIGHTINGS)
+                              choices=WEIGHTINGS_REGISTRY)
     weighting_options: str = opt("", "Options of --loss_weighting as key=value,... (e.g. "
                                  "calpha=0.4 for cagrad; rep_grad=true for gradients of the "
                                  "shared features instead of the shared weights). Unknown keys "
