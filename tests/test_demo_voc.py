@@ -48,7 +48,8 @@ def _run_demo(work, *flags):
     proc = subprocess.run([sys.executable, "-m", "tools.demo", f"--workdir={work}", *flags],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert max(len(line) for line in (proc.stdout + proc.stderr).splitlines()) <= 500
+    longest = max((proc.stdout + proc.stderr).splitlines(), key=len)
+    assert len(longest) <= 500, longest[:2000]
     return proc.stdout
 
 
