@@ -427,7 +427,8 @@ def serve_sample(info: DatasetInfo, data_dir: str, index: int, export_dir: pathl
     report = predict_image(PredictOptions(saved_model=str(export_dir), image=str(sample),
                                           output=str(pred_png), tags=tuple(tags) or None),
                            printer=printer)
-    printer(json.dumps({k: v for k, v in report.items() if not k.startswith("tag_prob")}))
+    printer(json.dumps({k: v for k, v in report.items() if not k.startswith("tag_prob")},
+                       indent=1))  # as tools.predict prints it
     return {"report": report, "sample": sample, "prediction": pred_png, "tags": tags,
             "command": "python -m tools.predict " + " ".join(args)}
 
