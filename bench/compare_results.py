@@ -30,7 +30,7 @@ def differences(a: Any, b: Any, path: str = "", roots: tuple[str, ...] = ()) -> 
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return [f"{path}: {len(a)} vs {len(b)} items"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in
                 differences(x, y, f"{path}[{i}]", roots)]
     if a != b and not (isinstance(a, str) and any(r in a for r in roots)):
         return [f"{path}: {a!r} vs {b!r}"]
