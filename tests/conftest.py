@@ -131,18 +131,50 @@ def tool_env() -> dict[str, str]:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
 
 
-def run_tool(module: str, *args: str, timeout: float = 600):
+def run_tool(module: str, *args: str, timeout: float = 600, env: dict[str, str] | None = None):
     """`python -m tools.<module> args...` from the repo root; output captured as text.
 
-    The timeout only catches a hung tool: on a loaded 2-core machine a tool that takes
-    30 s alone took over 240 s."""
+    Run by a warm fork of a process that has imported TensorFlow (``tests/tool_server.py``):
+    the tool still runs as ``__main__`` in a process of its own, with its own flags, exit
+    status and output, but skips the ~5 s import. ``DEEPLAB_TEST_SUBPROCESS=1`` runs real
+    subprocesses instead. The timeout only catches a hung tool: on a loaded 2-core machine
+    a tool that takes 30 s alone took over 240 s."""
+    import json
     import subprocess
     import sys
 
-    return subprocess.run(
-        [sys.executable, "-m", f"tools.{module}", *args], cwd=REPO, env=tool_env(),
-        capture_output=True, text=True, timeout=timeout,
-    )
+    command = [sys.executable, "-m", f"tools.{module}", *args]
+    env = tool_env() if env is None else env
+    if os.environ.get("DEEPLAB_TEST_SUBPROCESS"):
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    server = _tool_server()
+    server.stdin.write(json.dumps({"module": f"tools.{module}", "args": list(args),
+                                   "cwd": str(REPO), "env": env, "timeout": timeout}) + "\n")
+    server.stdin.flush()
+    reply = json.loads(server.stdout.readline())
+    if reply.get("timeout"):
+        raise subprocess.TimeoutExpired(command, timeout)
+    return subprocess.CompletedProcess(command, reply["returncode"], reply["stdout"],
+                                       reply["stderr"])
+
+
+_SERVER: list = []  # this test process's tool server (tests/tool_server.py), started once
+
+
+def _tool_server():
+    import subprocess
+    import sys
+
+    if _SERVER and _SERVER[0].poll() is None:
+        return _SERVER[0]
+    server = subprocess.Popen([sys.executable, "-m", "tests.tool_server"], cwd=REPO,
+                              env=tool_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    ready = server.stdout.readline()
+    assert ready == "ready\n", f"the tool server did not start: {ready!r}"
+    _SERVER[:] = [server]
+    return server
 
 
 # The same computation through two different graphs (an eager call and a tf.function,

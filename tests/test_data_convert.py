@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,10 +20,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run_tool(module: str, *args: str) -> str:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    proc = run_tool(module.removeprefix("tools."), *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 

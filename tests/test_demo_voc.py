@@ -4,11 +4,8 @@ pytest-xdist runs files on different workers)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from tests.conftest import DM05, REPO
+from tests.conftest import DM05, run_tool
 
 
 def test_demo_dataset_override_voc_folder(tmp_path, real_data):
@@ -16,15 +13,13 @@ def test_demo_dataset_override_voc_folder(tmp_path, real_data):
     converts, starts from the original's released model by name (its new tag head trained
     alone), evaluates full-size real photos."""
     work = tmp_path / "demo_voc"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.demo", f"--workdir={work}",
-         f"--data={real_data / 'coco128-voc'}", "--train_steps=4", "--train_batch_size=2",
+    proc = run_tool(
+        "demo", f"--workdir={work}", f"--data={real_data / 'coco128-voc'}", "--train_steps=4", "--train_batch_size=2",
          "--model_variant=deeplabv3_mobilenetv2_dm05_mt",
          "--weights=mobilenetv2_dm05_coco_voc_trainaug",  # by name, imported once
          "--train_groups=tag_head", "--num_tune=0", "--report_photos=2",
-         "--max_eval_images=3", "--evidence_steps=1", "--evidence_modes=none,prune"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+         "--max_eval_images=3", "--evidence_steps=1", "--evidence_modes=none,prune",
+        timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((work / "eval" / "eval_results.json").read_text())
     assert results["dataset"] == "pascal_voc_seg" and results["num_images"] == 3
@@ -44,9 +39,7 @@ def test_demo_dataset_override_voc_folder(tmp_path, real_data):
 
 
 def _run_demo(work, *flags):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-m", "tools.demo", f"--workdir={work}", *flags],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = run_tool("demo", f"--workdir={work}", *flags, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     longest = max((proc.stdout + proc.stderr).splitlines(), key=len)
     assert len(longest) <= 500, longest[:2000]

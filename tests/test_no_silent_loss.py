@@ -8,13 +8,11 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import DM05, REAL_DATA, REPO, assert_user_error, run_tool, tool_env
+from tests.conftest import DM05, REAL_DATA, assert_user_error, run_tool
 from tests.test_reliability import train_args, tree_digest
 
 PHOTO = REAL_DATA / "coco128-voc" / "JPEGImages" / "000000000036.jpg"
@@ -238,10 +236,8 @@ def test_progress_in_a_redirected_log_has_no_terminal_escapes(tiny_run, tmp_path
     photos.mkdir()
     for i in range(3):
         shutil.copy(PHOTO, photos / f"{i}.jpg")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.predict", f"--checkpoint_dir={tiny_run}",
-         f"--image={photos}", f"--output={tmp_path / 'out'}"], cwd=REPO, env=tool_env(),
-        capture_output=True, text=True, timeout=600)
+    proc = run_tool("predict", f"--checkpoint_dir={tiny_run}", f"--image={photos}",
+                    f"--output={tmp_path / 'out'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\x1b[" not in proc.stdout and "\r" not in proc.stdout
     assert "3/3 images" in proc.stdout

@@ -16,7 +16,7 @@ import shlex
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_tool
 
 README = REPO / "README.md"
 # The pages in the order their snippets run: data before the imports that score it, the
@@ -70,8 +70,12 @@ def run_chain(name: str, tmp: pathlib.Path) -> list[tuple[str, str]]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
     ran = []
     for cmd in chain(name):
-        proc = subprocess.run(_localise(cmd, tmp), cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=600)
+        args = _localise(cmd, tmp)
+        if args[1:2] == ["-m"] and args[2].startswith("tools."):
+            proc = run_tool(args[2].removeprefix("tools."), *args[3:], env=env)
+        else:
+            proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                                  timeout=600)
         assert proc.returncode == 0, f"README command failed: {cmd}\n{proc.stderr[-3000:]}"
         ran.append((cmd, proc.stdout))
     return ran

@@ -16,7 +16,7 @@ import os
 import pytest
 
 from deeplab_ext.run.refit_kinds import RefitKind
-from tests.conftest import REPO, copy_run, tool_env
+from tests.conftest import copy_run, run_tool, tool_env
 
 FEW = RefitKind(
     "few", "bp_few", "DL-BP-FEW", "steps", ("steps",), (("steps", (1, 2)),),
@@ -132,12 +132,9 @@ def test_tools_eval_runs_a_kind_from_extra_modules(tiny_run, shapes_data, tmp_pa
     """The command line: --extra_modules imports the user's module, which registers the
     kind before the flags are read; without it the mode is refused."""
     import subprocess
-    import sys
 
     def run_eval(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tools.eval", *args, *extra], cwd=REPO,
-                              env={**tool_env(), REGISTER_ENV: "1"}, capture_output=True,
-                              text=True, timeout=600)
+        return run_tool("eval", *args, *extra, env={**tool_env(), REGISTER_ENV: "1"})
 
     out = tmp_path / "eval"
     args = (f"--checkpoint_dir={tiny_run}", f"--dataset_dir={shapes_data}",

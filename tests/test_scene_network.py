@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, tool_env
+from tests.conftest import REPO, run_tool, tool_env
 
 VARIANT = "deeplabv3plus_mobilenetv2_tiny_scene"
 TASKS = ("semantic", "instance", "depth")
@@ -93,9 +93,7 @@ def test_three_tasks_train_resume_and_serve_in_a_fresh_process(scene_data, tmp_p
     assert {"mae", "abs_rel", "delta1"} <= set(res["depth"])
 
     export = tmp_path / "export"
-    proc = subprocess.run([sys.executable, "-m", "tools.export_model", f"--checkpoint_dir={run}",
-                           f"--export_path={export}"], cwd=REPO, env=tool_env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = run_tool("export_model", f"--checkpoint_dir={run}", f"--export_path={export}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     code = f"""
 import json, numpy as np, tensorflow as tf

@@ -3,10 +3,7 @@ Cityscapes trainId -> labelId conversion of raw predictions."""
 
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -17,6 +14,7 @@ from deeplab_ext.data import synthetic
 from deeplab_ext.data.datasets import get_dataset_info
 from deeplab_ext.run import vis as vislib
 from deeplab_ext.run.options import VisOptions
+from tests.conftest import run_tool
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 40
@@ -86,13 +84,10 @@ def test_tools_vis_cli_writes_original_layout(tmp_path, data_dir, val_images):
     run = tmp_path / "run"
     network = _make_checkpoint(run, "shapes_evidence", seed=1)
     out = tmp_path / "vis"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.vis", f"--checkpoint_dir={run}",
-         f"--dataset_dir={data_dir}", f"--vis_logdir={out}", "--vis_split=val",
-         "--also_save_raw_predictions", "--max_number_of_images=2",
-         "--eval_scales=0.75,1.0", "--add_flipped_images"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_tool("vis", f"--checkpoint_dir={run}", f"--dataset_dir={data_dir}",
+                    f"--vis_logdir={out}", "--vis_split=val", "--also_save_raw_predictions",
+                    "--max_number_of_images=2", "--eval_scales=0.75,1.0",
+                    "--add_flipped_images")
     assert proc.returncode == 0, proc.stderr[-3000:]
     seg, raw_dir = out / "segmentation_results", out / "raw_segmentation_results"
     assert sorted(p.name for p in seg.iterdir()) == [
