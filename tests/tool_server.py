@@ -30,6 +30,9 @@ WARM_MODULES = ("tensorflow", "keras", "numpy", "absl.app", "absl.flags", "tf_mt
                 "deeplab_ext.models", "deeplab_ext.data", "deeplab_ext.run.options")
 
 
+_SERVER_PYTHONPATH = os.environ.get("PYTHONPATH", "")  # the server's, replaced per request
+
+
 def _exit_status(code: object) -> int:
     """The status ``SystemExit(code)`` gives a Python process (a message: printed, 1)."""
     if code is None:
@@ -40,6 +43,14 @@ def _exit_status(code: object) -> int:
     return 1
 
 
+def _python_path(cwd: str, pythonpath: str) -> None:
+    """``sys.path`` as ``python -m`` would set it in ``cwd`` with this ``PYTHONPATH``
+    (the server's own entries replaced)."""
+    own = [p for p in _SERVER_PYTHONPATH.split(os.pathsep) if p]
+    rest = [p for p in sys.path[1:] if p not in own]
+    sys.path[:] = [cwd, *[p for p in pythonpath.split(os.pathsep) if p], *rest]
+
+
 def _child(request: dict, out: str, err: str) -> None:
     """Run one tool in this (forked) process and exit with its status; never returns."""
     status = 1
@@ -47,6 +58,7 @@ def _child(request: dict, out: str, err: str) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        _python_path(request["cwd"], request["env"].get("PYTHONPATH", ""))
         for fd, path in ((1, out), (2, err)):
             target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             os.dup2(target, fd)
