@@ -152,7 +152,12 @@ def run_tool(module: str, *args: str, timeout: float = 600, env: dict[str, str] 
     server.stdin.write(json.dumps({"module": f"tools.{module}", "args": list(args),
                                    "cwd": str(REPO), "env": env, "timeout": timeout}) + "\n")
     server.stdin.flush()
-    reply = json.loads(server.stdout.readline())
+    line = server.stdout.readline()
+    if not line:  # the server itself died: say so, not a JSON error
+        _SERVER.clear()
+        raise RuntimeError(f"the tool server exited (status {server.wait()}) running "
+                           f"tools.{module}; rerun with DEEPLAB_TEST_SUBPROCESS=1 to see why")
+    reply = json.loads(line)
     if reply.get("timeout"):
         raise subprocess.TimeoutExpired(command, timeout)
     return subprocess.CompletedProcess(command, reply["returncode"], reply["stdout"],

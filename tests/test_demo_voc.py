@@ -14,11 +14,11 @@ def test_demo_dataset_override_voc_folder(tmp_path, real_data):
     alone), evaluates full-size real photos."""
     work = tmp_path / "demo_voc"
     proc = run_tool(
-        "demo", f"--workdir={work}", f"--data={real_data / 'coco128-voc'}", "--train_steps=4", "--train_batch_size=2",
-         "--model_variant=deeplabv3_mobilenetv2_dm05_mt",
-         "--weights=mobilenetv2_dm05_coco_voc_trainaug",  # by name, imported once
-         "--train_groups=tag_head", "--num_tune=0", "--report_photos=2",
-         "--max_eval_images=3", "--evidence_steps=1", "--evidence_modes=none,prune",
+        "demo", f"--workdir={work}", f"--data={real_data / 'coco128-voc'}", "--train_steps=4",
+        "--train_batch_size=2", "--model_variant=deeplabv3_mobilenetv2_dm05_mt",
+        "--weights=mobilenetv2_dm05_coco_voc_trainaug",  # by name, imported once
+        "--train_groups=tag_head", "--num_tune=0", "--report_photos=2",
+        "--max_eval_images=3", "--evidence_steps=1", "--evidence_modes=none,prune",
         timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((work / "eval" / "eval_results.json").read_text())

@@ -9,14 +9,13 @@ exercised on a tiny budget in test_demo_voc.py).
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 import shlex
 import subprocess
 import sys
 
-from tests.conftest import REPO, run_tool
+from tests.conftest import REPO, run_tool, tool_env
 
 README = REPO / "README.md"
 # The pages in the order their snippets run: data before the imports that score it, the
@@ -67,7 +66,7 @@ def chain(name: str) -> list[str]:
 
 def run_chain(name: str, tmp: pathlib.Path) -> list[tuple[str, str]]:
     """Run one chain's commands in order; (command, stdout) of each."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+    env = tool_env()
     ran = []
     for cmd in chain(name):
         args = _localise(cmd, tmp)
