@@ -15,6 +15,8 @@
 #        issue 44 on the GPU, 3 seeds per arm: the width-1.0 VOC release vs scratch
 #        (bench_finetune), then the seed experiments from that release (--from_release):
 #        label-map decoder, auxiliary modules / deep supervision, UW vs EW, the methods.
+#        RELEASE=mobilenetv2_dm05_coco_voc_trainaug starts them from the dm0.5 release
+#        instead (twice as fast; what BENCHMARKS 29 ran on 2 cores).
 set -u
 PY=${PY:-.venv/bin/python}
 what=${1:-all}
@@ -45,12 +47,12 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     || echo "jit_compile run did not finish (rc $?)"
 fi
 if [ "$what" = finetune ]; then
-  C=${CAMVID_DIR:?set CAMVID_DIR to SegNet's CamVid folder (train.txt, train/, ...)}
+  C=${CAMVID_DIR:?set CAMVID_DIR to the SegNet CamVid folder (train.txt, train/, ...)}
   W=${WORKDIR:-/tmp/exp44}
-  R=mobilenetv2_coco_voc_trainaug
+  R=${RELEASE:-mobilenetv2_coco_voc_trainaug}
   $PY -m bench.bench_finetune --workdir="$W/finetune" --camvid_dir="$C"
   for b in bench_label_structure bench_self_supervised bench_mtl_methods; do
-    $PY -m bench.$b --workdir="$W/$b" --camvid_dir="$C" --from_release=$R \
+    $PY -m bench.$b --workdir="$W/${b}_$R" --camvid_dir="$C" --from_release=$R \
       --base_learning_rate=1e-3 --train_steps=1200
   done
 fi

@@ -30,3 +30,13 @@ def test_gpu_checks_tiny_runs_every_check_on_cpu():
     assert set(res["peak_memory_gib_b1"]) == {"os16", "os8"}  # None on CPU
     assert all(v is None for v in res["peak_memory_gib_b1"].values())
     assert res["pretrained_inference_ms"] > 0
+
+
+def test_every_bench_shell_script_parses():
+    """`--tiny` stops before the other targets: bash parses a compound command only when it
+    reaches it, so a quoting slip in the `finetune` block once ended `all` before `tests`."""
+    scripts = sorted((REPO / "bench").glob("*.sh"))
+    assert "gpu_checks.sh" in {s.name for s in scripts}
+    for script in scripts:
+        proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, (script.name, proc.stderr)
