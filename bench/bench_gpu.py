@@ -52,7 +52,7 @@ FULL = {"variant": "deeplabv3plus_xception65_mt", "size": 513, "batches": (2, 4,
         "rounds": 5, "refit_steps": 5}
 # --tiny tries one batch (each tried batch is a train-step trace: the suite runs this).
 # Batch 1, so the float32 step is also the memory section's output-stride-16 step.
-TINY = {"variant": "deeplabv3plus_mobilenetv2_tiny_mt", "size": 33, "batches": (1,),
+TINY = {"variant": "deeplabv3plus_mobilenetv2_micro_mt", "size": 33, "batches": (1,),
         "rounds": 1, "refit_steps": 1}
 
 

@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
 
 
-TINY_VARIANT = "deeplabv3plus_mobilenetv2_tiny_mt"
+TINY_VARIANT = "deeplabv3plus_mobilenetv2_micro_mt"  # the tiny network, 7 blocks
 
 
 @pytest.fixture(scope="session")

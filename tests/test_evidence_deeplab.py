@@ -7,13 +7,14 @@ import pytest
 import tensorflow as tf
 
 from deeplab_ext.models import build_network, group_variables, variable_groups
+from tests.conftest import TINY_VARIANT
 from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter
 from tf_mtl.graph import split_at
 
 
 @pytest.fixture(scope="module")
 def net():
-    return build_network("deeplabv3plus_mobilenetv2_tiny_mt")
+    return build_network(TINY_VARIANT)
 
 
 def test_deeplab_split_refit_and_untouched(net):

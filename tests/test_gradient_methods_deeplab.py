@@ -39,7 +39,10 @@ def test_rep_grad_cut_of_deeplab_gives_the_equal_weight_update(tmp_path):
     from deeplab_ext.models import build_network
     from deeplab_ext.run.trainer import build_multitask_model, model_config_for
 
-    options = tiny_train_options(tmp_path, tmp_path, loss_weighting="fixed")
+    # The tiny network, not the suite's micro one: its layer 4 (two blocks in the stride-4
+    # stage) has the residual add that makes low_level alone no cut (checked below).
+    options = tiny_train_options(tmp_path, tmp_path, loss_weighting="fixed",
+                                 model_variant="deeplabv3plus_mobilenetv2_tiny_mt")
     info = get_dataset_info(options.dataset)
     family, cfg = model_config_for(options, info)
     keras.utils.set_random_seed(0)

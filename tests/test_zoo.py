@@ -199,6 +199,24 @@ def test_feature_model(tiny):
         feature_model(tiny, ["nope"])
 
 
+def test_micro_variant_is_the_tiny_one_with_one_block_per_stage():
+    """The suite's network: 7 inverted-residual blocks (layer_2..layer_8), the low-level
+    feature still at stride 4 (the 24-channel stage's last block), the same taps; a block
+    count for another backbone or of the wrong length is refused."""
+    micro = build_network("deeplabv3plus_mobilenetv2_micro_mt", input_shape=(65, 65, 3))
+    blocks = {n.split("_")[2] for n in (layer.name for layer in micro.layers)
+              if n.startswith("backbone_layer_") and n.endswith("_project")}
+    assert blocks == {str(i) for i in range(2, 9)}
+    feats = feature_model(micro, ["low_level", "stride16", "encoder"])(np.zeros((1, 65, 65, 3)))
+    assert [tuple(feats[k].shape)[1:3] for k in ("low_level", "stride16", "encoder")] == [
+        (17, 17), (5, 5), (5, 5)]
+    assert feats["low_level"].shape[-1] == 48  # 24 * 0.25 = 8 channels, expanded x6
+    with pytest.raises(ValueError, match="backbone_blocks is for mobilenet_v2"):
+        get_config("deeplabv3plus_resnet50", backbone_blocks=(1,) * 7)
+    with pytest.raises(ValueError, match="needs 7 stages"):
+        build_network(TINY, backbone_blocks=(1, 1), input_shape=(33, 33, 3))
+
+
 def test_no_decoder_variant_keeps_named_taps():
     model = build_network("deeplabv3_mobilenetv2_tiny", input_shape=(65, 65, 3))
     names = {layer.name for layer in model.layers}

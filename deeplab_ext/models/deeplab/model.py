@@ -80,6 +80,7 @@ def _encoder(cfg: DeepLabConfig, x: keras.KerasTensor, norm: Any
         multi_grid=cfg.multi_grid,
         norm=norm,
         tap=_tap,
+        **({"num_blocks": cfg.backbone_blocks} if cfg.backbone_blocks else {}),
     )
     final = feats["final"]
     low_level = feats["low_level"]

@@ -53,12 +53,22 @@ def build_mobilenet_v2(
     depth_multiplier: float = 1.0,
     depth_divisible_by: int | None = None,
     multi_grid: tuple[int, ...] | None = None,
+    num_blocks: tuple[int, ...] | None = None,
     norm: NormConfig,
     prefix: str = "backbone_",
     tap: Tap | None = None,
 ) -> dict[str, keras.KerasTensor]:
-    """MobileNetV2 features; ``final`` = layer_18 (320*dm ch), ``low_level`` = layer_4's depthwise output."""
+    """MobileNetV2 features; ``final`` = the last block's output (layer_18, 320*dm ch),
+    ``low_level`` = the depthwise output of the second stage's last block (layer_4).
+
+    ``num_blocks``: inverted-residual blocks per stage, None = the original's
+    (1, 2, 3, 4, 3, 3, 1); fewer blocks trace and run faster (the test network).
+    """
     del multi_grid  # not used by MobileNetV2 (kept for a uniform signature)
+    repeats = num_blocks or tuple(n for _, _, n, _ in MOBILENET_V2_DEF)
+    if len(repeats) != len(MOBILENET_V2_DEF) or min(repeats) < 1:
+        raise ValueError(f"backbone_blocks={tuple(repeats)}: MobileNetV2 needs "
+                         f"{len(MOBILENET_V2_DEF)} stages of >= 1 block each")
 
     divisor = depth_divisible_by or (8 if depth_multiplier == 1.0 else 1)
 
@@ -71,7 +81,7 @@ def build_mobilenet_v2(
     x = ConvBN(depth(32), 3, strides=stride, activation="relu6", name=f"{prefix}layer_1", norm=norm)(x)
     layer = 2
     low_level = None
-    for t, c, n, s in MOBILENET_V2_DEF:
+    for stage, ((t, c, _, s), n) in enumerate(zip(MOBILENET_V2_DEF, repeats, strict=True)):
         out_ch = depth(c)
         for i in range(n):
             x, stride, rate = tracker.next_unit(x, s if i == 0 else 1)
@@ -81,15 +91,9 @@ def build_mobilenet_v2(
             h = x
             if inner > in_ch:
                 h = ConvBN(inner, 1, activation="relu6", name=f"{name}_expand", norm=norm)(h)
-            h = DepthwiseConvBN(
-                3,
-                strides=stride,
-                dilation_rate=rate,
-                activation="relu6",
-                name=f"{name}_depthwise",
-                norm=norm,
-            )(h)
-            if layer == 4:
+            h = DepthwiseConvBN(3, strides=stride, dilation_rate=rate, activation="relu6",
+                                name=f"{name}_depthwise", norm=norm)(h)
+            if stage == 1 and i == n - 1:  # stride 4, the decoder's low-level feature
                 h = low_level = tap("low_level", h)
             h = ConvBN(out_ch, 1, activation=None, name=f"{name}_project", norm=norm)(h)
             if stride == 1 and in_ch == out_ch:
