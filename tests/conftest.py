@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
 
 
-TINY_VARIANT = "deeplabv3plus_mobilenetv2_micro_mt"  # the tiny network, 7 blocks
+TEST_VARIANT = "deeplabv3plus_mobilenetv2_micro_mt"  # the tiny network with 7 blocks (docs/models.md)
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +87,7 @@ def tiny_train_options(logdir, data_dir, steps: int = 4, **changes):
     """The suite's tiny training run (``tiny_run``), as TrainOptions."""
     from deeplab_ext.run.options import TrainOptions
 
-    base = dict(train_logdir=str(logdir), dataset_dir=str(data_dir), model_variant=TINY_VARIANT,
+    base = dict(train_logdir=str(logdir), dataset_dir=str(data_dir), model_variant=TEST_VARIANT,
                 dataset="shapes_evidence", train_crop_size=(33, 33), train_batch_size=2,
                 training_number_of_steps=steps, save_interval_steps=2,
                 save_summaries_images=False, seed=0, optimizer="adam", base_learning_rate=1e-3)

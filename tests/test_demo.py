@@ -11,7 +11,7 @@ import sys
 
 import cv2
 
-from tests.conftest import REPO, TINY_VARIANT
+from tests.conftest import REPO, TEST_VARIANT
 
 
 class _Imgs(html.parser.HTMLParser):
@@ -30,7 +30,7 @@ def test_demo_tiny_budget(tmp_path):
     # The suite's network (the demo's tiny one with 7 blocks): the same flow, traced faster.
     proc = subprocess.run(
         [sys.executable, "-m", "tools.demo", "--builtin", f"--workdir={work}", "--train_steps=30",
-         f"--model_variant={TINY_VARIANT}",
+         f"--model_variant={TEST_VARIANT}",
          "--num_train=48", "--num_val=6", "--num_tune=4", "--tune_candidates=2",
          "--evidence_steps=2", "--evidence_es_steps=3",
          "--evidence_modes=none,prune,bp_l2,bp_es_prune"],

@@ -7,14 +7,14 @@ import pytest
 import tensorflow as tf
 
 from deeplab_ext.models import build_network, group_variables, variable_groups
-from tests.conftest import TINY_VARIANT
+from tests.conftest import TEST_VARIANT
 from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter
 from tf_mtl.graph import split_at
 
 
 @pytest.fixture(scope="module")
 def net():
-    return build_network(TINY_VARIANT)
+    return build_network(TEST_VARIANT)
 
 
 def test_deeplab_split_refit_and_untouched(net):

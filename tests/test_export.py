@@ -27,11 +27,11 @@ from deeplab_ext.models import group_variables
 from deeplab_ext.run.export import export_saved_model, read_export_metadata
 from deeplab_ext.run.options import EvidenceOptions
 from deeplab_ext.run.rundir import input_alignment, restore_network
-from tests.conftest import TINY_VARIANT, assert_same_argmax, assert_user_error, run_tool, tool_env
+from tests.conftest import TEST_VARIANT, assert_same_argmax, assert_user_error, run_tool, tool_env
 from tf_mtl.evidence import EvidenceRefitter
 from tf_mtl.inference import predict_segmentation
 
-VARIANT = TINY_VARIANT
+VARIANT = TEST_VARIANT
 INFO = get_dataset_info("shapes_evidence")
 SIZE = 48
 EVIDENCE_STEPS = 3

@@ -24,10 +24,10 @@ import pytest
 import tensorflow as tf
 
 from deeplab_ext.data import synthetic
-from tests.conftest import TINY_VARIANT, tool_env
+from tests.conftest import TEST_VARIANT, tool_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TRAIN = ["--dataset=shapes_evidence", f"--model_variant={TINY_VARIANT}",
+TRAIN = ["--dataset=shapes_evidence", f"--model_variant={TEST_VARIANT}",
          "--train_crop_size=32,32", "--train_batch_size=4", "--save_summaries_images=false",
          "--seed=0", "--min_scale_factor=1", "--max_scale_factor=1",
          "--fine_tune_batch_norm=false", "--log_every_n_steps=1"]

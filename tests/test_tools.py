@@ -22,10 +22,10 @@ import pytest
 
 from deeplab_ext.data import synthetic
 from deeplab_ext.data.datasets import get_dataset_info
-from tests.conftest import REPO, TINY_VARIANT, assert_user_error, run_tool, tool_env
+from tests.conftest import REPO, TEST_VARIANT, assert_user_error, run_tool, tool_env
 from tf_mtl import tbevents
 
-VARIANT = TINY_VARIANT
+VARIANT = TEST_VARIANT
 CROP = 33
 TOTAL_STEPS = 40
 SAVE_EVERY = 10

@@ -7,7 +7,7 @@ from __future__ import annotations
 import keras
 import pytest
 
-from tests.conftest import TINY_VARIANT, run_tool
+from tests.conftest import TEST_VARIANT, run_tool
 from tf_mtl.weighting import FixedWeighting, register_weighting
 
 MODULE = "tests.test_weighting_plugin"
@@ -30,7 +30,7 @@ def test_a_weighting_from_outside_the_tree_trains_through_the_tool(tmp_path, sha
     logdir = tmp_path / "run"
     common = [f"--extra_modules={MODULE}", f"--train_logdir={logdir}",
               f"--dataset_dir={shapes_data}", "--dataset=shapes_evidence",
-              f"--model_variant={TINY_VARIANT}", "--train_crop_size=33,33",
+              f"--model_variant={TEST_VARIANT}", "--train_crop_size=33,33",
               "--train_batch_size=2", "--save_summaries_images=false", "--seed=0",
               "--training_number_of_steps=2", "--save_summaries_steps=1"]
     proc = run_tool("train", *common, "--loss_weighting=halved",

@@ -198,7 +198,7 @@ _BASE_VARIANTS: dict[str, DeepLabConfig] = {
     "deeplabv3_mobilenetv2_tiny": _mobilenetv2_v3(name="deeplabv3_mobilenetv2_tiny", **_TINY),
     # The test suite's network: the tiny one with one block per stage (7 instead of 17),
     # every part still there (atrous stage, ASPP, decoder); its graphs trace in ~60% of
-    # the tiny's time (a 4-step training run 12.5 -> 7.4 s, evaluation 11 -> 6.5 s).
+    # the tiny's time (BENCHMARKS.md 21, bench/bench_test_network.py).
     "deeplabv3plus_mobilenetv2_micro": _mobilenetv2_plus(
         name="deeplabv3plus_mobilenetv2_micro", backbone_blocks=(1,) * 7, **_TINY),
     # The original zoo's mobilenetv2_dm05_coco_voc_trainaug (70.19% VOC val, OS16).
