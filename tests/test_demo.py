@@ -79,7 +79,6 @@ def test_demo_tiny_budget(tmp_path):
 
     from deeplab_ext.data.colormap import label_to_color_image
     from deeplab_ext.data.input_pipeline import tags_from_names
-    from deeplab_ext.run.evidence import keep_classes
     from deeplab_ext.run.export import LoadedSegmenter, read_image
     from tf_mtl.evidence import prune_probabilities
 
@@ -93,7 +92,7 @@ def test_demo_tiny_budget(tmp_path):
         probs = seg.predict_with_evidence(image, tags)["semantic_probabilities"]
         if seg.prune:
             probs = prune_probabilities(probs, tags[None], list(seg.info.tag_class_ids),
-                                        keep_classes(seg.info)).numpy()
+                                        seg.info.keep_classes).numpy()
     else:
         probs = seg.predict(image)["semantic_probabilities"]
     want = label_to_color_image(probs[0].argmax(-1).astype(np.uint8), seg.info.colormap)

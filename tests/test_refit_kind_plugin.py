@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import pathlib
 
 import pytest
 
@@ -27,6 +28,61 @@ if os.environ.get(REGISTER_ENV):  # imported by a tool as --extra_modules
     from deeplab_ext.run.refit_kinds import register_refit_kind
 
     register_refit_kind(FEW)
+
+PROBE_ENV = "TEST_FLAG_PATH_PROBE"  # FILE: record where the flags' values are read
+
+
+def _probe_flag_reads(out: pathlib.Path, fields: tuple[str, ...]) -> None:
+    """In a tool's process: every read of ``fields`` on the evidence options or the
+    refitter's config records the project files whose code on the call stack holds the
+    value (the options, a dataclass or collection of them, the config or the refitter)
+    into ``out`` (JSON, field -> files); tools/ and tests/ aside. A wrapper that only calls
+    a function it was handed (the input padding around a predictor) holds nothing."""
+    import sys
+
+    from deeplab_ext.run.options import EvidenceOptions
+    from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    carriers = (EvidenceOptions, EvidenceConfig, EvidenceRefitter)
+    seen: dict[str, set[str]] = {f: set() for f in fields}
+
+    def holds(value, depth: int = 2) -> bool:
+        if isinstance(value, carriers):
+            return True
+        if depth and dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return any(holds(getattr(value, f.name), depth - 1)
+                       for f in dataclasses.fields(value))
+        if depth and isinstance(value, (list, tuple, dict)):
+            items = value.values() if isinstance(value, dict) else value
+            return any(holds(v, depth - 1) for v in list(items)[:8])
+        return False
+
+    def holders() -> set[str]:
+        found, frame = set(), sys._getframe(2)
+        while frame is not None:
+            path = pathlib.Path(frame.f_code.co_filename)
+            if (path.is_relative_to(root) and path.parts[len(root.parts)] in
+                    ("deeplab_ext", "tf_mtl")
+                    and any(holds(v) for v in frame.f_locals.values())):
+                found.add(str(path.relative_to(root)))
+            frame = frame.f_back
+        return found
+
+    for cls in (EvidenceOptions, EvidenceConfig):
+        def getattribute(self, name, _base=cls.__getattribute__):
+            if name in seen:
+                files = holders()
+                if not files <= seen[name]:
+                    seen[name] |= files
+                    out.write_text(json.dumps({f: sorted(v) for f, v in seen.items()}))
+            return _base(self, name)
+
+        cls.__getattribute__ = getattribute
+
+
+if os.environ.get(PROBE_ENV):
+    _probe_flag_reads(pathlib.Path(os.environ[PROBE_ENV]), ("anchor", "learning_rate"))
 
 
 @pytest.fixture
@@ -47,7 +103,6 @@ def test_a_registered_kind_has_its_rows_and_config_and_taken_names_are_refused(f
         EVIDENCE_MODES,
         REFIT_KINDS,
         default_kinds,
-        evidence_config,
         kind_names,
         register_refit_kind,
     )
@@ -57,7 +112,7 @@ def test_a_registered_kind_has_its_rows_and_config_and_taken_names_are_refused(f
             for m in list(EVIDENCE_MODES)[-3:]] == [
         ("bp_few", "DL-BP-FEW", False, False), ("bp_few_prune", "DL-BP-FEW-Pr", True, False),
         ("bp_few_soft_prune", "DL-BP-FEW-SPr", True, True)]
-    cfg = evidence_config(EvidenceOptions(steps=10, alpha=0.1), "few", prune=False)
+    cfg = EvidenceOptions(steps=10, alpha=0.1).config("few", prune=False)
     assert (cfg.steps, cfg.alpha, cfg.mode, cfg.early_stopping) == (2, 0.0, "weights", False)
     assert FEW.steps(EvidenceOptions(steps=10)) == 2 and FEW.steps(EvidenceOptions(steps=0)) == 0
 
@@ -147,3 +202,39 @@ def test_tools_eval_runs_a_kind_from_extra_modules(tiny_run, shapes_data, tmp_pa
     assert "DL-BP-FEW" in proc.stdout
     proc = run_eval()  # the module not imported: nothing registers the kind
     assert proc.returncode == 2 and "unknown mode(s) ['bp_few']" in proc.stderr, proc.stderr
+
+
+FLAG_PATHS = {  # the tool -> the files between it and the refit loop (ARCHITECTURE.md)
+    "eval": ["deeplab_ext/run/evaluation.py", "deeplab_ext/run/modes.py",
+             "deeplab_ext/run/options.py", "tf_mtl/evidence/config.py",
+             "tf_mtl/evidence/refitter.py"],
+    "predict": ["deeplab_ext/run/export.py", "deeplab_ext/run/options.py",
+                "deeplab_ext/run/serving.py", "tf_mtl/evidence/config.py",
+                "tf_mtl/evidence/refitter.py"],
+}
+
+
+@pytest.mark.parametrize("tool", sorted(FLAG_PATHS))
+def test_a_refit_flag_crosses_at_most_five_files_from_its_tool(tool, tiny_run, shapes_data,
+                                                                tmp_path):
+    """Issue 42: ``--evidence_anchor`` and ``--evidence_learning_rate`` followed from
+    ``tools.eval`` and ``tools.predict`` to the refit loop that uses them: every project
+    file whose code holds the value on the call stack where it is read (the options, the
+    refitter's config, the loop), the tool's own files aside, is one of five."""
+    import cv2
+    import numpy as np
+
+    probe, image = tmp_path / "reads.json", tmp_path / "image.png"
+    cv2.imwrite(str(image), np.full((32, 32, 3), 90, np.uint8))
+    where = {"eval": (f"--dataset_dir={shapes_data}", f"--eval_logdir={tmp_path / 'eval'}",
+                      "--evidence_modes=bp_l2", "--max_number_of_examples=1",
+                      "--bootstrap_samples=0"),
+             "predict": (f"--image={image}", "--tags=disk_h",
+                         f"--output={tmp_path / 'pred.png'}")}[tool]
+    proc = run_tool(tool, f"--checkpoint_dir={tiny_run}", *where, "--evidence_anchor=0.5",
+                    "--evidence_learning_rate=0.02", "--evidence_steps=1",
+                    "--extra_modules=tests.test_refit_kind_plugin",
+                    env={**tool_env(), PROBE_ENV: str(probe)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(probe.read_text()) == {"anchor": FLAG_PATHS[tool],
+                                             "learning_rate": FLAG_PATHS[tool]}

@@ -190,8 +190,7 @@ def test_early_stopping_has_no_l2_term_whatever_alpha_says():
     """DL-BP-ES is the seed's early stopping: the cap and the stopping rule regularise it,
     not --evidence_alpha (which only bp_l2 and latent read)."""
     from deeplab_ext.run.options import EvidenceOptions
-    from deeplab_ext.run.refit_kinds import evidence_config
 
     ev = EvidenceOptions(alpha=0.1)
-    assert evidence_config(ev, "es", prune=False).alpha == 0.0
-    assert evidence_config(ev, "l2", prune=False).alpha == 0.1
+    assert ev.config("es", prune=False).alpha == 0.0
+    assert ev.config("l2", prune=False).alpha == 0.1

@@ -55,6 +55,11 @@ class DatasetInfo:
         return tuple(c for c in range(self.num_classes) if c not in skip)
 
     @property
+    def keep_classes(self) -> tuple[int, ...]:
+        """Classes pruning to the tags never removes: the background, when there is one."""
+        return () if self.background_class is None else (int(self.background_class),)
+
+    @property
     def object_class_ids(self) -> tuple[int, ...]:
         """Class ids of the objects the class / box targets pick the largest of."""
         if self.object_classes is None:

@@ -273,7 +273,6 @@ def evaluate_file(options: EvalOptions, modes: Sequence[str],
     """``tools.eval --model=FILE``: the mIoU a shipped LiteRT / ONNX file gets on a split,
     plain (DL-MT) and pruned to the ground-truth tags (DL-MT-Pr); the files carry no refit."""
     from deeplab_ext.run.deploy import FileSegmenter
-    from deeplab_ext.run.evidence import keep_classes
     from tf_mtl.evidence import prune_probabilities
 
     refits = [m for m in modes if m not in ("none", "prune")]
@@ -302,7 +301,7 @@ def evaluate_file(options: EvalOptions, modes: Sequence[str],
         records.append(record)
         for mode in modes:
             p = probs if mode == "none" else prune_probabilities(
-                probs, given[None], list(info.tag_class_ids), keep_classes(info)).numpy()
+                probs, given[None], list(info.tag_class_ids), info.keep_classes).numpy()
             counts[mode].append(image_iou_counts(label, p[0].argmax(-1), info.num_classes,
                                                  info.ignore_label))
     printer(f"Evaluated {options.model} (input {seg.size[0]}x{seg.size[1]}, letterboxed) on "

@@ -1,9 +1,6 @@
-"""The evidence refitter of a restored network, as every run tool builds it, and the
-refit settings a run was tuned with (``tools.tune_evidence``).
-
-The network's family says which variables are refitted by default, which outputs are
-the segmentation and the tags, and which feature the ``latent`` mode offsets; the
-dataset says which class is never pruned (background).
+"""The refit settings a run was tuned with (``tools.tune_evidence``: ``evidence_tuned.json``
+in the run directory) and which of them a tool uses, kind by kind. The refitter itself is
+built by ``EvidenceOptions.refitter`` (``run.options``).
 """
 
 from __future__ import annotations
@@ -12,55 +9,18 @@ import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 
-import keras
-
-from deeplab_ext.data.datasets import DatasetInfo
-from deeplab_ext.models.registry import family_of, group_variables
 from deeplab_ext.run.options import EvidenceOptions
-from deeplab_ext.run.refit_kinds import (
-    DEFAULT_KIND,
-    REFIT_KINDS,
-    kind_names,
-    refit_kind,
-)
-from tf_mtl.evidence import EvidenceRefitter
+from deeplab_ext.run.refit_kinds import kind_names
 
 __all__ = [
     "NO_REFIT",
     "evidence_by_kind",
-    "keep_classes",
     "load_tuned",
-    "make_refitter",
     "save_json",
     "save_tuned",
 ]
-
-
-def keep_classes(info: DatasetInfo) -> tuple[int, ...]:
-    """Classes pruning never removes: the background, when the dataset has one."""
-    return () if info.background_class is None else (int(info.background_class),)
-
-
-def make_refitter(network: keras.Model, info: DatasetInfo, evidence: EvidenceOptions,
-                  kind: str = DEFAULT_KIND, prune: bool = False,
-                  scales: Sequence[float] = (1.0,), flip: bool = False) -> EvidenceRefitter:
-    """The refitter of one refit kind (``run.refit_kinds``) for ``network``."""
-    family = family_of(network)
-    cfg = evidence.config(kind, prune, tuple(scales), flip, keep_classes(info))
-    if not refit_kind(kind, "").weights:
-        if family.latent_feature is None:
-            use = " / ".join(REFIT_KINDS[k].mode for k in kind_names()
-                             if REFIT_KINDS[k].weights)
-            raise ValueError(f"--evidence_modes: the {kind} mode needs one feature that alone "
-                             f"determines every output, and model family {family.name!r} has "
-                             f"none; use {use}")
-        cfg = dataclasses.replace(cfg, latent_layer=family.latent_feature)
-    variables = group_variables(network, evidence.refit) if cfg.mode == "weights" else None
-    return EvidenceRefitter(network, cfg, variables=variables,
-                            tag_class_ids=list(info.tag_class_ids),
-                            semantic_key=family.semantic_output, tags_key=family.tags_output)
 
 
 # ------------------------------------------------------------------ tuned settings

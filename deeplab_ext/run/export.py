@@ -50,7 +50,7 @@ from deeplab_ext.data.input_pipeline import tags_from_names
 from deeplab_ext.models.registry import family_of
 from deeplab_ext.paths import check_distinct, check_outputs
 from deeplab_ext.run.deploy import FileSegmenter, calibration_images
-from deeplab_ext.run.evidence import evidence_by_kind, keep_classes, load_tuned
+from deeplab_ext.run.evidence import evidence_by_kind, load_tuned
 from deeplab_ext.run.formats import FORMATS, METADATA_FILE, ExportJob
 from deeplab_ext.run.importing import checkpoint_dir_or_name
 from deeplab_ext.run.locking import directory_lock
@@ -565,7 +565,7 @@ def predict_image(options: PredictOptions,
     probs = out["semantic_probabilities"]
     if ev.prune:
         probs = prune_probabilities(probs, ev.tags[None], list(seg.info.tag_class_ids),
-                                    keep_classes(seg.info), strength=ev.strength).numpy()
+                                    seg.info.keep_classes, strength=ev.strength).numpy()
     pred = _class_map(probs, full_size)
     outputs["output"].parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(outputs["output"]), label_to_color_image(pred, seg.info.colormap)[..., ::-1])

@@ -2,7 +2,7 @@
 
 What every tool that scores modes shares (``tools.eval``, ``tools.tune_evidence``, the
 demo): a split loaded and checked against the checkpoint's dataset (:func:`load_split`),
-each mode's predictions and per-image IoU counts (:func:`run_modes`), where the wrong
+each mode's predictor (:func:`make_predictor`), its predictions and per-image IoU counts (:func:`run_modes`), where the wrong
 pixels lie (:class:`ErrorBreakdown`), and the table with paired bootstrap intervals
 against DL-MT and DL-MT-Pr (:func:`add_bootstrap`, :func:`format_table`).
 """
@@ -19,7 +19,7 @@ import tensorflow as tf
 from deeplab_ext.data import input_pipeline
 from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.registry import family_of
-from deeplab_ext.run.evidence import NO_REFIT, keep_classes, make_refitter
+from deeplab_ext.run.evidence import NO_REFIT
 from deeplab_ext.run.options import EvidenceOptions
 from deeplab_ext.run.refit_kinds import EVIDENCE_MODES, REFIT_KINDS
 from deeplab_ext.run.rundir import input_alignment
@@ -65,7 +65,7 @@ def make_predictor(network, info: DatasetInfo, kind: str | None, evidence: Evide
         return tf.function(alignment.wrap(plain), input_signature=[
             tf.TensorSpec([None, None, None, 3], tf.float32),
             tf.TensorSpec([None, len(info.tag_class_ids)], tf.float32)])
-    refitter = make_refitter(network, info, evidence, kind, False, scales, flip)
+    refitter = evidence.refitter(network, info, kind, False, scales, flip)
     return alignment.wrap(lambda images, tags: refitter(images, tags))
 
 
@@ -165,7 +165,7 @@ class _PassScores:
                  sink: Callable[[str, int, np.ndarray], None] | None):
         self.info, self.group, self.sink = info, group, sink
         self.keep_predictions = keep_predictions
-        self.tag_ids, self.keep = list(info.tag_class_ids), keep_classes(info)
+        self.tag_ids, self.keep = list(info.tag_class_ids), info.keep_classes
         self.breakdown = {n: ErrorBreakdown(info) for n, _, _ in group} if errors else {}
         self.counts: dict[str, list] = {n: [] for n, _, _ in group}
         self.kept: dict[str, list] = {n: [] for n, _, _ in group}

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from deeplab_ext.data.colormap import ADE20K, CAMVID, CITYSCAPES, PASCAL
-from deeplab_ext.models.registry import variant_field
+from deeplab_ext.models.registry import family_of, group_variables, variant_field
 from deeplab_ext.models.tag_heads import TAG_HEADS
 from deeplab_ext.run.formats import FORMATS, format_help, model_files_help
 from deeplab_ext.run.refit_kinds import (
@@ -23,18 +24,23 @@ from deeplab_ext.run.refit_kinds import (
     EVIDENCE_MODES,
     REFIT_KINDS,
     default_kinds,
-    evidence_config,
     kind_names,
+    refit_kind,
     table_modes,
 )
 from tf_mtl.aux_modules import ADAPTORS, AGGREGATORS
 from tf_mtl.distribute import STRATEGIES
-from tf_mtl.evidence import EvidenceConfig
+from tf_mtl.evidence import EvidenceConfig, EvidenceRefitter
 from tf_mtl.functional_optimizers import OPTIMIZERS as REFIT_OPTIMIZERS
 from tf_mtl.precision import POLICIES as PRECISIONS
 from tf_mtl.schedules import LEARNING_POLICIES
 from tf_mtl.segmentation_tags import SEGMENTATION_TAG_POOLINGS
 from tf_mtl.weighting.base import WEIGHTINGS_REGISTRY
+
+if TYPE_CHECKING:
+    import keras
+
+    from deeplab_ext.data.datasets import DatasetInfo
 
 __all__ = [
     "DemoOptions",
@@ -187,9 +193,41 @@ class EvidenceOptions:
         return tags if self.tag_confidence == 1.0 else tags * self.tag_confidence
 
     def config(self, kind: str, prune: bool, scales: tuple[float, ...] = (1.0,),
-               flip: bool = False, keep_classes: tuple[int, ...] = (0,)) -> Any:
-        """The ``tf_mtl.evidence.EvidenceConfig`` of one refit kind (``run.refit_kinds``)."""
-        return evidence_config(self, kind, prune, scales, flip, keep_classes)
+               flip: bool = False, keep_classes: tuple[int, ...] = (0,)) -> EvidenceConfig:
+        """The one mapping from these flags to the ``tf_mtl.evidence.EvidenceConfig`` of
+        one refit kind (``run.refit_kinds``): the fields every kind shares here, then the
+        kind's own (its steps and objective terms, from its file). The anchor is a term of
+        the kinds that refit weights; a latent kind does without it."""
+        row = refit_kind(kind, "")
+        return EvidenceConfig(
+            learning_rate=self.learning_rate, optimizer=self.optimizer,
+            threshold=self.threshold, jit_compile=self.jit_compile, safeguard=self.safeguard,
+            clip_norm=self.clip_norm, anchor=self.anchor if row.weights else 0.0,
+            eval_scales=tuple(scales), add_flipped_images=flip, prune=prune,
+            keep_classes=tuple(keep_classes), prune_strength=self.prune_strength,
+            mode=row.refit_mode, **row.config(self))
+
+    def refitter(self, network: keras.Model, info: DatasetInfo, kind: str = DEFAULT_KIND, prune: bool = False,
+                 scales: Sequence[float] = (1.0,), flip: bool = False) -> EvidenceRefitter:
+        """The refitter of one refit kind for ``network`` (every tool that refits builds
+        it here): this kind's config, and from the network's family the refitted variable
+        groups, the segmentation and tag outputs and the latent feature; from the dataset
+        ``info`` the tags' classes and the class pruning never removes."""
+        family = family_of(network)
+        cfg = self.config(kind, prune, tuple(scales), flip, info.keep_classes)
+        if not refit_kind(kind, "").weights:
+            if family.latent_feature is None:
+                use = " / ".join(REFIT_KINDS[k].mode for k in kind_names()
+                                 if REFIT_KINDS[k].weights)
+                raise ValueError(f"--evidence_modes: the {kind} mode needs one feature that "
+                                 f"alone determines every output, and model family "
+                                 f"{family.name!r} has none; use {use}")
+            cfg = dataclasses.replace(cfg, latent_layer=family.latent_feature)
+        variables = group_variables(network, self.refit) if cfg.mode == "weights" else None
+        return EvidenceRefitter(network, cfg, variables=variables,
+                                tag_class_ids=list(info.tag_class_ids),
+                                semantic_key=family.semantic_output,
+                                tags_key=family.tags_output)
 
 
 @dataclasses.dataclass

@@ -21,11 +21,11 @@ from typing import Any
 from tf_mtl.registry import Registry, discover
 
 __all__ = ["DEFAULT_KIND", "EVIDENCE_MODES", "REFIT_KINDS", "EvidenceMode", "RefitKind",
-           "default_kinds", "evidence_config", "kind_names", "mode_of", "refit_kind",
+           "default_kinds", "kind_names", "mode_of", "refit_kind",
            "register_refit_kind", "table_modes"]
 
 # The kind served and evaluated when nothing says otherwise (the export, the demo's pooled
-# rows, make_refitter): the seed's DL-BP-L2.
+# rows, EvidenceOptions.refitter): the seed's DL-BP-L2.
 DEFAULT_KIND = "l2"
 
 
@@ -169,18 +169,3 @@ def mode_of(kind: str, prune: bool, soft: bool = False) -> str:
     """The evidence mode of a kind's row, pruned or not (``soft``: its soft-pruned row)."""
     return REFIT_KINDS[kind].mode + ("_soft_prune" if soft else "_prune" if prune else "")
 
-
-def evidence_config(evidence: Any, kind: str, prune: bool, scales: tuple[float, ...] = (1.0,),
-                    flip: bool = False, keep_classes: tuple[int, ...] = (0,)) -> Any:
-    """The ``tf_mtl.evidence.EvidenceConfig`` of one refit kind from ``EvidenceOptions``:
-    the fields every kind shares, then the kind's own."""
-    from tf_mtl.evidence import EvidenceConfig
-
-    row = refit_kind(kind, "")
-    common = dict(learning_rate=evidence.learning_rate, optimizer=evidence.optimizer,
-                  threshold=evidence.threshold, jit_compile=evidence.jit_compile,
-                  safeguard=evidence.safeguard, clip_norm=evidence.clip_norm,
-                  eval_scales=tuple(scales), add_flipped_images=flip, prune=prune,
-                  keep_classes=tuple(keep_classes), prune_strength=evidence.prune_strength,
-                  mode=row.refit_mode)
-    return EvidenceConfig(**common, **row.config(evidence))

@@ -18,7 +18,6 @@ import tensorflow as tf
 
 from deeplab_ext.data.datasets import DatasetInfo
 from deeplab_ext.models.registry import ModelFamily, family_of
-from deeplab_ext.run.evidence import make_refitter
 from deeplab_ext.run.options import EvidenceOptions
 from deeplab_ext.run.outputs import (  # noqa: F401  (the schema's names, re-exported)
     SEMANTIC_PREDICTIONS,
@@ -141,8 +140,8 @@ def serving_module(network: keras.Model, info: DatasetInfo, evidence: EvidenceOp
                    ) -> SegmenterServing:
     """The serving functions of a network; evidence refits with ``kind`` (``REFIT_KINDS``)."""
     has_tags = family_of(network).tags_output in network.output
-    refitter = (make_refitter(network, info, evidence, kind, False, inference_scales,
-                              add_flipped_images) if has_tags else None)
+    refitter = (evidence.refitter(network, info, kind, False, inference_scales,
+                                  add_flipped_images) if has_tags else None)
     return SegmenterServing(network, refitter, inference_scales, add_flipped_images, alignment)
 
 

@@ -8,6 +8,5 @@ register_refit_kind(RefitKind(
     (("es_steps", (10, 30)), ("es_margin", (0.0, 0.2))),
     # Early stopping is the seed's DL-BP-ES: no L2 term (the step cap and the stopping
     # rule are its regulariser), whatever --evidence_alpha says.
-    lambda ev: dict(steps=ev.es_steps, early_stopping=True, margin=ev.es_margin, alpha=0.0,
-                    anchor=ev.anchor),
+    lambda ev: dict(steps=ev.es_steps, early_stopping=True, margin=ev.es_margin, alpha=0.0),
     rank=1, default=True))
