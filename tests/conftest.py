@@ -35,15 +35,17 @@ MNV2_DR = WEIGHTS / "deeplabv3_mnv2_pascal_513_dr.tflite"  # mobilenetv2_coco_vo
 # minutes, so the longest files go first (longest-first scheduling). xdist's default
 # reorders files by their number of tests, which put the one-test demo file last: hence
 # `--no-loadscope-reorder`. Their order: `pytest --junitxml` times summed per file, the
-# tools run by the warm tool server (2026-12-07). Other files keep their order.
-LONGEST_FILES = ("test_demo_voc.py", "test_readme.py", "test_export.py", "test_demo.py",
-                 "test_tuning.py", "test_no_silent_loss.py", "test_multi_worker.py",
-                 "test_readme_data.py", "test_tools.py", "test_noisy_evidence.py",
-                 "test_reliability.py", "test_gpu_checks.py", "test_segnet.py",
-                 "test_evidence.py", "test_refit_kind_plugin.py", "test_scene_network.py",
-                 "test_label_structure.py", "test_segmentation_tags.py", "test_packaging.py",
-                 "test_house.py", "test_zoo.py", "test_import.py", "test_deploy.py",
-                 "test_mtl_distributed.py")
+# tools run by the warm tool server, fresh clones idle (2026-12-07; the flag-path
+# test measured 2026-12-08). Other files keep their order.
+LONGEST_FILES = ("test_demo_voc.py", "test_readme.py", "test_tuning.py", "test_export.py",
+                 "test_segnet.py", "test_readme_data.py", "test_multi_worker.py",
+                 "test_no_silent_loss.py", "test_demo.py", "test_tools.py",
+                 "test_reliability.py", "test_noisy_evidence.py", "test_scene_network.py",
+                 "test_evidence.py", "test_refit_kind_plugin.py", "test_gpu_checks.py",
+                 "test_house.py", "test_label_structure.py", "test_segmentation_tags.py",
+                 "test_import.py", "test_packaging.py", "test_deploy.py", "test_vis.py",
+                 "test_zoo.py", "test_mtl_distributed.py", "test_tool_server.py",
+                 "test_import_structure.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
