@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU and mixed-precision checks, on a machine with an NVIDIA GPU (after `make venv`,
 # which installs tensorflow[and-cuda] there), in one go:
-#   bash bench/gpu_checks.sh [bench|tests|all]      (PY=python to use another interpreter)
+#   bash bench/gpu_checks.sh [bench|tests|all|finetune|noisy] (PY=python to use another interpreter)
 #   bash bench/gpu_checks.sh --tiny                 (the same checks CPU-sized: the suite
 #                                                    runs this, so the script is known to work)
 # gpu:   bench_gpu: Xception-65 DeepLabv3+ 513 train step in float32 / mixed_float16 /
@@ -17,6 +17,9 @@
 #        label-map decoder, auxiliary modules / deep supervision, UW vs EW, the methods.
 #        RELEASE=mobilenetv2_dm05_coco_voc_trainaug starts them from the dm0.5 release
 #        instead (twice as fast; what BENCHMARKS 29 ran on 2 cores).
+# noisy (not in all: hours on 2 cores; needs nothing outside the clone): issue 43's
+#        noisy-tag table for the width-1.0 VOC release (bench/noisy_tags.sh, BENCHMARKS 27),
+#        written to bench/results/noisy_tags_mobilenetv2_coco_voc_trainaug.json.
 set -u
 PY=${PY:-.venv/bin/python}
 what=${1:-all}
@@ -55,6 +58,9 @@ if [ "$what" = finetune ]; then
     $PY -m bench.$b --workdir="$W/${b}_$R" --camvid_dir="$C" --from_release=$R \
       --base_learning_rate=1e-3 --train_steps=1200
   done
+fi
+if [ "$what" = noisy ]; then
+  bash "$(dirname "$0")/noisy_tags.sh" "${WORKDIR:-/tmp/exp43}/mnv2" mobilenetv2_coco_voc_trainaug
 fi
 if [ "$what" = tests ] || [ "$what" = all ]; then
   $PY -m pytest -q -p no:cacheprovider tests/test_evidence.py tests/test_export.py \
