@@ -2,8 +2,8 @@
 run by the tools (evaluation, tuning, cross-fitting, ``tools.eval --extra_modules``) with
 no file of the project naming it.
 
-The kind, "few": at most two refit steps and no L2 term (``steps`` capped by the kind's
-own config), so the tools' step counts tell whether its config was applied.
+The kind, "few": at most two refit steps, no L2 term and no anchor (``steps`` capped by
+the kind's own config), so the tools' step counts tell whether its config was applied.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.conftest import copy_run, run_tool, tool_env
 
 FEW = RefitKind(
     "few", "bp_few", "DL-BP-FEW", "steps", ("steps",), (("steps", (1, 2)),),
-    lambda ev: dict(steps=min(ev.steps, 2), alpha=0.0))
+    lambda ev: dict(steps=min(ev.steps, 2), alpha=0.0, anchor=0.0))
 REGISTER_ENV = "TEST_REGISTER_FEW_REFIT_KIND"
 
 if os.environ.get(REGISTER_ENV):  # imported by a tool as --extra_modules
@@ -112,8 +112,12 @@ def test_a_registered_kind_has_its_rows_and_config_and_taken_names_are_refused(f
             for m in list(EVIDENCE_MODES)[-3:]] == [
         ("bp_few", "DL-BP-FEW", False, False), ("bp_few_prune", "DL-BP-FEW-Pr", True, False),
         ("bp_few_soft_prune", "DL-BP-FEW-SPr", True, True)]
-    cfg = EvidenceOptions(steps=10, alpha=0.1).config("few", prune=False)
+    ev = EvidenceOptions(steps=10, alpha=0.1, anchor=0.5)
+    cfg = ev.config("few", prune=False)
     assert (cfg.steps, cfg.alpha, cfg.mode, cfg.early_stopping) == (2, 0.0, "weights", False)
+    # The anchor is shared by the weights kinds; a kind's own value wins (few: none).
+    assert [ev.config(k, prune=False).anchor for k in ("l2", "es", "latent", "few")] == [
+        0.5, 0.5, 0.0, 0.0]
     assert FEW.steps(EvidenceOptions(steps=10)) == 2 and FEW.steps(EvidenceOptions(steps=0)) == 0
 
     other = dataclasses.replace(FEW, row="DL-OTHER")

@@ -2,9 +2,10 @@
 
 What every tool that scores modes shares (``tools.eval``, ``tools.tune_evidence``, the
 demo): a split loaded and checked against the checkpoint's dataset (:func:`load_split`),
-each mode's predictor (:func:`make_predictor`), its predictions and per-image IoU counts (:func:`run_modes`), where the wrong
-pixels lie (:class:`ErrorBreakdown`), and the table with paired bootstrap intervals
-against DL-MT and DL-MT-Pr (:func:`add_bootstrap`, :func:`format_table`).
+each mode's predictor (:func:`make_predictor`), its predictions and per-image IoU counts
+(:func:`run_modes`), where the wrong pixels lie (:class:`ErrorBreakdown`), and the table
+with paired bootstrap intervals against DL-MT and DL-MT-Pr (:func:`add_bootstrap`,
+:func:`format_table`).
 """
 
 from __future__ import annotations

@@ -196,19 +196,22 @@ class EvidenceOptions:
                flip: bool = False, keep_classes: tuple[int, ...] = (0,)) -> EvidenceConfig:
         """The one mapping from these flags to the ``tf_mtl.evidence.EvidenceConfig`` of
         one refit kind (``run.refit_kinds``): the fields every kind shares here, then the
-        kind's own (its steps and objective terms, from its file). The anchor is a term of
-        the kinds that refit weights; a latent kind does without it."""
+        kind's own (its steps and objective terms, from its file; they win over a shared
+        field, as ``es`` zeroes ``alpha``). The anchor is a term of the kinds that refit
+        weights; a latent kind does without it."""
         row = refit_kind(kind, "")
-        return EvidenceConfig(
+        shared = dict(
             learning_rate=self.learning_rate, optimizer=self.optimizer,
             threshold=self.threshold, jit_compile=self.jit_compile, safeguard=self.safeguard,
             clip_norm=self.clip_norm, anchor=self.anchor if row.weights else 0.0,
             eval_scales=tuple(scales), add_flipped_images=flip, prune=prune,
             keep_classes=tuple(keep_classes), prune_strength=self.prune_strength,
-            mode=row.refit_mode, **row.config(self))
+            mode=row.refit_mode)
+        return EvidenceConfig(**(shared | row.config(self)))
 
-    def refitter(self, network: keras.Model, info: DatasetInfo, kind: str = DEFAULT_KIND, prune: bool = False,
-                 scales: Sequence[float] = (1.0,), flip: bool = False) -> EvidenceRefitter:
+    def refitter(self, network: keras.Model, info: DatasetInfo, kind: str = DEFAULT_KIND,
+                 prune: bool = False, scales: Sequence[float] = (1.0,), flip: bool = False
+                 ) -> EvidenceRefitter:
         """The refitter of one refit kind for ``network`` (every tool that refits builds
         it here): this kind's config, and from the network's family the refitted variable
         groups, the segmentation and tag outputs and the latent feature; from the dataset
