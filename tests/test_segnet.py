@@ -132,6 +132,12 @@ def test_segnet_without_attention_and_its_groups():
     assert out["semantic"].shape == (1, 37, 53, 5) and out["class"].shape == (1, 5)
     box = out["box"].numpy()
     assert box.shape == (1, 4) and 0 < box.min() and box.max() < 1  # sigmoid: fractions
+    # No single feature determines every output: the latent refit is refused, by name.
+    from deeplab_ext.run.options import EvidenceOptions
+
+    with pytest.raises(ValueError, match=r"the latent mode needs one feature .* model family "
+                                         r"'segnet' has none; use bp_l2 / bp_es"):
+        EvidenceOptions().refitter(net, get_dataset_info("shapes_evidence"), "latent")
 
 
 # -------------------------------------------------------------- class / box targets

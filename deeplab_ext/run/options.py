@@ -218,7 +218,7 @@ class EvidenceOptions:
         ``info`` the tags' classes and the class pruning never removes."""
         family = family_of(network)
         cfg = self.config(kind, prune, tuple(scales), flip, info.keep_classes)
-        if not refit_kind(kind, "").weights:
+        if cfg.mode != "weights":
             if family.latent_feature is None:
                 use = " / ".join(REFIT_KINDS[k].mode for k in kind_names()
                                  if REFIT_KINDS[k].weights)
