@@ -23,6 +23,11 @@
 set -u
 PY=${PY:-.venv/bin/python}
 what=${1:-all}
+case "$what" in
+  bench|tests|all|finetune|noisy|--tiny) ;;
+  *) echo "error: unknown check '$what'; use bench, tests, all, finetune, noisy or --tiny" >&2
+     exit 2 ;;
+esac
 if [ "$what" = --tiny ]; then
   exec $PY -m bench.bench_gpu --tiny
 fi

@@ -40,3 +40,12 @@ def test_every_bench_shell_script_parses():
     for script in scripts:
         proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert proc.returncode == 0, (script.name, proc.stderr)
+
+
+def test_an_unknown_check_is_one_error_line():
+    """A typo (`nosiy`) used to run the GPU probe and then nothing, with status 0."""
+    proc = subprocess.run(["bash", "bench/gpu_checks.sh", "nosiy"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown check 'nosiy'; use bench, tests, all, finetune, noisy or --tiny"]
